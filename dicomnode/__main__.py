@@ -1,0 +1,7 @@
+"""Allow ``python -m dicomnode``."""
+
+import sys
+
+from dicomnode.cli import main
+
+sys.exit(main())

@@ -1,0 +1,92 @@
+"""Deciding when a study is complete.
+
+A study's open assembly round becomes COMPLETE once no instance of it arrived
+for ``quiet_seconds``, or at the latest ``max_wait_seconds`` after its first
+instance. The timers live in the job store (``last_instance_at``,
+``opened_at``), so after a restart pending rounds resume where they were and
+each completes exactly once (the store's conditional update guarantees it even
+if two assemblers ran at the same time).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from dicomnode.config import AssemblyConfig
+from dicomnode.jobs import JobStore
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Assembler:
+    """Completes study rounds on time, driven by APScheduler.
+
+    Parameters
+    ----------
+    config : AssemblyConfig
+        Quiet period, maximum wait and polling interval.
+    store : JobStore
+        Where the rounds and their timers are.
+    clock : callable, optional
+        Current time in seconds since the epoch.
+    """
+
+    JOB_ID = "dicomnode-assembly"
+
+    def __init__(
+        self,
+        config: AssemblyConfig,
+        store: JobStore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self._scheduler: BackgroundScheduler | None = None
+
+    def run_once(self) -> list[int]:
+        """Complete every round that is due now; return their job ids."""
+        completed = self.store.complete_due(
+            self.clock(), self.config.quiet_seconds, self.config.max_wait_seconds
+        )
+        for job_id in completed:
+            job = self.store.get_job(job_id)
+            LOGGER.info(
+                "study %s round %d complete with %d instance(s) (job %d, %s)",
+                job.study_instance_uid,
+                job.round,
+                job.instance_count,
+                job.id,
+                job.reason,
+                extra={"study_uid": job.study_instance_uid, "job_id": job.id},
+            )
+        return completed
+
+    def start(self) -> None:
+        """Check due rounds now and then every ``poll_seconds``."""
+        scheduler = BackgroundScheduler(timezone="UTC")
+        scheduler.add_job(
+            self.run_once,
+            "interval",
+            seconds=self.config.poll_seconds,
+            id=self.JOB_ID,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        pending = self.store.next_due(self.config.quiet_seconds, self.config.max_wait_seconds)
+        if pending is not None:
+            LOGGER.info("resuming assembly: next study due in %.1f s", pending - self.clock())
+
+    def stop(self) -> None:
+        """Stop the scheduler, waiting for a check in progress."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None

@@ -1,0 +1,89 @@
+"""Reading the YAML file into :class:`~dicomnode.config.schema.Settings`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from dicomnode.config.schema import Settings
+from dicomnode.errors import ConfigError
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    path = _field_path(tuple(error.get("loc", ())))
+    message = str(error.get("msg", "invalid"))
+    value = error.get("input")
+    if error.get("type") != "missing" and isinstance(value, str | int | float | bool):
+        return f"{path}: {message} (got {value!r})"
+    return f"{path}: {message}"
+
+
+def parse_config(data: Any, source: str = "<config>") -> Settings:
+    """Validate already-parsed YAML data.
+
+    Parameters
+    ----------
+    data : Any
+        What :func:`yaml.safe_load` returned; ``None`` means an empty file.
+    source : str
+        Name used in error messages.
+
+    Returns
+    -------
+    Settings
+        The validated configuration.
+
+    Raises
+    ------
+    ConfigError
+        With one problem per invalid field, each naming its field path.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: invalid configuration",
+            [f"(top level): expected a mapping of sections, got {type(data).__name__}"],
+        )
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(err) for err in exc.errors()]
+        raise ConfigError(f"{source}: invalid configuration", problems) from exc
+
+
+def load_config(path: str | Path) -> Settings:
+    """Read and validate a YAML configuration file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The YAML file.
+
+    Returns
+    -------
+    Settings
+        The validated configuration.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, is not YAML, or does not validate.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read configuration ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML", [str(exc)]) from exc
+    return parse_config(data, str(file))

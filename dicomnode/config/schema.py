@@ -1,0 +1,205 @@
+"""Pydantic models of the node's YAML file.
+
+Every model forbids unknown keys, so a typo is an error that names the field
+instead of a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped:
+        raise ValueError("an AE title must not be empty or only spaces")
+    if len(stripped) > 16:
+        raise ValueError(f"an AE title has at most 16 characters, this one has {len(stripped)}")
+    if "\\" in stripped or any(ord(ch) < 0x20 or ord(ch) > 0x7E for ch in stripped):
+        raise ValueError("an AE title may hold only printable ASCII characters and no backslash")
+    return stripped
+
+
+def _check_ip(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from exc
+    return value
+
+
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+IPAddress = Annotated[str, AfterValidator(_check_ip)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeConfig(_Model):
+    """Who the node is on the network."""
+
+    ae_title: AETitle = "DICOMNODE"
+    bind: IPAddress = Field(
+        default="127.0.0.1",
+        description="Address to listen on; 0.0.0.0 listens on every interface.",
+    )
+    port: int = Field(default=11112, ge=1, le=65535)
+
+
+class SenderConfig(_Model):
+    """One peer allowed to open associations to the node."""
+
+    ae_title: AETitle
+    host: IPAddress | None = Field(
+        default=None, description="When set, the association must also come from this address."
+    )
+
+
+class IngressConfig(_Model):
+    """The DICOM listener (C-ECHO, C-STORE)."""
+
+    allow_any: bool = Field(
+        default=False, description="Accept associations from any calling AE title (not advised)."
+    )
+    allowed_senders: tuple[SenderConfig, ...] = ()
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Receiving processes sharing the listening port (SO_REUSEPORT).",
+    )
+    max_pdu_size: int = Field(
+        default=262144,
+        ge=0,
+        description="Largest PDU the node accepts, in bytes; 0 means no limit.",
+    )
+    max_associations: int = Field(default=32, ge=1)
+    acse_timeout: float = Field(default=30.0, gt=0)
+    dimse_timeout: float = Field(default=60.0, gt=0)
+    network_timeout: float = Field(default=120.0, gt=0)
+    shutdown_grace_seconds: float = Field(
+        default=30.0, ge=0, description="How long SIGTERM waits for in-flight associations."
+    )
+
+    @model_validator(mode="after")
+    def _unique_senders(self) -> IngressConfig:
+        seen: set[tuple[str, str | None]] = set()
+        for sender in self.allowed_senders:
+            key = (sender.ae_title, sender.host)
+            if key in seen:
+                raise ValueError(f"allowed_senders lists {sender.ae_title!r} twice")
+            seen.add(key)
+        return self
+
+
+class StorageConfig(_Model):
+    """Where the node keeps what it received. Relative paths are relative to
+    the working directory the node starts in."""
+
+    data_dir: Path = Path("var")
+    spool_dir: Path | None = Field(
+        default=None, description="Instance spool; default: <data_dir>/spool."
+    )
+    min_free_mb: int = Field(
+        default=512,
+        ge=0,
+        description="Refuse instances (status 0xA700) when the spool's disk has less free space.",
+    )
+
+    @property
+    def spool_path(self) -> Path:
+        """The spool directory, defaulted from ``data_dir``."""
+        return self.spool_dir if self.spool_dir is not None else self.data_dir / "spool"
+
+
+class AssemblyConfig(_Model):
+    """When a study counts as complete."""
+
+    quiet_seconds: float = Field(
+        default=30.0, gt=0, description="Complete a study this long after its last instance."
+    )
+    max_wait_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Complete a study at the latest this long after its first instance.",
+    )
+    poll_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="How often pending studies are checked."
+    )
+
+    @model_validator(mode="after")
+    def _max_wait_not_below_quiet(self) -> AssemblyConfig:
+        if self.max_wait_seconds < self.quiet_seconds:
+            raise ValueError(
+                f"max_wait_seconds ({self.max_wait_seconds}) must not be smaller than "
+                f"quiet_seconds ({self.quiet_seconds})"
+            )
+        return self
+
+
+class DatabaseConfig(_Model):
+    """The job store."""
+
+    url: str | None = Field(
+        default=None,
+        description="sqlite:///PATH; default: sqlite file dicomnode.db under data_dir.",
+    )
+
+    @model_validator(mode="after")
+    def _supported_scheme(self) -> DatabaseConfig:
+        if self.url is not None and not self.url.startswith("sqlite:///"):
+            raise ValueError(
+                "only sqlite:///PATH is supported by this release (PostgreSQL is planned)"
+            )
+        if self.url is not None and self.url == "sqlite:///":
+            raise ValueError("sqlite:/// needs a file path")
+        return self
+
+
+class LoggingConfig(_Model):
+    """Console logging of ``serve``."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(_Model):
+    """The whole node configuration (one YAML file)."""
+
+    node: NodeConfig = NodeConfig()
+    ingress: IngressConfig = IngressConfig()
+    storage: StorageConfig = StorageConfig()
+    assembly: AssemblyConfig = AssemblyConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: object) -> object:
+        # A section with only comments under it is null in YAML: use its defaults.
+        if isinstance(data, dict):
+            return {key: ({} if value is None else value) for key, value in data.items()}
+        return data
+
+    @property
+    def database_path(self) -> Path:
+        """Path of the SQLite job store file."""
+        if self.database.url is None:
+            return self.storage.data_dir / "dicomnode.db"
+        return Path(self.database.url.removeprefix("sqlite:///"))
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but probably not what the admin meant."""
+        found: list[str] = []
+        if not self.ingress.allow_any and not self.ingress.allowed_senders:
+            found.append(
+                "ingress.allowed_senders: empty and allow_any is false, so every "
+                "association will be rejected"
+            )
+        if self.ingress.allow_any:
+            found.append("ingress.allow_any: true accepts associations from any AE title")
+        return found

@@ -1,0 +1,84 @@
+"""The exception hierarchy of dicomnode.
+
+Every error the node raises on purpose derives from :class:`DicomNodeError`.
+Exceptions become DIMSE status codes or HL7 ACK codes only at the protocol
+boundary (``dicomnode.ingress``, ``dicomnode.export``).
+
+::
+
+    DicomNodeError
+    ├── ConfigError              the YAML file is missing, unreadable or invalid
+    ├── StartupError             the node cannot start (port in use, data dir unwritable)
+    ├── SpoolError               the on-disk instance store
+    │   ├── InvalidUIDError      a UID that is not digits and dots, <= 64 chars
+    │   └── SpoolWriteError      a write that failed (disk full, permissions)
+    ├── DatasetError             a received dataset we cannot use
+    ├── JobStoreError            the durable job store
+    │   ├── IllegalTransitionError
+    │   └── NotFoundError
+    └── ExportError              delivery to a peer
+        └── SendError            association refused or peer unreachable
+"""
+
+from __future__ import annotations
+
+
+class DicomNodeError(Exception):
+    """Root of every error raised by dicomnode on purpose."""
+
+
+class ConfigError(DicomNodeError):
+    """The configuration file is missing, unreadable or invalid.
+
+    Parameters
+    ----------
+    message : str
+        A summary line.
+    problems : list of str, optional
+        One line per problem, each starting with the field path.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = list(problems or [])
+        text = message if not self.problems else message + "\n" + "\n".join(self.problems)
+        super().__init__(text)
+
+
+class StartupError(DicomNodeError):
+    """The node could not start; the message says what the admin must fix."""
+
+
+class SpoolError(DicomNodeError):
+    """Something went wrong in the on-disk instance store."""
+
+
+class InvalidUIDError(SpoolError, ValueError):
+    """A UID is missing, too long or contains characters other than digits and dots."""
+
+
+class SpoolWriteError(SpoolError, OSError):
+    """Writing an instance to the spool failed; nothing was left behind."""
+
+
+class DatasetError(DicomNodeError):
+    """A received dataset cannot be decoded or lacks what the node needs."""
+
+
+class JobStoreError(DicomNodeError):
+    """The job store refused an operation."""
+
+
+class IllegalTransitionError(JobStoreError):
+    """A job was asked to move between two states that DESIGN.md does not connect."""
+
+
+class NotFoundError(JobStoreError, LookupError):
+    """No job or study with the given identifier."""
+
+
+class ExportError(DicomNodeError):
+    """Delivering to a peer failed."""
+
+
+class SendError(ExportError):
+    """The peer could not be reached, or refused the association."""

@@ -1,0 +1,161 @@
+"""C-STORE SCU: send DICOM files to a peer over one association."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_context
+
+from dicomnode.errors import SendError
+
+LOGGER = logging.getLogger(__name__)
+
+#: pynetdicom's limit on presentation contexts an association may propose.
+MAX_CONTEXTS = 128
+
+
+@dataclass(frozen=True)
+class OutgoingFile:
+    """A DICOM file to send, with what negotiation needs."""
+
+    path: Path
+    sop_class_uid: str
+    transfer_syntax_uid: str
+
+
+@dataclass
+class SendReport:
+    """What happened to each file."""
+
+    sent: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _walk(paths: Iterable[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            yield path
+
+
+def collect_files(paths: Iterable[Path], report: SendReport) -> list[OutgoingFile]:
+    """Read the header of every file under ``paths``; non-DICOM files are skipped."""
+    found: list[OutgoingFile] = []
+    for path in _walk(paths):
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+            sop_class = str(ds.SOPClassUID)
+            syntax = str(ds.file_meta.TransferSyntaxUID)
+        except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
+            report.skipped.append((path, f"not a DICOM file with meta information ({exc})"))
+            continue
+        found.append(OutgoingFile(path, sop_class, syntax))
+    return found
+
+
+def _contexts(files: list[OutgoingFile]) -> list[Any]:
+    syntaxes: dict[str, list[str]] = {}
+    for item in files:
+        wanted = syntaxes.setdefault(item.sop_class_uid, [])
+        if item.transfer_syntax_uid not in wanted:
+            wanted.append(item.transfer_syntax_uid)
+    contexts = []
+    for sop_class, wanted in syntaxes.items():
+        for fallback in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            if fallback not in wanted:
+                wanted.append(fallback)
+        contexts.append(build_context(sop_class, wanted))
+    if len(contexts) > MAX_CONTEXTS:
+        raise SendError(
+            f"{len(contexts)} SOP classes to send, one association carries at most {MAX_CONTEXTS}"
+        )
+    return contexts
+
+
+def send_files(
+    files: list[OutgoingFile],
+    host: str,
+    port: int,
+    called_aet: str,
+    calling_aet: str,
+    *,
+    report: SendReport | None = None,
+    on_sent: Callable[[OutgoingFile, int], None] | None = None,
+    timeout: float = 60.0,
+) -> SendReport:
+    """Send files over one association, each as stored on disk.
+
+    Parameters
+    ----------
+    files : list of OutgoingFile
+        From :func:`collect_files`.
+    host, port : str, int
+        The peer.
+    called_aet, calling_aet : str
+        AE titles of the peer and of this sender.
+    report : SendReport, optional
+        Adds to an existing report.
+    on_sent : callable, optional
+        Called with each file and its DIMSE status (``-1`` when none came back).
+    timeout : float
+        ACSE, DIMSE and network timeout in seconds.
+
+    Returns
+    -------
+    SendReport
+        Which files were stored and which failed, with the reason.
+
+    Raises
+    ------
+    SendError
+        The association could not be established.
+    """
+    report = report or SendReport()
+    if not files:
+        return report
+    ae = AE(ae_title=calling_aet)
+    ae.requested_contexts = _contexts(files)
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    assoc = ae.associate(host, port, ae_title=called_aet)
+    if not assoc.is_established:
+        reason = "rejected" if assoc.is_rejected else "could not be established"
+        raise SendError(f"association with {called_aet} at {host}:{port} {reason}")
+    try:
+        sock = assoc.dul.socket.socket if assoc.dul.socket else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for item in files:
+            status_code = -1
+            if not assoc.is_established:
+                report.failed.append((item.path, "association lost"))
+            else:
+                try:
+                    status = assoc.send_c_store(item.path)
+                except (ValueError, RuntimeError, OSError) as exc:
+                    report.failed.append((item.path, str(exc)))
+                else:
+                    status_code = int(status.Status) if "Status" in status else -1
+                    if status_code == -1:
+                        report.failed.append((item.path, "no response (timeout or abort)"))
+                    elif status_code == 0 or 0xB000 <= status_code <= 0xBFFF:
+                        report.sent.append(item.path)
+                    else:
+                        report.failed.append((item.path, f"status 0x{status_code:04X}"))
+            if on_sent is not None:
+                on_sent(item, status_code)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return report

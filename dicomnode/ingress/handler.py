@@ -1,0 +1,166 @@
+"""The C-ECHO and C-STORE handlers: save what arrived, then answer.
+
+A C-STORE is answered Success only after the instance is fsynced into the
+spool and recorded in the job store. Failures map to DIMSE status here, at the
+protocol boundary, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from dicomnode.errors import InvalidUIDError, JobStoreError, SpoolWriteError
+from dicomnode.jobs import InstanceRecord, JobStore
+from dicomnode.spool import Spool, validate_uid
+
+LOGGER = logging.getLogger(__name__)
+
+#: DIMSE statuses the node answers a C-STORE with.
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC210
+INVALID_UID = 0xC211
+
+
+@dataclass(frozen=True)
+class InstanceUIDs:
+    """The identifying UIDs of a dataset, validated."""
+
+    study: str
+    series: str
+    sop: str
+    sop_class: str
+    modality: str
+
+
+def instance_uids(ds: Dataset) -> InstanceUIDs:
+    """Read and validate the UIDs the spool and the job store need.
+
+    Raises
+    ------
+    InvalidUIDError
+        A UID is missing or malformed (the message names it).
+    """
+    modality = ds.get("Modality", "") or ""
+    return InstanceUIDs(
+        study=validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID"),
+        series=validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID"),
+        sop=validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID"),
+        sop_class=validate_uid(ds.get("SOPClassUID"), "SOPClassUID"),
+        modality=str(modality)[:16],
+    )
+
+
+class StoreHandler:
+    """Event handlers bound to the listener.
+
+    Parameters
+    ----------
+    spool : Spool
+        Where instances are written.
+    store : JobStore
+        Where they are recorded.
+    """
+
+    def __init__(self, spool: Spool, store: JobStore) -> None:
+        self.spool = spool
+        self.store = store
+
+    def save(self, data: bytes, ds: Dataset, transfer_syntax: str, calling_ae: str) -> int:
+        """Store one encoded instance durably and record it; return a DIMSE status.
+
+        Parameters
+        ----------
+        data : bytes
+            The encoded file (preamble, meta, dataset) exactly as received.
+        ds : Dataset
+            The decoded dataset, read for its UIDs only.
+        transfer_syntax : str
+            The transfer syntax it arrived in.
+        calling_ae : str
+            The sender's AE title.
+        """
+        try:
+            uids = instance_uids(ds)
+        except InvalidUIDError as exc:
+            LOGGER.warning("refused an instance from %s: %s", calling_ae, exc)
+            return INVALID_UID
+        try:
+            stored = self.spool.store(uids.study, uids.series, uids.sop, data)
+        except SpoolWriteError as exc:
+            LOGGER.error("refused an instance of study %s: %s", uids.study, exc)
+            return OUT_OF_RESOURCES
+        record = InstanceRecord(
+            sop_instance_uid=uids.sop,
+            series_instance_uid=uids.series,
+            study_instance_uid=uids.study,
+            sop_class_uid=uids.sop_class,
+            transfer_syntax_uid=transfer_syntax,
+            modality=uids.modality,
+            path=str(stored.path),
+            size=stored.size,
+            calling_ae=calling_ae,
+            received_at=time.time(),
+        )
+        try:
+            outcome = self.store.record_instance(record)
+        except JobStoreError as exc:
+            # The file stays in the spool; start-up recovery records it.
+            LOGGER.error("could not record an instance of study %s: %s", uids.study, exc)
+            return OUT_OF_RESOURCES
+        if outcome.duplicate:
+            if not stored.existed and outcome.kept_path != str(stored.path):
+                self.spool.remove(stored.path)
+            LOGGER.info(
+                "duplicate SOP Instance UID in study %s: first copy kept",
+                uids.study,
+                extra={"study_uid": uids.study, "job_id": outcome.job_id},
+            )
+        elif outcome.new_round:
+            LOGGER.info(
+                "study %s: assembly round opened (job %d)",
+                uids.study,
+                outcome.job_id,
+                extra={"study_uid": uids.study, "job_id": outcome.job_id},
+            )
+        return SUCCESS
+
+    # -- pynetdicom event handlers --------------------------------------
+
+    def on_c_store(self, event: Any) -> int:
+        """``evt.EVT_C_STORE``: decode only the header UIDs, save, answer."""
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        try:
+            ds = event.dataset
+            transfer_syntax = str(event.context.transfer_syntax)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the sender's data
+            LOGGER.warning("refused an undecodable dataset from %s: %s", calling_ae, exc)
+            return CANNOT_UNDERSTAND
+        try:
+            sop_uid = validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+            sop_class = validate_uid(ds.get("SOPClassUID"), "SOPClassUID")
+        except InvalidUIDError as exc:
+            LOGGER.warning("refused an instance from %s: %s", calling_ae, exc)
+            return INVALID_UID
+        request = event.request
+        if sop_uid != str(request.AffectedSOPInstanceUID).rstrip("\x00 ") or sop_class != str(
+            request.AffectedSOPClassUID
+        ).rstrip("\x00 "):
+            LOGGER.warning("refused an instance from %s: UIDs differ from the command", calling_ae)
+            return DATASET_DOES_NOT_MATCH
+        try:
+            data = event.encoded_dataset()
+        except Exception as exc:  # noqa: BLE001 - malformed meta from the peer
+            LOGGER.warning("refused an instance from %s: %s", calling_ae, exc)
+            return CANNOT_UNDERSTAND
+        return self.save(data, ds, transfer_syntax, calling_ae)
+
+    def on_c_echo(self, event: Any) -> int:
+        """``evt.EVT_C_ECHO``: always Success."""
+        return SUCCESS

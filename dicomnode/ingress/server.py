@@ -1,0 +1,151 @@
+"""The DICOM listener: a pynetdicom AE with the node's policy and sockets."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicomnode.config import IngressConfig, NodeConfig
+from dicomnode.ingress.contexts import supported_contexts
+from dicomnode.ingress.handler import StoreHandler
+from dicomnode.ingress.policy import SenderPolicy
+
+LOGGER = logging.getLogger(__name__)
+
+
+class _NodeAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with TCP_NODELAY on every accepted socket
+    and, when several processes listen on one port, SO_REUSEPORT."""
+
+    reuse_port = False
+
+    def server_bind(self) -> None:
+        if self.reuse_port and self.socket is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+
+def _reuse_port_server(reuse: bool) -> type[_NodeAssociationServer]:
+    return type("NodeAssociationServer", (_NodeAssociationServer,), {"reuse_port": reuse})
+
+
+class IngressServer:
+    """C-ECHO and C-STORE SCP.
+
+    Parameters
+    ----------
+    node : NodeConfig
+        AE title, bind address, port.
+    ingress : IngressConfig
+        Allow-list, PDU size, timeouts.
+    handler : StoreHandler
+        Saves and records each instance.
+    reuse_port : bool
+        Set SO_REUSEPORT so several processes can share the port.
+    """
+
+    def __init__(
+        self,
+        node: NodeConfig,
+        ingress: IngressConfig,
+        handler: StoreHandler,
+        *,
+        reuse_port: bool = False,
+    ) -> None:
+        self.node = node
+        self.config = ingress
+        self.handler = handler
+        self.policy = SenderPolicy.from_config(ingress)
+        self.reuse_port = reuse_port
+        self._server: Any = None
+        self._stopped = threading.Event()
+
+        ae = AE(ae_title=node.ae_title)
+        ae.supported_contexts = supported_contexts()
+        ae.maximum_pdu_size = ingress.max_pdu_size
+        ae.maximum_associations = ingress.max_associations
+        ae.acse_timeout = ingress.acse_timeout
+        ae.dimse_timeout = ingress.dimse_timeout
+        ae.network_timeout = ingress.network_timeout
+        ae.require_called_aet = False
+        self.ae = ae
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful when the config says 0)."""
+        if self._server is None:
+            return self.node.port
+        return int(self._server.server_address[1])
+
+    def _on_requested(self, event: Any) -> None:
+        """``evt.EVT_REQUESTED``: reject senders not on the allow-list."""
+        calling_ae = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+        host = str(event.assoc.requestor.address)
+        if self.policy.accepts(calling_ae, host):
+            return
+        LOGGER.warning("rejected association from AE %r at %s: not allowed", calling_ae, host)
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        event.assoc.kill()
+
+    def _on_established(self, event: Any) -> None:
+        LOGGER.info(
+            "association from %s at %s established",
+            str(event.assoc.requestor.ae_title).strip(),
+            event.assoc.requestor.address,
+        )
+
+    def start(self) -> None:
+        """Bind and serve in a background thread."""
+        handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_C_ECHO, self.handler.on_c_echo),
+            (evt.EVT_C_STORE, self.handler.on_c_store),
+        ]
+        server = self.ae.make_server(
+            (self.node.bind, self.node.port),
+            evt_handlers=handlers,
+            server_class=_reuse_port_server(self.reuse_port),
+        )
+        thread = threading.Thread(
+            target=server.serve_forever, name="dicomnode-ingress", daemon=True
+        )
+        thread.start()
+        self.ae._servers.append(server)
+        self._server = server
+        LOGGER.info("listening as %s on %s:%d", self.node.ae_title, self.node.bind, self.port)
+
+    def active_associations(self) -> int:
+        """How many associations are open right now."""
+        if self._server is None:
+            return 0
+        return len(self._server.active_associations)
+
+    def stop(self, grace_seconds: float) -> None:
+        """Stop accepting, let in-flight associations finish (up to
+        ``grace_seconds``), then abort what is left."""
+        server = self._server
+        if server is None:
+            return
+        server.shutdown()
+        LOGGER.info("stopped accepting associations")
+        deadline = time.monotonic() + grace_seconds
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = list(server.active_associations)
+        for assoc in left:
+            assoc.abort()
+        if left:
+            LOGGER.warning("aborted %d association(s) still open after the grace period", len(left))
+        self._server = None

@@ -1,0 +1,19 @@
+"""The durable job store: states, legal transitions, timestamps."""
+
+from dicomnode.jobs.models import InstanceRecord, Job, RecordOutcome, Study, Transition
+from dicomnode.jobs.sqlite import SQLiteJobStore
+from dicomnode.jobs.states import TRANSITIONS, JobState, check_transition
+from dicomnode.jobs.store import JobStore
+
+__all__ = [
+    "TRANSITIONS",
+    "InstanceRecord",
+    "Job",
+    "JobState",
+    "JobStore",
+    "RecordOutcome",
+    "SQLiteJobStore",
+    "Study",
+    "Transition",
+    "check_transition",
+]

@@ -1,0 +1,91 @@
+"""Rows of the job store, as frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dicomnode.jobs.states import JobState
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """What the node keeps about one received instance (no patient data)."""
+
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str
+    path: str
+    size: int
+    calling_ae: str
+    received_at: float
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    """The result of recording an instance.
+
+    Attributes
+    ----------
+    job_id : int
+        The assembly round (job) the instance belongs to.
+    duplicate : bool
+        ``True`` when the SOP Instance UID was already recorded; the first copy
+        is kept and only the duplicate counter moved.
+    kept_path : str
+        The path of the copy the store keeps.
+    new_round : bool
+        ``True`` when this instance opened a new assembly round.
+    """
+
+    job_id: int
+    duplicate: bool
+    kept_path: str
+    new_round: bool
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work: an assembly round of a study (``kind == "study"``)."""
+
+    id: int
+    kind: str
+    study_instance_uid: str
+    round: int
+    parent_id: int | None
+    state: JobState
+    calling_ae: str
+    opened_at: float
+    last_instance_at: float
+    instance_count: int
+    attempts: int
+    reason: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One timestamped state change of a job."""
+
+    job_id: int
+    from_state: JobState | None
+    to_state: JobState
+    at: float
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Study:
+    """What the store knows about a study across all its rounds."""
+
+    study_instance_uid: str
+    modalities: str
+    series_count: int
+    instance_count: int
+    duplicate_count: int
+    rounds: int
+    first_received_at: float
+    last_received_at: float
+    latest_state: JobState

@@ -1,0 +1,436 @@
+"""The embedded job store: SQLite in WAL mode.
+
+One connection per process, serialised by a lock; writers take the database
+lock with ``BEGIN IMMEDIATE`` so several processes (receiving processes, the
+assembler) can share the file. ``synchronous=NORMAL`` keeps every commit across
+a process crash; a power loss can lose the last commits, which start-up
+recovers by recording spool files that have no row (the spool is fsynced
+before any row is written).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dicomnode.errors import IllegalTransitionError, JobStoreError, NotFoundError
+from dicomnode.jobs.models import InstanceRecord, Job, RecordOutcome, Study, Transition
+from dicomnode.jobs.states import JobState, check_transition
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    parent_id INTEGER REFERENCES jobs(id),
+    state TEXT NOT NULL,
+    calling_ae TEXT NOT NULL DEFAULT '',
+    opened_at REAL NOT NULL,
+    last_instance_at REAL NOT NULL,
+    instance_count INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_study_round
+    ON jobs (study_instance_uid, round) WHERE kind = 'study';
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    at REAL NOT NULL,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    series_instance_uid TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    calling_ae TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    duplicates INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
+CREATE INDEX IF NOT EXISTS instances_job ON instances (job_id);
+"""
+
+_JOB_COLUMNS = (
+    "id, kind, study_instance_uid, round, parent_id, state, calling_ae, opened_at, "
+    "last_instance_at, instance_count, attempts, reason, updated_at"
+)
+_INSTANCE_COLUMNS = (
+    "sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, "
+    "transfer_syntax_uid, modality, path, size, calling_ae, received_at"
+)
+
+
+def _job(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        kind=row["kind"],
+        study_instance_uid=row["study_instance_uid"],
+        round=row["round"],
+        parent_id=row["parent_id"],
+        state=JobState(row["state"]),
+        calling_ae=row["calling_ae"],
+        opened_at=row["opened_at"],
+        last_instance_at=row["last_instance_at"],
+        instance_count=row["instance_count"],
+        attempts=row["attempts"],
+        reason=row["reason"],
+        updated_at=row["updated_at"],
+    )
+
+
+class SQLiteJobStore:
+    """:class:`~dicomnode.jobs.store.JobStore` on a SQLite file.
+
+    Parameters
+    ----------
+    path : Path
+        The database file; its directory is created when missing.
+    clock : callable, optional
+        Returns the current time in seconds since the epoch (tests may pass
+        their own).
+    """
+
+    def __init__(self, path: Path, clock: object = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock if callable(clock) else time.time
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+        )
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA busy_timeout = 60000")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        with self._lock:
+            self._conn.executescript(_SCHEMA)
+        with self._write() as cur:
+            cur.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def _now(self) -> float:
+        value = self._clock()
+        assert isinstance(value, float | int)
+        return float(value)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cur
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+                cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise JobStoreError(f"job store {self.path.name}: {exc}") from exc
+            finally:
+                cur.close()
+
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return list(self._conn.execute(sql, params).fetchall())
+            except sqlite3.Error as exc:
+                raise JobStoreError(f"job store {self.path.name}: {exc}") from exc
+
+    @staticmethod
+    def _add_transition(
+        cur: sqlite3.Cursor,
+        job_id: int,
+        from_state: JobState | None,
+        to_state: JobState,
+        at: float,
+        reason: str | None,
+    ) -> None:
+        cur.execute(
+            "INSERT INTO transitions (job_id, from_state, to_state, at, reason) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (job_id, None if from_state is None else str(from_state), str(to_state), at, reason),
+        )
+
+    # -- ingress ---------------------------------------------------------
+
+    def record_instance(self, record: InstanceRecord) -> RecordOutcome:
+        """See :meth:`dicomnode.jobs.store.JobStore.record_instance`."""
+        now = record.received_at
+        with self._write() as cur:
+            existing = cur.execute(
+                "SELECT path, job_id FROM instances WHERE sop_instance_uid = ?",
+                (record.sop_instance_uid,),
+            ).fetchone()
+            if existing is not None:
+                cur.execute(
+                    "UPDATE instances SET duplicates = duplicates + 1 WHERE sop_instance_uid = ?",
+                    (record.sop_instance_uid,),
+                )
+                return RecordOutcome(
+                    job_id=existing["job_id"],
+                    duplicate=True,
+                    kept_path=existing["path"],
+                    new_round=False,
+                )
+            open_round = cur.execute(
+                "SELECT id FROM jobs WHERE kind = 'study' AND study_instance_uid = ? "
+                "AND state = ? ORDER BY round DESC LIMIT 1",
+                (record.study_instance_uid, str(JobState.RECEIVED)),
+            ).fetchone()
+            new_round = open_round is None
+            if open_round is None:
+                last = cur.execute(
+                    "SELECT COALESCE(MAX(round), 0) AS r FROM jobs "
+                    "WHERE kind = 'study' AND study_instance_uid = ?",
+                    (record.study_instance_uid,),
+                ).fetchone()
+                cur.execute(
+                    "INSERT INTO jobs (kind, study_instance_uid, round, state, calling_ae, "
+                    "opened_at, last_instance_at, updated_at) "
+                    "VALUES ('study', ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.study_instance_uid,
+                        int(last["r"]) + 1,
+                        str(JobState.RECEIVED),
+                        record.calling_ae,
+                        now,
+                        now,
+                        now,
+                    ),
+                )
+                job_id = int(cur.lastrowid or 0)
+                self._add_transition(cur, job_id, None, JobState.RECEIVED, now, None)
+            else:
+                job_id = int(open_round["id"])
+            cur.execute(
+                f"INSERT INTO instances ({_INSTANCE_COLUMNS}, job_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.sop_instance_uid,
+                    record.series_instance_uid,
+                    record.study_instance_uid,
+                    record.sop_class_uid,
+                    record.transfer_syntax_uid,
+                    record.modality,
+                    record.path,
+                    record.size,
+                    record.calling_ae,
+                    now,
+                    job_id,
+                ),
+            )
+            cur.execute(
+                "UPDATE jobs SET instance_count = instance_count + 1, "
+                "last_instance_at = MAX(last_instance_at, ?), updated_at = ? WHERE id = ?",
+                (now, now, job_id),
+            )
+        return RecordOutcome(
+            job_id=job_id, duplicate=False, kept_path=record.path, new_round=new_round
+        )
+
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        """See :meth:`dicomnode.jobs.store.JobStore.has_instance`."""
+        rows = self._read("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        return bool(rows)
+
+    # -- assembly --------------------------------------------------------
+
+    def complete_due(self, now: float, quiet_seconds: float, max_wait_seconds: float) -> list[int]:
+        """See :meth:`dicomnode.jobs.store.JobStore.complete_due`."""
+        completed: list[int] = []
+        with self._write() as cur:
+            rows = cur.execute(
+                "SELECT id, last_instance_at, opened_at FROM jobs "
+                "WHERE kind = 'study' AND state = ? "
+                "AND (last_instance_at + ? <= ? OR opened_at + ? <= ?)",
+                (str(JobState.RECEIVED), quiet_seconds, now, max_wait_seconds, now),
+            ).fetchall()
+            for row in rows:
+                quiet_done = row["last_instance_at"] + quiet_seconds <= now
+                reason = (
+                    f"quiet for {quiet_seconds:g} s"
+                    if quiet_done
+                    else f"maximum wait of {max_wait_seconds:g} s reached"
+                )
+                updated = cur.execute(
+                    "UPDATE jobs SET state = ?, updated_at = ?, reason = ? "
+                    "WHERE id = ? AND state = ?",
+                    (str(JobState.COMPLETE), now, reason, row["id"], str(JobState.RECEIVED)),
+                ).rowcount
+                if updated == 1:
+                    self._add_transition(
+                        cur, row["id"], JobState.RECEIVED, JobState.COMPLETE, now, reason
+                    )
+                    completed.append(int(row["id"]))
+        return completed
+
+    def next_due(self, quiet_seconds: float, max_wait_seconds: float) -> float | None:
+        """See :meth:`dicomnode.jobs.store.JobStore.next_due`."""
+        rows = self._read(
+            "SELECT MIN(MIN(last_instance_at + ?, opened_at + ?)) AS due FROM jobs "
+            "WHERE kind = 'study' AND state = ?",
+            (quiet_seconds, max_wait_seconds, str(JobState.RECEIVED)),
+        )
+        due = rows[0]["due"] if rows else None
+        return None if due is None else float(due)
+
+    # -- every stage -----------------------------------------------------
+
+    def transition(
+        self,
+        job_id: int,
+        target: JobState,
+        reason: str | None = None,
+        *,
+        expected: JobState | None = None,
+    ) -> Job:
+        """See :meth:`dicomnode.jobs.store.JobStore.transition`.
+
+        Raises
+        ------
+        NotFoundError
+            No such job.
+        IllegalTransitionError
+            The job's state does not lead to ``target``, or is not ``expected``.
+        """
+        now = self._now()
+        with self._write() as cur:
+            row = cur.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no job {job_id}")
+            current = JobState(row["state"])
+            if expected is not None and current != expected:
+                raise IllegalTransitionError(
+                    f"job {job_id} is {current}, expected {expected} before moving to {target}"
+                )
+            check_transition(current, target)
+            cur.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, reason = ? WHERE id = ?",
+                (str(target), now, reason, job_id),
+            )
+            self._add_transition(cur, job_id, current, target, now, reason)
+        return self.get_job(job_id)
+
+    def get_job(self, job_id: int) -> Job:
+        """See :meth:`dicomnode.jobs.store.JobStore.get_job`."""
+        rows = self._read(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise NotFoundError(f"no job {job_id}")
+        return _job(rows[0])
+
+    def jobs(
+        self, *, study_instance_uid: str | None = None, state: JobState | None = None
+    ) -> list[Job]:
+        """See :meth:`dicomnode.jobs.store.JobStore.jobs`."""
+        clauses: list[str] = []
+        params: list[object] = []
+        if study_instance_uid is not None:
+            clauses.append("study_instance_uid = ?")
+            params.append(study_instance_uid)
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(str(state))
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._read(
+            f"SELECT {_JOB_COLUMNS} FROM jobs {where} ORDER BY id DESC",
+            tuple(params),
+        )
+        return [_job(row) for row in rows]
+
+    def history(self, job_id: int) -> list[Transition]:
+        """See :meth:`dicomnode.jobs.store.JobStore.history`."""
+        rows = self._read(
+            "SELECT job_id, from_state, to_state, at, reason FROM transitions "
+            "WHERE job_id = ? ORDER BY id",
+            (job_id,),
+        )
+        return [
+            Transition(
+                job_id=row["job_id"],
+                from_state=None if row["from_state"] is None else JobState(row["from_state"]),
+                to_state=JobState(row["to_state"]),
+                at=row["at"],
+                reason=row["reason"],
+            )
+            for row in rows
+        ]
+
+    def studies(self) -> list[Study]:
+        """See :meth:`dicomnode.jobs.store.JobStore.studies`."""
+        rows = self._read(
+            "SELECT i.study_instance_uid AS uid, "
+            "GROUP_CONCAT(DISTINCT i.modality) AS modalities, "
+            "COUNT(DISTINCT i.series_instance_uid) AS series_count, "
+            "COUNT(*) AS instance_count, SUM(i.duplicates) AS duplicate_count, "
+            "MIN(i.received_at) AS first_at, MAX(i.received_at) AS last_at, "
+            "(SELECT COUNT(*) FROM jobs j WHERE j.kind = 'study' "
+            " AND j.study_instance_uid = i.study_instance_uid) AS rounds, "
+            "(SELECT j.state FROM jobs j WHERE j.kind = 'study' "
+            " AND j.study_instance_uid = i.study_instance_uid "
+            " ORDER BY j.round DESC LIMIT 1) AS latest_state "
+            "FROM instances i GROUP BY i.study_instance_uid ORDER BY last_at DESC"
+        )
+        return [
+            Study(
+                study_instance_uid=row["uid"],
+                modalities=row["modalities"] or "",
+                series_count=row["series_count"],
+                instance_count=row["instance_count"],
+                duplicate_count=row["duplicate_count"] or 0,
+                rounds=row["rounds"],
+                first_received_at=row["first_at"],
+                last_received_at=row["last_at"],
+                latest_state=JobState(row["latest_state"]),
+            )
+            for row in rows
+        ]
+
+    def instances(self, study_instance_uid: str) -> list[InstanceRecord]:
+        """See :meth:`dicomnode.jobs.store.JobStore.instances`."""
+        rows = self._read(
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances "
+            "WHERE study_instance_uid = ? ORDER BY received_at",
+            (study_instance_uid,),
+        )
+        return [InstanceRecord(**dict(row)) for row in rows]
+
+    def duplicates(self, sop_instance_uid: str) -> int:
+        """How many duplicate copies of an instance were received."""
+        rows = self._read(
+            "SELECT duplicates FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        )
+        if not rows:
+            raise NotFoundError(f"no instance {sop_instance_uid}")
+        return int(rows[0]["duplicates"])
+
+    def close(self) -> None:
+        """See :meth:`dicomnode.jobs.store.JobStore.close`."""
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,57 @@
+"""Job states and the transitions DESIGN.md allows between them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from dicomnode.errors import IllegalTransitionError
+
+
+class JobState(StrEnum):
+    """Where a unit of work stands."""
+
+    RECEIVED = "RECEIVED"
+    COMPLETE = "COMPLETE"
+    ROUTED = "ROUTED"
+    RUNNING = "RUNNING"
+    RESULTS_WRITTEN = "RESULTS_WRITTEN"
+    EXPORTING = "EXPORTING"
+    DONE = "DONE"
+    DISCARDED = "DISCARDED"
+    FAILED_RETRYABLE = "FAILED_RETRYABLE"
+    DEAD = "DEAD"
+
+
+S = JobState
+
+#: Every legal move. The happy path is RECEIVED → COMPLETE → ROUTED → RUNNING →
+#: RESULTS_WRITTEN → EXPORTING → DONE; failures go through FAILED_RETRYABLE to a
+#: retry or to DEAD; a hand retry (``dicomnode jobs retry``) or a replay takes a
+#: DEAD or DONE job back to the step it repeats.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    S.RECEIVED: frozenset({S.COMPLETE}),
+    S.COMPLETE: frozenset({S.ROUTED, S.DISCARDED}),
+    S.ROUTED: frozenset({S.RUNNING, S.FAILED_RETRYABLE, S.DEAD}),
+    S.RUNNING: frozenset({S.RESULTS_WRITTEN, S.FAILED_RETRYABLE, S.DEAD}),
+    S.RESULTS_WRITTEN: frozenset({S.EXPORTING, S.DONE}),
+    S.EXPORTING: frozenset({S.DONE, S.FAILED_RETRYABLE, S.DEAD}),
+    S.FAILED_RETRYABLE: frozenset({S.ROUTED, S.RUNNING, S.EXPORTING, S.DEAD}),
+    S.DEAD: frozenset({S.ROUTED, S.RESULTS_WRITTEN}),
+    S.DONE: frozenset({S.RESULTS_WRITTEN}),
+    S.DISCARDED: frozenset({S.COMPLETE}),
+}
+
+
+def check_transition(current: JobState, target: JobState) -> None:
+    """Raise unless ``current`` → ``target`` is a legal transition.
+
+    Raises
+    ------
+    IllegalTransitionError
+        The move is not in :data:`TRANSITIONS`.
+    """
+    if target not in TRANSITIONS[current]:
+        allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing"
+        raise IllegalTransitionError(
+            f"a job in {current} cannot move to {target} (allowed: {allowed})"
+        )

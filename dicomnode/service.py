@@ -1,0 +1,212 @@
+"""Wiring: the one place that builds the stages and starts and stops them.
+
+The embedded default is one process: the listener's threads, the assembler's
+scheduler and the SQLite job store. With ``ingress.processes > 1`` the listener
+runs in that many child processes sharing the port (SO_REUSEPORT); they meet
+the assembler in the spool and the job store like any other stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import Any
+
+from dicomnode.assembly import Assembler
+from dicomnode.config import Settings
+from dicomnode.errors import DicomNodeError, StartupError
+from dicomnode.ingress import IngressServer, StoreHandler, recover_spool
+from dicomnode.jobs import SQLiteJobStore
+from dicomnode.spool import Spool
+
+LOGGER = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """Console logging for ``serve`` and its receiving processes.
+
+    The libraries' per-message logs (pynetdicom logs every DIMSE message,
+    APScheduler every run) are kept at WARNING unless the level is DEBUG.
+    """
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    quiet = logging.DEBUG if level == "DEBUG" else logging.WARNING
+    for name in ("pynetdicom", "apscheduler"):
+        logging.getLogger(name).setLevel(quiet)
+
+
+def build_spool(settings: Settings) -> Spool:
+    """The spool as configured."""
+    return Spool(
+        settings.storage.spool_path, min_free_bytes=settings.storage.min_free_mb * 1024 * 1024
+    )
+
+
+def build_store(settings: Settings) -> SQLiteJobStore:
+    """The job store as configured."""
+    return SQLiteJobStore(settings.database_path)
+
+
+def _ingress_child(settings: Settings, ready: Any, index: int) -> None:
+    """Entry point of one receiving process."""
+    configure_logging(settings.logging.level)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        store = build_store(settings)
+        server = IngressServer(
+            settings.node,
+            settings.ingress,
+            StoreHandler(build_spool(settings), store),
+            reuse_port=True,
+        )
+        server.start()
+    except (OSError, DicomNodeError) as exc:
+        ready.put((index, f"{type(exc).__name__}: {exc}"))
+        return
+    ready.put((index, None))
+    stop.wait()
+    server.stop(settings.ingress.shutdown_grace_seconds)
+    store.close()
+
+
+class Node:
+    """The running node.
+
+    Parameters
+    ----------
+    settings : Settings
+        The validated configuration.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.spool: Spool | None = None
+        self.store: SQLiteJobStore | None = None
+        self.ingress: IngressServer | None = None
+        self.assembler: Assembler | None = None
+        self._children: list[BaseProcess] = []
+        self._mp = multiprocessing.get_context("spawn")
+        self._ready: Any = None
+        self._stop = threading.Event()
+
+    def _start_child(self, index: int) -> BaseProcess:
+        child = self._mp.Process(
+            target=_ingress_child,
+            args=(self.settings, self._ready, index),
+            name=f"ingress-{index}",
+            daemon=False,
+        )
+        child.start()
+        return child
+
+    def start(self) -> None:
+        """Recover the spool, open the listener(s), start assembly.
+
+        Raises
+        ------
+        StartupError
+            Something the admin must fix (the message says what).
+        """
+        try:
+            self.spool = build_spool(self.settings)
+            self.store = build_store(self.settings)
+        except (OSError, DicomNodeError) as exc:
+            raise StartupError(f"cannot open the data directory: {exc}") from exc
+        recover_spool(self.spool, self.store)
+        processes = self.settings.ingress.processes
+        if processes == 1:
+            self.ingress = IngressServer(
+                self.settings.node, self.settings.ingress, StoreHandler(self.spool, self.store)
+            )
+            try:
+                self.ingress.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on {self.settings.node.bind}:{self.settings.node.port}: "
+                    f"{exc.strerror}"
+                ) from exc
+        else:
+            self._ready = self._mp.Queue()
+            self._children = [self._start_child(i) for i in range(processes)]
+            errors = []
+            for _ in range(processes):
+                index, error = self._ready.get(timeout=60)
+                if error is not None:
+                    errors.append(f"ingress-{index}: {error}")
+            if errors:
+                self.stop()
+                raise StartupError("receiving processes failed to start: " + "; ".join(errors))
+            LOGGER.info(
+                "%d receiving processes listening as %s on %s:%d",
+                processes,
+                self.settings.node.ae_title,
+                self.settings.node.bind,
+                self.settings.node.port,
+            )
+        self.assembler = Assembler(self.settings.assembly, self.store)
+        self.assembler.start()
+
+    def supervise(self) -> None:
+        """Restart receiving processes that died (called periodically)."""
+        for index, child in enumerate(self._children):
+            if not child.is_alive() and not self._stop.is_set():
+                LOGGER.error(
+                    "receiving process %s exited with %s; restarting", child.name, child.exitcode
+                )
+                self._children[index] = self._start_child(index)
+
+    def stop(self) -> None:
+        """Stop accepting, finish in-flight stores, stop assembly, close the store."""
+        self._stop.set()
+        grace = self.settings.ingress.shutdown_grace_seconds
+        for child in self._children:
+            if child.is_alive() and child.pid is not None:
+                child.terminate()
+        for child in self._children:
+            child.join(timeout=grace + 10)
+            if child.is_alive():
+                LOGGER.error("receiving process %s did not stop; killing it", child.name)
+                child.kill()
+                child.join()
+        self._children = []
+        if self.ingress is not None:
+            self.ingress.stop(grace)
+            self.ingress = None
+        if self.assembler is not None:
+            self.assembler.stop()
+            self.assembler = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        LOGGER.info("node stopped")
+
+    def request_stop(self) -> None:
+        """Ask :meth:`serve_forever` to return (safe from a signal handler)."""
+        self._stop.set()
+
+    def serve_forever(self) -> None:
+        """Start, run until SIGTERM or SIGINT, then stop cleanly."""
+
+        def _on_signal(signum: int, frame: FrameType | None) -> None:
+            LOGGER.info("received %s, shutting down", signal.Signals(signum).name)
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                self.supervise()
+        finally:
+            self.stop()

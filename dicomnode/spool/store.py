@@ -1,0 +1,210 @@
+"""Atomic, durable instance files.
+
+Layout under the spool root::
+
+    tmp/                          partial writes, removed on failure and at start-up
+    studies/<study>/<series>/<sop>.dcm
+
+A file appears under ``studies/`` only complete and fsynced, and its directory
+entry is fsynced too, so once :meth:`Spool.store` returns the instance survives
+a crash or power loss.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicomnode.errors import SpoolWriteError
+from dicomnode.spool.uids import validate_uid
+
+LOGGER = logging.getLogger(__name__)
+
+SUFFIX = ".dcm"
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """Where an instance landed.
+
+    Attributes
+    ----------
+    path : Path
+        The instance file in the spool.
+    size : int
+        Bytes written.
+    existed : bool
+        ``True`` when a file for this SOP Instance UID was already there; the
+        new bytes were discarded and the first copy kept.
+    """
+
+    path: Path
+    size: int
+    existed: bool
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """The instance store on local disk.
+
+    Parameters
+    ----------
+    root : Path
+        The spool directory; created when missing.
+    min_free_bytes : int
+        Refuse writes that would leave less free space than this on the disk.
+    """
+
+    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
+        self.root = Path(root)
+        self.min_free_bytes = min_free_bytes
+        self.tmp_dir = self.root / "tmp"
+        self.studies_dir = self.root / "studies"
+        self._dir_lock = threading.Lock()
+        for directory in (self.root, self.tmp_dir, self.studies_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Return the path an instance has in the spool (UIDs validated first).
+
+        Raises
+        ------
+        InvalidUIDError
+            One of the UIDs is not safe to use.
+        """
+        study = validate_uid(study_uid, "StudyInstanceUID")
+        series = validate_uid(series_uid, "SeriesInstanceUID")
+        sop = validate_uid(sop_uid, "SOPInstanceUID")
+        return self.studies_dir / study / series / (sop + SUFFIX)
+
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory.is_dir():
+            return
+        with self._dir_lock:
+            missing: list[Path] = []
+            probe = directory
+            while not probe.is_dir():
+                missing.append(probe)
+                probe = probe.parent
+            for new in reversed(missing):
+                try:
+                    new.mkdir()
+                except FileExistsError:
+                    if not new.is_dir():
+                        raise
+                _fsync_dir(new.parent)
+
+    def _check_free_space(self, needed: int) -> None:
+        if self.min_free_bytes <= 0:
+            return
+        stats = os.statvfs(self.tmp_dir)
+        free = stats.f_bavail * stats.f_frsize
+        if free - needed < self.min_free_bytes:
+            raise SpoolWriteError(
+                errno.ENOSPC,
+                f"spool disk has {free // (1024 * 1024)} MiB free, "
+                f"below the configured minimum of {self.min_free_bytes // (1024 * 1024)} MiB",
+            )
+
+    def store(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> StoredFile:
+        """Write one instance durably, keeping the first copy of a SOP Instance UID.
+
+        The bytes go to a temporary file that is fsynced, then linked into its
+        final place (which never overwrites), then the directory is fsynced.
+
+        Parameters
+        ----------
+        study_uid, series_uid, sop_uid : str
+            The instance's UIDs; validated before any use in a path.
+        data : bytes
+            The encoded DICOM file (preamble, meta, dataset) as received.
+
+        Returns
+        -------
+        StoredFile
+            The final path and whether an earlier copy was already there.
+
+        Raises
+        ------
+        InvalidUIDError
+            A UID is not safe to use as a path.
+        SpoolWriteError
+            The disk refused the write; no partial file is left behind.
+        """
+        final = self.path_for(study_uid, series_uid, sop_uid)
+        tmp = self.tmp_dir / f"{final.stem}.{os.getpid()}.{secrets.token_hex(6)}.part"
+        try:
+            self._check_free_space(len(data))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._ensure_dir(final.parent)
+            try:
+                os.link(tmp, final)
+                existed = False
+            except FileExistsError:
+                existed = True
+            os.unlink(tmp)
+            if not existed:
+                _fsync_dir(final.parent)
+        except SpoolWriteError:
+            raise
+        except OSError as exc:
+            self._discard(tmp)
+            raise SpoolWriteError(
+                exc.errno, f"writing to the spool failed: {exc.strerror}"
+            ) from exc
+        return StoredFile(path=final, size=len(data), existed=existed)
+
+    @staticmethod
+    def _discard(path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            LOGGER.error("could not remove partial file %s: %s", path.name, exc.strerror)
+
+    def remove(self, path: Path) -> None:
+        """Remove one instance file (used when the job store rejects a copy)."""
+        self._discard(path)
+        try:
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            LOGGER.warning("could not fsync %s after removal: %s", path.parent, exc.strerror)
+
+    def clean_tmp(self) -> int:
+        """Remove partial files a crash may have left; return how many."""
+        removed = 0
+        for leftover in self.tmp_dir.iterdir():
+            self._discard(leftover)
+            removed += 1
+        return removed
+
+    def iter_instances(self) -> Iterator[Path]:
+        """Yield every instance file in the spool."""
+        for study in sorted(self.studies_dir.iterdir()):
+            if not study.is_dir():
+                continue
+            for series in sorted(study.iterdir()):
+                if series.is_dir():
+                    yield from sorted(series.glob("*" + SUFFIX))

@@ -1,0 +1,1 @@
+"""Built-in pipelines, one sub-package each (registered through entry points)."""
