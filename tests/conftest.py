@@ -1,0 +1,75 @@
+"""Fixtures: configs, an in-process node, a node process, synthetic series."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dicomnode.config import Settings, parse_config
+from dicomnode.jobs import SQLiteJobStore
+from dicomnode.service import Node
+from dicomnode.synthetic import Series, write_ct_series
+from tests.helpers import NodeProcess, node_config, wait_for, write_config
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def build(**sections: dict[str, Any]) -> Settings:
+        return parse_config(node_config(tmp_path, **sections))
+
+    return build
+
+
+@pytest.fixture
+def start_node() -> Iterator[Callable[[Settings], Node]]:
+    """Start an in-process node; stopped at teardown."""
+    started: list[Node] = []
+
+    def start(settings: Settings) -> Node:
+        node = Node(settings)
+        node.start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+def node_process(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """Start ``dicomnode serve`` processes; stopped at teardown."""
+    started: list[NodeProcess] = []
+
+    def start(config: dict[str, Any], wait: bool = True, **kwargs: Any) -> NodeProcess:
+        path = write_config(tmp_path / f"node{len(started)}.yaml", config)
+        proc = NodeProcess(path, config["node"]["port"], tmp_path / "node.log")
+        started.append(proc)
+        return proc.start(wait=wait, **kwargs)
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def ct_series(tmp_path: Path) -> Callable[..., Series]:
+    def build(slices: int = 64, size: int = 64, name: str = "ct", **kwargs: Any) -> Series:
+        return write_ct_series(tmp_path / name, slices=slices, rows=size, columns=size, **kwargs)
+
+    return build
+
+
+def open_store(settings: Settings) -> SQLiteJobStore:
+    return SQLiteJobStore(settings.database_path)
+
+
+def wait_for_state(store: SQLiteJobStore, study_uid: str, state: str, timeout: float) -> Any:
+    def check() -> Any:
+        jobs = [j for j in store.jobs(study_instance_uid=study_uid) if j.state == state]
+        return jobs or None
+
+    return wait_for(check, timeout, f"study round in {state}")

@@ -1,0 +1,181 @@
+"""Shared test helpers: free ports, node configs, the node as a process, DCMTK."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NODE_AET = "DICOMNODE"
+SCANNER_AET = "SCANNER"
+PEER_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_tool(name: str) -> str:
+    """Path of a peer program; fails (not skips) when `make test` did not install it."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+    if path is None:
+        raise AssertionError(f"{name} is not installed; `make test` installs the test peers")
+    return path
+
+
+def node_config(
+    tmp_path: Path, port: int | None = None, **sections: dict[str, Any]
+) -> dict[str, Any]:
+    """A config mapping for a node on loopback, accepting SCANNER and STORESCU."""
+    config: dict[str, Any] = {
+        "node": {"ae_title": NODE_AET, "bind": "127.0.0.1", "port": port or free_port()},
+        "ingress": {
+            "allowed_senders": [
+                {"ae_title": SCANNER_AET},
+                {"ae_title": "STORESCU"},
+                {"ae_title": "ECHOSCU"},
+                {"ae_title": "DICOMNODE_SCU"},
+            ],
+            "shutdown_grace_seconds": 20,
+        },
+        "storage": {"data_dir": str(tmp_path / "data"), "min_free_mb": 0},
+        "assembly": {"quiet_seconds": 30, "max_wait_seconds": 3600, "poll_seconds": 0.2},
+        "logging": {"level": "INFO"},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    return config
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def echo(port: int, calling: str = SCANNER_AET, called: str = NODE_AET) -> bool:
+    result = subprocess.run(
+        [require_tool("echoscu"), "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+        capture_output=True,
+        env=PEER_ENV,
+        timeout=30,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def storescu(
+    files: Sequence[Path],
+    port: int,
+    *,
+    calling: str = SCANNER_AET,
+    called: str = NODE_AET,
+    extra: Sequence[str] = (),
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """DCMTK storescu, verbose, over one association."""
+    return subprocess.run(
+        [
+            require_tool("storescu"),
+            "-v",
+            *extra,
+            "-aet",
+            calling,
+            "-aec",
+            called,
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        env=PEER_ENV,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def store_statuses(output: str) -> list[str]:
+    """The status text of every C-STORE response storescu -v printed, in order."""
+    found = []
+    for line in output.splitlines():
+        marker = "Received Store Response ("
+        if marker in line:
+            found.append(line.split(marker, 1)[1].rstrip(")"))
+    return found
+
+
+class NodeProcess:
+    """``python -m dicomnode serve`` as a child process."""
+
+    def __init__(self, config_path: Path, port: int, log_path: Path) -> None:
+        self.config_path = config_path
+        self.port = port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, preexec: Callable[[], None] | None = None, wait: bool = True) -> NodeProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dicomnode", "serve", "-c", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec,
+        )
+        log.close()
+        if wait:
+            wait_for(self._ready, 60, "the node to answer C-ECHO", interval=0.2)
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+        return echo(self.port)
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

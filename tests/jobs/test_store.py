@@ -1,0 +1,202 @@
+"""The SQLite job store: rounds, duplicates, completion exactly once, transitions."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from dicomnode.errors import IllegalTransitionError, NotFoundError
+from dicomnode.jobs import TRANSITIONS, InstanceRecord, JobState, SQLiteJobStore
+
+STUDY = "1.2.826.0.1.1"
+QUIET, MAX_WAIT = 30.0, 600.0
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(
+    sop: str, at: float, study: str = STUDY, series: str = "1.2.826.0.1.1.1"
+) -> InstanceRecord:
+    return InstanceRecord(
+        sop_instance_uid=sop,
+        series_instance_uid=series,
+        study_instance_uid=study,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        modality="CT",
+        path=f"/spool/{sop}.dcm",
+        size=10,
+        calling_ae="SCANNER",
+        received_at=at,
+    )
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> SQLiteJobStore:
+    return SQLiteJobStore(tmp_path / "jobs.db", clock=clock)
+
+
+def test_wal_mode(store: SQLiteJobStore) -> None:
+    assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_instances_of_a_study_share_one_round(store: SQLiteJobStore) -> None:
+    first = store.record_instance(record("1.1", 100.0))
+    second = store.record_instance(record("1.2", 101.0))
+    assert first.new_round and not second.new_round
+    assert first.job_id == second.job_id
+    job = store.get_job(first.job_id)
+    assert (job.state, job.round, job.instance_count) == (JobState.RECEIVED, 1, 2)
+    assert job.last_instance_at == 101.0
+
+
+def test_duplicate_is_counted_not_processed(store: SQLiteJobStore) -> None:
+    first = store.record_instance(record("1.1", 100.0))
+    again = store.record_instance(record("1.1", 105.0))
+    assert again.duplicate and again.kept_path == "/spool/1.1.dcm"
+    assert store.duplicates("1.1") == 1
+    job = store.get_job(first.job_id)
+    assert job.instance_count == 1
+    assert job.last_instance_at == 100.0  # a duplicate does not extend the quiet period
+    store.complete_due(100.0 + QUIET, QUIET, MAX_WAIT)
+    late = store.record_instance(record("1.1", 500.0))
+    assert late.duplicate and late.job_id == first.job_id
+    assert len(store.jobs()) == 1
+
+
+def test_quiet_period_completes_exactly_once(store: SQLiteJobStore) -> None:
+    job_id = store.record_instance(record("1.1", 100.0)).job_id
+    store.record_instance(record("1.2", 120.0))
+    assert store.complete_due(100.0 + QUIET + 1, QUIET, MAX_WAIT) == []  # reset by 1.2
+    assert store.next_due(QUIET, MAX_WAIT) == 120.0 + QUIET
+    assert store.complete_due(120.0 + QUIET, QUIET, MAX_WAIT) == [job_id]
+    assert store.complete_due(999_999.0, QUIET, MAX_WAIT) == []
+    history = store.history(job_id)
+    assert [(t.from_state, t.to_state) for t in history] == [
+        (None, JobState.RECEIVED),
+        (JobState.RECEIVED, JobState.COMPLETE),
+    ]
+    assert history[0].at == 100.0 and history[1].at == 120.0 + QUIET
+    assert "quiet" in (history[1].reason or "")
+
+
+def test_max_wait_bounds_a_study_that_keeps_arriving(store: SQLiteJobStore) -> None:
+    job_id = store.record_instance(record("1.0", 0.0)).job_id
+    for i in range(1, 40):
+        at = i * 20.0
+        store.record_instance(record(f"1.{i}", at))
+        completed = store.complete_due(at, QUIET, MAX_WAIT)
+        if at < MAX_WAIT:
+            assert completed == []
+        else:
+            assert completed == [job_id]
+            break
+    assert "maximum wait" in (store.get_job(job_id).reason or "")
+
+
+def test_late_instance_opens_a_new_recorded_round(store: SQLiteJobStore) -> None:
+    first = store.record_instance(record("1.1", 100.0))
+    store.complete_due(200.0, QUIET, MAX_WAIT)
+    late = store.record_instance(record("1.2", 300.0))
+    assert late.new_round and late.job_id != first.job_id
+    rounds = sorted(
+        (j.round, j.state, j.instance_count) for j in store.jobs(study_instance_uid=STUDY)
+    )
+    assert rounds == [(1, JobState.COMPLETE, 1), (2, JobState.RECEIVED, 1)]
+    assert store.get_job(first.job_id).instance_count == 1
+    studies = store.studies()
+    assert [(s.instance_count, s.rounds, s.latest_state) for s in studies] == [
+        (2, 2, JobState.RECEIVED)
+    ]
+
+
+def test_the_whole_happy_path_is_legal_and_timestamped(store: SQLiteJobStore, clock: Clock) -> None:
+    job_id = store.record_instance(record("1.1", clock.now)).job_id
+    clock.now += QUIET
+    store.complete_due(clock.now, QUIET, MAX_WAIT)
+    path = [
+        JobState.ROUTED,
+        JobState.RUNNING,
+        JobState.RESULTS_WRITTEN,
+        JobState.EXPORTING,
+        JobState.DONE,
+    ]
+    for step, state in enumerate(path):
+        clock.now += 10.0 * (step + 1)
+        assert store.transition(job_id, state).state == state
+    history = store.history(job_id)
+    assert [t.to_state for t in history][2:] == path
+    times = [t.at for t in history]
+    assert times == sorted(times)
+    assert store.get_job(job_id).updated_at == clock.now
+
+
+def test_illegal_transitions_raise_and_change_nothing(store: SQLiteJobStore) -> None:
+    job_id = store.record_instance(record("1.1", 1.0)).job_id
+    with pytest.raises(IllegalTransitionError, match="RECEIVED cannot move to DONE"):
+        store.transition(job_id, JobState.DONE)
+    with pytest.raises(IllegalTransitionError, match="expected COMPLETE"):
+        store.transition(job_id, JobState.COMPLETE, expected=JobState.COMPLETE)
+    assert store.get_job(job_id).state == JobState.RECEIVED
+    assert len(store.history(job_id)) == 1
+    with pytest.raises(NotFoundError):
+        store.transition(9999, JobState.COMPLETE)
+
+
+def test_every_state_is_in_the_transition_table() -> None:
+    assert set(TRANSITIONS) == set(JobState)
+    assert JobState.RECEIVED not in {t for targets in TRANSITIONS.values() for t in targets}
+
+
+def test_state_survives_reopening(tmp_path: Path) -> None:
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    job_id = store.record_instance(record("1.1", 100.0)).job_id
+    store.close()
+    reopened = SQLiteJobStore(tmp_path / "jobs.db")
+    assert reopened.get_job(job_id).state == JobState.RECEIVED
+    assert reopened.has_instance("1.1")
+    assert reopened.next_due(QUIET, MAX_WAIT) == 100.0 + QUIET
+
+
+def _complete_in_process(
+    db: str, barrier: multiprocessing.synchronize.Barrier, out: multiprocessing.queues.Queue
+) -> None:  # type: ignore[name-defined]
+    store = SQLiteJobStore(Path(db))
+    barrier.wait()
+    out.put(store.complete_due(10_000.0, QUIET, MAX_WAIT))
+
+
+def test_two_assemblers_complete_each_round_once(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    store = SQLiteJobStore(db)
+    ids = {
+        store.record_instance(record(f"1.{i}", 100.0, study=f"1.9.{i}")).job_id for i in range(20)
+    }
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_complete_in_process, args=(str(db), barrier, out)) for _ in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    completed = results[0] + results[1]
+    assert sorted(completed) == sorted(ids)
+    for job_id in ids:
+        assert [t.to_state for t in store.history(job_id)].count(JobState.COMPLETE) == 1
