@@ -1,0 +1,545 @@
+"""Ingest benchmark: how fast the node receives a CT series, against Orthanc and DCMTK storescp.
+
+What it measures
+----------------
+A synthetic CT series (default 256 slices of 512x512, Explicit VR Little Endian, about
+512 KiB a file) is pushed with DCMTK ``storescu`` over loopback to each receiver:
+
+* ``storescp`` (DCMTK, ``--fork``), with its default PDU size and with ``--max-pdu 131072``.
+  It writes files without fsync and records nothing: the native ceiling of this machine.
+* Orthanc, with ``SyncStorageArea`` (fsync, as the node does) and 4 DICOM threads.
+* the node (``python -m dicomnode serve``) with ``ingress.processes`` 1 and 4.
+
+Each receiver gets the whole series once over one association (one ``storescu`` with every
+file) and once over 4 parallel associations (4 ``storescu`` processes started together, each
+with a quarter of the files; timed from the start of the first to the exit of the last).
+Every measurement uses a freshly started receiver with an empty storage directory, checks
+that every ``storescu`` exited 0 and that the receiver stored every instance, and counts
+the time ``storescu`` needs, process start included. ``--repeat K`` keeps the best of K.
+
+How to read the figures
+-----------------------
+Images/s is slices divided by wall time; higher is better. storescp is the ceiling: what
+the sender, loopback and the disk allow when the receiver does nearly nothing. The node's
+ratios to Orthanc (an fsyncing PACS) and to storescp are printed at the end; a ratio above
+1.00x means the node was faster; the storescp ratios use its faster configuration. The
+receivers do not get the same PDU size: storescp 16384 or 131072, Orthanc its default
+(16384), the node 262144. At the default size one measurement lasts about a second, so a
+single run is noisy: ``--repeat 3`` steadies it. The figures depend on the machine (its CPU
+count is printed with them), on what else runs on it, and on the page cache; compare runs
+from the same machine only.
+A failed check is printed under the table and makes the exit status 1.
+
+Run ``python bench/ingest.py`` from the repository root (``make bench``); ``--help`` lists
+the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import ClassVar
+
+from dicomnode.synthetic import write_ct_series
+
+CALLING_AET = "BENCH"
+ORTHANC = "/usr/sbin/Orthanc"
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 40.0
+PARALLEL = 4
+# DCMTK and Orthanc read TCP_NODELAY; the node sets it on every socket itself.
+CHILD_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+class BenchError(Exception):
+    """A receiver failed to start or a push failed its checks."""
+
+
+# -- processes and ports ------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log file, indented, for error messages."""
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return "    (no log)"
+    return "\n".join("    " + line for line in text) or "    (empty log)"
+
+
+def start(argv: Sequence[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start a receiver in its own process group, its output going to ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=CHILD_ENV,
+            start_new_session=True,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes], *, group: bool) -> int | None:
+    """SIGTERM the process (or its whole group), wait, then SIGKILL whatever is left of the
+    group, even when interrupted. Returns the exit status, or None when it had to be killed."""
+    status: int | None = proc.poll()
+    try:
+        if status is None:
+            try:
+                if group:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                else:
+                    proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                status = proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                status = None
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # stray children (storescp forks, node workers)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+    return status
+
+
+def echo(aet: str, port: int) -> bool:
+    """Whether a C-ECHO to the receiver succeeds."""
+    result = subprocess.run(
+        ["echoscu", "-to", "5", "-aet", CALLING_AET, "-aec", aet, "127.0.0.1", str(port)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=CHILD_ENV,
+        check=False,
+    )
+    return result.returncode == 0
+
+
+def http_ok(url: str) -> bool:
+    """Whether a GET of ``url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+# -- receivers ----------------------------------------------------------------------------------
+
+
+class Receiver(ABC):
+    """A receiver configuration; :meth:`launch` starts a fresh instance of it in a work
+    directory, with empty storage and new ports, and :meth:`shutdown` stops it."""
+
+    name: ClassVar[str]
+    aet: ClassVar[str]
+    # storescp's forked children outlive their parent: SIGTERM the whole process group.
+    kill_group: ClassVar[bool] = False
+
+    def __init__(self, config: str) -> None:
+        self.config = config
+        self.port = 0
+        self.workdir = Path()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.exit_status: int | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "receiver.log"
+
+    def launch(self, workdir: Path) -> None:
+        """Start an instance in ``workdir`` and wait until it answers C-ECHO."""
+        self.workdir = workdir
+        self.port = free_port()
+        self.exit_status = None
+        self.proc = start(self.argv(), self.log, workdir)
+        self.wait_ready()
+
+    @abstractmethod
+    def argv(self) -> list[str]:
+        """Prepare the work directory (storage, config file); the command that starts it."""
+
+    @abstractmethod
+    def stored(self) -> int:
+        """How many instances the running instance holds."""
+
+    def ready(self) -> bool:
+        return echo(self.aet, self.port)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BenchError(
+                    f"{self.name} ({self.config}) exited with {self.proc.returncode} "
+                    f"before it was ready:\n{tail(self.log)}"
+                )
+            if self.ready():
+                return
+            time.sleep(0.2)
+        raise BenchError(
+            f"{self.name} ({self.config}) not ready after {READY_TIMEOUT:.0f} s:\n{tail(self.log)}"
+        )
+
+    def shutdown(self) -> str | None:
+        """Stop the instance; a message when it did not stop cleanly."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        self.exit_status = stop(proc, group=self.kill_group)
+        if self.exit_status is None:
+            return f"{self.name} ({self.config}) ignored SIGTERM for {STOP_TIMEOUT:.0f} s"
+        return None
+
+
+class StoreSCP(Receiver):
+    """DCMTK storescp, one forked process per association, files written without fsync."""
+
+    name = "storescp"
+    aet = "STORESCP"
+    kill_group = True
+
+    def __init__(self, max_pdu: int | None = None) -> None:
+        super().__init__("--fork" + (f" --max-pdu {max_pdu}" if max_pdu else " (PDU 16384)"))
+        self.max_pdu = max_pdu
+
+    def argv(self) -> list[str]:
+        (self.workdir / "out").mkdir()
+        argv = ["storescp", "--fork", "-od", str(self.workdir / "out"), "-aet", self.aet]
+        if self.max_pdu:
+            argv += ["--max-pdu", str(self.max_pdu)]
+        return [*argv, str(self.port)]
+
+    def stored(self) -> int:
+        return sum(1 for path in (self.workdir / "out").iterdir() if path.is_file())
+
+
+class Orthanc(Receiver):
+    """Orthanc with SyncStorageArea (fsync, as the node does) and 4 DICOM threads."""
+
+    name = "Orthanc"
+    aet = "ORTHANC"
+
+    def __init__(self) -> None:
+        super().__init__("sync, 4 threads")
+        self.http_port = 0
+
+    def argv(self) -> list[str]:
+        self.http_port = free_port()
+        storage = self.workdir / "storage"
+        storage.mkdir()
+        config = {
+            "Name": "bench",
+            "StorageDirectory": str(storage),
+            "IndexDirectory": str(storage),
+            "DicomAet": self.aet,
+            "DicomPort": self.port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "SyncStorageArea": True,
+            "DicomCheckCalledAet": False,
+            "UnknownSopClassAccepted": True,
+            "DicomAlwaysAllowStore": True,
+            "StorageCompression": False,
+            "Plugins": [],
+            "HttpServerEnabled": True,
+            "DicomThreadsCount": 4,
+            "TcpNoDelay": True,
+        }
+        path = self.workdir / "orthanc.json"
+        path.write_text(json.dumps(config, indent=2))
+        return [ORTHANC, str(path)]
+
+    def ready(self) -> bool:
+        return http_ok(f"http://127.0.0.1:{self.http_port}/system") and super().ready()
+
+    def stored(self) -> int:
+        url = f"http://127.0.0.1:{self.http_port}/statistics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(json.load(response)["CountInstances"])
+
+
+class Node(Receiver):
+    """The node, ``python -m dicomnode serve`` with ``ingress.processes`` receiving processes."""
+
+    name = "node"
+    aet = "DICOMNODE"
+
+    def __init__(self, processes: int) -> None:
+        super().__init__(f"processes={processes}")
+        self.processes = processes
+
+    def argv(self) -> list[str]:
+        data = self.workdir / "data"
+        data.mkdir()
+        config = self.workdir / "node.yaml"
+        config.write_text(
+            f"node: {{ae_title: {self.aet}, bind: 127.0.0.1, port: {self.port}}}\n"
+            f"ingress: {{allow_any: true, processes: {self.processes}, max_pdu_size: 262144}}\n"
+            f"storage: {{data_dir: {json.dumps(str(data))}, min_free_mb: 0}}\n"
+            "assembly: {quiet_seconds: 600, max_wait_seconds: 3600}\n"
+            "logging: {level: WARNING}\n"
+        )
+        return [sys.executable, "-m", "dicomnode", "serve", "-c", str(config)]
+
+    def stored(self) -> int:
+        """Files in the spool: the node keeps one per SOP Instance UID."""
+        studies = self.workdir / "data" / "spool" / "studies"
+        return sum(1 for _ in studies.rglob("*.dcm")) if studies.is_dir() else 0
+
+    def shutdown(self) -> str | None:
+        message = super().shutdown()
+        if message is None and self.exit_status not in (None, 0):
+            message = f"node ({self.config}) exited with {self.exit_status} on SIGTERM:\n"
+            message += tail(self.log)
+        return message
+
+
+# -- pushing ------------------------------------------------------------------------------------
+
+
+def split(files: Sequence[Path], parts: int) -> list[list[Path]]:
+    """``files`` in ``parts`` contiguous chunks of (nearly) equal size."""
+    n = len(files)
+    return [list(files[i * n // parts : (i + 1) * n // parts]) for i in range(parts)]
+
+
+def push(receiver: Receiver, files: Sequence[Path], associations: int) -> float:
+    """Send ``files`` over ``associations`` parallel storescu runs; seconds from first start
+    to last exit. Raises when a storescu fails or the receiver did not store every file."""
+    chunks = [chunk for chunk in split(files, associations) if chunk]
+    logs = [receiver.workdir / f"storescu-{associations}-{i}.log" for i in range(len(chunks))]
+    handles = [log.open("wb") for log in logs]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        began = time.perf_counter()
+        for chunk, out in zip(chunks, handles, strict=True):
+            argv = ["storescu", "-aet", CALLING_AET, "-aec", receiver.aet]
+            argv += ["127.0.0.1", str(receiver.port), *map(str, chunk)]
+            procs.append(
+                subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=CHILD_ENV,
+                )
+            )
+        codes = [proc.wait() for proc in procs]
+        seconds = time.perf_counter() - began
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for out in handles:
+            out.close()
+    label = f"{receiver.name} ({receiver.config}), {associations} association(s)"
+    for code, log in zip(codes, logs, strict=True):
+        if code != 0:
+            raise BenchError(f"{label}: storescu exited with {code}:\n{tail(log)}")
+    stored = receiver.stored()
+    if stored != len(files):
+        # Tell "lost" from "acknowledged before it was stored": look again a little later.
+        time.sleep(5)
+        later = receiver.stored()
+        raise BenchError(
+            f"{label}: {stored} of {len(files)} instances stored when storescu returned "
+            f"({later} five seconds later):\n{tail(receiver.log)}"
+        )
+    return seconds
+
+
+@dataclass
+class Row:
+    """Best images/s per association count for one receiver configuration."""
+
+    name: str
+    config: str
+    rates: dict[int, float] = field(default_factory=dict)
+
+
+@contextmanager
+def running(receiver: Receiver, workdir: Path, problems: list[str]) -> Iterator[Receiver]:
+    """A fresh instance of the receiver in ``workdir``; stopped (and an unclean stop noted)
+    on the way out."""
+    try:
+        receiver.launch(workdir)
+        yield receiver
+    finally:
+        message = receiver.shutdown()
+        if message:
+            problems.append(message)
+
+
+def measure(
+    receiver: Receiver,
+    files: Sequence[Path],
+    scratch: Path,
+    repeat: int,
+    problems: list[str],
+) -> Row:
+    """Push the series to fresh instances of the receiver over 1 and 4 associations,
+    ``repeat`` times each, and keep the best rate. Failures go to ``problems``."""
+    row = Row(receiver.name, receiver.config)
+    for associations in (1, PARALLEL):
+        for attempt in range(repeat):
+            workdir = Path(tempfile.mkdtemp(prefix=f"{receiver.name}-", dir=scratch))
+            try:
+                with running(receiver, workdir, problems):
+                    seconds = push(receiver, files, associations)
+                rate = len(files) / seconds
+                row.rates[associations] = max(rate, row.rates.get(associations, 0.0))
+                print(
+                    f"  {row.name:<8} {row.config:<24} {associations} assoc "
+                    f"run {attempt + 1}/{repeat}: {seconds:6.2f} s  {rate:7.1f} images/s",
+                    flush=True,
+                )
+            except (BenchError, OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+                problems.append(str(exc))
+                print(f"  {row.name} ({row.config}), {associations} assoc: FAILED", flush=True)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+    return row
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def fmt_rate(row: Row, associations: int) -> str:
+    rate = row.rates.get(associations)
+    return f"{rate:.1f}" if rate is not None else "FAILED"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def ratios(nodes: Sequence[Row], orthanc: Row, storescp: Sequence[Row]) -> list[str]:
+    """Lines like ``node(4 proc)/Orthanc over 4 assoc: 1.12x``."""
+    lines: list[str] = []
+    for node in nodes:
+        who = f"node({node.config.removeprefix('processes=')} proc)"
+        for associations in (1, PARALLEL):
+            rate = node.rates.get(associations)
+            ceiling = max((r.rates.get(associations, 0.0) for r in storescp), default=0.0)
+            for other, base in (
+                ("Orthanc", orthanc.rates.get(associations)),
+                ("storescp", ceiling),
+            ):
+                value = f"{rate / base:.2f}x" if rate and base else "n/a"
+                lines.append(f"{who}/{other} over {associations} assoc: {value}")
+    return lines
+
+
+def on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """Exit through the finally blocks; a second SIGTERM must not interrupt the cleanup."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--slices", type=int, default=256, help="slices in the series (256)")
+    parser.add_argument("--size", type=int, default=512, help="rows and columns (512)")
+    parser.add_argument("--repeat", type=int, default=1, help="keep the best of K runs (1)")
+    args = parser.parse_args(argv)
+    if args.slices < PARALLEL or args.size < 1 or args.repeat < 1:
+        parser.error(f"need --slices >= {PARALLEL}, --size >= 1, --repeat >= 1")
+    for tool in ("storescu", "storescp", "echoscu"):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found: install DCMTK (make peers)", file=sys.stderr)
+            return 2
+    if not os.access(ORTHANC, os.X_OK):
+        print(f"{ORTHANC} not found: install Orthanc (make peers)", file=sys.stderr)
+        return 2
+
+    # SIGTERM (as from `timeout` or CI) unwinds like Ctrl-C, so the finally blocks stop the
+    # receivers (each in its own session, out of reach of the terminal) and remove temp dirs.
+    signal.signal(signal.SIGTERM, on_sigterm)
+    scratch = Path(tempfile.mkdtemp(prefix="dicomnode-bench-"))
+    problems: list[str] = []
+    try:
+        began = time.perf_counter()
+        series = write_ct_series(
+            scratch / "series", slices=args.slices, rows=args.size, columns=args.size
+        )
+        files = series.paths
+        megabytes = sum(path.stat().st_size for path in files) / 2**20
+        print(
+            f"series: {len(files)} slices of {args.size}x{args.size}, {megabytes:.0f} MiB, "
+            f"written in {time.perf_counter() - began:.1f} s",
+            flush=True,
+        )
+
+        receivers: list[Receiver] = [
+            StoreSCP(),
+            StoreSCP(max_pdu=131072),
+            Orthanc(),
+            Node(processes=1),
+            Node(processes=4),
+        ]
+        rows = [measure(r, files, scratch, args.repeat, problems) for r in receivers]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    scp_rows, orthanc_row, node_rows = rows[:2], rows[2], rows[3:]
+    print()
+    print(
+        f"machine: {os.cpu_count()} CPUs; series: {len(files)} slices of "
+        f"{args.size}x{args.size} ({megabytes:.0f} MiB); best of {args.repeat}"
+    )
+    print(
+        table(
+            ["receiver", "config", "1 assoc images/s", f"{PARALLEL} assoc images/s"],
+            [[r.name, r.config, fmt_rate(r, 1), fmt_rate(r, PARALLEL)] for r in rows],
+        )
+    )
+    print()
+    print("Ratios to storescp use its faster configuration in each column.")
+    for line in ratios(node_rows, orthanc_row, scp_rows):
+        print(line)
+    if problems:
+        print(f"\n{len(problems)} problem(s):", file=sys.stderr)
+        for problem in problems:
+            print("- " + problem, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
