@@ -179,3 +179,32 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+#: Dataset Trailing Padding: senders may drop it (DCMTK does); it carries nothing.
+TRAILING_PADDING = 0xFFFCFFFC
+
+
+def assert_same_dataset(sent: Path, received: Path) -> None:
+    """Every element of ``sent`` reads back with the same value from ``received``."""
+    import pydicom
+
+    a = pydicom.dcmread(sent)
+    b = pydicom.dcmread(received)
+    sent_syntax, got_syntax = a.file_meta.TransferSyntaxUID, b.file_meta.TransferSyntaxUID
+    if sent_syntax.is_compressed:
+        # compressed data must arrive as it was: the node never asks for transcoding
+        assert got_syntax == sent_syntax, f"{sent}: {sent_syntax.name} became {got_syntax.name}"
+    else:
+        # for native data the node prefers Explicit VR Little Endian when offered
+        assert not got_syntax.is_compressed, f"{sent}: {sent_syntax.name} became {got_syntax.name}"
+    # group lengths are retired and senders recompute or drop them
+    keys_a = {k for k in a.keys() if k != TRAILING_PADDING and k.element != 0}
+    keys_b = {k for k in b.keys() if k != TRAILING_PADDING and k.element != 0}
+    assert keys_a == keys_b, f"{sent}: elements differ: {sorted(keys_a ^ keys_b)}"
+    for key in keys_a:
+        if key == 0x7FE00010 and sent_syntax != got_syntax:
+            # native pixels re-encoded by the sender (e.g. big to little endian)
+            assert (a.pixel_array == b.pixel_array).all(), f"{sent}: pixels differ"
+            continue
+        assert a[key].value == b[key].value, f"{sent}: {a[key].keyword or key} differs"
