@@ -8,9 +8,12 @@ the assembler in the spool and the job store like any other stage.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing
+import os
 import signal
+import socket
 import threading
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -99,6 +102,35 @@ class Node:
         self._mp = multiprocessing.get_context("spawn")
         self._ready: Any = None
         self._stop = threading.Event()
+        self._lock_fd: int | None = None
+
+    def _lock_data_dir(self) -> None:
+        """Refuse to share a data directory with another running node."""
+        data_dir = self.settings.storage.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(data_dir / "dicomnode.lock", os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise StartupError(f"another node is already running on {data_dir}") from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _probe_port(self) -> None:
+        """With SO_REUSEPORT a second node would silently share the port:
+        check first, without that option, that nobody listens there."""
+        node = self.settings.node
+        family = socket.AF_INET6 if ":" in node.bind else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((node.bind, node.port))
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on {node.bind}:{node.port}: {exc.strerror}"
+                ) from exc
 
     def _start_child(self, index: int) -> BaseProcess:
         child = self._mp.Process(
@@ -119,6 +151,7 @@ class Node:
             Something the admin must fix (the message says what).
         """
         try:
+            self._lock_data_dir()
             self.spool = build_spool(self.settings)
             self.store = build_store(self.settings)
         except (OSError, DicomNodeError) as exc:
@@ -137,6 +170,7 @@ class Node:
                     f"{exc.strerror}"
                 ) from exc
         else:
+            self._probe_port()
             self._ready = self._mp.Queue()
             self._children = [self._start_child(i) for i in range(processes)]
             errors = []
@@ -189,6 +223,9 @@ class Node:
         if self.store is not None:
             self.store.close()
             self.store = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         LOGGER.info("node stopped")
 
     def request_stop(self) -> None:

@@ -153,3 +153,20 @@ def test_sigterm_finishes_the_push_in_flight(node_process, tmp_path, ct_series):
         check=False,
     )
     assert echo.returncode != 0
+
+
+def test_a_second_node_on_the_same_data_dir_or_port_refuses_to_start(node_process, tmp_path):
+    config = node_config(tmp_path, ingress={"processes": 2})
+    node_process(config)
+    same_dir = write_config(tmp_path / "twin.yaml", node_config(tmp_path))
+    result = dicomnode("serve", "-c", str(same_dir))
+    assert result.returncode == 1 and "already running" in result.stderr
+
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    same_port = write_config(
+        tmp_path / "port.yaml",
+        node_config(other_dir, config["node"]["port"], ingress={"processes": 2}),
+    )
+    result = dicomnode("serve", "-c", str(same_port))
+    assert result.returncode == 1 and "cannot listen" in result.stderr

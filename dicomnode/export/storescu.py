@@ -56,6 +56,8 @@ def collect_files(paths: Iterable[Path], report: SendReport) -> list[OutgoingFil
             ds = dcmread(path, stop_before_pixels=True)
             sop_class = str(ds.SOPClassUID)
             syntax = str(ds.file_meta.TransferSyntaxUID)
+            if not str(ds.SOPInstanceUID):
+                raise ValueError("empty SOP Instance UID")
         except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
             report.skipped.append((path, f"not a DICOM file with meta information ({exc})"))
             continue

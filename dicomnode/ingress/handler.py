@@ -25,7 +25,8 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
-INVALID_UID = 0xC211
+#: in the "cannot understand" range; 0xC211 is pynetdicom's own for a failing handler
+INVALID_UID = 0xC220
 
 
 @dataclass(frozen=True)
@@ -72,25 +73,20 @@ class StoreHandler:
         self.spool = spool
         self.store = store
 
-    def save(self, data: bytes, ds: Dataset, transfer_syntax: str, calling_ae: str) -> int:
+    def save(self, data: bytes, uids: InstanceUIDs, transfer_syntax: str, calling_ae: str) -> int:
         """Store one encoded instance durably and record it; return a DIMSE status.
 
         Parameters
         ----------
         data : bytes
             The encoded file (preamble, meta, dataset) exactly as received.
-        ds : Dataset
-            The decoded dataset, read for its UIDs only.
+        uids : InstanceUIDs
+            The validated UIDs of the dataset.
         transfer_syntax : str
             The transfer syntax it arrived in.
         calling_ae : str
             The sender's AE title.
         """
-        try:
-            uids = instance_uids(ds)
-        except InvalidUIDError as exc:
-            LOGGER.warning("refused an instance from %s: %s", calling_ae, exc)
-            return INVALID_UID
         try:
             stored = self.spool.store(uids.study, uids.series, uids.sop, data)
         except SpoolWriteError as exc:
@@ -145,9 +141,13 @@ class StoreHandler:
         try:
             sop_uid = validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
             sop_class = validate_uid(ds.get("SOPClassUID"), "SOPClassUID")
+            uids = instance_uids(ds)
         except InvalidUIDError as exc:
             LOGGER.warning("refused an instance from %s: %s", calling_ae, exc)
             return INVALID_UID
+        except Exception as exc:  # noqa: BLE001 - an element pydicom cannot parse
+            LOGGER.warning("refused an undecodable dataset from %s: %s", calling_ae, exc)
+            return CANNOT_UNDERSTAND
         request = event.request
         if sop_uid != str(request.AffectedSOPInstanceUID).rstrip("\x00 ") or sop_class != str(
             request.AffectedSOPClassUID
@@ -159,7 +159,7 @@ class StoreHandler:
         except Exception as exc:  # noqa: BLE001 - malformed meta from the peer
             LOGGER.warning("refused an instance from %s: %s", calling_ae, exc)
             return CANNOT_UNDERSTAND
-        return self.save(data, ds, transfer_syntax, calling_ae)
+        return self.save(data, uids, transfer_syntax, calling_ae)
 
     def on_c_echo(self, event: Any) -> int:
         """``evt.EVT_C_ECHO``: always Success."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from dicomnode.config import IngressConfig
@@ -31,8 +32,28 @@ class SenderPolicy:
         )
 
     def accepts(self, calling_ae: str, host: str) -> bool:
-        """Whether ``calling_ae`` connecting from ``host`` may associate."""
+        """Whether ``calling_ae`` connecting from ``host`` may associate.
+
+        Addresses compare as addresses, not text: an IPv4 sender seen on an
+        IPv6 socket (``::ffff:10.0.0.5``) matches ``10.0.0.5``.
+        """
         if self.allow_any:
             return True
         title = calling_ae.strip()
-        return (title, None) in self.allowed or (title, host) in self.allowed
+        if (title, None) in self.allowed:
+            return True
+        peer = _address(host)
+        return any(
+            ae == title and allowed_host is not None and _address(allowed_host) == peer
+            for ae, allowed_host in self.allowed
+        )
+
+
+def _address(text: str) -> str:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return text
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
