@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from dicomnode.config.rules import RoutingConfig
+
 
 def _check_ae_title(value: str) -> str:
     stripped = value.strip()
@@ -167,6 +169,39 @@ class LoggingConfig(_Model):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class PipelineSettings(_Model):
+    """Per-pipeline runner settings."""
+
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    max_attempts: int | None = Field(default=None, ge=1)
+
+
+class RunnerConfig(_Model):
+    """Where and how pipelines run."""
+
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.",
+    )
+    workers: int = Field(
+        default=1, ge=1, le=16, description="Worker processes, each running one job at a time."
+    )
+    timeout_seconds: float = Field(default=900.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    retry_backoff_seconds: float = Field(default=30.0, ge=0)
+    poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    threads: int = Field(default=0, ge=0, description="torch threads per worker; 0 = automatic.")
+    models_dir: Path = Field(
+        default=Path("models"), description="Where model manifests (*.yaml) are looked up."
+    )
+    plugins: tuple[str, ...] = Field(
+        default=(),
+        description="Extra pipelines as 'module:attribute', besides installed entry points.",
+    )
+    pipelines: dict[str, PipelineSettings] = Field(default_factory=dict)
+
+
 class Settings(_Model):
     """The whole node configuration (one YAML file)."""
 
@@ -176,6 +211,8 @@ class Settings(_Model):
     assembly: AssemblyConfig = AssemblyConfig()
     database: DatabaseConfig = DatabaseConfig()
     logging: LoggingConfig = LoggingConfig()
+    routing: RoutingConfig = RoutingConfig()
+    runner: RunnerConfig = RunnerConfig()
 
     @model_validator(mode="before")
     @classmethod

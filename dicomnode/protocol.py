@@ -1,0 +1,258 @@
+"""The pipeline protocol: what a pipeline receives and what it returns.
+
+This module is the whole contract between the node and a pipeline. Pipelines
+import this and nothing else of ``dicomnode``; the runner and the result
+writers import it too. It holds plain data and a :class:`typing.Protocol`,
+no logic of any stage.
+
+Array conventions
+-----------------
+A :class:`Volume`'s ``array`` has shape ``(slices, rows, columns)`` in source
+order: index 0 is the slice (or frame) listed first in ``sources``, row 0 is
+the image's top row. Label maps and heatmaps in a :class:`PipelineResult` use
+exactly the same grid, so result objects reference the source slice for slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+Vector3 = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept, e.g. ``Code("39607008", "SCT", "Lung")``.
+
+    Attributes
+    ----------
+    value : str
+        The code value.
+    scheme : str
+        The coding scheme designator: ``SCT`` (SNOMED CT), ``DCM``, ``UCUM``...
+    meaning : str
+        The human-readable meaning.
+    """
+
+    value: str
+    scheme: str
+    meaning: str
+
+    def __post_init__(self) -> None:
+        for name in ("value", "scheme", "meaning"):
+            if not getattr(self, name):
+                raise ValueError(f"Code.{name} must not be empty")
+
+
+@dataclass(frozen=True)
+class SliceSource:
+    """Where one slice of a volume came from."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    frame_number: int | None = None  # 1-based, for multi-frame sources
+
+
+@dataclass(frozen=True)
+class Volume:
+    """Pixel data with its geometry, as the runner hands it to a pipeline.
+
+    Attributes
+    ----------
+    array : ndarray, float32, (slices, rows, columns)
+        Stored values with rescale slope/intercept applied (HU for CT).
+    spacing : (float, float, float)
+        Millimetres between slices, between rows, between columns.
+    origin : (float, float, float)
+        Patient position (mm) of the centre of the first voxel.
+    row_direction, column_direction : (float, float, float)
+        Image Orientation (Patient): the direction along a row (increasing
+        column index) and along a column (increasing row index).
+    slice_direction : (float, float, float)
+        Unit vector from one slice to the next (increasing slice index).
+    modality : str
+    study_instance_uid, series_instance_uid, frame_of_reference_uid : str
+    sources : tuple of SliceSource
+        One per slice, in array order.
+    attributes : mapping of str to str
+        A few header values pipelines may need (keyword to value), e.g.
+        ``PhotometricInterpretation``, ``ViewPosition``, ``BodyPartExamined``.
+    """
+
+    array: NDArray[np.float32]
+    spacing: Vector3
+    origin: Vector3
+    row_direction: Vector3
+    column_direction: Vector3
+    slice_direction: Vector3
+    modality: str
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    sources: tuple[SliceSource, ...]
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3:
+            raise ValueError(f"Volume.array must be 3-D, got shape {self.array.shape}")
+        if len(self.sources) != self.array.shape[0]:
+            raise ValueError(
+                f"Volume.sources has {len(self.sources)} entries for {self.array.shape[0]} slices"
+            )
+        if any(s <= 0 for s in self.spacing):
+            raise ValueError(f"Volume.spacing must be positive, got {self.spacing}")
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The meaning of one label value in a label map."""
+
+    label: int
+    name: str
+    category: Code
+    type: Code
+    anatomic_region: Code | None = None
+    color: tuple[int, int, int] | None = None  # recommended display RGB
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.label <= 255:
+            raise ValueError(f"Segment.label must be 1..255, got {self.label}")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A numeric result with a UCUM unit, optionally of one segment."""
+
+    concept: Code
+    value: float
+    unit: Code
+    segment_label: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.unit.scheme != "UCUM":
+            raise ValueError(f"Measurement.unit must be a UCUM code, got {self.unit.scheme}")
+        if not np.isfinite(self.value):
+            raise ValueError(f"Measurement.value must be finite, got {self.value}")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A classification result: a coded finding and its probability."""
+
+    concept: Code
+    probability: float
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"Finding.probability must be in [0, 1], got {self.probability}")
+
+    @property
+    def positive(self) -> bool:
+        """Whether the probability reaches the threshold (never, without one)."""
+        return self.threshold is not None and self.probability >= self.threshold
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """Where the model looked for one finding, in the volume's grid (0..1)."""
+
+    finding: Code
+    array: NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Provenance of the weights a pipeline used."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What :meth:`Pipeline.run` returns.
+
+    Attributes
+    ----------
+    label_map : ndarray of uint8, optional
+        Same shape as the input volume's array; 0 is background, other values
+        are ``Segment.label``.
+    segments : tuple of Segment
+        The meaning of every label value present in ``label_map``.
+    measurements, findings, heatmaps : tuples
+    models : tuple of ModelInfo
+        Weights used, for provenance (empty for pipelines without weights).
+    summary : str
+        One or two sentences a radiologist can read.
+    """
+
+    label_map: NDArray[np.uint8] | None = None
+    segments: tuple[Segment, ...] = ()
+    measurements: tuple[Measurement, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    heatmaps: tuple[Heatmap, ...] = ()
+    models: tuple[ModelInfo, ...] = ()
+    summary: str = ""
+
+    def __post_init__(self) -> None:
+        labels = [s.label for s in self.segments]
+        if len(set(labels)) != len(labels):
+            raise ValueError("PipelineResult.segments repeats a label value")
+        if self.label_map is not None:
+            if self.label_map.dtype != np.uint8:
+                raise ValueError(f"label_map must be uint8, got {self.label_map.dtype}")
+            unknown = set(np.unique(self.label_map).tolist()) - {0, *labels}
+            if unknown:
+                raise ValueError(f"label_map holds labels without a segment: {sorted(unknown)}")
+
+    def check_grid(self, volume: Volume) -> None:
+        """Raise ``ValueError`` unless every map is in ``volume``'s grid."""
+        shape = volume.array.shape
+        if self.label_map is not None and self.label_map.shape != shape:
+            raise ValueError(f"label_map shape {self.label_map.shape} != volume shape {shape}")
+        for heatmap in self.heatmaps:
+            if heatmap.array.shape != shape:
+                raise ValueError(f"heatmap shape {heatmap.array.shape} != volume shape {shape}")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a pipeline needs from its input series."""
+
+    modalities: frozenset[str]
+    min_slices: int = 1
+    max_slices: int | None = None
+
+
+@runtime_checkable
+class Pipeline(Protocol):
+    """A pipeline, found through the ``dicomnode.pipelines`` entry-point group.
+
+    The entry point names a class (or factory) called with no arguments. The
+    runner calls :meth:`load` once per worker process and device, then
+    :meth:`run` for every study, so models stay loaded between studies.
+    """
+
+    name: str
+    version: str
+    input: InputSpec
+
+    def load(self, device: str) -> None:
+        """Load weights and move models to ``device`` (``"cpu"``, ``"cuda:0"``)."""
+        ...
+
+    def run(self, volume: Volume, device: str) -> PipelineResult:
+        """Process one volume and return its result in the volume's grid."""
+        ...
