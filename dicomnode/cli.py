@@ -65,15 +65,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _load(args.config)
     configure_logging(settings.logging.level)
-    for warning in settings.warnings():
+    for warning in [*settings.warnings(), *_pipeline_problems(settings)]:
         logging.getLogger("dicomnode").warning("config: %s", warning)
     Node(settings).serve_forever()
     return 0
 
 
+def _pipeline_problems(settings: Settings) -> list[str]:
+    """Rules that name a pipeline this installation does not have."""
+    from dicomnode.runner.registry import PipelineRegistry
+
+    registry = PipelineRegistry.discover(settings.runner.plugins)
+    installed = ", ".join(registry.names()) or "none"
+    problems = []
+    rules: list[tuple[str, object]] = [
+        (f"routing.rules.{i}", r) for i, r in enumerate(settings.routing.rules)
+    ]
+    if settings.routing.fallback is not None:
+        rules.append(("routing.fallback", settings.routing.fallback))
+    for path, rule in rules:
+        name = str(getattr(rule, "pipeline", ""))
+        if name not in registry:
+            problems.append(
+                f"{path}.pipeline: no pipeline {name!r} is installed (installed: {installed})"
+            )
+    return problems
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
-    """Validate a configuration file."""
+    """Validate a configuration file, and that its rules name installed pipelines."""
     settings = load_config(args.file)
+    problems = _pipeline_problems(settings)
+    if problems:
+        raise ConfigError(f"{args.file}: invalid configuration", problems)
     for warning in settings.warnings():
         print(f"warning: {warning}")
     print(f"{args.file}: OK")
@@ -143,16 +167,43 @@ def cmd_studies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_id(text: str) -> int:
+    if not text.isdigit():
+        raise DicomNodeError(f"a job id is a number, got {text!r}")
+    return int(text)
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
-    """List jobs, or show one job's history."""
+    """List jobs, show one job's history, or retry one by hand."""
+    words = list(args.words)
+    action = "list"
+    if words and words[0] in ("show", "retry"):
+        action = words.pop(0)
+    elif words:
+        action = "show"
+    if action != "list" and len(words) != 1:
+        raise DicomNodeError(f"usage: dicomnode jobs {action} ID")
     store = _open_store(_load(args.config))
     try:
-        if args.job_id is not None:
-            job = store.get_job(args.job_id)
-            print(
-                f"job {job.id}: {job.kind} round {job.round} of study {job.study_instance_uid}, "
-                f"{job.instance_count} instance(s), now {job.state}"
+        if action == "retry":
+            job = store.retry(_job_id(words[0]))
+            print(f"job {job.id}: {job.pipeline} on study {job.study_instance_uid} is {job.state}")
+            print("the running node picks it up at its next poll")
+            return 0
+        if action == "show":
+            job = store.get_job(_job_id(words[0]))
+            what = (
+                f"run of {job.pipeline} (rule {job.rule}) on series {job.series_instance_uid}"
+                if job.kind == "run"
+                else f"study round {job.round}"
             )
+            print(
+                f"job {job.id}: {what} of study {job.study_instance_uid}, "
+                f"{job.instance_count} instance(s), now {job.state}"
+                + (f" after {job.attempts} attempt(s)" if job.kind == "run" else "")
+            )
+            if job.result_dir:
+                print(f"result: {job.result_dir}")
             history = store.history(job.id)
             rows = []
             for i, step in enumerate(history):
@@ -160,6 +211,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 spent = "-" if until is None else _fmt_duration(until - step.at)
                 rows.append([_fmt_time(step.at), str(step.to_state), spent, step.reason or ""])
             print(_table(["AT", "STATE", "TIME IN STATE", "REASON"], rows))
+            if job.traceback:
+                print("\nlast failure:\n" + job.traceback.rstrip())
             return 0
         state = JobState(args.state) if args.state else None
         jobs = store.jobs(state=state, study_instance_uid=args.study)
@@ -167,7 +220,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         rows = [
             [
                 str(j.id),
-                j.kind,
+                j.kind if j.kind == "study" else f"run:{j.pipeline}",
                 j.study_instance_uid,
                 str(j.round),
                 str(j.state),
@@ -182,6 +235,112 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         store.close()
     headers = ["ID", "KIND", "STUDY UID", "ROUND", "STATE", "INST", "OPENED", "IN STATE", "REASON"]
     print(_table(headers, rows))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a pipeline offline on a folder, as the node's workers do."""
+    from dicomnode.config.schema import RunnerConfig
+    from dicomnode.routing import describe_study
+    from dicomnode.runner.resultfile import load_result
+    from dicomnode.runner.worker import Task, Worker, WorkerSettings
+
+    runner = _load(args.config).runner if args.config else RunnerConfig()
+    paths = (
+        [p for p in Path(args.path).rglob("*") if p.is_file()]
+        if Path(args.path).is_dir()
+        else [Path(args.path)]
+    )
+    studies = describe_study(paths)
+    series = [(study, s) for study in studies for s in study.series]
+    if not series:
+        raise DicomNodeError(f"no DICOM series under {args.path}")
+    if args.series:
+        chosen = [s for s in series if s[1].series_instance_uid == args.series]
+        if not chosen:
+            raise DicomNodeError(f"no series {args.series} under {args.path}")
+    else:
+        chosen = [max(series, key=lambda s: s[1].instance_count)]
+        if len(series) > 1:
+            print(
+                f"{len(series)} series found; using the one with most instances "
+                f"({chosen[0][1].series_instance_uid}); choose with --series"
+            )
+    picked = chosen[0][1]
+    files = tuple(str(p) for p in _series_files(paths, picked.series_instance_uid))
+    worker = Worker(
+        WorkerSettings(
+            device=args.device or runner.device,
+            threads=runner.threads,
+            plugins=tuple(runner.plugins),
+            models_dir=str(runner.models_dir.resolve()),
+        )
+    )
+    out = Path(args.out)
+    outcome = worker.run(Task(job_id=0, pipeline=args.pipeline, files=files, result_dir=str(out)))
+    if not outcome.ok:
+        print(f"error: {outcome.summary}", file=sys.stderr)
+        if args.verbose and outcome.traceback:
+            print(outcome.traceback, file=sys.stderr)
+        return 1
+    result, document = load_result(out)
+    print(f"{args.pipeline} on {len(files)} instance(s), {worker.device}: {result.summary}")
+    print(f"took {document['seconds']:.1f} s; result in {out}")
+    rows = [
+        [
+            next((s.name for s in result.segments if s.label == m.segment_label), "-"),
+            m.concept.meaning,
+            f"{m.value:.4g}",
+            m.unit.value,
+        ]
+        for m in result.measurements
+    ]
+    if rows:
+        print(_table(["SEGMENT", "MEASUREMENT", "VALUE", "UNIT"], rows))
+    return 0
+
+
+def _series_files(paths: list[Path], wanted: str) -> list[Path]:
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    found = []
+    for path in paths:
+        try:
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        except (InvalidDicomError, OSError):
+            continue
+        if str(ds.get("SeriesInstanceUID", "")) == wanted:
+            found.append(path)
+    return found
+
+
+def cmd_route_explain(args: argparse.Namespace) -> int:
+    """Explain, rule by rule, where a folder or a received study would be routed."""
+    from dicomnode.routing import describe_study, explain_text, route
+
+    settings = _load(args.config)
+    target = Path(args.target)
+    calling_ae = args.calling_ae or ""
+    if target.exists():
+        paths = [p for p in target.rglob("*") if p.is_file()] if target.is_dir() else [target]
+    else:
+        store = _open_store(settings)
+        try:
+            records = store.instances(args.target)
+            rounds = store.jobs(study_instance_uid=args.target)
+        finally:
+            store.close()
+        if not records:
+            raise DicomNodeError(f"{args.target} is neither a path nor a study the node holds")
+        paths = [Path(r.path) for r in records]
+        calling_ae = calling_ae or (rounds[-1].calling_ae if rounds else "")
+    studies = describe_study(paths, calling_ae)
+    if not studies:
+        raise DicomNodeError(f"no DICOM files under {args.target}")
+    for study in studies:
+        print(f"study {study.study_instance_uid} ({len(study.series)} series)")
+        print(explain_text(route(study, settings.routing)))
     return 0
 
 
@@ -213,13 +372,36 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     send.set_defaults(func=cmd_send)
 
+    run = sub.add_parser("run", help="run a pipeline offline on a folder")
+    run.add_argument("path", metavar="PATH", help="a folder (or file) of DICOM instances")
+    run.add_argument("--pipeline", required=True)
+    run.add_argument("--out", required=True, metavar="DIR", help="where the result goes")
+    run.add_argument("--series", metavar="SERIES_UID", help="default: the largest series")
+    run.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: from config)")
+    run.add_argument("-c", "--config", help="take runner settings from this YAML file")
+    run.add_argument("-v", "--verbose", action="store_true", help="print tracebacks")
+    run.set_defaults(func=cmd_run)
+
+    route = sub.add_parser("route", help="routing tools")
+    route_sub = route.add_subparsers(dest="route_command", required=True)
+    explain = route_sub.add_parser("explain", help="why a study goes where it goes")
+    explain.add_argument("target", metavar="DIR|STUDY_UID")
+    explain.add_argument("--calling-ae", help="evaluate as if sent by this AE title")
+    with_config(explain)
+    explain.set_defaults(func=cmd_route_explain)
+
     studies = sub.add_parser("studies", help="list received studies")
     with_config(studies)
     studies.set_defaults(func=cmd_studies)
 
     jobs = sub.add_parser("jobs", help="list jobs, or show one job's history")
     with_config(jobs)
-    jobs.add_argument("job_id", nargs="?", type=int, help="show this job's transitions")
+    jobs.add_argument(
+        "words",
+        nargs="*",
+        metavar="[show|retry] ID",
+        help="ID or 'show ID': a job's transitions; 'retry ID': run a DEAD job again",
+    )
     jobs.add_argument("--state", choices=[s.value for s in JobState])
     jobs.add_argument("--study", metavar="STUDY_UID")
     jobs.set_defaults(func=cmd_jobs)

@@ -13,11 +13,17 @@ boundary (``dicomnode.ingress``, ``dicomnode.export``).
     │   ├── InvalidUIDError      a UID that is not digits and dots, <= 64 chars
     │   └── SpoolWriteError      a write that failed (disk full, permissions)
     ├── DatasetError             a received dataset we cannot use
+    ├── VolumeError              a series cannot become a correct volume; the message says why
     ├── JobStoreError            the durable job store
     │   ├── IllegalTransitionError
     │   └── NotFoundError
-    └── ExportError              delivery to a peer
-        └── SendError            association refused or peer unreachable
+    ├── ExportError              delivery to a peer
+    │   └── SendError            association refused or peer unreachable
+    └── RunnerError              running a pipeline
+        ├── PipelineNotFoundError    no installed pipeline has that name
+        ├── DuplicatePipelineError   two plugins claim one name
+        ├── ModelError               a manifest or weights file is missing or wrong
+        └── InputError               the input is not what the pipeline accepts
 """
 
 from __future__ import annotations
@@ -64,6 +70,15 @@ class DatasetError(DicomNodeError):
     """A received dataset cannot be decoded or lacks what the node needs."""
 
 
+class VolumeError(DicomNodeError):
+    """A series cannot become a correct volume; the message says why.
+
+    Raised when loading a series for a pipeline: files of several series,
+    mixed orientations or sizes, duplicate or missing slices, colour images,
+    pixel data that cannot be decoded.
+    """
+
+
 class JobStoreError(DicomNodeError):
     """The job store refused an operation."""
 
@@ -82,3 +97,24 @@ class ExportError(DicomNodeError):
 
 class SendError(ExportError):
     """The peer could not be reached, or refused the association."""
+
+
+class RunnerError(DicomNodeError):
+    """Running a pipeline failed for a reason the runner can name."""
+
+
+class PipelineNotFoundError(RunnerError, LookupError):
+    """No installed pipeline has the requested name."""
+
+
+class DuplicatePipelineError(RunnerError):
+    """Two plugins declare the same pipeline name; neither is guessed."""
+
+
+class ModelError(RunnerError):
+    """A model manifest is invalid, or its weights file is missing or does not
+    match the manifest's SHA-256. The message names the model."""
+
+
+class InputError(RunnerError):
+    """The input series is not what the pipeline accepts (modality, size...)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -181,6 +182,38 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class ModelFile:
+    """A weights file the runner checked against its manifest's SHA-256.
+
+    Attributes
+    ----------
+    name, version, sha256 : str
+        From the manifest.
+    path : Path
+        The verified weights file.
+    labels : tuple of (int, str, Code)
+        Output index, name and code of each label or class.
+    thresholds : mapping of str to float
+        Per-label decision thresholds, by label name (classifiers).
+    extra : mapping of str to object
+        The manifest's ``input`` contract and anything else it declares.
+    """
+
+    name: str
+    version: str
+    sha256: str
+    path: Path
+    labels: tuple[tuple[int, str, Code], ...] = ()
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def info(self) -> ModelInfo:
+        """Provenance to put into a :class:`PipelineResult`."""
+        return ModelInfo(self.name, self.version, self.sha256)
+
+
+@dataclass(frozen=True)
 class PipelineResult:
     """What :meth:`Pipeline.run` returns.
 
@@ -250,7 +283,12 @@ class Pipeline(Protocol):
     input: InputSpec
 
     def load(self, device: str) -> None:
-        """Load weights and move models to ``device`` (``"cpu"``, ``"cuda:0"``)."""
+        """Prepare to run on ``device`` (``"cpu"``, ``"cuda:0"``).
+
+        A pipeline with weights also declares ``required_models`` (a tuple of
+        manifest names); the runner verifies each file's SHA-256 and then calls
+        ``load(device, models)`` with a mapping of name to :class:`ModelFile`.
+        """
         ...
 
     def run(self, volume: Volume, device: str) -> PipelineResult:

@@ -24,6 +24,8 @@ from dicomnode.config import Settings
 from dicomnode.errors import DicomNodeError, StartupError
 from dicomnode.ingress import IngressServer, StoreHandler, recover_spool
 from dicomnode.jobs import SQLiteJobStore
+from dicomnode.routing.stage import CompletionPolicy, Router
+from dicomnode.runner.stage import Runner
 from dicomnode.spool import Spool
 
 LOGGER = logging.getLogger(__name__)
@@ -98,6 +100,8 @@ class Node:
         self.store: SQLiteJobStore | None = None
         self.ingress: IngressServer | None = None
         self.assembler: Assembler | None = None
+        self.router: Router | None = None
+        self.runner: Runner | None = None
         self._children: list[BaseProcess] = []
         self._mp = multiprocessing.get_context("spawn")
         self._ready: Any = None
@@ -188,8 +192,30 @@ class Node:
                 self.settings.node.bind,
                 self.settings.node.port,
             )
-        self.assembler = Assembler(self.settings.assembly, self.store)
+        routing = self.settings.routing
+        assembly = self.settings.assembly
+        policy = (
+            CompletionPolicy(routing, self.store, assembly.quiet_seconds, assembly.max_wait_seconds)
+            if CompletionPolicy.needed(routing)
+            else None
+        )
+        self.assembler = Assembler(assembly, self.store, policy=policy)
         self.assembler.start()
+        self.router = Router(routing, self.store, poll_seconds=assembly.poll_seconds)
+        self.router.start()
+        if self.settings.runner.enabled:
+            runner = Runner(
+                self.settings.runner,
+                self.store,
+                results_root=self.settings.storage.data_dir / "results",
+                log_level=self.settings.logging.level,
+            )
+            try:
+                runner.start()
+            except DicomNodeError as exc:
+                self.stop()
+                raise StartupError(f"the pipeline runner cannot start: {exc}") from exc
+            self.runner = runner
 
     def supervise(self) -> None:
         """Restart receiving processes that died (called periodically)."""
@@ -220,6 +246,12 @@ class Node:
         if self.assembler is not None:
             self.assembler.stop()
             self.assembler = None
+        if self.router is not None:
+            self.router.stop()
+            self.router = None
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner = None
         if self.store is not None:
             self.store.close()
             self.store = None

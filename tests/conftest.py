@@ -68,8 +68,15 @@ def open_store(settings: Settings) -> SQLiteJobStore:
 
 
 def wait_for_state(store: SQLiteJobStore, study_uid: str, state: str, timeout: float) -> Any:
+    """Wait until a job of the study has reached ``state`` (it may have moved on);
+    return those jobs, as they are now."""
+
     def check() -> Any:
-        jobs = [j for j in store.jobs(study_instance_uid=study_uid) if j.state == state]
+        jobs = [
+            j
+            for j in store.jobs(study_instance_uid=study_uid)
+            if state in [t.to_state for t in store.history(j.id)]
+        ]
         return jobs or None
 
-    return wait_for(check, timeout, f"study round in {state}")
+    return wait_for(check, timeout, f"a job of the study to reach {state}")

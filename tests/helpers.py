@@ -53,6 +53,8 @@ def node_config(
         "storage": {"data_dir": str(tmp_path / "data"), "min_free_mb": 0},
         "assembly": {"quiet_seconds": 30, "max_wait_seconds": 3600, "poll_seconds": 0.2},
         "logging": {"level": "INFO"},
+        # tests of receiving need no pipeline workers; runner tests turn them on
+        "runner": {"enabled": False},
     }
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)

@@ -54,24 +54,24 @@ def test_send_studies_and_jobs(make_settings, start_node, ct_series, tmp_path):
     assert "notes.txt" in sent.stderr
 
     store = SQLiteJobStore(settings.database_path)
-    (job,) = wait_for_state(store, series.study_uid, JobState.COMPLETE, timeout=20)
+    (job,) = wait_for_state(store, series.study_uid, JobState.DISCARDED, timeout=20)
 
     studies = dicomnode("studies", "-c", str(config))
     assert studies.returncode == 0, studies.stderr
     (row,) = [line for line in studies.stdout.splitlines() if series.study_uid in line]
-    assert row.split()[1:7] == ["CT", "1", "6", "0", "1", "COMPLETE"]
+    assert row.split()[1:7] == ["CT", "1", "6", "0", "1", "DISCARDED"]
     assert "PHANTOM" not in studies.stdout  # no patient data in the table
 
     jobs = dicomnode("jobs", "-c", str(config))
     assert jobs.returncode == 0
     (jrow,) = [line.split() for line in jobs.stdout.splitlines() if series.study_uid in line]
-    assert jrow[:6] == [str(job.id), "study", series.study_uid, "1", "COMPLETE", "6"]
+    assert jrow[:6] == [str(job.id), "study", series.study_uid, "1", "DISCARDED", "6"]
 
     history = dicomnode("jobs", str(job.id), "-c", str(config))
     assert history.returncode == 0
     lines = history.stdout.splitlines()
-    assert "6 instance(s), now COMPLETE" in lines[0]
-    assert [line.split()[2] for line in lines[3:]] == ["RECEIVED", "COMPLETE"]
+    assert "6 instance(s), now DISCARDED" in lines[0]
+    assert [line.split()[2] for line in lines[3:]] == ["RECEIVED", "COMPLETE", "DISCARDED"]
     assert "quiet for 1 s" in history.stdout
 
     missing = dicomnode("jobs", "999", "-c", str(config))

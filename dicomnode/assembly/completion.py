@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicomnode.config import AssemblyConfig
-from dicomnode.jobs import JobStore
+from dicomnode.jobs import Job, JobStore
 
 LOGGER = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ class Assembler:
         Where the rounds and their timers are.
     clock : callable, optional
         Current time in seconds since the epoch.
+    policy : callable, optional
+        Timing ``(quiet_seconds, max_wait_seconds)`` for one round, when
+        routing rules override the defaults for some studies.
     """
 
     JOB_ID = "dicomnode-assembly"
@@ -43,17 +46,27 @@ class Assembler:
         config: AssemblyConfig,
         store: JobStore,
         clock: Callable[[], float] = time.time,
+        policy: Callable[[Job], tuple[float, float]] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
+        self.policy = policy
         self._scheduler: BackgroundScheduler | None = None
 
     def run_once(self) -> list[int]:
         """Complete every round that is due now; return their job ids."""
-        completed = self.store.complete_due(
-            self.clock(), self.config.quiet_seconds, self.config.max_wait_seconds
-        )
+        now = self.clock()
+        if self.policy is None:
+            completed = self.store.complete_due(
+                now, self.config.quiet_seconds, self.config.max_wait_seconds
+            )
+        else:
+            completed = [
+                job.id
+                for job in self.store.open_rounds()
+                if self.store.complete_round(job.id, now, *self.policy(job))
+            ]
         for job_id in completed:
             job = self.store.get_job(job_id)
             LOGGER.info(

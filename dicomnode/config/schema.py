@@ -179,6 +179,10 @@ class PipelineSettings(_Model):
 class RunnerConfig(_Model):
     """Where and how pipelines run."""
 
+    enabled: bool = Field(
+        default=True,
+        description="Run pipelines in this node; false makes a receive-only node.",
+    )
     device: str = Field(
         default="auto",
         pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",

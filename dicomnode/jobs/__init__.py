@@ -1,6 +1,6 @@
 """The durable job store: states, legal transitions, timestamps."""
 
-from dicomnode.jobs.models import InstanceRecord, Job, RecordOutcome, Study, Transition
+from dicomnode.jobs.models import InstanceRecord, Job, RecordOutcome, RunSpec, Study, Transition
 from dicomnode.jobs.sqlite import SQLiteJobStore
 from dicomnode.jobs.states import TRANSITIONS, JobState, check_transition
 from dicomnode.jobs.store import JobStore
@@ -12,6 +12,7 @@ __all__ = [
     "JobState",
     "JobStore",
     "RecordOutcome",
+    "RunSpec",
     "SQLiteJobStore",
     "Study",
     "Transition",

@@ -48,7 +48,12 @@ class RecordOutcome:
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work: an assembly round of a study (``kind == "study"``)."""
+    """One unit of work.
+
+    ``kind == "study"``: an assembly round of a study (RECEIVED → COMPLETE →
+    ROUTED or DISCARDED). ``kind == "run"``: one pipeline run a rule asked for
+    (ROUTED → RUNNING → RESULTS_WRITTEN → ... → DONE), its ``parent_id`` the round.
+    """
 
     id: int
     kind: str
@@ -63,6 +68,15 @@ class Job:
     attempts: int
     reason: str | None
     updated_at: float
+    pipeline: str | None = None
+    series_instance_uid: str | None = None
+    rule: str | None = None
+    destinations: tuple[str, ...] = ()
+    notify: tuple[str, ...] = ()
+    priority: int = 0
+    next_attempt_at: float | None = None
+    traceback: str | None = None
+    result_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,3 +103,15 @@ class Study:
     first_received_at: float
     last_received_at: float
     latest_state: JobState
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One pipeline run a routing decision asks for."""
+
+    rule: str
+    pipeline: str
+    series_instance_uid: str
+    destinations: tuple[str, ...] = ()
+    notify: tuple[str, ...] = ()
+    priority: int = 0

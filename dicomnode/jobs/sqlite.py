@@ -10,6 +10,7 @@ before any row is written).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -18,10 +19,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dicomnode.errors import IllegalTransitionError, JobStoreError, NotFoundError
-from dicomnode.jobs.models import InstanceRecord, Job, RecordOutcome, Study, Transition
+from dicomnode.jobs.models import (
+    InstanceRecord,
+    Job,
+    RecordOutcome,
+    RunSpec,
+    Study,
+    Transition,
+)
 from dicomnode.jobs.states import JobState, check_transition
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -41,7 +49,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     instance_count INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
     reason TEXT,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    pipeline TEXT,
+    series_instance_uid TEXT,
+    rule TEXT,
+    destinations TEXT NOT NULL DEFAULT '[]',
+    notify TEXT NOT NULL DEFAULT '[]',
+    priority INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    traceback TEXT,
+    result_dir TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_study_round
     ON jobs (study_instance_uid, round) WHERE kind = 'study';
@@ -75,8 +92,22 @@ CREATE INDEX IF NOT EXISTS instances_job ON instances (job_id);
 
 _JOB_COLUMNS = (
     "id, kind, study_instance_uid, round, parent_id, state, calling_ae, opened_at, "
-    "last_instance_at, instance_count, attempts, reason, updated_at"
+    "last_instance_at, instance_count, attempts, reason, updated_at, pipeline, "
+    "series_instance_uid, rule, destinations, notify, priority, next_attempt_at, traceback, "
+    "result_dir"
 )
+#: Columns added after schema version 1, with their definitions (for upgrades).
+_ADDED_JOB_COLUMNS = {
+    "pipeline": "TEXT",
+    "series_instance_uid": "TEXT",
+    "rule": "TEXT",
+    "destinations": "TEXT NOT NULL DEFAULT '[]'",
+    "notify": "TEXT NOT NULL DEFAULT '[]'",
+    "priority": "INTEGER NOT NULL DEFAULT 0",
+    "next_attempt_at": "REAL",
+    "traceback": "TEXT",
+    "result_dir": "TEXT",
+}
 _INSTANCE_COLUMNS = (
     "sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, "
     "transfer_syntax_uid, modality, path, size, calling_ae, received_at"
@@ -98,6 +129,15 @@ def _job(row: sqlite3.Row) -> Job:
         attempts=row["attempts"],
         reason=row["reason"],
         updated_at=row["updated_at"],
+        pipeline=row["pipeline"],
+        series_instance_uid=row["series_instance_uid"],
+        rule=row["rule"],
+        destinations=tuple(json.loads(row["destinations"])),
+        notify=tuple(json.loads(row["notify"])),
+        priority=row["priority"],
+        next_attempt_at=row["next_attempt_at"],
+        traceback=row["traceback"],
+        result_dir=row["result_dir"],
     )
 
 
@@ -128,9 +168,13 @@ class SQLiteJobStore:
         self._conn.execute("PRAGMA foreign_keys = ON")
         with self._lock:
             self._conn.executescript(_SCHEMA)
+            present = {r["name"] for r in self._conn.execute("PRAGMA table_info(jobs)")}
+            for column, definition in _ADDED_JOB_COLUMNS.items():
+                if column not in present:
+                    self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
         with self._write() as cur:
             cur.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
 
@@ -429,6 +473,234 @@ class SQLiteJobStore:
         if not rows:
             raise NotFoundError(f"no instance {sop_instance_uid}")
         return int(rows[0]["duplicates"])
+
+    # -- assembly with per-study timing ----------------------------------
+
+    def open_rounds(self) -> list[Job]:
+        """Every study round still receiving (RECEIVED), oldest first."""
+        rows = self._read(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE kind = 'study' AND state = ? ORDER BY id",
+            (str(JobState.RECEIVED),),
+        )
+        return [_job(row) for row in rows]
+
+    def complete_round(
+        self, job_id: int, now: float, quiet_seconds: float, max_wait_seconds: float
+    ) -> bool:
+        """Complete one round if, inside the transaction, it is still RECEIVED
+        and due under the given timing; return whether it was completed."""
+        with self._write() as cur:
+            row = cur.execute(
+                "SELECT last_instance_at, opened_at FROM jobs WHERE id = ? AND state = ?",
+                (job_id, str(JobState.RECEIVED)),
+            ).fetchone()
+            if row is None:
+                return False
+            if row["last_instance_at"] + quiet_seconds <= now:
+                reason = f"quiet for {quiet_seconds:g} s"
+            elif row["opened_at"] + max_wait_seconds <= now:
+                reason = f"maximum wait of {max_wait_seconds:g} s reached"
+            else:
+                return False
+            cur.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, reason = ? WHERE id = ?",
+                (str(JobState.COMPLETE), now, reason, job_id),
+            )
+            self._add_transition(cur, job_id, JobState.RECEIVED, JobState.COMPLETE, now, reason)
+        return True
+
+    # -- routing ---------------------------------------------------------
+
+    def instances_of(self, job_id: int) -> list[InstanceRecord]:
+        """The instances recorded in one study round."""
+        rows = self._read(
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE job_id = ? ORDER BY received_at",
+            (job_id,),
+        )
+        return [InstanceRecord(**dict(row)) for row in rows]
+
+    def route(self, job_id: int, runs: list[RunSpec], reason: str) -> list[int]:
+        """Record a routing decision in one transaction: the round moves
+        COMPLETE → ROUTED with one ROUTED run job per entry of ``runs``, or
+        COMPLETE → DISCARDED when ``runs`` is empty. Return the run job ids.
+
+        Raises
+        ------
+        IllegalTransitionError
+            The round is not COMPLETE (already routed, for instance).
+        """
+        now = self._now()
+        created: list[int] = []
+        target = JobState.ROUTED if runs else JobState.DISCARDED
+        with self._write() as cur:
+            row = cur.execute(
+                "SELECT state, study_instance_uid, round, calling_ae, instance_count "
+                "FROM jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no job {job_id}")
+            current = JobState(row["state"])
+            if current != JobState.COMPLETE:
+                raise IllegalTransitionError(f"job {job_id} is {current}, not COMPLETE")
+            cur.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, reason = ? WHERE id = ?",
+                (str(target), now, reason, job_id),
+            )
+            self._add_transition(cur, job_id, current, target, now, reason)
+            for run in runs:
+                cur.execute(
+                    "INSERT INTO jobs (kind, study_instance_uid, round, parent_id, state, "
+                    "calling_ae, opened_at, last_instance_at, instance_count, updated_at, "
+                    "pipeline, series_instance_uid, rule, destinations, notify, priority) "
+                    "VALUES ('run', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row["study_instance_uid"],
+                        row["round"],
+                        job_id,
+                        str(JobState.ROUTED),
+                        row["calling_ae"],
+                        now,
+                        now,
+                        row["instance_count"],
+                        now,
+                        run.pipeline,
+                        run.series_instance_uid,
+                        run.rule,
+                        json.dumps(list(run.destinations)),
+                        json.dumps(list(run.notify)),
+                        run.priority,
+                    ),
+                )
+                run_id = int(cur.lastrowid or 0)
+                self._add_transition(
+                    cur, run_id, None, JobState.ROUTED, now, f"rule {run.rule}: {run.pipeline}"
+                )
+                created.append(run_id)
+        return created
+
+    # -- runner ----------------------------------------------------------
+
+    def claim_runs(self, now: float, limit: int) -> list[Job]:
+        """Move up to ``limit`` runs that are ROUTED, or FAILED_RETRYABLE and
+        due, to RUNNING (highest priority first) and return them."""
+        if limit <= 0:
+            return []
+        claimed: list[int] = []
+        with self._write() as cur:
+            rows = cur.execute(
+                "SELECT id, state FROM jobs WHERE kind = 'run' AND (state = ? "
+                "OR (state = ? AND COALESCE(next_attempt_at, 0) <= ?)) "
+                "ORDER BY priority DESC, id LIMIT ?",
+                (str(JobState.ROUTED), str(JobState.FAILED_RETRYABLE), now, limit),
+            ).fetchall()
+            for row in rows:
+                current = JobState(row["state"])
+                cur.execute(
+                    "UPDATE jobs SET state = ?, updated_at = ?, attempts = attempts + 1, "
+                    "reason = NULL WHERE id = ?",
+                    (str(JobState.RUNNING), now, row["id"]),
+                )
+                self._add_transition(cur, row["id"], current, JobState.RUNNING, now, None)
+                claimed.append(int(row["id"]))
+        return [self.get_job(job_id) for job_id in claimed]
+
+    def finish_run(self, job_id: int, result_dir: str, summary: str) -> Job:
+        """RUNNING → RESULTS_WRITTEN, and on to DONE when the run has nowhere
+        to deliver to."""
+        now = self._now()
+        with self._write() as cur:
+            row = cur.execute(
+                "SELECT state, destinations, notify FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no job {job_id}")
+            current = JobState(row["state"])
+            check_transition(current, JobState.RESULTS_WRITTEN)
+            cur.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, reason = ?, result_dir = ?, "
+                "traceback = NULL, next_attempt_at = NULL WHERE id = ?",
+                (str(JobState.RESULTS_WRITTEN), now, summary, result_dir, job_id),
+            )
+            self._add_transition(cur, job_id, current, JobState.RESULTS_WRITTEN, now, summary)
+            if json.loads(row["destinations"]) == [] and json.loads(row["notify"]) == []:
+                reason = "no destinations configured"
+                cur.execute(
+                    "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?",
+                    (str(JobState.DONE), now, job_id),
+                )
+                self._add_transition(
+                    cur, job_id, JobState.RESULTS_WRITTEN, JobState.DONE, now, reason
+                )
+        return self.get_job(job_id)
+
+    def fail_run(
+        self, job_id: int, reason: str, traceback: str | None, retry_at: float | None
+    ) -> Job:
+        """RUNNING → FAILED_RETRYABLE (due again at ``retry_at``) or, when
+        ``retry_at`` is ``None``, → DEAD. The traceback is kept on the job."""
+        now = self._now()
+        target = JobState.DEAD if retry_at is None else JobState.FAILED_RETRYABLE
+        with self._write() as cur:
+            row = cur.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no job {job_id}")
+            current = JobState(row["state"])
+            check_transition(current, target)
+            cur.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, reason = ?, traceback = ?, "
+                "next_attempt_at = ? WHERE id = ?",
+                (str(target), now, reason, traceback, retry_at, job_id),
+            )
+            self._add_transition(cur, job_id, current, target, now, reason)
+        return self.get_job(job_id)
+
+    def requeue_orphans(self, reason: str) -> list[int]:
+        """Runs left RUNNING by a stopped node become FAILED_RETRYABLE, due now."""
+        now = self._now()
+        with self._write() as cur:
+            rows = cur.execute(
+                "SELECT id FROM jobs WHERE kind = 'run' AND state = ?", (str(JobState.RUNNING),)
+            ).fetchall()
+            for row in rows:
+                cur.execute(
+                    "UPDATE jobs SET state = ?, updated_at = ?, reason = ?, next_attempt_at = ? "
+                    "WHERE id = ?",
+                    (str(JobState.FAILED_RETRYABLE), now, reason, now, row["id"]),
+                )
+                self._add_transition(
+                    cur, row["id"], JobState.RUNNING, JobState.FAILED_RETRYABLE, now, reason
+                )
+        return [int(row["id"]) for row in rows]
+
+    def retry(self, job_id: int) -> Job:
+        """A hand retry: a DEAD or FAILED_RETRYABLE run goes back to ROUTED
+        with its attempts reset.
+
+        Raises
+        ------
+        IllegalTransitionError
+            The job is not a run, or not DEAD / FAILED_RETRYABLE.
+        """
+        now = self._now()
+        with self._write() as cur:
+            row = cur.execute("SELECT state, kind FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no job {job_id}")
+            current = JobState(row["state"])
+            if row["kind"] != "run" or current not in (JobState.DEAD, JobState.FAILED_RETRYABLE):
+                raise IllegalTransitionError(
+                    f"job {job_id} is a {row['kind']} job in {current}: only DEAD or "
+                    "FAILED_RETRYABLE pipeline runs can be retried"
+                )
+            reason = "retried by hand"
+            cur.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, reason = ?, attempts = 0, "
+                "next_attempt_at = NULL WHERE id = ?",
+                (str(JobState.ROUTED), now, reason, job_id),
+            )
+            self._add_transition(cur, job_id, current, JobState.ROUTED, now, reason)
+        return self.get_job(job_id)
 
     def close(self) -> None:
         """See :meth:`dicomnode.jobs.store.JobStore.close`."""

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from dicomnode.jobs.models import InstanceRecord, Job, RecordOutcome, Study, Transition
+from dicomnode.jobs.models import (
+    InstanceRecord,
+    Job,
+    RecordOutcome,
+    RunSpec,
+    Study,
+    Transition,
+)
 from dicomnode.jobs.states import JobState
 
 
@@ -63,6 +70,46 @@ class JobStore(Protocol):
 
     def instances(self, study_instance_uid: str) -> list[InstanceRecord]:
         """The instances of one study."""
+        ...
+
+    def open_rounds(self) -> list[Job]:
+        """Study rounds still RECEIVED, oldest first."""
+        ...
+
+    def complete_round(
+        self, job_id: int, now: float, quiet_seconds: float, max_wait_seconds: float
+    ) -> bool:
+        """Complete one round if it is still RECEIVED and due; return whether it was."""
+        ...
+
+    def instances_of(self, job_id: int) -> list[InstanceRecord]:
+        """The instances recorded in one study round."""
+        ...
+
+    def route(self, job_id: int, runs: list[RunSpec], reason: str) -> list[int]:
+        """COMPLETE → ROUTED with one run job per spec, or → DISCARDED."""
+        ...
+
+    def claim_runs(self, now: float, limit: int) -> list[Job]:
+        """Move due runs to RUNNING and return them."""
+        ...
+
+    def finish_run(self, job_id: int, result_dir: str, summary: str) -> Job:
+        """RUNNING → RESULTS_WRITTEN (→ DONE with nowhere to deliver)."""
+        ...
+
+    def fail_run(
+        self, job_id: int, reason: str, traceback: str | None, retry_at: float | None
+    ) -> Job:
+        """RUNNING → FAILED_RETRYABLE (``retry_at``) or DEAD (``None``)."""
+        ...
+
+    def requeue_orphans(self, reason: str) -> list[int]:
+        """Runs left RUNNING by a stopped node become FAILED_RETRYABLE."""
+        ...
+
+    def retry(self, job_id: int) -> Job:
+        """A DEAD or FAILED_RETRYABLE run back to ROUTED, attempts reset."""
         ...
 
     def close(self) -> None:

@@ -1,0 +1,149 @@
+"""The routing stage: COMPLETE rounds → ROUTED (one run per matching rule) or DISCARDED.
+
+The rule engine (:func:`dicomnode.routing.route`) is a pure function; this
+module is the one place where its decisions are recorded in the job store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from dicomnode.config.rules import RoutingConfig
+from dicomnode.errors import IllegalTransitionError
+from dicomnode.jobs import Job, JobState, RunSpec, SQLiteJobStore
+from dicomnode.routing import completion_for, describe_study, route
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Router:
+    """Routes every COMPLETE study round, each exactly once.
+
+    Parameters
+    ----------
+    config : RoutingConfig
+        The rules.
+    store : SQLiteJobStore
+        The job store.
+    poll_seconds : float
+        How often COMPLETE rounds are looked for.
+    """
+
+    JOB_ID = "dicomnode-router"
+
+    def __init__(self, config: RoutingConfig, store: SQLiteJobStore, poll_seconds: float) -> None:
+        self.config = config
+        self.store = store
+        self.poll_seconds = poll_seconds
+        self._scheduler: BackgroundScheduler | None = None
+
+    def route_round(self, job: Job) -> list[int]:
+        """Route one COMPLETE round; return the run job ids it created."""
+        paths = [Path(r.path) for r in self.store.instances_of(job.id)]
+        studies = [s for s in describe_study(paths, job.calling_ae) if s.study_instance_uid]
+        extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
+        runs: list[RunSpec] = []
+        reason = "no rule matched"
+        for study in studies:
+            decision = route(study, self.config)
+            runs.extend(
+                RunSpec(
+                    rule=run.rule,
+                    pipeline=run.pipeline,
+                    series_instance_uid=run.series_instance_uid,
+                    destinations=tuple(run.destinations),
+                    notify=tuple(run.notify),
+                    priority=run.priority,
+                )
+                for run in decision.runs
+            )
+            if decision.runs:
+                rules = ", ".join(f"{r.rule} → {r.pipeline}" for r in decision.runs)
+                reason = ("fallback: " if decision.used_fallback else "matched ") + rules
+        try:
+            created = self.store.route(job.id, runs, reason)
+        except IllegalTransitionError:
+            return []  # routed by someone else meanwhile
+        if created:
+            LOGGER.info("job %d routed: %s", job.id, reason, extra=extra)
+        else:
+            LOGGER.info("job %d discarded: no rule matched", job.id, extra=extra)
+        return created
+
+    def run_once(self) -> int:
+        """Route every COMPLETE round; return how many were routed."""
+        done = 0
+        for job in self.store.jobs(state=JobState.COMPLETE):
+            if job.kind == "study":
+                self.route_round(job)
+                done += 1
+        return done
+
+    def start(self) -> None:
+        """Route now, then every ``poll_seconds``."""
+        scheduler = BackgroundScheduler(timezone="UTC")
+        scheduler.add_job(
+            self.run_once,
+            "interval",
+            seconds=self.poll_seconds,
+            id=self.JOB_ID,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+
+    def stop(self) -> None:
+        """Stop routing, waiting for a pass in progress."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+
+
+class CompletionPolicy:
+    """Per-study assembly timing from the rules' ``completion`` overrides.
+
+    It reads one header per series of the round (cached until a new series
+    arrives) and asks the engine which timing applies.
+    """
+
+    def __init__(
+        self,
+        config: RoutingConfig,
+        store: SQLiteJobStore,
+        default_quiet: float,
+        default_max_wait: float,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.defaults = (default_quiet, default_max_wait)
+        self._cache: dict[int, tuple[frozenset[str], tuple[float, float]]] = {}
+
+    @staticmethod
+    def needed(config: RoutingConfig) -> bool:
+        """Whether any rule overrides the completion timing."""
+        rules = [*config.rules, *([config.fallback] if config.fallback else [])]
+        return any(rule.completion is not None for rule in rules)
+
+    def __call__(self, job: Job) -> tuple[float, float]:
+        first_per_series: dict[str, str] = {}
+        for record in self.store.instances_of(job.id):
+            first_per_series.setdefault(record.series_instance_uid, record.path)
+        key = frozenset(first_per_series)
+        cached = self._cache.get(job.id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        timing = self.defaults
+        for study in describe_study([Path(p) for p in first_per_series.values()], job.calling_ae):
+            timing = completion_for(study, self.config, *self.defaults)
+        self._cache[job.id] = (key, timing)
+        return timing
+
+
+Policy = Callable[[Job], tuple[float, float]]

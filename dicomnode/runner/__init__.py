@@ -1,0 +1,1 @@
+"""The pipeline runtime: registry, model manifests, volume loading, workers."""

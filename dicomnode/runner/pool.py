@@ -1,0 +1,185 @@
+"""Worker processes with a deadline per task.
+
+Each slot holds one long-lived worker process (so pipelines stay loaded
+between jobs). A worker that exits, crashes or is killed by the kernel for
+memory is reported as a failed task and replaced; a task past its deadline
+has its worker killed and replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+from dicomnode.errors import RunnerError
+from dicomnode.runner.worker import Outcome, Task, WorkerSettings, worker_main
+
+LOGGER = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT = 120.0
+
+
+@dataclass
+class _Slot:
+    index: int
+    process: BaseProcess
+    conn: Connection
+    device: str
+    task: Task | None = None
+    deadline: float = 0.0
+
+
+class WorkerPool:
+    """A fixed number of worker processes, one task each at a time.
+
+    Parameters
+    ----------
+    size : int
+        Number of workers (concurrent jobs on the device).
+    settings : WorkerSettings
+        Device, threads, plugins, models directory.
+    log_level : str
+        Logging level inside the workers.
+    """
+
+    def __init__(self, size: int, settings: WorkerSettings, log_level: str = "INFO") -> None:
+        self.size = size
+        self.settings = settings
+        self.log_level = log_level
+        self._ctx = multiprocessing.get_context("spawn")
+        self._slots: list[_Slot] = []
+
+    def _spawn(self, index: int) -> _Slot:
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(child, self.settings, self.log_level),
+            name=f"runner-{index}",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        if not parent.poll(STARTUP_TIMEOUT):
+            process.kill()
+            raise RunnerError(f"worker runner-{index} did not start in {STARTUP_TIMEOUT:g} s")
+        try:
+            status, detail = parent.recv()
+        except EOFError as exc:
+            raise RunnerError(
+                f"worker runner-{index} exited while starting ({process.exitcode})"
+            ) from exc
+        if status != "ready":
+            process.join(timeout=5)
+            raise RunnerError(f"worker runner-{index} cannot start: {detail}")
+        return _Slot(index=index, process=process, conn=parent, device=str(detail))
+
+    def start(self) -> None:
+        """Start every worker.
+
+        Raises
+        ------
+        RunnerError
+            A worker could not start (bad device, broken plugin...).
+        """
+        self._slots = [self._spawn(i) for i in range(self.size)]
+
+    @property
+    def device(self) -> str:
+        """The device the workers run on."""
+        return self._slots[0].device if self._slots else self.settings.device
+
+    def idle(self) -> int:
+        """How many workers are free."""
+        return sum(1 for slot in self._slots if slot.task is None)
+
+    def busy(self) -> list[Task]:
+        """The tasks in flight."""
+        return [slot.task for slot in self._slots if slot.task is not None]
+
+    def submit(self, task: Task, timeout: float) -> None:
+        """Give ``task`` to a free worker; it must finish within ``timeout`` s."""
+        for slot in self._slots:
+            if slot.task is None:
+                slot.conn.send(task)
+                slot.task = task
+                slot.deadline = time.monotonic() + timeout
+                return
+        raise RunnerError("no free worker")
+
+    def _replace(self, slot: _Slot) -> None:
+        try:
+            slot.conn.close()
+        finally:
+            fresh = self._spawn(slot.index)
+            self._slots[self._slots.index(slot)] = fresh
+
+    def poll(self) -> list[Outcome]:
+        """Collect finished tasks, and fail those whose worker died or hung."""
+        finished: list[Outcome] = []
+        for slot in list(self._slots):
+            task = slot.task
+            if task is None:
+                continue
+            outcome: Outcome | None = None
+            replace = False
+            try:
+                if slot.conn.poll():
+                    received = slot.conn.recv()
+                    if isinstance(received, Outcome):
+                        outcome = received
+            except (EOFError, OSError):
+                outcome = None
+            if outcome is None and not slot.process.is_alive():
+                slot.process.join(timeout=1)
+                code = slot.process.exitcode
+                why = (
+                    f"killed by signal {-code}" if code is not None and code < 0 else f"code {code}"
+                )
+                outcome = Outcome(
+                    task.job_id,
+                    ok=False,
+                    summary=f"the worker process exited ({why}) while running {task.pipeline}: "
+                    "crash or out of memory",
+                )
+                replace = True
+            elif outcome is None and time.monotonic() > slot.deadline:
+                slot.process.kill()
+                slot.process.join(timeout=10)
+                outcome = Outcome(
+                    task.job_id,
+                    ok=False,
+                    summary=f"{task.pipeline} timed out; its worker was killed",
+                )
+                replace = True
+            if outcome is None:
+                continue
+            slot.task = None
+            finished.append(outcome)
+            if replace:
+                LOGGER.error("runner-%d: %s; starting a new worker", slot.index, outcome.summary)
+                self._replace(slot)
+        return finished
+
+    def stop(self) -> list[Task]:
+        """Stop every worker; return the tasks that were still running."""
+        unfinished = self.busy()
+        for slot in self._slots:
+            if slot.task is None:
+                try:
+                    slot.conn.send(None)
+                except (BrokenPipeError, OSError):
+                    slot.process.kill()
+            else:
+                slot.process.kill()
+        for slot in self._slots:
+            slot.process.join(timeout=10)
+            if slot.process.is_alive():
+                slot.process.kill()
+                slot.process.join()
+            slot.conn.close()
+        self._slots = []
+        return unfinished

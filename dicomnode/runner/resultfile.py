@@ -1,0 +1,146 @@
+"""A pipeline result on disk, for the result writers to turn into DICOM.
+
+Layout of one result directory::
+
+    result.json        pipeline, models, segments, measurements, findings,
+                       summary, and the input volume's geometry and sources
+    label_map.npy      uint8 (slices, rows, columns), when there is one
+    heatmap-<i>.npy    float32, one per heatmap, in result.json's order
+
+The directory is written under a temporary name and renamed into place, so a
+reader never sees half a result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicomnode.protocol import (
+    Code,
+    Finding,
+    Heatmap,
+    Measurement,
+    ModelInfo,
+    PipelineResult,
+    Segment,
+    SliceSource,
+    Volume,
+)
+
+RESULT_JSON = "result.json"
+LABEL_MAP = "label_map.npy"
+
+
+def _code(data: dict[str, str]) -> Code:
+    return Code(data["value"], data["scheme"], data["meaning"])
+
+
+def save_result(
+    result: PipelineResult,
+    volume: Volume,
+    directory: Path,
+    *,
+    pipeline: str,
+    version: str,
+    device: str,
+    seconds: float,
+) -> Path:
+    """Write ``result`` (and the geometry of ``volume``) to ``directory``,
+    replacing an earlier result there. Return ``directory``."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.with_name(f"{directory.name}.tmp-{secrets.token_hex(4)}")
+    staging.mkdir()
+    try:
+        document: dict[str, Any] = {
+            "pipeline": {"name": pipeline, "version": version},
+            "device": device,
+            "seconds": round(seconds, 3),
+            "models": [asdict(m) for m in result.models],
+            "summary": result.summary,
+            "segments": [asdict(s) for s in result.segments],
+            "measurements": [asdict(m) for m in result.measurements],
+            "findings": [asdict(f) for f in result.findings],
+            "heatmaps": [asdict(h.finding) for h in result.heatmaps],
+            "volume": {
+                "shape": list(volume.array.shape),
+                "spacing": list(volume.spacing),
+                "origin": list(volume.origin),
+                "row_direction": list(volume.row_direction),
+                "column_direction": list(volume.column_direction),
+                "slice_direction": list(volume.slice_direction),
+                "modality": volume.modality,
+                "study_instance_uid": volume.study_instance_uid,
+                "series_instance_uid": volume.series_instance_uid,
+                "frame_of_reference_uid": volume.frame_of_reference_uid,
+                "sources": [asdict(s) for s in volume.sources],
+            },
+        }
+        if result.label_map is not None:
+            np.save(staging / LABEL_MAP, result.label_map)
+        for index, heatmap in enumerate(result.heatmaps):
+            np.save(staging / f"heatmap-{index}.npy", heatmap.array.astype(np.float32))
+        (staging / RESULT_JSON).write_text(json.dumps(document, indent=1), encoding="utf-8")
+        for item in staging.iterdir():
+            with item.open("rb") as handle:
+                os.fsync(handle.fileno())
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_result(directory: Path) -> tuple[PipelineResult, dict[str, Any]]:
+    """Read a saved result; return it with the rest of ``result.json``
+    (pipeline, device, volume geometry and sources)."""
+    document: dict[str, Any] = json.loads((directory / RESULT_JSON).read_text(encoding="utf-8"))
+    label_path = directory / LABEL_MAP
+    label_map = np.load(label_path) if label_path.exists() else None
+    segments = tuple(
+        Segment(
+            label=s["label"],
+            name=s["name"],
+            category=_code(s["category"]),
+            type=_code(s["type"]),
+            anatomic_region=_code(s["anatomic_region"]) if s.get("anatomic_region") else None,
+            color=tuple(s["color"]) if s.get("color") else None,
+        )
+        for s in document["segments"]
+    )
+    result = PipelineResult(
+        label_map=label_map,
+        segments=segments,
+        measurements=tuple(
+            Measurement(
+                concept=_code(m["concept"]),
+                value=m["value"],
+                unit=_code(m["unit"]),
+                segment_label=m.get("segment_label"),
+            )
+            for m in document["measurements"]
+        ),
+        findings=tuple(
+            Finding(
+                concept=_code(f["concept"]), probability=f["probability"], threshold=f["threshold"]
+            )
+            for f in document["findings"]
+        ),
+        heatmaps=tuple(
+            Heatmap(finding=_code(code), array=np.load(directory / f"heatmap-{i}.npy"))
+            for i, code in enumerate(document["heatmaps"])
+        ),
+        models=tuple(ModelInfo(**m) for m in document["models"]),
+        summary=document["summary"],
+    )
+    document["volume"]["sources"] = [SliceSource(**s) for s in document["volume"]["sources"]]
+    return result, document

@@ -1,0 +1,205 @@
+"""The runner stage: ROUTED runs → worker processes → RESULTS_WRITTEN.
+
+It claims runs from the job store, hands them to the worker pool with the
+pipeline's timeout, and records each outcome: success moves the run on, a
+failure becomes FAILED_RETRYABLE (retried with exponential backoff) until
+``max_attempts``, then DEAD; a failure that retrying cannot fix (unknown
+pipeline, bad model, a series that is not a valid volume) is DEAD at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dicomnode.config.schema import RunnerConfig
+from dicomnode.errors import JobStoreError
+from dicomnode.jobs import Job, SQLiteJobStore
+from dicomnode.runner.pool import WorkerPool
+from dicomnode.runner.registry import PipelineRegistry
+from dicomnode.runner.worker import Outcome, Task, WorkerSettings
+
+LOGGER = logging.getLogger(__name__)
+
+
+class Runner:
+    """Runs pipelines for ROUTED jobs.
+
+    Parameters
+    ----------
+    config : RunnerConfig
+        Device, workers, timeouts, retries, plugins.
+    store : SQLiteJobStore
+        The job store.
+    results_root : Path
+        Results are saved in ``<results_root>/job-<id>``.
+    log_level : str
+        Logging level inside the workers.
+    clock : callable
+        Seconds since the epoch.
+    """
+
+    def __init__(
+        self,
+        config: RunnerConfig,
+        store: SQLiteJobStore,
+        results_root: Path,
+        log_level: str = "INFO",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.results_root = results_root
+        self.clock = clock
+        self.registry = PipelineRegistry.discover(config.plugins)
+        self.pool = WorkerPool(
+            config.workers,
+            WorkerSettings(
+                device=config.device,
+                threads=config.threads,
+                plugins=tuple(config.plugins),
+                models_dir=str(config.models_dir.resolve()),
+            ),
+            log_level=log_level,
+        )
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def timeout_for(self, pipeline: str) -> float:
+        """The pipeline's timeout in seconds."""
+        override = self.config.pipelines.get(pipeline)
+        if override is not None and override.timeout_seconds is not None:
+            return override.timeout_seconds
+        return self.config.timeout_seconds
+
+    def max_attempts_for(self, pipeline: str) -> int:
+        """How many times the pipeline is tried before the run is DEAD."""
+        override = self.config.pipelines.get(pipeline)
+        if override is not None and override.max_attempts is not None:
+            return override.max_attempts
+        return self.config.max_attempts
+
+    def start(self) -> None:
+        """Requeue runs a stopped node left RUNNING, start workers and polling."""
+        orphans = self.store.requeue_orphans("the node stopped during the run")
+        if orphans:
+            LOGGER.warning("requeued %d run(s) left RUNNING by an earlier stop", len(orphans))
+        self.pool.start()
+        LOGGER.info(
+            "runner: %d worker(s) on %s; pipelines: %s",
+            self.config.workers,
+            self.pool.device,
+            ", ".join(self.registry.names()) or "none",
+        )
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="dicomnode-runner", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        # A plain loop rather than a scheduler: a tick may block for seconds
+        # while a crashed worker is replaced, and nothing is gained by queueing.
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except JobStoreError as exc:
+                LOGGER.error("runner: job store error, retrying: %s", exc)
+            self._stop.wait(self.config.poll_seconds)
+
+    def tick(self) -> None:
+        """Record finished runs, then start as many new ones as workers are free."""
+        for outcome in self.pool.poll():
+            self._record(outcome)
+        idle = self.pool.idle()
+        if idle:
+            for job in self.store.claim_runs(self.clock(), idle):
+                self._dispatch(job)
+
+    def _dispatch(self, job: Job) -> None:
+        assert job.pipeline is not None and job.parent_id is not None
+        extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
+        if job.pipeline not in self.registry:
+            known = ", ".join(self.registry.names()) or "none"
+            self.store.fail_run(
+                job.id,
+                f"pipeline {job.pipeline!r} is not installed (installed: {known})",
+                None,
+                None,
+            )
+            LOGGER.error("job %d: pipeline %s is not installed", job.id, job.pipeline, extra=extra)
+            return
+        files = tuple(
+            record.path
+            for record in self.store.instances_of(job.parent_id)
+            if record.series_instance_uid == job.series_instance_uid
+        )
+        if not files:
+            self.store.fail_run(job.id, "the input series has no instances", None, None)
+            return
+        task = Task(
+            job_id=job.id,
+            pipeline=job.pipeline,
+            files=files,
+            result_dir=str(self.results_root / f"job-{job.id}"),
+        )
+        self.pool.submit(task, self.timeout_for(job.pipeline))
+        LOGGER.info(
+            "job %d: running %s on %d instance(s) (attempt %d)",
+            job.id,
+            job.pipeline,
+            len(files),
+            job.attempts,
+            extra=extra,
+        )
+
+    def _record(self, outcome: Outcome) -> None:
+        job = self.store.get_job(outcome.job_id)
+        extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
+        if outcome.ok:
+            done = self.store.finish_run(
+                job.id, str(self.results_root / f"job-{job.id}"), outcome.summary
+            )
+            LOGGER.info(
+                "job %d: %s finished, now %s", job.id, job.pipeline, done.state, extra=extra
+            )
+            return
+        pipeline = job.pipeline or ""
+        attempts_left = self.max_attempts_for(pipeline) - job.attempts
+        if outcome.permanent or attempts_left <= 0:
+            self.store.fail_run(job.id, outcome.summary, outcome.traceback, None)
+            LOGGER.error(
+                "job %d: %s failed, DEAD after %d attempt(s): %s",
+                job.id,
+                pipeline,
+                job.attempts,
+                outcome.summary,
+                extra=extra,
+            )
+            return
+        delay = self.config.retry_backoff_seconds * (2 ** max(0, job.attempts - 1))
+        self.store.fail_run(job.id, outcome.summary, outcome.traceback, self.clock() + delay)
+        LOGGER.warning(
+            "job %d: %s failed (attempt %d), retrying in %.0f s: %s",
+            job.id,
+            pipeline,
+            job.attempts,
+            delay,
+            outcome.summary,
+            extra=extra,
+        )
+
+    def stop(self) -> None:
+        """Stop polling and the workers; runs in flight become FAILED_RETRYABLE."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        for task in self.pool.stop():
+            try:
+                self.store.fail_run(
+                    task.job_id, "the node stopped during the run", None, self.clock()
+                )
+            except JobStoreError as exc:
+                LOGGER.error("job %d: could not record the stop: %s", task.job_id, exc)

@@ -1,0 +1,175 @@
+"""The worker process: loads pipelines once, runs one job at a time.
+
+A worker talks to the runner over a pipe: it receives a :class:`Task`, sends
+back an :class:`Outcome`. Whatever a pipeline does (raise, exit, crash, hang,
+eat memory) stays in this process; the runner sees a failed or missing
+outcome and the node keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from dicomnode.errors import InputError, ModelError, RunnerError, VolumeError
+from dicomnode.protocol import ModelFile, Pipeline
+from dicomnode.runner.manifest import verify_model
+from dicomnode.runner.registry import PipelineRegistry
+from dicomnode.runner.resultfile import save_result
+from dicomnode.runner.volume import load_series
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One pipeline run, as sent to a worker."""
+
+    job_id: int
+    pipeline: str
+    files: tuple[str, ...]
+    result_dir: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a worker reports for a task.
+
+    Attributes
+    ----------
+    ok : bool
+        The result was saved.
+    summary : str
+        The result's summary, or the failure's reason.
+    permanent : bool
+        Retrying cannot help (bad input, bad model, unknown pipeline).
+    traceback : str, optional
+        Of the failure.
+    """
+
+    job_id: int
+    ok: bool
+    summary: str
+    permanent: bool = False
+    traceback: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What every worker needs besides its tasks."""
+
+    device: str
+    threads: int
+    plugins: tuple[str, ...]
+    models_dir: str
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` becomes ``cuda:0`` when CUDA is available, else ``cpu``."""
+    import torch
+
+    if requested == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RunnerError(f"runner.device is {requested!r} but CUDA is not available")
+    return "cuda:0" if requested == "cuda" else requested
+
+
+class Worker:
+    """The state a worker keeps between tasks: pipelines, loaded once each."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.registry = PipelineRegistry.discover(settings.plugins)
+        self._loaded: dict[str, Pipeline] = {}
+
+    def pipeline(self, name: str) -> Pipeline:
+        """The pipeline ``name``, created and loaded on first use."""
+        if name not in self._loaded:
+            pipeline = self.registry.create(name)
+            required: tuple[str, ...] = tuple(getattr(pipeline, "required_models", ()))
+            if required:
+                models: dict[str, ModelFile] = {
+                    model: verify_model(Path(self.settings.models_dir), model) for model in required
+                }
+                pipeline.load(self.device, models)  # type: ignore[call-arg]
+            else:
+                pipeline.load(self.device)
+            self._loaded[name] = pipeline
+        return self._loaded[name]
+
+    def run(self, task: Task) -> Outcome:
+        """Run one task; every failure becomes an :class:`Outcome`."""
+        started = time.monotonic()
+        try:
+            pipeline = self.pipeline(task.pipeline)
+            volume = load_series([Path(f) for f in task.files])
+            spec = pipeline.input
+            if volume.modality not in spec.modalities:
+                raise InputError(
+                    f"{task.pipeline} accepts {', '.join(sorted(spec.modalities))}, "
+                    f"not {volume.modality or 'a series without Modality'}"
+                )
+            slices = volume.array.shape[0]
+            if slices < spec.min_slices or (spec.max_slices and slices > spec.max_slices):
+                raise InputError(
+                    f"{task.pipeline} needs {spec.min_slices}"
+                    f"{f'..{spec.max_slices}' if spec.max_slices else ' or more'} slices, "
+                    f"the series has {slices}"
+                )
+            result = pipeline.run(volume, self.device)
+            result.check_grid(volume)
+            save_result(
+                result,
+                volume,
+                Path(task.result_dir),
+                pipeline=pipeline.name,
+                version=pipeline.version,
+                device=self.device,
+                seconds=time.monotonic() - started,
+            )
+            return Outcome(task.job_id, ok=True, summary=result.summary or "result saved")
+        except (VolumeError, ModelError, InputError, RunnerError) as exc:
+            return Outcome(
+                task.job_id,
+                ok=False,
+                summary=str(exc),
+                permanent=True,
+                traceback=traceback.format_exc(),
+            )
+        except Exception as exc:  # noqa: BLE001 - the worker boundary records any failure
+            return Outcome(
+                task.job_id,
+                ok=False,
+                summary=f"{type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc(),
+            )
+
+
+def worker_main(conn: Connection, settings: WorkerSettings, log_level: str) -> None:
+    """Entry point of a worker process: serve tasks until ``None`` arrives."""
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
+    )
+    if settings.threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    try:
+        worker = Worker(settings)
+    except RunnerError as exc:
+        conn.send(("fatal", str(exc)))
+        return
+    conn.send(("ready", worker.device))
+    LOGGER.info("worker %d ready on %s", os.getpid(), worker.device)
+    while True:
+        task = conn.recv()
+        if task is None:
+            return
+        conn.send(worker.run(task))

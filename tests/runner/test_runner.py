@@ -1,0 +1,166 @@
+"""The runner in a running node: real pushes, real worker processes, every failure mode."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from dicomnode.jobs import JobState, SQLiteJobStore
+from dicomnode.runner.resultfile import load_result
+from tests.conftest import open_store
+from tests.helpers import echo, store_statuses, storescu, wait_for
+from tests.runner.test_registry_manifest import write_model
+
+pytestmark = [pytest.mark.peers, pytest.mark.slow]
+
+PLUGINS = [
+    "tests.runner.faulty:Threshold",
+    "tests.runner.faulty:Raises",
+    "tests.runner.faulty:Exits",
+    "tests.runner.faulty:Hangs",
+    "tests.runner.faulty:WithModel",
+]
+
+
+def rule(name: str, pipeline: str, description: str) -> dict[str, object]:
+    return {
+        "name": name,
+        "match": {"series": {"SeriesDescription": {"equals": description}}},
+        "pipeline": pipeline,
+    }
+
+
+def runner_settings(make_settings, tmp_path: Path, **runner: object):
+    return make_settings(
+        assembly={"quiet_seconds": 0.5, "poll_seconds": 0.1},
+        runner={
+            "enabled": True,
+            "workers": 2,
+            "device": "cpu",
+            "threads": 1,
+            "poll_seconds": 0.1,
+            "timeout_seconds": 60,
+            "max_attempts": 2,
+            "retry_backoff_seconds": 0,
+            "plugins": PLUGINS,
+            "models_dir": str(tmp_path / "models"),
+            "pipelines": {"test-hangs": {"timeout_seconds": 2}},
+            **runner,
+        },
+        routing={
+            "rules": [
+                rule("good", "test-threshold", "good"),
+                rule("raises", "test-raises", "raises"),
+                rule("exits", "test-exits", "exits"),
+                rule("hangs", "test-hangs", "hangs"),
+                rule("model", "test-model", "model"),
+                rule("missing", "no-such-pipeline", "missing"),
+            ]
+        },
+    )
+
+
+def push(ct_series, port: int, description: str, slices: int = 4):
+    series = ct_series(slices=slices, size=16, name=description)
+    import pydicom
+
+    for path in series.paths:
+        ds = pydicom.dcmread(path)
+        ds.SeriesDescription = description
+        ds.save_as(path)
+    assert store_statuses(storescu(series.paths, port).stderr) == ["Success"] * slices
+    return series
+
+
+def run_of(store: SQLiteJobStore, study_uid: str):
+    runs = [j for j in store.jobs(study_instance_uid=study_uid) if j.kind == "run"]
+    return runs[0] if len(runs) == 1 else None
+
+
+def final(store: SQLiteJobStore, study_uid: str, timeout: float = 90):
+    def settled():
+        job = run_of(store, study_uid)
+        if job is not None and job.state in (JobState.DONE, JobState.DEAD):
+            return job
+        return None
+
+    return wait_for(settled, timeout, f"the run of {study_uid} to finish", interval=0.2)
+
+
+def test_failures_end_dead_while_the_node_serves_and_good_runs_finish(
+    make_settings, start_node, ct_series, tmp_path
+):
+    write_model(tmp_path / "models", b"0.5", sha256="0" * 64)  # wrong hash
+    settings = runner_settings(make_settings, tmp_path)
+    start_node(settings)
+    port = settings.node.port
+    studies = {name: push(ct_series, port, name) for name in ("raises", "exits", "hangs")}
+    studies["good"] = push(ct_series, port, "good")
+    studies["model"] = push(ct_series, port, "model")
+    studies["missing"] = push(ct_series, port, "missing")
+    store = open_store(settings)
+
+    good = final(store, studies["good"].study_uid)
+    assert good.state == JobState.DONE and good.attempts == 1
+    result, document = load_result(Path(good.result_dir))
+    assert result.label_map is not None and result.label_map.shape == (4, 16, 16)
+    assert document["volume"]["series_instance_uid"] == studies["good"].series_uid
+    assert result.measurements[0].value > 0
+
+    for name, words in [
+        ("raises", "RuntimeError: the model fell over"),
+        ("exits", "worker process exited (code 3)"),
+        ("hangs", "timed out"),
+    ]:
+        job = final(store, studies[name].study_uid)
+        assert job.state == JobState.DEAD, name
+        assert job.attempts == 2, name  # max_attempts
+        assert words in (job.reason or ""), (name, job.reason)
+        states = [t.to_state for t in store.history(job.id)]
+        assert states.count(JobState.FAILED_RETRYABLE) == 1, (name, states)
+    raised = final(store, studies["raises"].study_uid)
+    assert "RuntimeError" in (raised.traceback or "") and "faulty.py" in raised.traceback
+
+    model = final(store, studies["model"].study_uid)
+    assert model.state == JobState.DEAD and model.attempts == 1  # no retry for a bad model
+    assert "model 'tiny-model' 1.2.3" in (model.reason or "")
+    missing = final(store, studies["missing"].study_uid)
+    assert "not installed" in (missing.reason or "")
+
+    assert echo(port)  # the node kept serving throughout
+    again = push(ct_series, port, "good", slices=3)
+    assert final(store, again.study_uid).state == JobState.DONE
+
+
+def test_models_stay_loaded_and_a_dead_run_can_be_retried(
+    make_settings, start_node, ct_series, tmp_path
+):
+    write_model(tmp_path / "models", b"0.5")
+    settings = runner_settings(make_settings, tmp_path, workers=1)
+    start_node(settings)
+    port = settings.node.port
+    store = open_store(settings)
+    first = final(store, push(ct_series, port, "good").study_uid)
+    second = final(store, push(ct_series, port, "good").study_uid)
+    assert "loaded 1 time(s)" in (first.reason or "")
+    assert "loaded 1 time(s)" in (second.reason or "")  # same worker, not reloaded
+    assert (first.reason or "").split("pid")[1] == (second.reason or "").split("pid")[1]
+
+    model = final(store, push(ct_series, port, "model").study_uid)
+    assert model.state == JobState.DONE
+    result, _ = load_result(Path(model.result_dir))
+    assert result.models[0].sha256 == hashlib.sha256(b"0.5").hexdigest()
+
+    dead = final(store, push(ct_series, port, "raises").study_uid)
+    assert dead.state == JobState.DEAD
+    store.retry(dead.id)
+
+    def retried():
+        job = store.get_job(dead.id)
+        history = [t.to_state for t in store.history(dead.id)]
+        return job.state == JobState.DEAD and history.count(JobState.DEAD) == 2
+
+    wait_for(retried, 60, "the retried run to fail again")
+    assert store.get_job(dead.id).attempts == 2
