@@ -1,0 +1,63 @@
+"""The example configuration end to end: a CT pushed to the node ends as a
+finished ct-lung run whose measurements are right."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dicomnode.jobs import JobState, SQLiteJobStore
+from dicomnode.runner.resultfile import load_result
+from dicomnode.synthetic import Phantom, write_ct_series
+from tests.helpers import free_port, wait_for
+from tests.test_cli import dicomnode
+
+pytestmark = [pytest.mark.peers, pytest.mark.slow]
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "dicomnode.example.yaml"
+
+
+def test_example_config_routes_a_ct_to_ct_lung(node_process, tmp_path):
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["node"]["port"] = free_port()
+    config["storage"]["data_dir"] = str(tmp_path / "var")
+    config["ingress"]["allowed_senders"].append({"ae_title": "SCANNER"})  # the tests' echo
+    config["assembly"]["quiet_seconds"] = 1
+    config["assembly"]["poll_seconds"] = 0.2
+    config["runner"]["poll_seconds"] = 0.2
+    node = node_process(config)
+
+    series = write_ct_series(tmp_path / "ct", slices=80, rows=128, columns=128, slice_thickness=2.5)
+    sent = dicomnode(
+        "send", str(tmp_path / "ct"), "--to", f"127.0.0.1:{node.port}", "--aet", "DICOMNODE", "-q"
+    )
+    assert sent.returncode == 0, sent.stderr
+
+    store = SQLiteJobStore(tmp_path / "var" / "dicomnode.db")
+
+    def finished():
+        runs = [j for j in store.jobs(study_instance_uid=series.study_uid) if j.kind == "run"]
+        done = [j for j in runs if j.state in (JobState.DONE, JobState.DEAD)]
+        return done[0] if done else None
+
+    run = wait_for(finished, 120, "the ct-lung run to finish", interval=0.3)
+    assert run.state == JobState.DONE, run.reason
+    assert (run.pipeline, run.rule, run.series_instance_uid) == (
+        "ct-lung",
+        "ct-chest-lungs",
+        series.series_uid,
+    )
+    result, document = load_result(Path(run.result_dir))
+    truth = Phantom().lung_volume_ml()
+    volumes = {
+        m.segment_label: m.value
+        for m in result.measurements
+        if m.concept.meaning == "Volume" and m.segment_label in (2, 3)
+    }
+    assert set(volumes) == {2, 3}
+    for label, ml in volumes.items():
+        assert ml == pytest.approx(truth, rel=0.05), (label, ml, truth)
+    assert document["volume"]["shape"] == [80, 128, 128]
+    assert "ct-lung" in node.log() and "PHANTOM" not in node.log()
