@@ -44,6 +44,7 @@ test: peers $(STAMP) lint
 
 bench: peers $(STAMP)
 	$(PY) bench/ingest.py
+	$(PY) bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .mypy_cache .ruff_cache .pytest_cache
