@@ -294,3 +294,41 @@ class Pipeline(Protocol):
     def run(self, volume: Volume, device: str) -> PipelineResult:
         """Process one volume and return its result in the volume's grid."""
         ...
+
+
+@dataclass(frozen=True)
+class ResultContext:
+    """What a result writer needs besides the result and its volume.
+
+    Attributes
+    ----------
+    job_id : int
+        The run's job id.
+    pipeline_name, pipeline_version : str
+        The pipeline that made the result (algorithm identification).
+    source_files : tuple of Path
+        The input series' instance files (any order; the writer reads them).
+    out_dir : Path
+        Where the objects go; created by the writer.
+    node_name : str
+        The node's AE title, named as the device observer in reports.
+    """
+
+    job_id: int
+    pipeline_name: str
+    pipeline_version: str
+    source_files: tuple[Path, ...]
+    out_dir: Path
+    node_name: str
+
+
+@runtime_checkable
+class ResultWriter(Protocol):
+    """Turns a :class:`PipelineResult` into files (DICOM objects) in
+    ``context.out_dir`` and returns their paths. Knows nothing of networks."""
+
+    def write(
+        self, result: PipelineResult, volume: Volume, context: ResultContext
+    ) -> tuple[Path, ...]:
+        """Write every object for ``result``; return the files written."""
+        ...

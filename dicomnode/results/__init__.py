@@ -1,0 +1,1 @@
+"""Result writers: DICOM-SEG, TID 1500 SR, and overlays, from a PipelineResult."""
