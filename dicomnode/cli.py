@@ -241,11 +241,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a pipeline offline on a folder, as the node's workers do."""
     from dicomnode.config.schema import RunnerConfig
+    from dicomnode.results.writer import DicomResultWriter
     from dicomnode.routing import describe_study
     from dicomnode.runner.resultfile import load_result
     from dicomnode.runner.worker import Task, Worker, WorkerSettings
 
-    runner = _load(args.config).runner if args.config else RunnerConfig()
+    settings = _load(args.config) if args.config else None
+    runner = settings.runner if settings is not None else RunnerConfig()
+    node_name = settings.node.ae_title if settings is not None else "DICOMNODE"
     paths = (
         [p for p in Path(args.path).rglob("*") if p.is_file()]
         if Path(args.path).is_dir()
@@ -274,10 +277,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             threads=runner.threads,
             plugins=tuple(runner.plugins),
             models_dir=str(runner.models_dir.resolve()),
+            writer=None if args.no_dicom else DicomResultWriter(),
+            node_name=node_name,
         )
     )
     out = Path(args.out)
-    outcome = worker.run(Task(job_id=0, pipeline=args.pipeline, files=files, result_dir=str(out)))
+    task = Task(
+        job_id=0,
+        pipeline=args.pipeline,
+        files=files,
+        result_dir=str(out),
+        outbox_dir=str(out / "dicom"),
+    )
+    outcome = worker.run(task)
     if not outcome.ok:
         print(f"error: {outcome.summary}", file=sys.stderr)
         if args.verbose and outcome.traceback:
@@ -286,6 +298,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result, document = load_result(out)
     print(f"{args.pipeline} on {len(files)} instance(s), {worker.device}: {result.summary}")
     print(f"took {document['seconds']:.1f} s; result in {out}")
+    for path in outcome.objects:
+        print(f"wrote {path}")
     rows = [
         [
             next((s.name for s in result.segments if s.label == m.segment_label), "-"),
@@ -380,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: from config)")
     run.add_argument("-c", "--config", help="take runner settings from this YAML file")
     run.add_argument("-v", "--verbose", action="store_true", help="print tracebacks")
+    run.add_argument(
+        "--no-dicom", action="store_true", help="save the result only, no SEG/SR/overlay objects"
+    )
     run.set_defaults(func=cmd_run)
 
     route = sub.add_parser("route", help="routing tools")

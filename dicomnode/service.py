@@ -24,6 +24,7 @@ from dicomnode.config import Settings
 from dicomnode.errors import DicomNodeError, StartupError
 from dicomnode.ingress import IngressServer, StoreHandler, recover_spool
 from dicomnode.jobs import SQLiteJobStore
+from dicomnode.results.writer import DicomResultWriter
 from dicomnode.routing.stage import CompletionPolicy, Router
 from dicomnode.runner.stage import Runner
 from dicomnode.spool import Spool
@@ -209,6 +210,9 @@ class Node:
                 self.store,
                 results_root=self.settings.storage.data_dir / "results",
                 log_level=self.settings.logging.level,
+                outbox_root=self.settings.storage.spool_path / "outbox",
+                writer=DicomResultWriter(),
+                node_name=self.settings.node.ae_title,
             )
             try:
                 runner.start()

@@ -1,6 +1,14 @@
 """The durable job store: states, legal transitions, timestamps."""
 
-from dicomnode.jobs.models import InstanceRecord, Job, RecordOutcome, RunSpec, Study, Transition
+from dicomnode.jobs.models import (
+    InstanceRecord,
+    Job,
+    OutboxItem,
+    RecordOutcome,
+    RunSpec,
+    Study,
+    Transition,
+)
 from dicomnode.jobs.sqlite import SQLiteJobStore
 from dicomnode.jobs.states import TRANSITIONS, JobState, check_transition
 from dicomnode.jobs.store import JobStore
@@ -11,6 +19,7 @@ __all__ = [
     "Job",
     "JobState",
     "JobStore",
+    "OutboxItem",
     "RecordOutcome",
     "RunSpec",
     "SQLiteJobStore",

@@ -115,3 +115,18 @@ class RunSpec:
     destinations: tuple[str, ...] = ()
     notify: tuple[str, ...] = ()
     priority: int = 0
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One delivery: an object (or a notification) for one destination."""
+
+    id: int
+    job_id: int
+    destination: str
+    kind: str  # "dicom" or "notification"
+    path: str
+    state: str  # PENDING, DELIVERED, DEAD
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str | None

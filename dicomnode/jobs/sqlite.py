@@ -22,6 +22,7 @@ from dicomnode.errors import IllegalTransitionError, JobStoreError, NotFoundErro
 from dicomnode.jobs.models import (
     InstanceRecord,
     Job,
+    OutboxItem,
     RecordOutcome,
     RunSpec,
     Study,
@@ -87,6 +88,21 @@ CREATE TABLE IF NOT EXISTS instances (
     duplicates INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    destination TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'PENDING',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (job_id, destination, path)
+);
+CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS instances_job ON instances (job_id);
 """
 
@@ -605,9 +621,17 @@ class SQLiteJobStore:
                 claimed.append(int(row["id"]))
         return [self.get_job(job_id) for job_id in claimed]
 
-    def finish_run(self, job_id: int, result_dir: str, summary: str) -> Job:
-        """RUNNING → RESULTS_WRITTEN, and on to DONE when the run has nowhere
-        to deliver to."""
+    def finish_run(
+        self,
+        job_id: int,
+        result_dir: str,
+        summary: str,
+        objects: tuple[str, ...] = (),
+    ) -> Job:
+        """RUNNING → RESULTS_WRITTEN with one outbox row per (object,
+        destination) — DICOM objects go to ``destinations``, the result's
+        notification to each of ``notify`` — in the same transaction; on to
+        DONE when the run has nowhere to deliver to."""
         now = self._now()
         with self._write() as cur:
             row = cur.execute(
@@ -623,7 +647,18 @@ class SQLiteJobStore:
                 (str(JobState.RESULTS_WRITTEN), now, summary, result_dir, job_id),
             )
             self._add_transition(cur, job_id, current, JobState.RESULTS_WRITTEN, now, summary)
-            if json.loads(row["destinations"]) == [] and json.loads(row["notify"]) == []:
+            destinations = json.loads(row["destinations"])
+            notify = json.loads(row["notify"])
+            cur.execute("DELETE FROM outbox WHERE job_id = ? AND state = 'PENDING'", (job_id,))
+            rows = [(d, "dicom", path) for d in destinations for path in objects]
+            rows += [(n, "notification", result_dir) for n in notify]
+            for destination, kind, path in rows:
+                cur.execute(
+                    "INSERT OR REPLACE INTO outbox (job_id, destination, kind, path, state, "
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, 'PENDING', ?, ?)",
+                    (job_id, destination, kind, path, now, now),
+                )
+            if not rows:
                 reason = "no destinations configured"
                 cur.execute(
                     "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?",
@@ -654,6 +689,15 @@ class SQLiteJobStore:
             )
             self._add_transition(cur, job_id, current, target, now, reason)
         return self.get_job(job_id)
+
+    def outbox(self, job_id: int) -> list[OutboxItem]:
+        """The delivery rows of one run."""
+        rows = self._read(
+            "SELECT id, job_id, destination, kind, path, state, attempts, next_attempt_at, "
+            "last_error FROM outbox WHERE job_id = ? ORDER BY id",
+            (job_id,),
+        )
+        return [OutboxItem(**dict(row)) for row in rows]
 
     def requeue_orphans(self, reason: str) -> list[int]:
         """Runs left RUNNING by a stopped node become FAILED_RETRYABLE, due now."""

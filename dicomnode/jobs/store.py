@@ -94,8 +94,10 @@ class JobStore(Protocol):
         """Move due runs to RUNNING and return them."""
         ...
 
-    def finish_run(self, job_id: int, result_dir: str, summary: str) -> Job:
-        """RUNNING → RESULTS_WRITTEN (→ DONE with nowhere to deliver)."""
+    def finish_run(
+        self, job_id: int, result_dir: str, summary: str, objects: tuple[str, ...] = ()
+    ) -> Job:
+        """RUNNING → RESULTS_WRITTEN with its outbox rows (→ DONE with nowhere to deliver)."""
         ...
 
     def fail_run(

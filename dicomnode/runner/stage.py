@@ -18,6 +18,7 @@ from pathlib import Path
 from dicomnode.config.schema import RunnerConfig
 from dicomnode.errors import JobStoreError
 from dicomnode.jobs import Job, SQLiteJobStore
+from dicomnode.protocol import ResultWriter
 from dicomnode.runner.pool import WorkerPool
 from dicomnode.runner.registry import PipelineRegistry
 from dicomnode.runner.worker import Outcome, Task, WorkerSettings
@@ -36,6 +37,12 @@ class Runner:
         The job store.
     results_root : Path
         Results are saved in ``<results_root>/job-<id>``.
+    outbox_root : Path, optional
+        Objects the writer makes go to ``<outbox_root>/job-<id>``.
+    writer : ResultWriter, optional
+        Turns results into DICOM objects, in the worker, after the pipeline.
+    node_name : str
+        The node's AE title, for the objects' device observer.
     log_level : str
         Logging level inside the workers.
     clock : callable
@@ -49,10 +56,15 @@ class Runner:
         results_root: Path,
         log_level: str = "INFO",
         clock: Callable[[], float] = time.time,
+        *,
+        outbox_root: Path | None = None,
+        writer: ResultWriter | None = None,
+        node_name: str = "DICOMNODE",
     ) -> None:
         self.config = config
         self.store = store
         self.results_root = results_root
+        self.outbox_root = outbox_root
         self.clock = clock
         self.registry = PipelineRegistry.discover(config.plugins)
         self.pool = WorkerPool(
@@ -62,6 +74,8 @@ class Runner:
                 threads=config.threads,
                 plugins=tuple(config.plugins),
                 models_dir=str(config.models_dir.resolve()),
+                writer=writer,
+                node_name=node_name,
             ),
             log_level=log_level,
         )
@@ -143,6 +157,9 @@ class Runner:
             pipeline=job.pipeline,
             files=files,
             result_dir=str(self.results_root / f"job-{job.id}"),
+            outbox_dir=None
+            if self.outbox_root is None
+            else str(self.outbox_root / f"job-{job.id}"),
         )
         self.pool.submit(task, self.timeout_for(job.pipeline))
         LOGGER.info(
@@ -158,9 +175,8 @@ class Runner:
         job = self.store.get_job(outcome.job_id)
         extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
         if outcome.ok:
-            done = self.store.finish_run(
-                job.id, str(self.results_root / f"job-{job.id}"), outcome.summary
-            )
+            result_dir = str(self.results_root / f"job-{job.id}")
+            done = self.store.finish_run(job.id, result_dir, outcome.summary, outcome.objects)
             LOGGER.info(
                 "job %d: %s finished, now %s", job.id, job.pipeline, done.state, extra=extra
             )

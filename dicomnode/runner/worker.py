@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from dicomnode.errors import InputError, ModelError, RunnerError, VolumeError
-from dicomnode.protocol import ModelFile, Pipeline
+from dicomnode.protocol import ModelFile, Pipeline, ResultContext, ResultWriter
 from dicomnode.runner.manifest import verify_model
 from dicomnode.runner.registry import PipelineRegistry
 from dicomnode.runner.resultfile import save_result
@@ -34,6 +34,7 @@ class Task:
     pipeline: str
     files: tuple[str, ...]
     result_dir: str
+    outbox_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Outcome:
     summary: str
     permanent: bool = False
     traceback: str | None = None
+    objects: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class WorkerSettings:
     threads: int
     plugins: tuple[str, ...]
     models_dir: str
+    writer: ResultWriter | None = None
+    node_name: str = "DICOMNODE"
 
 
 def resolve_device(requested: str) -> str:
@@ -134,7 +138,23 @@ class Worker:
                 device=self.device,
                 seconds=time.monotonic() - started,
             )
-            return Outcome(task.job_id, ok=True, summary=result.summary or "result saved")
+            objects: tuple[Path, ...] = ()
+            if self.settings.writer is not None and task.outbox_dir is not None:
+                context = ResultContext(
+                    job_id=task.job_id,
+                    pipeline_name=pipeline.name,
+                    pipeline_version=pipeline.version,
+                    source_files=tuple(Path(f) for f in task.files),
+                    out_dir=Path(task.outbox_dir),
+                    node_name=self.settings.node_name,
+                )
+                objects = self.settings.writer.write(result, volume, context)
+            return Outcome(
+                task.job_id,
+                ok=True,
+                summary=result.summary or "result saved",
+                objects=tuple(str(p) for p in objects),
+            )
         except (VolumeError, ModelError, InputError, RunnerError) as exc:
             return Outcome(
                 task.job_id,

@@ -1,0 +1,80 @@
+"""The result writer the runner calls: every DICOM object for one result.
+
+It reads the source instances in volume order, builds the SEG, the TID 1500
+SR (with the SEG among its evidence) and the heatmap overlays, and writes
+them under ``context.out_dir`` as ``<Modality>_<SOPInstanceUID>.dcm`` with a
+zeroed preamble. The directory is replaced as a whole, so a re-run leaves the
+new objects only (their UIDs are derived from the inputs and the pipeline
+version, so a PACS replaces rather than duplicates them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from dicomnode.protocol import PipelineResult, ResultContext, Volume
+from dicomnode.results.overlay import build_overlays
+from dicomnode.results.seg import build_segmentation
+from dicomnode.results.sr import build_report
+
+LOGGER = logging.getLogger(__name__)
+
+
+def read_sources(volume: Volume, files: Sequence[Path]) -> list[Dataset]:
+    """The source datasets in volume order (a multi-frame file repeats)."""
+    by_uid: dict[str, Dataset] = {}
+    for path in files:
+        ds = pydicom.dcmread(path)
+        by_uid[str(ds.SOPInstanceUID)] = ds
+    missing = [s.sop_instance_uid for s in volume.sources if s.sop_instance_uid not in by_uid]
+    if missing:
+        raise ValueError(f"{len(missing)} source instance(s) of the volume are not in the files")
+    return [by_uid[s.sop_instance_uid] for s in volume.sources]
+
+
+class DicomResultWriter:
+    """:class:`~dicomnode.protocol.ResultWriter` writing SEG, SR and overlays."""
+
+    def write(
+        self, result: PipelineResult, volume: Volume, context: ResultContext
+    ) -> tuple[Path, ...]:
+        """Write every object for ``result``; return their paths."""
+        sources = read_sources(volume, context.source_files)
+        objects: list[Dataset] = []
+        segmentation = build_segmentation(result, volume, sources, context)
+        if segmentation is not None:
+            objects.append(segmentation)
+        report = build_report(result, volume, sources, context, segmentation)
+        if report is not None:
+            objects.append(report)
+        objects.extend(build_overlays(result, volume, sources, context))
+        return self._save(objects, context.out_dir)
+
+    @staticmethod
+    def _save(objects: list[Dataset], out_dir: Path) -> tuple[Path, ...]:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = out_dir.with_name(f"{out_dir.name}.tmp-{secrets.token_hex(4)}")
+        staging.mkdir()
+        names: list[str] = []
+        try:
+            for ds in objects:
+                name = f"{ds.Modality}_{ds.SOPInstanceUID}.dcm"
+                ds.save_as(staging / name, enforce_file_format=True)
+                with (staging / name).open("rb") as handle:
+                    os.fsync(handle.fileno())
+                names.append(name)
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            staging.rename(out_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return tuple(out_dir / name for name in names)
