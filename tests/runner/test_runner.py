@@ -164,3 +164,46 @@ def test_models_stay_loaded_and_a_dead_run_can_be_retried(
 
     wait_for(retried, 60, "the retried run to fail again")
     assert store.get_job(dead.id).attempts == 2
+
+
+def test_results_go_to_the_outbox_with_one_row_per_object_and_destination(
+    make_settings, start_node, ct_series, tmp_path
+):
+    settings = runner_settings(make_settings, tmp_path, workers=1)
+    rules = [
+        {
+            **rule("good", "test-threshold", "good"),
+            "destinations": ["pacs", "archive"],
+            "notify": ["ris"],
+        }
+    ]
+    settings = settings.model_copy(
+        update={
+            "routing": settings.routing.model_copy(
+                update={
+                    "rules": tuple(type(settings.routing.rules[0]).model_validate(r) for r in rules)
+                }
+            )
+        }
+    )
+    start_node(settings)
+    store = open_store(settings)
+    series = push(ct_series, settings.node.port, "good")
+
+    def written():
+        job = run_of(store, series.study_uid)
+        return job if job is not None and job.state == JobState.RESULTS_WRITTEN else None
+
+    job = wait_for(written, 90, "the run to write its results", interval=0.2)
+    items = store.outbox(job.id)
+    objects = sorted({i.path for i in items if i.kind == "dicom"})
+    assert [Path(p).name.split("_")[0] for p in objects] == ["SEG", "SR"]
+    assert sorted((i.destination, Path(i.path).name) for i in items if i.kind == "dicom") == sorted(
+        (d, Path(p).name) for d in ("archive", "pacs") for p in objects
+    )
+    assert [(i.destination, i.state) for i in items if i.kind == "notification"] == [
+        ("ris", "PENDING")
+    ]
+    assert all(
+        Path(p).parent == settings.storage.spool_path / "outbox" / f"job-{job.id}" for p in objects
+    )

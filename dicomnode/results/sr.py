@@ -1,0 +1,434 @@
+"""Comprehensive 3D SR with a TID 1500 Measurement Report, with highdicom.
+
+The report's construction
+-------------------------
+* **Observer context** (TID 1002): one DEVICE observer, the node running the
+  algorithm: Device Observer Name is the node's name, Manufacturer
+  ``dicomnode``, Model Name the pipeline's name; its UID is derived from the
+  node and pipeline names.
+* **Procedure reported**: the LOINC "<modality> unspecified body region" code
+  of CID 100 for the source's modality (CT, MR, PET, NM, and XR for
+  CR/DX/MG/RF/XA/IO/PX), else (363679005, SCT, "Imaging procedure"). The
+  node does not know the body region the study was ordered for, and these
+  are the only procedure codes CID 100 has that claim nothing it cannot know.
+* **One group per segment.** With a SEG of several slices: TID 1411
+  Volumetric ROI group referencing the segment (Referenced Segment, with
+  the source series, or the source image when there is one instance). With
+  a SEG of one slice (CR, DX): TID 1410 Planar ROI group referencing the
+  segment's frame. The group holds the segment's measurements, its type as
+  Finding, its category as Finding Category, its anatomic region as Finding
+  Site, and the same Tracking UID as the segment in the SEG. Without a SEG
+  (a result with segments but no label map) such groups are TID 1501 groups
+  with the source images as Source of Measurement.
+* **Whole-result measurements** (``segment_label=None``, e.g. both lungs
+  together): one TID 1501 Measurement and Qualitative Evaluation group
+  without an ROI, its Source of Measurement items naming the source images.
+* **Findings** (classification): one TID 1501 group per finding, with the
+  finding's concept as Finding, its probability as a measurement
+  (122157, DCM, "Probability") in UCUM ``1`` ("no units"), and, when the
+  finding has a decision threshold, a qualitative evaluation: the finding's
+  concept with (52101004, SCT, "Present") or (272519000, SCT, "Absent");
+  the threshold is an algorithm parameter of the group.
+* Every group names the algorithm (TID 4019: pipeline name and version,
+  models as parameters).
+
+The SEG (when there is one) and the source images are the report's evidence
+(Current Requested Procedure Evidence Sequence).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from dicomnode.protocol import (
+    Finding,
+    Measurement,
+    PipelineResult,
+    ResultContext,
+    Segment,
+    Volume,
+)
+
+from .common import (
+    MANUFACTURER,
+    algorithm_parameters,
+    check_sources,
+    coded,
+    distinct_sources,
+    limit,
+    local_coding_schemes,
+    object_uid,
+    result_codes,
+    result_texts,
+    segment_numbers,
+    segment_tracking_uid,
+    specific_character_set,
+)
+from .uids import derived_uid
+
+__all__ = [
+    "PROBABILITY",
+    "PROBABILITY_UNIT",
+    "build_report",
+    "measurements_series_description",
+    "procedure_reported",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
+"""Concept name of a finding's probability."""
+
+PROBABILITY_UNIT = hd.sr.CodedConcept("1", "UCUM", "no units")
+"""UCUM unit of a probability (a number from 0 to 1)."""
+
+_PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
+_ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
+
+_PROCEDURES = {
+    "CT": codes.LN.CTUnspecifiedBodyRegion,
+    "MR": codes.LN.MRIUnspecifiedBodyRegion,
+    "PT": codes.LN.PETUnspecifiedBodyRegion,
+    "NM": codes.LN.NMUnspecifiedBodyRegion,
+    **dict.fromkeys(("CR", "DX", "MG", "RF", "XA", "IO", "PX"), codes.LN.XRUnspecifiedBodyRegion),
+}
+
+_Group = (
+    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+)
+
+
+def measurements_series_description(context: ResultContext) -> str:
+    """Series Description of the SR, e.g. ``AI measurements (ct-lung 1.0.0)``."""
+    return limit(f"AI measurements ({context.pipeline_name} {context.pipeline_version})")
+
+
+def procedure_reported(modality: str) -> hd.sr.CodedConcept:
+    """The Procedure Reported of a report on images of ``modality`` (CID 100).
+
+    Parameters
+    ----------
+    modality : str
+        The source's Modality, e.g. ``CT``.
+
+    Returns
+    -------
+    highdicom.sr.CodedConcept
+        The LOINC "... unspecified body region" code of the modality, or
+        (363679005, SCT, "Imaging procedure") for other modalities.
+    """
+    code = _PROCEDURES.get(modality.strip().upper(), codes.SCT.ImagingProcedure)
+    return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
+
+
+def build_report(
+    result: PipelineResult,
+    volume: Volume,
+    sources: Sequence[Dataset],
+    context: ResultContext,
+    segmentation: Dataset | None,
+    *,
+    series_number: int = 9002,
+) -> Dataset | None:
+    """Build the TID 1500 measurement report (Comprehensive 3D SR) of ``result``.
+
+    Parameters
+    ----------
+    result : PipelineResult
+        Its segments, measurements and findings.
+    volume : Volume
+        The input volume the result was computed on.
+    sources : sequence of Dataset
+        The source datasets in volume order, as for
+        :func:`~dicomnode.results.seg.build_segmentation`.
+    context : ResultContext
+        Pipeline name and version, the node's name (device observer).
+    segmentation : Dataset or None
+        The SEG built from the same result
+        (:func:`~dicomnode.results.seg.build_segmentation`), whose segments
+        the groups reference; ``None`` when there is none.
+    series_number : int
+        Series Number of the new SR series.
+
+    Returns
+    -------
+    Dataset or None
+        A :class:`highdicom.sr.Comprehensive3DSR` (a pydicom Dataset), not
+        yet written; ``None`` when the result has no segments, measurements
+        or findings. UIDs are derived from the source series and the pipeline
+        name and version.
+
+    Raises
+    ------
+    ValueError
+        If a measurement names a label that no segment has, the sources do
+        not match ``volume.sources``, the SEG does not hold the result's
+        segments, or highdicom refuses the inputs.
+    """
+    if not (result.segments or result.measurements or result.findings):
+        return None
+    check_sources(volume, sources)
+    images = distinct_sources(sources)
+    labels = {segment.label for segment in result.segments}
+    for item in result.measurements:
+        if item.segment_label is not None and item.segment_label not in labels:
+            raise ValueError(
+                f"measurement {item.concept.meaning!r} is of label {item.segment_label}, "
+                "which no segment of the result has"
+            )
+    if segmentation is not None:
+        _check_segmentation(segmentation, result)
+    builder = _Builder(result, volume, images, context, segmentation)
+    groups: list[_Group] = [builder.segment_group(segment) for segment in result.segments]
+    whole = [m for m in result.measurements if m.segment_label is None]
+    if whole:
+        groups.append(builder.whole_result_group(whole))
+    groups += [builder.finding_group(index, f) for index, f in enumerate(result.findings)]
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derived_uid("device-observer", context.node_name, context.pipeline_name),
+            name=limit(context.node_name),
+            manufacturer_name=MANUFACTURER,
+            model_name=limit(context.pipeline_name),
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=procedure_reported(volume.modality),
+        imaging_measurements=groups,
+    )
+    charset = specific_character_set(images[0], result_texts(result, context))
+    evidence = [*images, *([segmentation] if segmentation is not None else [])]
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report[0],
+        series_instance_uid=object_uid(volume, context, "sr", "series"),
+        series_number=series_number,
+        sop_instance_uid=object_uid(volume, context, "sr", "instance"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=measurements_series_description(context),
+        manufacturer_model_name=limit(context.pipeline_name),
+        software_versions=limit(context.pipeline_version),
+        device_serial_number=limit(context.node_name),
+        coding_schemes=local_coding_schemes(result_codes(result)),
+        specific_character_set=charset,
+    )
+    LOGGER.debug("built SR with %d measurement group(s)", len(groups))
+    return sr
+
+
+def _check_segmentation(segmentation: Dataset, result: PipelineResult) -> None:
+    described = [str(item.SegmentLabel) for item in segmentation.get("SegmentSequence", [])]
+    expected = [limit(segment.name) for segment in result.segments]
+    if described != expected:
+        raise ValueError(
+            f"the SEG describes the segments {described}, the result has {expected}: "
+            "build the SEG from the same result"
+        )
+
+
+class _Builder:
+    """Measurement groups of one report."""
+
+    def __init__(
+        self,
+        result: PipelineResult,
+        volume: Volume,
+        images: Sequence[Dataset],
+        context: ResultContext,
+        segmentation: Dataset | None,
+    ) -> None:
+        self.result = result
+        self.volume = volume
+        self.images = images
+        self.context = context
+        self.segmentation = segmentation
+        self.numbers = segment_numbers(result)
+        self.parameters = algorithm_parameters(result.models)
+
+    def algorithm(self, **extra: str) -> hd.sr.AlgorithmIdentification:
+        parameters = [f"{k}={v}" for k, v in {**self.parameters, **extra}.items()]
+        return hd.sr.AlgorithmIdentification(
+            name=self.context.pipeline_name,
+            version=self.context.pipeline_version,
+            parameters=parameters or None,
+        )
+
+    def measurements(self, items: Sequence[Measurement]) -> list[hd.sr.Measurement]:
+        return [
+            hd.sr.Measurement(name=coded(m.concept), value=m.value, unit=coded(m.unit))
+            for m in items
+        ]
+
+    def source_images(self) -> list[hd.sr.SourceImageForMeasurementGroup]:
+        return [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in self.images]
+
+    def segment_group(self, segment: Segment) -> _Group:
+        tracking = hd.sr.TrackingIdentifier(
+            uid=segment_tracking_uid(self.volume, self.context, segment.label),
+            identifier=limit(segment.name),
+        )
+        sites = (
+            [hd.sr.FindingSite(coded(segment.anatomic_region))]
+            if segment.anatomic_region is not None
+            else None
+        )
+        measurements = self.measurements(
+            [m for m in self.result.measurements if m.segment_label == segment.label]
+        )
+        seg = self.segmentation
+        if seg is None:
+            return hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                finding_type=coded(segment.type),
+                finding_category=coded(segment.category),
+                finding_sites=sites,
+                algorithm_id=self.algorithm(),
+                measurements=measurements,
+                source_images=self.source_images(),
+            )
+        number = self.numbers[segment.label]
+        if len(self.volume.sources) == 1:
+            planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_segment=self.segmentation_frame(seg, number),
+                finding_type=coded(segment.type),
+                finding_category=coded(segment.category),
+                finding_sites=sites,
+                algorithm_id=self.algorithm(),
+                measurements=measurements,
+            )
+            _drop_segment_number_beside_frame_number(planar)
+            return planar
+        if len(self.images) == 1:
+            reference = hd.sr.ReferencedSegment(
+                sop_class_uid=str(seg.SOPClassUID),
+                sop_instance_uid=str(seg.SOPInstanceUID),
+                segment_number=number,
+                source_images=[hd.sr.SourceImageForSegmentation.from_source_image(self.images[0])],
+            )
+        else:
+            reference = hd.sr.ReferencedSegment(
+                sop_class_uid=str(seg.SOPClassUID),
+                sop_instance_uid=str(seg.SOPInstanceUID),
+                segment_number=number,
+                source_series=hd.sr.SourceSeriesForSegmentation(self.volume.series_instance_uid),
+            )
+        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_segment=reference,
+            finding_type=coded(segment.type),
+            finding_category=coded(segment.category),
+            finding_sites=sites,
+            algorithm_id=self.algorithm(),
+            measurements=measurements,
+        )
+
+    def segmentation_frame(self, seg: Dataset, number: int) -> hd.sr.ReferencedSegmentationFrame:
+        """Reference to segment ``number``'s frame of a one-slice SEG."""
+        source = self.volume.sources[0]
+        return hd.sr.ReferencedSegmentationFrame(
+            sop_class_uid=str(seg.SOPClassUID),
+            sop_instance_uid=str(seg.SOPInstanceUID),
+            frame_number=_frames_of_segment(seg, number)[0],
+            segment_number=number,
+            source_image=hd.sr.SourceImageForSegmentation(
+                referenced_sop_class_uid=source.sop_class_uid,
+                referenced_sop_instance_uid=source.sop_instance_uid,
+                referenced_frame_numbers=(
+                    [source.frame_number] if source.frame_number is not None else None
+                ),
+            ),
+        )
+
+    def whole_result_group(
+        self, items: Sequence[Measurement]
+    ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=object_uid(self.volume, self.context, "sr", "whole-result"),
+                identifier="Whole-result measurements",
+            ),
+            algorithm_id=self.algorithm(),
+            measurements=self.measurements(items),
+            source_images=self.source_images(),
+        )
+
+    def finding_group(
+        self, index: int, finding: Finding
+    ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+        extra = {"threshold": f"{finding.threshold:g}"} if finding.threshold is not None else {}
+        evaluations = (
+            [
+                hd.sr.QualitativeEvaluation(
+                    name=coded(finding.concept),
+                    value=_PRESENT if finding.positive else _ABSENT,
+                )
+            ]
+            if finding.threshold is not None
+            else None
+        )
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=object_uid(self.volume, self.context, "sr", "finding", index),
+                identifier=limit(f"Finding: {finding.concept.meaning}"),
+            ),
+            finding_type=coded(finding.concept),
+            algorithm_id=self.algorithm(**extra),
+            measurements=[
+                hd.sr.Measurement(
+                    name=PROBABILITY, value=finding.probability, unit=PROBABILITY_UNIT
+                )
+            ],
+            qualitative_evaluations=evaluations,
+            source_images=self.source_images(),
+        )
+
+
+def _frames_of_segment(segmentation: Dataset, number: int) -> list[int]:
+    """The SEG's frame numbers (1-based) that hold segment ``number``."""
+    shared = segmentation.SharedFunctionalGroupsSequence[0]
+    count = int(segmentation.NumberOfFrames)
+    if "SegmentIdentificationSequence" in shared:
+        found = int(shared.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        frames = list(range(1, count + 1)) if found == number else []
+    else:
+        frames = [
+            index
+            for index, item in enumerate(segmentation.PerFrameFunctionalGroupsSequence, start=1)
+            if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == number
+        ]
+    if not frames:
+        raise ValueError(f"the SEG has no frame of segment {number}")
+    return frames
+
+
+def _drop_segment_number_beside_frame_number(group: Sequence[Dataset]) -> None:
+    """Remove Referenced Segment Number where Referenced Frame Number is present.
+
+    highdicom writes both into TID 1410's "Referenced Segmentation Frame"
+    item. The Image Reference Macro (PS3.3 Table C.18.4-1) requires the
+    segment number only where no frame number is given, and ``dciodvfy``
+    reports the pair as an error ("shall not be present when
+    ReferencedFrameNumber is present"); the frame of a BINARY SEG already
+    names its one segment.
+    """
+    pending = list(group)
+    while pending:
+        item = pending.pop()
+        for reference in item.get("ReferencedSOPSequence", []):
+            if "ReferencedFrameNumber" in reference and "ReferencedSegmentNumber" in reference:
+                del reference.ReferencedSegmentNumber
+        pending.extend(item.get("ContentSequence", []))
