@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from dicomnode.jobs.models import RunSpec
+
 
 @dataclass(frozen=True)
 class SeriesInfo:
@@ -49,16 +51,9 @@ class StudyInfo:
     series: tuple[SeriesInfo, ...]
 
 
-@dataclass(frozen=True)
-class PlannedRun:
-    """One pipeline run a routing decision asks for."""
-
-    rule: str
-    pipeline: str
-    series_instance_uid: str
-    destinations: tuple[str, ...] = ()
-    notify: tuple[str, ...] = ()
-    priority: int = 0
+#: One pipeline run a routing decision asks for: the job store's own record of
+#: it, so the routing stage stores decisions as they are.
+PlannedRun = RunSpec
 
 
 @dataclass(frozen=True)

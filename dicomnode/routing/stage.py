@@ -51,17 +51,7 @@ class Router:
         reason = "no rule matched"
         for study in studies:
             decision = route(study, self.config)
-            runs.extend(
-                RunSpec(
-                    rule=run.rule,
-                    pipeline=run.pipeline,
-                    series_instance_uid=run.series_instance_uid,
-                    destinations=tuple(run.destinations),
-                    notify=tuple(run.notify),
-                    priority=run.priority,
-                )
-                for run in decision.runs
-            )
+            runs.extend(decision.runs)
             if decision.runs:
                 rules = ", ".join(f"{r.rule} → {r.pipeline}" for r in decision.runs)
                 reason = ("fallback: " if decision.used_fallback else "matched ") + rules
