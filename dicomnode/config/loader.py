@@ -53,10 +53,14 @@ def parse_config(data: Any, source: str = "<config>") -> Settings:
             [f"(top level): expected a mapping of sections, got {type(data).__name__}"],
         )
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
         problems = [_describe(err) for err in exc.errors()]
         raise ConfigError(f"{source}: invalid configuration", problems) from exc
+    problems = settings.reference_problems()
+    if problems:
+        raise ConfigError(f"{source}: invalid configuration", problems)
+    return settings
 
 
 def load_config(path: str | Path) -> Settings:

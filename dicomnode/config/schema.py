@@ -6,36 +6,14 @@ instead of a setting silently ignored.
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dicomnode.config.destinations import Destination, ExportConfig
 from dicomnode.config.rules import RoutingConfig
-
-
-def _check_ae_title(value: str) -> str:
-    stripped = value.strip()
-    if not stripped:
-        raise ValueError("an AE title must not be empty or only spaces")
-    if len(stripped) > 16:
-        raise ValueError(f"an AE title has at most 16 characters, this one has {len(stripped)}")
-    if "\\" in stripped or any(ord(ch) < 0x20 or ord(ch) > 0x7E for ch in stripped):
-        raise ValueError("an AE title may hold only printable ASCII characters and no backslash")
-    return stripped
-
-
-def _check_ip(value: str) -> str:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from exc
-    return value
-
-
-AETitle = Annotated[str, AfterValidator(_check_ae_title)]
-IPAddress = Annotated[str, AfterValidator(_check_ip)]
+from dicomnode.config.types import AETitle, IPAddress
 
 
 class _Model(BaseModel):
@@ -217,6 +195,8 @@ class Settings(_Model):
     logging: LoggingConfig = LoggingConfig()
     routing: RoutingConfig = RoutingConfig()
     runner: RunnerConfig = RunnerConfig()
+    destinations: dict[str, Destination] = Field(default_factory=dict)
+    export: ExportConfig = ExportConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -232,6 +212,34 @@ class Settings(_Model):
         if self.database.url is None:
             return self.storage.data_dir / "dicomnode.db"
         return Path(self.database.url.removeprefix("sqlite:///"))
+
+    def reference_problems(self) -> list[str]:
+        """Rules whose ``destinations`` / ``notify`` name no (or the wrong kind
+        of) destination, one line each with its field path."""
+        problems: list[str] = []
+        rules = [(f"routing.rules.{i}", r) for i, r in enumerate(self.routing.rules)]
+        if self.routing.fallback is not None:
+            rules.append(("routing.fallback", self.routing.fallback))
+        for path, rule in rules:
+            for index, name in enumerate(rule.destinations):
+                found = self.destinations.get(name)
+                if found is None:
+                    problems.append(f"{path}.destinations.{index}: no destination {name!r}")
+                elif found.type == "hl7":
+                    problems.append(
+                        f"{path}.destinations.{index}: {name!r} is an hl7 destination; "
+                        "list it under notify"
+                    )
+            for index, name in enumerate(rule.notify):
+                found = self.destinations.get(name)
+                if found is None:
+                    problems.append(f"{path}.notify.{index}: no destination {name!r}")
+                elif found.type != "hl7":
+                    problems.append(
+                        f"{path}.notify.{index}: {name!r} is a {found.type} destination; "
+                        "notify takes hl7 destinations"
+                    )
+        return problems
 
     def warnings(self) -> list[str]:
         """Settings that are valid but probably not what the admin meant."""

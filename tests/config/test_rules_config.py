@@ -41,6 +41,10 @@ routing:
     name: fallback
     pipeline: archive
     destinations: [vna]
+destinations:
+  pacs: {type: dicom, ae_title: PACS, host: 10.0.0.1, port: 104}
+  vna: {type: folder, path: /srv/vna}
+  ris: {type: hl7, host: 10.0.0.2, port: 2575}
 """
 
 
