@@ -18,7 +18,11 @@ boundary (``dicomnode.ingress``, ``dicomnode.export``).
     │   ├── IllegalTransitionError
     │   └── NotFoundError
     ├── ExportError              delivery to a peer
-    │   └── SendError            association refused or peer unreachable
+    │   ├── SendError            association refused or peer unreachable
+    │   └── HL7Error             an HL7 message could not be built or delivered (.permanent)
+    │       ├── HL7NackError         the RIS answered AE/CE (permanent) or AR/CR, wrong MSA-2
+    │       ├── HL7TimeoutError      no ACK before the deadline (retryable)
+    │       └── HL7ConnectionError   refused, reset or closed without an ACK (retryable)
     └── RunnerError              running a pipeline
         ├── PipelineNotFoundError    no installed pipeline has that name
         ├── DuplicatePipelineError   two plugins claim one name
@@ -97,6 +101,57 @@ class ExportError(DicomNodeError):
 
 class SendError(ExportError):
     """The peer could not be reached, or refused the association."""
+
+
+class HL7Error(ExportError):
+    """Building or delivering an HL7 v2 message failed.
+
+    Parameters
+    ----------
+    message : str
+        What went wrong.
+    permanent : bool
+        ``True`` when re-sending the same message cannot help (the job goes
+        DEAD at once); ``False`` when a retry with the same MSH-10 may succeed.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class HL7NackError(HL7Error):
+    """The receiver did not accept the message.
+
+    ``AE``/``CE`` (application/commit error) are permanent; ``AR``/``CR``
+    (reject), an unknown code or an ACK for another control ID are retryable.
+
+    Attributes
+    ----------
+    code : str
+        MSA-1 of the ACK (``""`` when it had none).
+    control_id : str
+        MSA-2 of the ACK: the control ID the receiver acknowledged.
+    reason : str
+        MSA-3 or the ERR segment's text, unescaped (may be empty).
+    """
+
+    def __init__(
+        self, message: str, *, code: str, control_id: str, reason: str, permanent: bool
+    ) -> None:
+        super().__init__(message, permanent=permanent)
+        self.code = code
+        self.control_id = control_id
+        self.reason = reason
+
+
+class HL7TimeoutError(HL7Error, TimeoutError):
+    """No complete ACK arrived before the deadline; retryable."""
+
+
+class HL7ConnectionError(HL7Error, ConnectionError):
+    """The receiver could not be reached, or closed the connection without an
+    ACK; retryable."""
 
 
 class RunnerError(DicomNodeError):

@@ -22,6 +22,7 @@ from typing import Any
 from dicomnode.assembly import Assembler
 from dicomnode.config import Settings
 from dicomnode.errors import DicomNodeError, StartupError
+from dicomnode.export.dispatcher import Dispatcher
 from dicomnode.ingress import IngressServer, StoreHandler, recover_spool
 from dicomnode.jobs import SQLiteJobStore
 from dicomnode.results.writer import DicomResultWriter
@@ -103,6 +104,7 @@ class Node:
         self.assembler: Assembler | None = None
         self.router: Router | None = None
         self.runner: Runner | None = None
+        self.dispatcher: Dispatcher | None = None
         self._children: list[BaseProcess] = []
         self._mp = multiprocessing.get_context("spawn")
         self._ready: Any = None
@@ -220,6 +222,8 @@ class Node:
                 self.stop()
                 raise StartupError(f"the pipeline runner cannot start: {exc}") from exc
             self.runner = runner
+        self.dispatcher = Dispatcher(self.settings, self.store)
+        self.dispatcher.start()
 
     def supervise(self) -> None:
         """Restart receiving processes that died (called periodically)."""
@@ -253,6 +257,9 @@ class Node:
         if self.router is not None:
             self.router.stop()
             self.router = None
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            self.dispatcher = None
         if self.runner is not None:
             self.runner.stop()
             self.runner = None

@@ -26,6 +26,7 @@ def test_example_config_routes_a_ct_to_ct_lung(node_process, tmp_path):
     config = yaml.safe_load(EXAMPLE.read_text())
     config["node"]["port"] = free_port()
     config["storage"]["data_dir"] = str(tmp_path / "var")
+    config["destinations"]["results"]["path"] = str(tmp_path / "results")
     config["ingress"]["allowed_senders"].append({"ae_title": "SCANNER"})  # the tests' echo
     config["assembly"]["quiet_seconds"] = 1
     config["assembly"]["poll_seconds"] = 0.2
@@ -45,6 +46,7 @@ def test_example_config_routes_a_ct_to_ct_lung(node_process, tmp_path):
         done = [j for j in runs if j.state in (JobState.DONE, JobState.DEAD)]
         return done[0] if done else None
 
+    config_results = Path(config["destinations"]["results"]["path"])
     run = wait_for(finished, 120, "the ct-lung run to finish", interval=0.3)
     assert run.state == JobState.DONE, run.reason
     assert (run.pipeline, run.rule, run.series_instance_uid) == (
@@ -79,3 +81,16 @@ def test_example_config_routes_a_ct_to_ct_lung(node_process, tmp_path):
     seg = hd.seg.segread(objects[0])
     assert seg.number_of_segments == len(result.segments)
     assert "ct-lung" in seg.SeriesDescription
+
+    # ...and were delivered to the example's folder destination, under the study
+    delivered = sorted(p.name for p in (config_results / series.study_uid).rglob("*.dcm"))
+    assert delivered == [p.name for p in objects]
+    assert [(i.destination, i.state) for i in store.outbox(run.id)] == [
+        ("results", "DELIVERED"),
+        ("results", "DELIVERED"),
+    ]
+    assert [t.to_state for t in store.history(run.id)][-3:] == [
+        JobState.RESULTS_WRITTEN,
+        JobState.EXPORTING,
+        JobState.DONE,
+    ]

@@ -699,6 +699,102 @@ class SQLiteJobStore:
         )
         return [OutboxItem(**dict(row)) for row in rows]
 
+    # -- export ----------------------------------------------------------
+
+    def start_exports(self) -> list[int]:
+        """Move every RESULTS_WRITTEN run to EXPORTING; return their ids."""
+        now = self._now()
+        with self._write() as cur:
+            rows = cur.execute(
+                "SELECT id FROM jobs WHERE kind = 'run' AND state = ?",
+                (str(JobState.RESULTS_WRITTEN),),
+            ).fetchall()
+            for row in rows:
+                cur.execute(
+                    "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?",
+                    (str(JobState.EXPORTING), now, row["id"]),
+                )
+                self._add_transition(
+                    cur, row["id"], JobState.RESULTS_WRITTEN, JobState.EXPORTING, now, None
+                )
+        return [int(row["id"]) for row in rows]
+
+    def due_deliveries(self, now: float) -> list[OutboxItem]:
+        """PENDING outbox rows of EXPORTING runs that are due now."""
+        rows = self._read(
+            "SELECT o.id, o.job_id, o.destination, o.kind, o.path, o.state, o.attempts, "
+            "o.next_attempt_at, o.last_error FROM outbox o JOIN jobs j ON j.id = o.job_id "
+            "WHERE j.state = ? AND o.state = 'PENDING' "
+            "AND COALESCE(o.next_attempt_at, 0) <= ? ORDER BY o.job_id, o.destination, o.id",
+            (str(JobState.EXPORTING), now),
+        )
+        return [OutboxItem(**dict(row)) for row in rows]
+
+    def record_delivery(
+        self,
+        item_ids: list[int],
+        state: str,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+    ) -> None:
+        """Record one attempt of a group of deliveries: DELIVERED, PENDING
+        (retry at ``next_attempt_at``) or DEAD. Attempts count once per call."""
+        if state not in ("DELIVERED", "PENDING", "DEAD"):
+            raise ValueError(f"unknown delivery state {state!r}")
+        now = self._now()
+        with self._write() as cur:
+            cur.executemany(
+                "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, "
+                "next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                [(state, error, next_attempt_at, now, item_id) for item_id in item_ids],
+            )
+
+    def settle_exports(self) -> list[Job]:
+        """EXPORTING runs with nothing PENDING: all DELIVERED → DONE, else → DEAD
+        with the first delivery error. Return the runs that moved."""
+        now = self._now()
+        moved: list[int] = []
+        with self._write() as cur:
+            rows = cur.execute(
+                "SELECT j.id, SUM(o.state = 'PENDING') AS pending, "
+                "SUM(o.state = 'DEAD') AS dead, "
+                "MIN(CASE WHEN o.state = 'DEAD' THEN o.destination || ': ' || o.last_error END) "
+                "AS error FROM jobs j LEFT JOIN outbox o ON o.job_id = j.id "
+                "WHERE j.state = ? GROUP BY j.id",
+                (str(JobState.EXPORTING),),
+            ).fetchall()
+            for row in rows:
+                if row["pending"]:
+                    continue
+                target = JobState.DEAD if row["dead"] else JobState.DONE
+                reason = f"delivery failed: {row['error']}" if row["dead"] else "delivered"
+                cur.execute(
+                    "UPDATE jobs SET state = ?, updated_at = ?, reason = ? WHERE id = ?",
+                    (str(target), now, reason, row["id"]),
+                )
+                self._add_transition(cur, row["id"], JobState.EXPORTING, target, now, reason)
+                moved.append(int(row["id"]))
+        return [self.get_job(job_id) for job_id in moved]
+
+    def hold(self, job_id: int, reason: str) -> Job:
+        """Stop an EXPORTING run from being delivered (→ DEAD, rows DEAD)."""
+        now = self._now()
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE outbox SET state = 'DEAD', last_error = ?, updated_at = ? "
+                "WHERE job_id = ? AND state = 'PENDING'",
+                (reason, now, job_id),
+            )
+            row = cur.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            current = JobState(row["state"])
+            check_transition(current, JobState.DEAD)
+            cur.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, reason = ? WHERE id = ?",
+                (str(JobState.DEAD), now, reason, job_id),
+            )
+            self._add_transition(cur, job_id, current, JobState.DEAD, now, reason)
+        return self.get_job(job_id)
+
     def requeue_orphans(self, reason: str) -> list[int]:
         """Runs left RUNNING by a stopped node become FAILED_RETRYABLE, due now."""
         now = self._now()

@@ -166,44 +166,35 @@ def test_models_stay_loaded_and_a_dead_run_can_be_retried(
     assert store.get_job(dead.id).attempts == 2
 
 
-def test_results_go_to_the_outbox_with_one_row_per_object_and_destination(
+def test_results_go_to_the_outbox_and_on_to_every_destination(
     make_settings, start_node, ct_series, tmp_path
 ):
-    settings = runner_settings(make_settings, tmp_path, workers=1)
-    rules = [
-        {
-            **rule("good", "test-threshold", "good"),
-            "destinations": ["pacs", "archive"],
-            "notify": ["ris"],
-        }
-    ]
-    settings = settings.model_copy(
-        update={
-            "routing": settings.routing.model_copy(
-                update={
-                    "rules": tuple(type(settings.routing.rules[0]).model_validate(r) for r in rules)
-                }
-            )
-        }
+    base = runner_settings(make_settings, tmp_path, workers=1)
+    good = {**rule("good", "test-threshold", "good"), "destinations": ["pacs", "archive"]}
+    settings = make_settings(
+        assembly={"quiet_seconds": 0.5, "poll_seconds": 0.1},
+        runner=base.runner.model_dump(mode="json"),
+        routing={"rules": [good]},
+        destinations={
+            "pacs": {"type": "folder", "path": str(tmp_path / "pacs")},
+            "archive": {"type": "folder", "path": str(tmp_path / "archive")},
+        },
+        export={"poll_seconds": 0.1},
     )
     start_node(settings)
     store = open_store(settings)
     series = push(ct_series, settings.node.port, "good")
-
-    def written():
-        job = run_of(store, series.study_uid)
-        return job if job is not None and job.state == JobState.RESULTS_WRITTEN else None
-
-    job = wait_for(written, 90, "the run to write its results", interval=0.2)
+    job = final(store, series.study_uid)
+    assert job.state == JobState.DONE, job.reason
     items = store.outbox(job.id)
-    objects = sorted({i.path for i in items if i.kind == "dicom"})
+    objects = sorted({i.path for i in items})
     assert [Path(p).name.split("_")[0] for p in objects] == ["SEG", "SR"]
-    assert sorted((i.destination, Path(i.path).name) for i in items if i.kind == "dicom") == sorted(
-        (d, Path(p).name) for d in ("archive", "pacs") for p in objects
-    )
-    assert [(i.destination, i.state) for i in items if i.kind == "notification"] == [
-        ("ris", "PENDING")
-    ]
     assert all(
         Path(p).parent == settings.storage.spool_path / "outbox" / f"job-{job.id}" for p in objects
     )
+    assert sorted((i.destination, Path(i.path).name, i.state) for i in items) == sorted(
+        (d, Path(p).name, "DELIVERED") for d in ("archive", "pacs") for p in objects
+    )
+    for folder in ("pacs", "archive"):
+        got = sorted(p.name for p in (tmp_path / folder / series.study_uid).rglob("*.dcm"))
+        assert got == [Path(p).name for p in objects]

@@ -1,0 +1,271 @@
+"""The export stage: deliver each run's outbox to its destinations.
+
+RESULTS_WRITTEN runs move to EXPORTING. Their PENDING outbox rows are grouped
+by (run, destination) and each group is delivered as one: all of a study's
+objects to one PACS go over one association, and a failed group is retried as
+one (one retry per study, never one per file), with exponential backoff and
+jitter, up to ``export.max_attempts``; then its rows are DEAD with the reason.
+A permanent refusal (e.g. SOP class not supported) is DEAD at once. When no row
+of a run is PENDING any more the run is DONE (all delivered) or DEAD.
+
+Before anything of a run leaves the node, the patient safety gate checks that
+Patient ID, Patient Name and Study Instance UID agree across all its inputs;
+a conflict holds the run (DEAD, with the reason) instead of sending a result
+that may belong to another patient.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from itertools import groupby
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from dicomnode.config.destinations import (
+    DicomDestination,
+    ExportConfig,
+    FolderDestination,
+    HL7Destination,
+)
+from dicomnode.config.schema import Settings
+from dicomnode.errors import ExportError, JobStoreError, SendError
+from dicomnode.export.storescu import SendReport, collect_files, send_files
+from dicomnode.jobs import Job, OutboxItem, SQLiteJobStore
+
+LOGGER = logging.getLogger(__name__)
+
+#: C-STORE failures that retrying cannot fix.
+PERMANENT_STATUSES = frozenset({0x0122, 0x0124, 0x0211, 0xA900})
+
+
+class Delivery:
+    """The outcome of delivering one group."""
+
+    def __init__(self, delivered: list[int], retry: list[int], dead: list[int], error: str):
+        self.delivered = delivered
+        self.retry = retry
+        self.dead = dead
+        self.error = error
+
+
+def patient_conflict(files: list[str]) -> str | None:
+    """Why the inputs cannot be trusted to be one patient's study, or ``None``."""
+    seen: dict[str, set[str]] = {
+        "PatientID": set(),
+        "PatientName": set(),
+        "StudyInstanceUID": set(),
+    }
+    for path in files:
+        try:
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=list(seen))
+        except (InvalidDicomError, OSError) as exc:
+            return f"an input cannot be read ({exc})"
+        for keyword, values in seen.items():
+            values.add(str(ds.get(keyword, "")).strip())
+    differing = [keyword for keyword, values in seen.items() if len(values) > 1]
+    if differing:
+        return (
+            "held by the patient safety gate: "
+            + ", ".join(differing)
+            + " differ across the run's inputs"
+        )
+    return None
+
+
+class Dispatcher:
+    """Delivers outbox rows, in its own thread.
+
+    Parameters
+    ----------
+    settings : Settings
+        Destinations, export retries, the node's AE title.
+    store : SQLiteJobStore
+        The job store.
+    clock : callable
+        Seconds since the epoch.
+    """
+
+    def __init__(
+        self, settings: Settings, store: SQLiteJobStore, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.config: ExportConfig = settings.export
+        self.store = store
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._checked: set[int] = set()
+
+    # -- scheduling -------------------------------------------------------
+
+    def delay(self, attempts: int) -> float:
+        """Backoff before attempt ``attempts + 1``, with jitter."""
+        base = min(
+            self.config.max_backoff_seconds,
+            self.config.backoff_seconds * 2.0 ** max(0, attempts),
+        )
+        spread = random.uniform(-self.config.jitter, self.config.jitter)  # noqa: S311
+        return float(max(0.0, base * (1.0 + spread)))
+
+    def tick(self) -> None:
+        """Start new exports, deliver what is due, settle finished runs."""
+        self.store.start_exports()
+        now = self.clock()
+        due = self.store.due_deliveries(now)
+        for (job_id, destination), group in groupby(due, key=lambda i: (i.job_id, i.destination)):
+            items = list(group)
+            if job_id not in self._checked:
+                if self._gate(job_id):
+                    continue
+            self._deliver(job_id, destination, items)
+        for job in self.store.settle_exports():
+            LOGGER.info(
+                "job %d: export %s (%s)",
+                job.id,
+                job.state,
+                job.reason,
+                extra={"study_uid": job.study_instance_uid, "job_id": job.id},
+            )
+
+    def _gate(self, job_id: int) -> bool:
+        """Run the patient safety gate once per run; True when it held the run."""
+        job = self.store.get_job(job_id)
+        files = self._input_files(job)
+        conflict = patient_conflict(files) if files else None
+        self._checked.add(job_id)
+        if conflict is None:
+            return False
+        self.store.hold(job_id, conflict)
+        LOGGER.error("job %d: %s", job_id, conflict, extra={"job_id": job_id})
+        return True
+
+    def _input_files(self, job: Job) -> list[str]:
+        if job.parent_id is None:
+            return []
+        return [
+            r.path
+            for r in self.store.instances_of(job.parent_id)
+            if r.series_instance_uid == job.series_instance_uid
+        ]
+
+    # -- delivery ---------------------------------------------------------
+
+    def _deliver(self, job_id: int, destination: str, items: list[OutboxItem]) -> None:
+        target = self.settings.destinations.get(destination)
+        ids = [i.id for i in items]
+        try:
+            if target is None:
+                outcome = Delivery([], [], ids, f"no destination {destination!r} is configured")
+            elif isinstance(target, FolderDestination):
+                outcome = self._to_folder(target, items)
+            elif isinstance(target, DicomDestination):
+                outcome = self._to_dicom(target, items)
+            else:
+                outcome = self._to_hl7(target, job_id, items)
+        except (OSError, ExportError) as exc:
+            outcome = Delivery([], ids, [], f"{type(exc).__name__}: {exc}")
+        attempts = max(i.attempts for i in items) + 1
+        if outcome.delivered:
+            self.store.record_delivery(outcome.delivered, "DELIVERED")
+        if outcome.dead:
+            self.store.record_delivery(outcome.dead, "DEAD", outcome.error)
+        if outcome.retry:
+            if attempts >= self.config.max_attempts:
+                error = f"{outcome.error} (gave up after {attempts} attempts)"
+                self.store.record_delivery(outcome.retry, "DEAD", error)
+            else:
+                next_at = self.clock() + self.delay(attempts - 1)
+                self.store.record_delivery(outcome.retry, "PENDING", outcome.error, next_at)
+        extra = {"job_id": job_id}
+        if outcome.retry or outcome.dead:
+            LOGGER.warning(
+                "job %d → %s: attempt %d failed: %s",
+                job_id,
+                destination,
+                attempts,
+                outcome.error,
+                extra=extra,
+            )
+        else:
+            LOGGER.info(
+                "job %d → %s: %d item(s) delivered", job_id, destination, len(ids), extra=extra
+            )
+
+    @staticmethod
+    def _to_folder(target: FolderDestination, items: list[OutboxItem]) -> Delivery:
+        for item in items:
+            source = Path(item.path)
+            ds = dcmread(
+                source,
+                stop_before_pixels=True,
+                specific_tags=["StudyInstanceUID", "SeriesInstanceUID"],
+            )
+            folder = target.path / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID)
+            folder.mkdir(parents=True, exist_ok=True)
+            partial = folder / f".{source.name}.part"
+            shutil.copyfile(source, partial)
+            with partial.open("rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(partial, folder / source.name)
+        return Delivery([i.id for i in items], [], [], "")
+
+    def _to_dicom(self, target: DicomDestination, items: list[OutboxItem]) -> Delivery:
+        report = SendReport()
+        files = collect_files([Path(i.path) for i in items], report)
+        by_path = {i.path: i.id for i in items}
+        dead = [by_path[str(p)] for p, _ in report.skipped]
+        calling = target.calling_ae_title or self.settings.node.ae_title
+        try:
+            send_files(
+                files,
+                target.host,
+                target.port,
+                target.ae_title,
+                calling,
+                report=report,
+                timeout=target.timeout_seconds,
+            )
+        except SendError as exc:
+            return Delivery([], [i.id for i in items if i.id not in dead], dead, str(exc))
+        delivered = [by_path[str(p)] for p in report.sent]
+        retry: list[int] = []
+        errors = []
+        for path, reason in report.failed:
+            errors.append(reason)
+            status = int(reason.split("0x", 1)[1], 16) if "status 0x" in reason else -1
+            (dead if status in PERMANENT_STATUSES else retry).append(by_path[str(path)])
+        return Delivery(delivered, retry, dead, "; ".join(sorted(set(errors))))
+
+    def _to_hl7(self, target: HL7Destination, job_id: int, items: list[OutboxItem]) -> Delivery:
+        return Delivery([], [i.id for i in items], [], "HL7 delivery is not available yet")
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self) -> None:
+        """Deliver in a background thread every ``export.poll_seconds``."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="dicomnode-export", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except JobStoreError as exc:
+                LOGGER.error("export: job store error, retrying: %s", exc)
+            self._stop.wait(self.config.poll_seconds)
+
+    def stop(self) -> None:
+        """Stop after the delivery in progress."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
