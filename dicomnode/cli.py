@@ -241,9 +241,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a pipeline offline on a folder, as the node's workers do."""
     from dicomnode.config.schema import RunnerConfig
+    from dicomnode.resultfile import load_result
     from dicomnode.results.writer import DicomResultWriter
     from dicomnode.routing import describe_study
-    from dicomnode.runner.resultfile import load_result
     from dicomnode.runner.worker import Task, Worker, WorkerSettings
 
     settings = _load(args.config) if args.config else None

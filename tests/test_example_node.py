@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from dicomnode.jobs import JobState, SQLiteJobStore
-from dicomnode.runner.resultfile import load_result
+from dicomnode.resultfile import load_result
 from dicomnode.synthetic import Phantom, write_ct_series
 from tests.helpers import free_port, wait_for
 from tests.results.helpers import dciodvfy

@@ -23,6 +23,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from itertools import groupby
 from pathlib import Path
 
@@ -36,9 +37,11 @@ from dicomnode.config.destinations import (
     HL7Destination,
 )
 from dicomnode.config.schema import Settings
-from dicomnode.errors import ExportError, JobStoreError, SendError
+from dicomnode.errors import ExportError, HL7Error, JobStoreError, SendError
+from dicomnode.export.hl7 import PatientContext, build_oru, deliver
 from dicomnode.export.storescu import SendReport, collect_files, send_files
 from dicomnode.jobs import Job, OutboxItem, SQLiteJobStore
+from dicomnode.resultfile import load_result
 
 LOGGER = logging.getLogger(__name__)
 
@@ -245,7 +248,48 @@ class Dispatcher:
         return Delivery(delivered, retry, dead, "; ".join(sorted(set(errors))))
 
     def _to_hl7(self, target: HL7Destination, job_id: int, items: list[OutboxItem]) -> Delivery:
-        return Delivery([], [i.id for i in items], [], "HL7 delivery is not available yet")
+        """One ORU^R01 per notification row; its MSH-10 is derived from the row,
+        so a retry sends the same control ID."""
+        job = self.store.get_job(job_id)
+        inputs = self._input_files(job)
+        if job.result_dir is None or not inputs:
+            return Delivery([], [], [i.id for i in items], "the run has no result or inputs")
+        result, document = load_result(Path(job.result_dir))
+        patient = PatientContext.from_dataset(dcmread(inputs[0], stop_before_pixels=True))
+        objects = {
+            Path(row.path).name.split("_", 1)[0]: Path(row.path).stem.split("_", 1)[1]
+            for row in self.store.outbox(job_id)
+            if row.kind == "dicom"
+        }
+        delivered: list[int] = []
+        retry: list[int] = []
+        dead: list[int] = []
+        errors: list[str] = []
+        for item in items:
+            message = build_oru(
+                result,
+                document,
+                patient,
+                control_id=f"DN{item.id}",
+                sending_application=target.sending_application,
+                sending_facility=target.sending_facility,
+                receiving_application=target.receiving_application,
+                receiving_facility=target.receiving_facility,
+                sr_uid=objects.get("SR"),
+                seg_uid=objects.get("SEG"),
+                timestamp=datetime.now(UTC),
+            )
+            try:
+                deliver(message, target.host, target.port, timeout=target.timeout_seconds)
+            except HL7Error as exc:
+                errors.append(str(exc))
+                (dead if exc.permanent else retry).append(item.id)
+            except OSError as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                retry.append(item.id)
+            else:
+                delivered.append(item.id)
+        return Delivery(delivered, retry, dead, "; ".join(errors))
 
     # -- lifecycle --------------------------------------------------------
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from dicomnode.errors import InputError, ModelError, RunnerError, VolumeError
 from dicomnode.protocol import InputRefused, ModelFile, Pipeline, ResultContext, ResultWriter
+from dicomnode.resultfile import save_result
 from dicomnode.runner.manifest import verify_model
 from dicomnode.runner.registry import PipelineRegistry
-from dicomnode.runner.resultfile import save_result
 from dicomnode.runner.volume import load_series
 
 LOGGER = logging.getLogger(__name__)

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from dicomnode.config import parse_config
 from dicomnode.config.rules import RoutingConfig
 from dicomnode.routing import (
     PlannedRun,
@@ -62,7 +61,7 @@ def routing(rules: list[dict[str, Any]], fallback: dict[str, Any] | None = None)
     section: dict[str, Any] = {"rules": rules}
     if fallback is not None:
         section["fallback"] = fallback
-    return parse_config({"routing": section}).routing
+    return RoutingConfig.model_validate(section)
 
 
 CT_LUNG = {

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dicomnode.jobs import JobState, SQLiteJobStore
-from dicomnode.runner.resultfile import load_result
+from dicomnode.resultfile import load_result
 from tests.conftest import open_store
 from tests.helpers import echo, store_statuses, storescu, wait_for
 from tests.runner.test_registry_manifest import write_model

@@ -1,0 +1,759 @@
+"""HL7 v2.5.1 ORU^R01 for a pipeline result, sent over MLLP with ACK checking.
+
+:func:`build_oru` turns a :class:`~dicomnode.protocol.PipelineResult` and the
+patient/order context read from the source DICOM (:class:`PatientContext`)
+into one ER7 message, built with hl7apy; :func:`send_mllp` delivers it and
+reads the ACK under a hard deadline; :func:`classify` decides whether the ACK
+means delivered, a permanent failure or a retry; :func:`deliver` does both.
+
+The message
+-----------
+::
+
+    MSH  ^~\\&, MSH-9 ORU^R01^ORU_R01, MSH-10 control ID, MSH-11 P, MSH-12 2.5.1,
+         MSH-18 UNICODE UTF-8 (always: the bytes on the wire are always UTF-8)
+    PID  PID-3 id^^^issuer, PID-5 name from the DICOM PN, PID-7 birth date, PID-8 sex
+    PV1  only when the DICOM carries a visit (AdmissionID): PV1-2 U, PV1-19 visit number
+    ORC  ORC-1 RE, ORC-3 filler order number = accession number (else the study UID),
+         ORC-9 the result time
+    OBR  OBR-3 = ORC-3, OBR-4 <pipeline>^AI <pipeline> <version>^L,
+         OBR-7 study date/time (else the result time), OBR-16 referring physician,
+         OBR-18 accession number (IHE placer field 1), OBR-22 result time,
+         OBR-24 RAD, OBR-25 F (or P), OBR-27.6 priority S/R
+    NTE  provenance: pipeline name/version, every model's name, version, SHA-256
+    TQ1  TQ1-9 priority S^Stat^HL70485 when a finding is positive, else R^Routine
+    OBX  TX   the summary: line breaks become repetitions (TX's hard line break),
+              and so do cuts between sentences that keep each line <= 199 characters
+    OBX  ST   110180^Study Instance UID^DCM = the study UID
+    OBX  CWE  363698007^Finding Site^SCT = the segment's type code (CWE-9: its name),
+              OBX-4 = the segment's label: it groups the segment's measurements
+    OBX  NM   one per measurement: OBX-3 concept, OBX-5 value, OBX-6 unit^unit^UCUM,
+              OBX-4 = the segment's label (empty for whole-volume measurements)
+    OBX  NM   one per finding: the probability (unit 1), OBX-7 <threshold,
+              OBX-8 A when positive, N when below its threshold
+    OBX  RP   126000^Imaging Measurement Report^DCM = the SR's SOP Instance UID^^AP^DICOM
+    OBX  RP   SEG^Segmentation^DCM = the SEG's SOP Instance UID^^AP^DICOM
+
+Escaping
+--------
+Every value (from DICOM or not) goes through :func:`escape` before it is put
+into hl7apy: ``\\`` becomes ``\\E\\`` first, then ``|`` ``\\F\\``, ``^``
+``\\S\\``, ``&`` ``\\T\\``, ``~`` ``\\R\\``; line breaks and every other C0
+control character (``0x0B`` and ``0x1C`` would end the MLLP frame) become a
+space, since ``\\.br\\`` is only defined for FT and hex escapes are rarely
+decoded by a RIS. The result holds no delimiter, and its only backslashes
+are those of complete ``\\E\\ \\F\\ \\S\\ \\T\\ \\R\\`` sequences, which
+hl7apy's own output escaping leaves as they are, so a value cannot add a
+field, component or segment, and :func:`unescape` gives back the original
+text (line breaks aside).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import socket
+import textwrap
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.core import Message
+from pydicom.dataset import Dataset
+
+from dicomnode.errors import HL7ConnectionError, HL7Error, HL7NackError, HL7TimeoutError
+from dicomnode.protocol import Code, PipelineResult
+
+__all__ = [
+    "HL7_VERSION",
+    "AckResult",
+    "PatientContext",
+    "abnormal",
+    "build_oru",
+    "classify",
+    "deliver",
+    "escape",
+    "message_control_id",
+    "parse_ack",
+    "send_mllp",
+    "unescape",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+HL7_VERSION = "2.5.1"
+"""The HL7 version of every message built here."""
+
+START_BLOCK = b"\x0b"
+END_BLOCK = b"\x1c\x0d"
+
+#: Coding systems whose HL7 table 0396 name differs from the DICOM designator.
+_CODING_SYSTEMS = {"SRT": "SCT", "SNM3": "SNM3", "LN": "LN", "UCUM": "UCUM", "DCM": "DCM"}
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
+_UNESCAPES = {"F": "|", "S": "^", "T": "&", "R": "~", "E": "\\"}
+_SEQUENCE = re.compile(r"\\(X[0-9A-Fa-f]*|\.br|[FSTRE]|[HN])\\")
+
+_NM_LENGTH = 16
+_LINE_LENGTH = 199
+_SENTENCE_END = re.compile(r"(?<=[.;!?])\s+")
+
+_SEX = {"M": "M", "F": "F", "O": "O"}
+_DIGITS = re.compile(r"\d+")
+
+_STUDY_UID_CODE = Code("110180", "DCM", "Study Instance UID")
+_SR_CODE = Code("126000", "DCM", "Imaging Measurement Report")
+_SEG_CODE = Code("SEG", "DCM", "Segmentation")
+_FINDING_SITE = Code("363698007", "SCT", "Finding Site")
+_SUMMARY_CODE = Code("SUMMARY", "L", "AI result summary")
+_PROBABILITY_UNIT = Code("1", "UCUM", "1")
+
+
+def escape(text: object) -> str:
+    """Escape ``text`` for one HL7 value with the default encoding characters.
+
+    Parameters
+    ----------
+    text : object
+        The value; ``str(text)`` is escaped.
+
+    Returns
+    -------
+    str
+        ``text`` with ``\\ | ^ & ~`` replaced by ``\\E\\ \\F\\ \\S\\ \\T\\ \\R\\``
+        and line breaks and other control characters by a space.
+    """
+    value = _CONTROL.sub(" ", _LINE_BREAK.sub(" ", str(text)))
+    for char, sequence in _ESCAPES:
+        value = value.replace(char, sequence)
+    return value
+
+
+def unescape(text: str) -> str:
+    """Undo HL7 escaping (the default encoding characters) in one value.
+
+    ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\`` become their delimiter, ``\\Xhh..\\`` its
+    bytes (UTF-8), ``\\.br\\`` a line break; highlighting (``\\H\\``, ``\\N\\``)
+    is dropped. A lone backslash is kept (tolerant in).
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        body = match.group(1)
+        if body in _UNESCAPES:
+            return _UNESCAPES[body]
+        if body == ".br":
+            return "\n"
+        if body.startswith("X"):
+            try:
+                return bytes.fromhex(body[1:]).decode("utf-8", errors="replace")
+            except ValueError:
+                return match.group(0)
+        return ""
+
+    return _SEQUENCE.sub(replace, text)
+
+
+def _components(*values: object) -> str:
+    """Escape each value and join them as components; trailing empties dropped."""
+    return "^".join(escape(v) for v in values).rstrip("^")
+
+
+def _coded(code: Code) -> str:
+    """A CE/CWE ``value^meaning^system`` for ``code``."""
+    return _components(code.value, code.meaning, _CODING_SYSTEMS.get(code.scheme, code.scheme))
+
+
+def _number(value: float) -> str:
+    """An NM value: plain decimal notation (no exponent), at most 4 decimals,
+    at most 16 characters (NM's length in 2.5.1)."""
+    if math.isfinite(value):
+        for decimals in (4, 3, 2, 1, 0):
+            text = f"{value:.{decimals}f}"
+            if "." in text:
+                text = text.rstrip("0").rstrip(".")
+            text = "0" if text in ("-0", "") else text
+            if len(text) <= _NM_LENGTH:
+                return text
+    raise HL7Error(f"cannot encode {value!r} as an HL7 number", permanent=True)
+
+
+def _text_lines(text: str) -> list[str]:
+    """``text`` as escaped TX lines (repetitions) of at most 199 characters.
+
+    Line breaks start a new line; long lines are cut between sentences, or
+    between words when a sentence alone is too long. (hl7apy checks OBX-5
+    against ST's length whatever OBX-2 says, and so do some receivers.)
+    """
+    lines: list[str] = []
+    for paragraph in _LINE_BREAK.split(text):
+        current = ""
+        pieces = [p for p in _SENTENCE_END.split(paragraph.strip()) if p]
+        for piece in pieces:
+            candidate = f"{current} {piece}" if current else piece
+            if len(escape(candidate)) <= _LINE_LENGTH:
+                current = candidate
+                continue
+            if current:
+                lines.append(escape(current))
+            width = _LINE_LENGTH
+            while True:
+                words = textwrap.wrap(piece, width=width, break_long_words=True)
+                if all(len(escape(w)) <= _LINE_LENGTH for w in words):
+                    break
+                width //= 2
+            lines += [escape(w) for w in words[:-1]]
+            current = words[-1] if words else ""
+        if current:
+            lines.append(escape(current))
+    return lines
+
+
+def _hl7_time(moment: datetime) -> str:
+    """A DTM with seconds, and the UTC offset when ``moment`` has one."""
+    text = moment.strftime("%Y%m%d%H%M%S")
+    if moment.tzinfo is not None and moment.utcoffset() is not None:
+        text += moment.strftime("%z")
+    return text
+
+
+def _dicom_date(value: str) -> str:
+    """A DICOM DA as an HL7 date, or ``""`` when it is not ``YYYYMMDD``."""
+    value = value.strip()
+    return value if len(value) == 8 and value.isdigit() else ""
+
+
+def _dicom_time(value: str) -> str:
+    """The ``HH[MM[SS]]`` digits of a DICOM TM, or ``""``."""
+    match = _DIGITS.match(value.strip())
+    digits = match.group(0) if match else ""
+    return digits[:6] if len(digits) in (2, 4, 6) else ""
+
+
+@dataclass(frozen=True)
+class PatientContext:
+    """What the ORU needs from the source DICOM (raw, unescaped values).
+
+    Attributes
+    ----------
+    patient_id : str
+        PatientID; required.
+    issuer : str
+        IssuerOfPatientID (may be empty).
+    patient_name : str
+        PatientName as a DICOM PN string, e.g. ``"Doe^John"``.
+    birth_date : str
+        PatientBirthDate, ``YYYYMMDD`` or empty.
+    sex : str
+        PatientSex: ``M``, ``F``, ``O`` or empty.
+    accession_number : str
+        AccessionNumber (may be empty; the study UID stands in for it).
+    study_instance_uid : str
+        StudyInstanceUID; required.
+    study_description : str
+    referring_physician : str
+        ReferringPhysicianName, a PN string.
+    admission_id : str
+        AdmissionID: the visit number; a PV1 is written only when it is set.
+    admission_issuer : str
+        IssuerOfAdmissionIDSequence's LocalNamespaceEntityID, when present.
+    study_date, study_time : str
+        StudyDate (DA) and StudyTime (TM), for OBR-7.
+    """
+
+    patient_id: str
+    patient_name: str
+    study_instance_uid: str
+    issuer: str = ""
+    birth_date: str = ""
+    sex: str = ""
+    accession_number: str = ""
+    study_description: str = ""
+    referring_physician: str = ""
+    admission_id: str = ""
+    admission_issuer: str = ""
+    study_date: str = ""
+    study_time: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("patient_id", "study_instance_uid"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"PatientContext.{name} must not be empty")
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> PatientContext:
+        """Read the context from one source instance's header.
+
+        Raises
+        ------
+        ValueError
+            If PatientID or StudyInstanceUID is missing or empty.
+        """
+
+        def text(keyword: str) -> str:
+            value = ds.get(keyword)
+            return "" if value is None else str(value).strip()
+
+        admission_issuer = ""
+        issuers = ds.get("IssuerOfAdmissionIDSequence")
+        if issuers:
+            admission_issuer = str(issuers[0].get("LocalNamespaceEntityID", "") or "").strip()
+        return cls(
+            patient_id=text("PatientID"),
+            patient_name=text("PatientName"),
+            study_instance_uid=text("StudyInstanceUID"),
+            issuer=text("IssuerOfPatientID"),
+            birth_date=text("PatientBirthDate"),
+            sex=text("PatientSex").upper(),
+            accession_number=text("AccessionNumber"),
+            study_description=text("StudyDescription"),
+            referring_physician=text("ReferringPhysicianName"),
+            admission_id=text("AdmissionID"),
+            admission_issuer=admission_issuer,
+            study_date=text("StudyDate"),
+            study_time=text("StudyTime"),
+        )
+
+
+def _person_name(pn: str) -> tuple[str, str, str, str, str]:
+    """(family, given, middle, prefix, suffix) of the alphabetic group of a DICOM PN."""
+    alphabetic = pn.split("=")[0]
+    parts = [p.strip() for p in alphabetic.split("^")]
+    if len(parts) > 5:  # not a valid PN: keep everything, in the suffix
+        parts = [*parts[:4], " ".join(parts[4:])]
+    parts += [""] * (5 - len(parts))
+    return parts[0], parts[1], parts[2], parts[3], parts[4]
+
+
+def abnormal(result: PipelineResult) -> bool:
+    """Whether any finding of ``result`` is positive (reaches its threshold)."""
+    return any(finding.positive for finding in result.findings)
+
+
+def _document_field(document: Mapping[str, Any], *path: str) -> str:
+    node: Any = document
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return ""
+        node = node[key]
+    return str(node) if node is not None else ""
+
+
+def build_oru(
+    result: PipelineResult,
+    document: Mapping[str, Any],
+    patient: PatientContext,
+    *,
+    control_id: str,
+    sending_application: str,
+    sending_facility: str,
+    receiving_application: str,
+    receiving_facility: str,
+    sr_uid: str | None,
+    seg_uid: str | None,
+    timestamp: datetime,
+    result_status: str = "F",
+) -> str:
+    """Build the ORU^R01 (HL7 2.5.1) for one pipeline result.
+
+    Parameters
+    ----------
+    result : PipelineResult
+        Measurements, findings, segments, models and summary.
+    document : mapping
+        The rest of ``result.json`` (:func:`dicomnode.resultfile.load_result`):
+        ``pipeline.name``/``pipeline.version`` and ``volume.study_instance_uid``.
+    patient : PatientContext
+        Patient and order, read from the source DICOM.
+    control_id : str
+        MSH-10; the caller keeps it and re-sends the same message on retry.
+    sending_application, sending_facility, receiving_application, receiving_facility : str
+        MSH-3 to MSH-6 (HD namespace IDs).
+    sr_uid, seg_uid : str or None
+        SOP Instance UIDs of the SR and SEG written for this result.
+    timestamp : datetime
+        When the result was made: MSH-7, ORC-9, OBR-22 (and OBR-7 without a study date).
+    result_status : {"F", "P"}
+        OBR-25 and every OBX-11: final or preliminary.
+
+    Returns
+    -------
+    str
+        The ER7 message, segments separated by ``\\r``.
+
+    Raises
+    ------
+    HL7Error
+        (permanent) If the inputs cannot make a valid message: an empty control
+        ID, a study UID in ``document`` that is not the patient context's, an
+        unknown result status.
+    """
+    if not control_id or len(control_id) > 20 or _CONTROL.search(control_id):
+        raise HL7Error(f"invalid MSH-10 control ID {control_id!r}", permanent=True)
+    if result_status not in ("F", "P"):
+        raise HL7Error(f"result status must be F or P, got {result_status!r}", permanent=True)
+    volume_uid = _document_field(document, "volume", "study_instance_uid")
+    if volume_uid and volume_uid != patient.study_instance_uid:
+        raise HL7Error(
+            "the result's study UID differs from the patient context's study UID",
+            permanent=True,
+        )
+    pipeline = _document_field(document, "pipeline", "name") or "ai"
+    version = _document_field(document, "pipeline", "version")
+    now = _hl7_time(timestamp)
+    study_time = _dicom_date(patient.study_date)
+    if study_time:
+        study_time += _dicom_time(patient.study_time)
+    order_number = patient.accession_number or patient.study_instance_uid
+    urgent = abnormal(result)
+
+    message = Message("ORU_R01", version=HL7_VERSION, validation_level=VALIDATION_LEVEL.TOLERANT)
+    msh = message.msh
+    msh.msh_3 = escape(sending_application)
+    msh.msh_4 = escape(sending_facility)
+    msh.msh_5 = escape(receiving_application)
+    msh.msh_6 = escape(receiving_facility)
+    msh.msh_7 = now
+    msh.msh_9 = "ORU^R01^ORU_R01"
+    msh.msh_10 = escape(control_id)
+    msh.msh_11 = "P"
+    msh.msh_12 = HL7_VERSION
+    msh.msh_18 = "UNICODE UTF-8"
+
+    patient_result = message.add_group("ORU_R01_PATIENT_RESULT")
+    patient_group = patient_result.add_group("ORU_R01_PATIENT")
+    pid = patient_group.add_segment("PID")
+    pid.pid_1 = "1"
+    pid.pid_3 = _components(patient.patient_id, "", "", patient.issuer)
+    family, given, middle, prefix, suffix = _person_name(patient.patient_name)
+    name = _components(family, given, middle, suffix, prefix)
+    if name:
+        pid.pid_5 = name
+    birth = _dicom_date(patient.birth_date)
+    if birth:
+        pid.pid_7 = birth
+    sex = _SEX.get(patient.sex, "U" if patient.sex else "")
+    if sex:
+        pid.pid_8 = sex
+    if patient.admission_id:
+        visit = patient_group.add_group("ORU_R01_VISIT")
+        pv1 = visit.add_segment("PV1")
+        pv1.pv1_1 = "1"
+        pv1.pv1_2 = "U"
+        pv1.pv1_19 = _components(patient.admission_id, "", "", patient.admission_issuer)
+
+    order = patient_result.add_group("ORU_R01_ORDER_OBSERVATION")
+    orc = order.add_segment("ORC")
+    orc.orc_1 = "RE"
+    orc.orc_3 = escape(order_number)
+    orc.orc_9 = now
+
+    obr = order.add_segment("OBR")
+    obr.obr_1 = "1"
+    obr.obr_3 = escape(order_number)
+    obr.obr_4 = _components(pipeline, f"AI {pipeline} {version}".strip(), "L")
+    obr.obr_7 = study_time or now
+    referring = _person_name(patient.referring_physician)
+    if any(referring):
+        family, given, middle, prefix, suffix = referring
+        obr.obr_16 = _components("", family, given, middle, suffix, prefix)
+    if patient.accession_number:
+        obr.obr_18 = escape(patient.accession_number)
+    obr.obr_22 = now
+    obr.obr_24 = "RAD"
+    obr.obr_25 = result_status
+    obr.obr_27 = "^^^^^" + ("S" if urgent else "R")
+
+    nte = order.add_segment("NTE")
+    nte.nte_1 = "1"
+    nte.nte_2 = "O"
+    nte.nte_3 = escape(_provenance(result, pipeline, version, patient.study_description))
+
+    timing = order.add_group("ORU_R01_TIMING_QTY")
+    tq1 = timing.add_segment("TQ1")
+    tq1.tq1_1 = "1"
+    tq1.tq1_9 = "S^Stat^HL70485" if urgent else "R^Routine^HL70485"
+
+    observations = _Observations(order, result_status, study_time or now)
+    if result.summary:
+        observations.add("TX", _coded(_SUMMARY_CODE), *_text_lines(result.summary))
+    observations.add("ST", _coded(_STUDY_UID_CODE), escape(patient.study_instance_uid))
+    segments = {s.label: s for s in result.segments}
+    measured = sorted({m.segment_label for m in result.measurements if m.segment_label})
+    for label in measured:
+        segment = segments.get(label)
+        if segment is not None:
+            site = _components(
+                segment.type.value,
+                segment.type.meaning,
+                _CODING_SYSTEMS.get(segment.type.scheme, segment.type.scheme),
+                "",
+                "",
+                "",
+                "",
+                "",
+                segment.name,
+            )
+            observations.add("CWE", _coded(_FINDING_SITE), site, sub_id=str(label))
+    for measurement in result.measurements:
+        observations.add(
+            "NM",
+            _coded(measurement.concept),
+            _number(measurement.value),
+            sub_id="" if measurement.segment_label is None else str(measurement.segment_label),
+            units=_components(measurement.unit.value, measurement.unit.value, "UCUM"),
+        )
+    for finding in result.findings:
+        flag = ""
+        if finding.threshold is not None:
+            flag = "A" if finding.positive else "N"
+        observations.add(
+            "NM",
+            _coded(finding.concept),
+            _number(finding.probability),
+            units=_components("1", "1", "UCUM"),
+            reference_range=(
+                "" if finding.threshold is None else escape(f"<{_number(finding.threshold)}")
+            ),
+            flag=flag,
+        )
+    for uid, code in ((sr_uid, _SR_CODE), (seg_uid, _SEG_CODE)):
+        if uid:
+            observations.add("RP", _coded(code), _components(uid, "", "AP", "DICOM"))
+
+    er7: str = message.to_er7()
+    return er7
+
+
+def _provenance(result: PipelineResult, pipeline: str, version: str, description: str) -> str:
+    parts = [f"AI result of pipeline {pipeline} {version}".rstrip() + "."]
+    for model in result.models:
+        parts.append(f"Model {model.name} {model.version} (SHA-256 {model.sha256}).")
+    if description:
+        parts.append(f"Study: {description}.")
+    return " ".join(parts)
+
+
+class _Observations:
+    """Adds numbered OBX segments to one ORDER_OBSERVATION group."""
+
+    def __init__(self, order: Any, status: str, observed: str) -> None:
+        self._order = order
+        self._status = status
+        self._observed = observed
+        self._count = 0
+
+    def add(
+        self,
+        value_type: str,
+        identifier: str,
+        *values: str,
+        sub_id: str = "",
+        units: str = "",
+        reference_range: str = "",
+        flag: str = "",
+    ) -> None:
+        self._count += 1
+        obx = self._order.add_group("ORU_R01_OBSERVATION").add_segment("OBX")
+        obx.obx_1 = str(self._count)
+        obx.obx_2 = value_type
+        obx.obx_3 = identifier
+        if sub_id:
+            obx.obx_4 = sub_id
+        for value in values:  # repetitions (TX: one per line)
+            obx.add_field("OBX_5").value = value
+        if units:
+            obx.obx_6 = units
+        if reference_range:
+            obx.obx_7 = reference_range
+        if flag:
+            obx.obx_8 = flag
+        obx.obx_11 = self._status
+        obx.obx_14 = self._observed
+
+
+@dataclass(frozen=True)
+class AckResult:
+    """What the receiver answered.
+
+    Attributes
+    ----------
+    code : str
+        MSA-1: ``AA``, ``AE``, ``AR`` (original mode) or ``CA``, ``CE``, ``CR``.
+    control_id : str
+        MSA-2: the control ID the receiver acknowledged.
+    text : str
+        MSA-3, else the ERR segment's user message or error text, unescaped.
+    raw : str
+        The ACK as received (for the delivery record; never log it at INFO).
+    """
+
+    code: str
+    control_id: str
+    text: str
+    raw: str = ""
+
+
+def message_control_id(message: str) -> str:
+    """MSH-10 of an ER7 message (``""`` when it has none)."""
+    first = message.split("\r", 1)[0]
+    if not first.startswith("MSH") or len(first) < 4:
+        return ""
+    fields = first.split(first[3])
+    # fields[0] is "MSH", fields[1] the encoding characters (MSH-2): MSH-n is fields[n - 1]
+    return unescape(fields[9]) if len(fields) > 9 else ""
+
+
+def parse_ack(data: str) -> AckResult:
+    """Read MSA (and ERR) from an ACK; tolerant of ``\\n`` and field separators.
+
+    Raises
+    ------
+    HL7Error
+        (retryable) If the answer has no MSA segment.
+    """
+    segments = [s for s in re.split(r"\r\n|\r|\n", data) if s]
+    separator = "|"
+    if segments and segments[0].startswith("MSH") and len(segments[0]) > 3:
+        separator = segments[0][3]
+    msa: list[str] | None = None
+    err_text = ""
+    for segment in segments:
+        fields = segment.split(separator)
+        if fields[0] == "MSA" and msa is None:
+            msa = fields
+        elif fields[0] == "ERR" and not err_text:
+            # 2.5+: ERR-8 user message, ERR-3 HL7 error code (text in .2); 2.4: ERR-1
+            for index in (8, 3, 1):
+                if len(fields) > index and fields[index]:
+                    components = fields[index].split("^")
+                    err_text = components[1] if len(components) > 1 else components[0]
+                    if err_text:
+                        break
+    if msa is None:
+        raise HL7Error("the answer holds no MSA segment", permanent=False)
+    code = msa[1].strip().upper() if len(msa) > 1 else ""
+    control = unescape(msa[2]) if len(msa) > 2 else ""
+    text = unescape(msa[3]) if len(msa) > 3 and msa[3] else unescape(err_text)
+    return AckResult(code=code, control_id=control, text=text, raw=data)
+
+
+def send_mllp(message: str, host: str, port: int, *, timeout: float) -> AckResult:
+    """Send one message over MLLP and wait for its ACK.
+
+    The whole exchange (connect, send, read the ACK) must end within
+    ``timeout`` seconds: every socket wait is recomputed from one monotonic
+    deadline, so a peer trickling bytes cannot extend it. The function has
+    no state: a retry re-sends the very same ``message`` (same MSH-10).
+
+    Parameters
+    ----------
+    message : str
+        The ER7 message (``\\r`` between segments); sent as UTF-8.
+    host, port
+        The receiver.
+    timeout : float
+        Seconds, total.
+
+    Returns
+    -------
+    AckResult
+        The ACK as read; :func:`classify` says what it means.
+
+    Raises
+    ------
+    HL7TimeoutError
+        No complete ACK before the deadline.
+    HL7ConnectionError
+        Connection refused or reset, or closed without an ACK.
+    HL7Error
+        (retryable) The answer is not an ACK (no MSA).
+    """
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    deadline = time.monotonic() + timeout
+    frame = START_BLOCK + message.encode("utf-8") + END_BLOCK
+
+    def remaining() -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise HL7TimeoutError(f"no ACK from {host}:{port} within {timeout:g} s")
+        return left
+
+    try:
+        with socket.create_connection((host, port), timeout=remaining()) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(remaining())
+            sock.sendall(frame)
+            buffer = b""
+            while True:
+                sock.settimeout(remaining())
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise HL7ConnectionError(f"{host}:{port} closed the connection without an ACK")
+                buffer += chunk
+                start = buffer.find(START_BLOCK)
+                if start >= 0:
+                    end = buffer.find(END_BLOCK, start)
+                    if end >= 0:
+                        body = buffer[start + 1 : end].decode("utf-8", errors="replace")
+                        break
+    except HL7Error:
+        raise
+    except TimeoutError as exc:  # socket.timeout is TimeoutError
+        raise HL7TimeoutError(f"no ACK from {host}:{port} within {timeout:g} s") from exc
+    except OSError as exc:
+        raise HL7ConnectionError(f"cannot deliver to {host}:{port}: {exc}") from exc
+    return parse_ack(body)
+
+
+def classify(ack: AckResult, expected_control_id: str) -> AckResult:
+    """Decide what an ACK means; return it when the message was delivered.
+
+    Raises
+    ------
+    HL7NackError
+        ``permanent=True`` for AE/CE (the reason from MSA-3/ERR);
+        ``permanent=False`` for AR/CR, an unknown code, or an ACK whose MSA-2
+        is not ``expected_control_id``.
+    """
+    fields = {"code": ack.code, "control_id": ack.control_id, "reason": ack.text}
+    if ack.control_id != expected_control_id:
+        raise HL7NackError(
+            f"the ACK acknowledges control ID {ack.control_id!r}, not {expected_control_id!r}",
+            permanent=False,
+            **fields,
+        )
+    if ack.code in ("AA", "CA"):
+        return ack
+    if ack.code in ("AE", "CE"):
+        raise HL7NackError(
+            f"the receiver refused the message ({ack.code}): {ack.text or 'no reason given'}",
+            permanent=True,
+            **fields,
+        )
+    raise HL7NackError(
+        f"the receiver rejected the message ({ack.code or 'no code'}): "
+        f"{ack.text or 'no reason given'}",
+        permanent=False,
+        **fields,
+    )
+
+
+def deliver(message: str, host: str, port: int, *, timeout: float) -> AckResult:
+    """Send ``message`` and check its ACK against its own MSH-10.
+
+    Returns the ACK when delivered; raises like :func:`send_mllp` and
+    :func:`classify` otherwise (``exc.permanent`` says whether to retry).
+    """
+    expected = message_control_id(message)
+    if not expected:
+        raise HL7Error("the message has no MSH-10 control ID", permanent=True)
+    ack = classify(send_mllp(message, host, port, timeout=timeout), expected)
+    LOGGER.debug("HL7 message %s acknowledged by %s:%d", expected, host, port)
+    return ack

@@ -1,0 +1,118 @@
+"""A RIS on loopback for the HL7 tests: hl7apy's MLLP server, not our code.
+
+:class:`RIS` runs :class:`hl7apy.mllp.MLLPServer` on 127.0.0.1 and a free
+port in a thread. It records every message it receives (the ER7 text as the
+server decoded it) and answers with a configurable ACK built with hl7apy:
+``AA``, ``AE``, ``AR``, ``AA`` for another control ID (``"wrong-id"``), or
+nothing at all (``"none"``: the connection is held open until the test ends
+or ``hold`` seconds pass).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from hl7apy.core import Message
+from hl7apy.mllp import AbstractHandler, MLLPServer
+from hl7apy.parser import parse_message
+
+ORU_TYPE = "ORU^R01^ORU_R01"
+
+
+class RIS:
+    """State shared by the server's handler threads."""
+
+    def __init__(self, answer: str, reason: str, hold: float) -> None:
+        self.answer = answer
+        self.reason = reason
+        self.hold = hold
+        self.received: list[str] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.server: Any = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def messages(self) -> list[str]:
+        with self.lock:
+            return list(self.received)
+
+
+class _Handler(AbstractHandler):  # type: ignore[misc]
+    def __init__(self, message: str, ris: RIS) -> None:
+        super().__init__(message)
+        self.ris = ris
+
+    def reply(self) -> str:
+        ris = self.ris
+        with ris.lock:
+            ris.received.append(self.incoming_message)
+        if ris.answer == "none":
+            ris.stopping.wait(ris.hold)
+            raise ConnectionAbortedError("the RIS never answers")
+        incoming = parse_message(self.incoming_message)
+        control_id = incoming.msh.msh_10.to_er7()
+        code = "AA" if ris.answer == "wrong-id" else ris.answer
+        if ris.answer == "wrong-id":
+            control_id = "NOT-" + control_id
+        ack = Message("ACK", version="2.5.1")
+        ack.msh.msh_3 = "RIS"
+        ack.msh.msh_4 = "HOSPITAL"
+        ack.msh.msh_5 = incoming.msh.msh_3.to_er7()
+        ack.msh.msh_6 = incoming.msh.msh_4.to_er7()
+        ack.msh.msh_7 = datetime.now().strftime("%Y%m%d%H%M%S")
+        ack.msh.msh_9 = "ACK^R01^ACK"
+        ack.msh.msh_10 = "ACK-" + control_id
+        ack.msh.msh_11 = "P"
+        ack.msh.msh_12 = "2.5.1"
+        ack.msa.msa_1 = code
+        ack.msa.msa_2 = control_id
+        if code != "AA":
+            err = ack.add_segment("ERR")
+            err.err_3 = "207^Application internal error^HL70357"
+            err.err_4 = "E"
+            err.err_8.value = ris.reason  # a raw value: hl7apy escapes it
+        mllp: str = ack.to_mllp()
+        return mllp
+
+
+@contextmanager
+def running_ris(answer: str = "AA", reason: str = "", hold: float = 30.0) -> Iterator[RIS]:
+    """Run the RIS for the ``with`` block; ``answer`` is AA, AE, AR, wrong-id or none."""
+    ris = RIS(answer, reason, hold)
+    server = MLLPServer("127.0.0.1", 0, {ORU_TYPE: (_Handler, ris)}, timeout=10)
+    server.daemon_threads = True
+    ris.server = server
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield ris
+    finally:
+        ris.stopping.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def unescape(text: str) -> str:
+    """HL7 unescaping, written here independently of the code under test."""
+    out: list[str] = []
+    i = 0
+    table = {"F": "|", "S": "^", "T": "&", "R": "~", "E": "\\"}
+    while i < len(text):
+        if text[i] == "\\":
+            end = text.find("\\", i + 1)
+            if end > i and text[i + 1 : end] in table:
+                out.append(table[text[i + 1 : end]])
+                i = end + 1
+                continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
