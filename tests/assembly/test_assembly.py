@@ -63,7 +63,8 @@ def test_one_study_over_three_associations_with_short_gaps(make_settings, start_
 
 @pytest.mark.peers
 def test_gaps_longer_than_the_quiet_period_open_new_rounds(make_settings, start_node, ct_series):
-    settings = make_settings(assembly={"quiet_seconds": 1, "poll_seconds": 0.1})
+    # quiet long enough that one storescu push never splits, even on a loaded machine
+    settings = make_settings(assembly={"quiet_seconds": 2.5, "poll_seconds": 0.1})
     start_node(settings)
     series = ct_series(slices=9, size=16)
     store = open_store(settings)
