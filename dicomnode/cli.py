@@ -204,6 +204,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             )
             if job.result_dir:
                 print(f"result: {job.result_dir}")
+            deliveries = store.outbox(job.id)
             history = store.history(job.id)
             rows = []
             for i, step in enumerate(history):
@@ -211,6 +212,24 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 spent = "-" if until is None else _fmt_duration(until - step.at)
                 rows.append([_fmt_time(step.at), str(step.to_state), spent, step.reason or ""])
             print(_table(["AT", "STATE", "TIME IN STATE", "REASON"], rows))
+            if deliveries:
+                print()
+                print(
+                    _table(
+                        ["DESTINATION", "KIND", "OBJECT", "STATE", "ATTEMPTS", "LAST ERROR"],
+                        [
+                            [
+                                d.destination,
+                                d.kind,
+                                Path(d.path).name,
+                                d.state,
+                                str(d.attempts),
+                                d.last_error or "",
+                            ]
+                            for d in deliveries
+                        ],
+                    )
+                )
             if job.traceback:
                 print("\nlast failure:\n" + job.traceback.rstrip())
             return 0
@@ -236,6 +255,30 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     headers = ["ID", "KIND", "STUDY UID", "ROUND", "STATE", "INST", "OPENED", "IN STATE", "REASON"]
     print(_table(headers, rows))
     return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Deliver again every finished run of a study."""
+    store = _open_store(_load(args.config))
+    try:
+        runs = [
+            j
+            for j in store.jobs(study_instance_uid=args.study)
+            if j.kind == "run" and j.result_dir is not None
+        ]
+        if not runs:
+            raise DicomNodeError(f"no finished run of study {args.study} has results")
+        replayed = 0
+        for job in runs:
+            if job.state in (JobState.DONE, JobState.DEAD):
+                store.replay(job.id)
+                replayed += 1
+                print(f"job {job.id}: {job.pipeline} results queued for delivery again")
+            else:
+                print(f"job {job.id}: {job.pipeline} is {job.state}, left as it is")
+    finally:
+        store.close()
+    return 0 if replayed else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -407,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(explain)
     explain.set_defaults(func=cmd_route_explain)
 
+    replay = sub.add_parser("replay", help="deliver a study's results again")
+    replay.add_argument("study", metavar="STUDY_UID")
+    with_config(replay)
+    replay.set_defaults(func=cmd_replay)
+
     studies = sub.add_parser("studies", help="list received studies")
     with_config(studies)
     studies.set_defaults(func=cmd_studies)
@@ -417,7 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
         "words",
         nargs="*",
         metavar="[show|retry] ID",
-        help="ID or 'show ID': a job's transitions; 'retry ID': run a DEAD job again",
+        help=(
+            "ID or 'show ID': a job's transitions and deliveries; 'retry ID': run a DEAD or "
+            "FAILED_RETRYABLE run again (only its failed deliveries, if it failed delivering)"
+        ),
     )
     jobs.add_argument("--state", choices=[s.value for s in JobState])
     jobs.add_argument("--study", metavar="STUDY_UID")

@@ -813,9 +813,48 @@ class SQLiteJobStore:
                 )
         return [int(row["id"]) for row in rows]
 
+    def replay(self, job_id: int, *, only_failed: bool = False) -> Job:
+        """Deliver a finished run's results again: its outbox rows (only the
+        DEAD ones with ``only_failed``) go back to PENDING with attempts reset,
+        and the run back to RESULTS_WRITTEN for the export stage.
+
+        Raises
+        ------
+        IllegalTransitionError
+            The run is not DONE or DEAD, or never wrote results.
+        """
+        now = self._now()
+        with self._write() as cur:
+            row = cur.execute(
+                "SELECT state, kind, result_dir FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no job {job_id}")
+            current = JobState(row["state"])
+            if row["kind"] != "run" or row["result_dir"] is None:
+                raise IllegalTransitionError(f"job {job_id} has no results to deliver")
+            if current not in (JobState.DONE, JobState.DEAD):
+                raise IllegalTransitionError(
+                    f"job {job_id} is {current}: only DONE or DEAD runs can be replayed"
+                )
+            which = "AND state = 'DEAD'" if only_failed else ""
+            cur.execute(
+                "UPDATE outbox SET state = 'PENDING', attempts = 0, next_attempt_at = NULL, "
+                f"last_error = NULL, updated_at = ? WHERE job_id = ? {which}",
+                (now, job_id),
+            )
+            reason = "delivery replayed by hand" + (" (failed deliveries)" if only_failed else "")
+            cur.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, reason = ? WHERE id = ?",
+                (str(JobState.RESULTS_WRITTEN), now, reason, job_id),
+            )
+            self._add_transition(cur, job_id, current, JobState.RESULTS_WRITTEN, now, reason)
+        return self.get_job(job_id)
+
     def retry(self, job_id: int) -> Job:
-        """A hand retry: a DEAD or FAILED_RETRYABLE run goes back to ROUTED
-        with its attempts reset.
+        """A hand retry. A run that failed while delivering has its failed
+        deliveries replayed (see :meth:`replay`); a run that failed before
+        goes back to ROUTED with its attempts reset.
 
         Raises
         ------
@@ -823,6 +862,13 @@ class SQLiteJobStore:
             The job is not a run, or not DEAD / FAILED_RETRYABLE.
         """
         now = self._now()
+        failed_delivery = self._read(
+            "SELECT 1 FROM jobs j WHERE j.id = ? AND j.state = ? AND j.result_dir IS NOT NULL "
+            "AND EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id AND o.state = 'DEAD')",
+            (job_id, str(JobState.DEAD)),
+        )
+        if failed_delivery:
+            return self.replay(job_id, only_failed=True)
         with self._write() as cur:
             row = cur.execute("SELECT state, kind FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:

@@ -110,6 +110,10 @@ class JobStore(Protocol):
         """Runs left RUNNING by a stopped node become FAILED_RETRYABLE."""
         ...
 
+    def replay(self, job_id: int, *, only_failed: bool = False) -> Job:
+        """A DONE or DEAD run's deliveries back to PENDING, the run to RESULTS_WRITTEN."""
+        ...
+
     def retry(self, job_id: int) -> Job:
         """A DEAD or FAILED_RETRYABLE run back to ROUTED, attempts reset."""
         ...
