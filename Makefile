@@ -45,6 +45,7 @@ test: peers $(STAMP) lint
 bench: peers $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/e2e.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -287,6 +287,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from dicomnode.resultfile import load_result
     from dicomnode.results.writer import DicomResultWriter
     from dicomnode.routing import describe_study
+    from dicomnode.runner.stage import pipeline_options
     from dicomnode.runner.worker import Task, Worker, WorkerSettings
 
     settings = _load(args.config) if args.config else None
@@ -314,6 +315,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
     picked = chosen[0][1]
     files = tuple(str(p) for p in _series_files(paths, picked.series_instance_uid))
+    options = pipeline_options(runner)
+    if args.bundle:
+        options.setdefault(args.pipeline, {})["bundle"] = str(Path(args.bundle).resolve())
     worker = Worker(
         WorkerSettings(
             device=args.device or runner.device,
@@ -322,6 +326,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             models_dir=str(runner.models_dir.resolve()),
             writer=None if args.no_dicom else DicomResultWriter(),
             node_name=node_name,
+            options=options,
         )
     )
     out = Path(args.out)
@@ -436,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--series", metavar="SERIES_UID", help="default: the largest series")
     run.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: from config)")
     run.add_argument("-c", "--config", help="take runner settings from this YAML file")
+    run.add_argument(
+        "--bundle", metavar="DIR", help="the MONAI bundle folder (for --pipeline monai-bundle)"
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="print tracebacks")
     run.add_argument(
         "--no-dicom", action="store_true", help="save the result only, no SEG/SR/overlay objects"

@@ -8,7 +8,9 @@ Layout of one result directory::
     heatmap-<i>.npy    float32, one per heatmap, in result.json's order
 
 The directory is written under a temporary name and renamed into place, so a
-reader never sees half a result.
+reader never sees half a result. ``result.json`` may carry ``timings``: seconds
+per step of the run (``load_s``, ``pipeline_s``, ``save_s``, ``write_s``), the
+last ones added by :func:`record_timings` once they are known.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -52,9 +55,14 @@ def save_result(
     version: str,
     device: str,
     seconds: float,
+    timings: Mapping[str, float] | None = None,
 ) -> Path:
     """Write ``result`` (and the geometry of ``volume``) to ``directory``,
-    replacing an earlier result there. Return ``directory``."""
+    replacing an earlier result there. Return ``directory``.
+
+    ``timings`` (seconds per step of the run, e.g. ``load_s``) go to
+    ``result.json`` under ``"timings"``; :func:`record_timings` adds later ones.
+    """
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.with_name(f"{directory.name}.tmp-{secrets.token_hex(4)}")
     staging.mkdir()
@@ -63,6 +71,7 @@ def save_result(
             "pipeline": {"name": pipeline, "version": version},
             "device": device,
             "seconds": round(seconds, 3),
+            "timings": _rounded(timings or {}),
             "models": [asdict(m) for m in result.models],
             "summary": result.summary,
             "segments": [asdict(s) for s in result.segments],
@@ -100,12 +109,36 @@ def save_result(
     return directory
 
 
-def load_result(directory: Path) -> tuple[PipelineResult, dict[str, Any]]:
+def _rounded(timings: Mapping[str, float]) -> dict[str, float]:
+    return {name: round(float(value), 4) for name, value in timings.items()}
+
+
+def record_timings(directory: Path, timings: Mapping[str, float]) -> None:
+    """Add ``timings`` (seconds per step) to the ``"timings"`` of a saved
+    result's ``result.json``, replacing the file atomically (a temporary file,
+    fsynced, then renamed over it), so a reader sees the old or the new file."""
+    path = directory / RESULT_JSON
+    document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    document["timings"] = {**document.get("timings", {}), **_rounded(timings)}
+    staging = path.with_name(f"{RESULT_JSON}.tmp-{secrets.token_hex(4)}")
+    try:
+        with staging.open("w", encoding="utf-8") as handle:
+            handle.write(json.dumps(document, indent=1))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+
+
+def load_result(directory: Path, *, arrays: bool = True) -> tuple[PipelineResult, dict[str, Any]]:
     """Read a saved result; return it with the rest of ``result.json``
-    (pipeline, device, volume geometry and sources)."""
+    (pipeline, device, volume geometry and sources). With ``arrays=False`` the
+    label map and heatmaps are not read (a report needs only the numbers)."""
     document: dict[str, Any] = json.loads((directory / RESULT_JSON).read_text(encoding="utf-8"))
     label_path = directory / LABEL_MAP
-    label_map = np.load(label_path) if label_path.exists() else None
+    label_map = np.load(label_path) if arrays and label_path.exists() else None
     segments = tuple(
         Segment(
             label=s["label"],
@@ -137,7 +170,7 @@ def load_result(directory: Path) -> tuple[PipelineResult, dict[str, Any]]:
         ),
         heatmaps=tuple(
             Heatmap(finding=_code(code), array=np.load(directory / f"heatmap-{i}.npy"))
-            for i, code in enumerate(document["heatmaps"])
+            for i, code in enumerate(document["heatmaps"] if arrays else [])
         ),
         models=tuple(ModelInfo(**m) for m in document["models"]),
         summary=document["summary"],

@@ -215,6 +215,12 @@ class Node:
                 outbox_root=self.settings.storage.spool_path / "outbox",
                 writer=DicomResultWriter(),
                 node_name=self.settings.node.ae_title,
+                preload=tuple(
+                    dict.fromkeys(
+                        rule.pipeline
+                        for rule in [*routing.rules, *filter(None, [routing.fallback])]
+                    )
+                ),
             )
             try:
                 runner.start()

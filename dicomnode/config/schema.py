@@ -152,6 +152,9 @@ class PipelineSettings(_Model):
 
     timeout_seconds: float | None = Field(default=None, gt=0)
     max_attempts: int | None = Field(default=None, ge=1)
+    bundle: Path | None = Field(
+        default=None, description="For monai-bundle: the MONAI bundle folder to run."
+    )
 
 
 class RunnerConfig(_Model):

@@ -254,7 +254,7 @@ class Dispatcher:
         inputs = self._input_files(job)
         if job.result_dir is None or not inputs:
             return Delivery([], [], [i.id for i in items], "the run has no result or inputs")
-        result, document = load_result(Path(job.result_dir))
+        result, document = load_result(Path(job.result_dir), arrays=False)
         patient = PatientContext.from_dataset(dcmread(inputs[0], stop_before_pixels=True))
         objects = {
             Path(row.path).name.split("_", 1)[0]: Path(row.path).stem.split("_", 1)[1]

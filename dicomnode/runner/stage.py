@@ -26,6 +26,19 @@ from dicomnode.runner.worker import Outcome, Task, WorkerSettings
 LOGGER = logging.getLogger(__name__)
 
 
+def pipeline_options(config: RunnerConfig) -> dict[str, dict[str, object]]:
+    """Options the workers pass to pipelines' ``configure``, by pipeline name.
+
+    From ``runner.pipelines.<name>``: ``bundle`` (an absolute path, so a
+    relative one means relative to the directory the node starts in).
+    """
+    options: dict[str, dict[str, object]] = {}
+    for name, settings in config.pipelines.items():
+        if settings.bundle is not None:
+            options.setdefault(name, {})["bundle"] = str(settings.bundle.resolve())
+    return options
+
+
 class Runner:
     """Runs pipelines for ROUTED jobs.
 
@@ -60,6 +73,7 @@ class Runner:
         outbox_root: Path | None = None,
         writer: ResultWriter | None = None,
         node_name: str = "DICOMNODE",
+        preload: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self.store = store
@@ -75,7 +89,9 @@ class Runner:
                 plugins=tuple(config.plugins),
                 models_dir=str(config.models_dir.resolve()),
                 writer=writer,
+                preload=tuple(n for n in preload if n in self.registry),
                 node_name=node_name,
+                options=pipeline_options(config),
             ),
             log_level=log_level,
         )

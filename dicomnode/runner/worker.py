@@ -12,13 +12,14 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 from dicomnode.errors import InputError, ModelError, RunnerError, VolumeError
 from dicomnode.protocol import InputRefused, ModelFile, Pipeline, ResultContext, ResultWriter
-from dicomnode.resultfile import save_result
+from dicomnode.resultfile import record_timings, save_result
 from dicomnode.runner.manifest import verify_model
 from dicomnode.runner.registry import PipelineRegistry
 from dicomnode.runner.volume import load_series
@@ -71,6 +72,12 @@ class WorkerSettings:
     models_dir: str
     writer: ResultWriter | None = None
     node_name: str = "DICOMNODE"
+    preload: tuple[str, ...] = ()
+    """Pipelines to create and load as soon as the worker starts (the ones the
+    rules name), so the first study does not wait for them."""
+    options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    """Per-pipeline options (pipeline name to options), given to a pipeline's
+    ``configure(options)`` before ``load``, e.g. ``monai-bundle``'s ``bundle``."""
 
 
 def resolve_device(requested: str) -> str:
@@ -94,9 +101,17 @@ class Worker:
         self._loaded: dict[str, Pipeline] = {}
 
     def pipeline(self, name: str) -> Pipeline:
-        """The pipeline ``name``, created and loaded on first use."""
+        """The pipeline ``name``, created and loaded on first use.
+
+        A pipeline with a ``configure`` method gets its options from
+        ``runner.pipelines.<name>`` (when the config gives any) before ``load``.
+        """
         if name not in self._loaded:
             pipeline = self.registry.create(name)
+            options = self.settings.options.get(name)
+            configure = getattr(pipeline, "configure", None)
+            if options and callable(configure):
+                configure(options)
             required: tuple[str, ...] = tuple(getattr(pipeline, "required_models", ()))
             if required:
                 models: dict[str, ModelFile] = {
@@ -109,11 +124,18 @@ class Worker:
         return self._loaded[name]
 
     def run(self, task: Task) -> Outcome:
-        """Run one task; every failure becomes an :class:`Outcome`."""
+        """Run one task; every failure becomes an :class:`Outcome`.
+
+        The seconds spent loading the volume, in the pipeline, saving the
+        result and writing the DICOM objects go to ``result.json``'s
+        ``"timings"`` (``load_s``, ``pipeline_s``, ``save_s``, ``write_s``).
+        """
         started = time.monotonic()
         try:
             pipeline = self.pipeline(task.pipeline)
+            mark = time.perf_counter()
             volume = load_series([Path(f) for f in task.files])
+            timings = {"load_s": time.perf_counter() - mark}
             spec = pipeline.input
             if volume.modality not in spec.modalities:
                 raise InputError(
@@ -127,9 +149,12 @@ class Worker:
                     f"{f'..{spec.max_slices}' if spec.max_slices else ' or more'} slices, "
                     f"the series has {slices}"
                 )
+            mark = time.perf_counter()
             result = pipeline.run(volume, self.device)
+            timings["pipeline_s"] = time.perf_counter() - mark
             result.check_grid(volume)
-            save_result(
+            mark = time.perf_counter()
+            result_dir = save_result(
                 result,
                 volume,
                 Path(task.result_dir),
@@ -137,8 +162,11 @@ class Worker:
                 version=pipeline.version,
                 device=self.device,
                 seconds=time.monotonic() - started,
+                timings=timings,
             )
+            save_s = time.perf_counter() - mark
             objects: tuple[Path, ...] = ()
+            write_s = 0.0
             if self.settings.writer is not None and task.outbox_dir is not None:
                 context = ResultContext(
                     job_id=task.job_id,
@@ -148,7 +176,10 @@ class Worker:
                     out_dir=Path(task.outbox_dir),
                     node_name=self.settings.node_name,
                 )
+                mark = time.perf_counter()
                 objects = self.settings.writer.write(result, volume, context)
+                write_s = time.perf_counter() - mark
+            record_timings(result_dir, {"save_s": save_s, "write_s": write_s})
             return Outcome(
                 task.job_id,
                 ok=True,
@@ -188,6 +219,11 @@ def worker_main(conn: Connection, settings: WorkerSettings, log_level: str) -> N
         return
     conn.send(("ready", worker.device))
     LOGGER.info("worker %d ready on %s", os.getpid(), worker.device)
+    for name in settings.preload:
+        try:
+            worker.pipeline(name)
+        except Exception as exc:  # noqa: BLE001 - a run of it will fail and record why
+            LOGGER.warning("worker %d: could not preload %s: %s", os.getpid(), name, exc)
     while True:
         task = conn.recv()
         if task is None:

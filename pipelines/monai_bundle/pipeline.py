@@ -1,0 +1,267 @@
+"""The ``monai-bundle`` pipeline: a site's MONAI bundle folder as a segmentation pipeline.
+
+The node YAML names the folder::
+
+    runner:
+      pipelines:
+        monai-bundle:
+          bundle: /srv/bundles/spleen_ct_segmentation
+
+and the runner hands it to :meth:`MonaiBundlePipeline.configure` before
+:meth:`~MonaiBundlePipeline.load` (``dicomnode run --bundle DIR`` does the
+same offline).
+
+How a volume is run
+-------------------
+1. The volume's array ``(slices, rows, columns)`` is turned to the bundle's
+   axes (:class:`~.orientation.Reorientation`: the config's ``Orientationd``
+   axis codes, usually RAS; without one, the loader's column, row, slice
+   order) and becomes a tensor ``(1, 1, X, Y, Z)``.
+2. The config's ``Spacingd``, ``ScaleIntensityRanged`` and
+   ``NormalizeIntensityd`` are redone in config order (:mod:`.bundle`).
+3. The config's ``inferer`` (e.g. ``SlidingWindowInferer``) runs the network.
+4. Back on the unresampled grid (trilinear on the logits), the label is the
+   argmax over channels (one channel: logit above 0, i.e. sigmoid above 0.5);
+   the config's ``postprocessing`` (softmax, ``Invertd``, ``AsDiscreted``,
+   ``SaveImaged``) is not run: its effect on the labels is this step.
+5. The label map goes back to the volume's grid by the inverse transposition
+   and flips, so it is in the source geometry voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+
+from dicomnode.protocol import (
+    Code,
+    InputRefused,
+    InputSpec,
+    Measurement,
+    ModelInfo,
+    PipelineResult,
+    Segment,
+    Volume,
+)
+
+from .bundle import Bundle, BundleError, read_bundle
+from .orientation import Reorientation
+
+__all__ = [
+    "ANATOMICAL_STRUCTURE",
+    "MILLILITER",
+    "SETTING",
+    "TISSUE",
+    "VOLUME",
+    "MonaiBundlePipeline",
+    "segment_type",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+SETTING = "runner.pipelines.monai-bundle.bundle"
+"""Where the node YAML names the bundle folder."""
+
+ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
+TISSUE = Code("85756007", "SCT", "Tissue")
+VOLUME = Code("118565006", "SCT", "Volume")
+MILLILITER = Code("mL", "UCUM", "milliliter")
+
+_TYPES = {
+    "spleen": Code("78961009", "SCT", "Spleen"),
+    "liver": Code("10200004", "SCT", "Liver"),
+    "kidney": Code("64033007", "SCT", "Kidney"),
+    "lung": Code("39607008", "SCT", "Lung"),
+}
+
+_VOLUMETRIC = frozenset({"CT", "MR", "PT", "NM", "US"})
+
+
+def segment_type(name: str) -> Code:
+    """The SNOMED CT type of a ``channel_def`` name: a few well-known organs,
+    else ``Tissue`` (the name itself then tells what the segment is)."""
+    key = name.strip().lower().replace("_", " ")
+    return _TYPES.get(key) or _TYPES.get(key.removesuffix("s")) or TISSUE
+
+
+class MonaiBundlePipeline:
+    """Run a MONAI bundle's network on a volume; one segment per output channel.
+
+    Labels are the bundle's output channels (channel 0 is background), named
+    from ``network_data_format.outputs.pred.channel_def`` of its metadata.
+    Each segment present gets its volume (mL). Provenance: the bundle's name,
+    version and the SHA-256 of ``models/model.pt`` (checked against the
+    checksum the bundle declares, if it declares one).
+
+    Parameters
+    ----------
+    bundle : Path, optional
+        The bundle folder; otherwise given by :meth:`configure`.
+    """
+
+    name: str = "monai-bundle"
+    version: str = "1.0.0"
+    input: InputSpec = InputSpec(modalities=_VOLUMETRIC, min_slices=1)
+
+    def __init__(self, bundle: Path | None = None) -> None:
+        self.bundle_dir = bundle
+        self._bundle: Bundle | None = None
+        self._device = "cpu"
+
+    def configure(self, options: Mapping[str, object]) -> None:
+        """Take the options of ``runner.pipelines.monai-bundle``: ``bundle`` (a folder).
+
+        Raises
+        ------
+        BundleError
+            If an option is not one this pipeline knows.
+        """
+        unknown = sorted(set(options) - {"bundle"})
+        if unknown:
+            raise BundleError(f"monai-bundle has no option {', '.join(unknown)}")
+        if options.get("bundle") is not None:
+            self.bundle_dir = Path(str(options["bundle"]))
+
+    @property
+    def bundle(self) -> Bundle:
+        """The loaded bundle.
+
+        Raises
+        ------
+        RuntimeError
+            Before :meth:`load`.
+        """
+        if self._bundle is None:
+            raise RuntimeError("monai-bundle: load() was not called")
+        return self._bundle
+
+    def load(self, device: str) -> None:
+        """Read the bundle, verify its weights and load its network on ``device``.
+
+        After loading, :attr:`input` accepts the modalities the bundle's
+        metadata declares for its image (all volumetric ones when it declares
+        none).
+
+        Raises
+        ------
+        BundleError
+            No bundle folder is configured (the message names
+            ``runner.pipelines.monai-bundle.bundle``), or the bundle cannot be
+            read or its weights loaded (see :func:`.bundle.read_bundle`). An
+            :class:`~dicomnode.protocol.InputRefused`, so the run is DEAD at
+            once: a retry cannot fix the configuration.
+        """
+        if self.bundle_dir is None:
+            raise BundleError(
+                "monai-bundle has no bundle folder: set "
+                f"{SETTING} in the node's YAML (dicomnode run: --bundle DIR)"
+            )
+        self._device = device
+        bundle = read_bundle(Path(self.bundle_dir), device)
+        self._bundle = bundle
+        if bundle.modalities:
+            self.input = InputSpec(modalities=bundle.modalities, min_slices=1)
+        LOGGER.info(
+            "monai-bundle: %s %s on %s (sha256 %s, labels %s)",
+            bundle.name,
+            bundle.version,
+            device,
+            bundle.sha256[:12],
+            ", ".join(bundle.labels.get(c, str(c)) for c in range(1, bundle.out_channels)),
+        )
+
+    def run(self, volume: Volume, device: str) -> PipelineResult:
+        """Segment ``volume`` with the bundle's network.
+
+        Parameters
+        ----------
+        volume : Volume
+            A volume of a modality the bundle declares.
+        device : str
+            Where the network runs (it moves there when loaded elsewhere).
+
+        Returns
+        -------
+        PipelineResult
+            ``label_map`` in the volume's grid, a segment and a volume
+            measurement per label present, the bundle's provenance, a summary.
+
+        Raises
+        ------
+        InputRefused
+            If the volume's modality is not the bundle's.
+        """
+        bundle = self.bundle
+        if volume.modality.upper() not in self.input.modalities:
+            raise InputRefused(
+                f"bundle {bundle.name} takes {', '.join(sorted(self.input.modalities))}, "
+                f"not {volume.modality or 'a series without Modality'}"
+            )
+        if device != self._device:
+            bundle.network.to(torch.device(device))
+            self._device = device
+        turn = Reorientation.of(volume, bundle.axcodes)
+        labels = turn.backward(
+            self._predict(turn.forward(volume.array), turn.spacing(volume.spacing))
+        )
+        return self._result(labels, volume)
+
+    def _predict(
+        self, array: NDArray[np.float32], spacing: tuple[float, float, float]
+    ) -> NDArray[np.uint8]:
+        """Labels (in the bundle's axes) of ``array`` (in the bundle's axes)."""
+        bundle = self.bundle
+        with torch.inference_mode():
+            image = torch.as_tensor(np.ascontiguousarray(array, dtype=np.float32))
+            image = image.to(torch.device(self._device))[None, None]
+            shape = tuple(image.shape[2:])
+            for step in bundle.steps:
+                image, spacing = step(image, spacing)
+            output = bundle.inferer(inputs=image, network=bundle.network)
+            if isinstance(output, tuple | list):
+                output = output[0]  # deep supervision: the full-resolution head
+            if isinstance(output, Mapping):
+                output = next(iter(output.values()))
+            logits = torch.as_tensor(output).float()
+            if tuple(logits.shape[2:]) != shape:
+                logits = F.interpolate(logits, size=shape, mode="trilinear", align_corners=False)
+            if logits.shape[1] == 1:
+                labels = (logits[0, 0] > 0).to(torch.uint8)
+            else:
+                labels = logits[0].argmax(dim=0).to(torch.uint8)
+            return np.asarray(labels.cpu().numpy(), dtype=np.uint8)
+
+    def _result(self, labels: NDArray[np.uint8], volume: Volume) -> PipelineResult:
+        bundle = self.bundle
+        counts = np.bincount(labels.reshape(-1), minlength=max(bundle.out_channels, 2))
+        names = {
+            value: bundle.labels.get(value) or f"Label {value}"
+            for value in range(1, max(bundle.out_channels, 2))
+        }
+        if bundle.out_channels == 1 and 0 in bundle.labels and 1 not in bundle.labels:
+            names[1] = bundle.labels[0]  # one sigmoid channel: channel 0 is the structure
+        segments: list[Segment] = []
+        measurements: list[Measurement] = []
+        parts: list[str] = []
+        for value, name in names.items():
+            voxels = int(counts[value]) if value < len(counts) else 0
+            if voxels == 0:
+                parts.append(f"{name} not found")
+                continue
+            segments.append(Segment(value, name, ANATOMICAL_STRUCTURE, segment_type(name)))
+            ml = voxels * volume.voxel_volume_ml
+            measurements.append(Measurement(VOLUME, ml, MILLILITER, value))
+            parts.append(f"{name} {ml:.1f} mL")
+        return PipelineResult(
+            label_map=labels,
+            segments=tuple(segments),
+            measurements=tuple(measurements),
+            models=(ModelInfo(bundle.name, bundle.version, bundle.sha256),),
+            summary=f"MONAI bundle {bundle.name} {bundle.version}: {'; '.join(parts)}.",
+        )
