@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import shutil
 import threading
 import time
@@ -123,11 +124,14 @@ class Dispatcher:
         self.store.start_exports()
         now = self.clock()
         due = self.store.due_deliveries(now)
+        held: set[int] = set()
         for (job_id, destination), group in groupby(due, key=lambda i: (i.job_id, i.destination)):
             items = list(group)
-            if job_id not in self._checked:
-                if self._gate(job_id):
-                    continue
+            if job_id in held:
+                continue  # nothing of a held run leaves the node, to any destination
+            if job_id not in self._checked and self._gate(job_id):
+                held.add(job_id)
+                continue
             self._deliver(job_id, destination, items)
         for job in self.store.settle_exports():
             LOGGER.info(
@@ -243,7 +247,8 @@ class Dispatcher:
         errors = []
         for path, reason in report.failed:
             errors.append(reason)
-            status = int(reason.split("0x", 1)[1], 16) if "status 0x" in reason else -1
+            found = re.search(r"status 0x([0-9A-Fa-f]{4})", reason)
+            status = int(found.group(1), 16) if found else -1
             (dead if status in PERMANENT_STATUSES else retry).append(by_path[str(path)])
         return Delivery(delivered, retry, dead, "; ".join(sorted(set(errors))))
 
@@ -261,6 +266,9 @@ class Dispatcher:
             for row in self.store.outbox(job_id)
             if row.kind == "dicom"
         }
+        # when the result was made: the same on every retry of the message
+        written = [t.at for t in self.store.history(job_id) if t.to_state == "RESULTS_WRITTEN"]
+        made = datetime.fromtimestamp(written[0] if written else job.updated_at, UTC)
         delivered: list[int] = []
         retry: list[int] = []
         dead: list[int] = []
@@ -277,7 +285,7 @@ class Dispatcher:
                 receiving_facility=target.receiving_facility,
                 sr_uid=objects.get("SR"),
                 seg_uid=objects.get("SEG"),
-                timestamp=datetime.now(UTC),
+                timestamp=made,
             )
             try:
                 deliver(message, target.host, target.port, timeout=target.timeout_seconds)
@@ -305,6 +313,8 @@ class Dispatcher:
                 self.tick()
             except JobStoreError as exc:
                 LOGGER.error("export: job store error, retrying: %s", exc)
+            except Exception:
+                LOGGER.exception("export: unexpected error; the next poll tries again")
             self._stop.wait(self.config.poll_seconds)
 
     def stop(self) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context
 
 from dicomnode.errors import SendError
@@ -84,6 +84,35 @@ def _contexts(files: list[OutgoingFile]) -> list[Any]:
     return contexts
 
 
+def _unsupported(sop_class_uid: str) -> str:
+    """The failure of an object whose SOP class the peer accepted no context for.
+
+    It reads as DIMSE status 0x0122 (SOP Class Not Supported): the peer does
+    not take this kind of object, and sending it again will not change that.
+    """
+    name = UID(sop_class_uid).name
+    named = sop_class_uid if name == sop_class_uid else f"{name}, {sop_class_uid}"
+    return f"status 0x0122 (SOP class not supported by the peer: {named})"
+
+
+def _refused_classes(assoc: Any) -> set[str]:
+    """SOP classes the peer answered for but accepted no presentation context for.
+
+    A class whose contexts were all refused only for their transfer syntaxes
+    (result 0x04) is supported by the peer, just not in those encodings, and
+    is not counted. Empty when the peer did not answer the proposal.
+    """
+    accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+    results: dict[str, set[int]] = {}
+    for cx in assoc.rejected_contexts:
+        results.setdefault(str(cx.abstract_syntax), set()).add(int(cx.result or 0))
+    return {
+        sop_class
+        for sop_class, codes in results.items()
+        if sop_class not in accepted and codes != {0x04}
+    }
+
+
 def send_files(
     files: list[OutgoingFile],
     host: str,
@@ -115,7 +144,11 @@ def send_files(
     Returns
     -------
     SendReport
-        Which files were stored and which failed, with the reason.
+        Which files were stored and which failed, with the reason. A file
+        whose SOP class the peer accepted no presentation context for fails
+        with ``"status 0x0122 (SOP class not supported by the peer: ...)"``
+        and is not sent; so do all files when the peer accepted none of the
+        proposed SOP classes (pynetdicom then aborts the association).
 
     Raises
     ------
@@ -131,7 +164,15 @@ def send_files(
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
     assoc = ae.associate(host, port, ae_title=called_aet)
+    refused = _refused_classes(assoc) if not assoc.is_rejected else set()
     if not assoc.is_established:
+        if assoc.is_aborted and refused >= {item.sop_class_uid for item in files}:
+            # the peer answered, but takes none of these SOP classes
+            for item in files:
+                report.failed.append((item.path, _unsupported(item.sop_class_uid)))
+                if on_sent is not None:
+                    on_sent(item, -1)
+            return report
         reason = "rejected" if assoc.is_rejected else "could not be established"
         raise SendError(f"association with {called_aet} at {host}:{port} {reason}")
     try:
@@ -140,7 +181,9 @@ def send_files(
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for item in files:
             status_code = -1
-            if not assoc.is_established:
+            if item.sop_class_uid in refused:
+                report.failed.append((item.path, _unsupported(item.sop_class_uid)))
+            elif not assoc.is_established:
                 report.failed.append((item.path, "association lost"))
             else:
                 try:

@@ -745,7 +745,7 @@ class SQLiteJobStore:
         with self._write() as cur:
             cur.executemany(
                 "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, "
-                "next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                "next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = 'PENDING'",
                 [(state, error, next_attempt_at, now, item_id) for item_id in item_ids],
             )
 

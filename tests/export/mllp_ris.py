@@ -1,17 +1,19 @@
 """A RIS on loopback for the HL7 tests: hl7apy's MLLP server, not our code.
 
 :class:`RIS` runs :class:`hl7apy.mllp.MLLPServer` on 127.0.0.1 and a free
-port in a thread. It records every message it receives (the ER7 text as the
-server decoded it) and answers with a configurable ACK built with hl7apy:
-``AA``, ``AE``, ``AR``, ``AA`` for another control ID (``"wrong-id"``), or
-nothing at all (``"none"``: the connection is held open until the test ends
-or ``hold`` seconds pass).
+port (or a given one) in a thread. It records every message it receives (the
+ER7 text as the server decoded it) and answers with a configurable ACK built
+with hl7apy: ``AA``, ``AE``, ``AR``, ``AA`` for another control ID
+(``"wrong-id"``), or nothing at all (``"none"``: the connection is held open
+until the test ends or ``hold`` seconds pass). A sequence of answers is used
+in order, one per message received, the last one for every later message:
+``["none", "AA"]`` leaves the first message unanswered and ACKs the rest.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -26,8 +28,11 @@ ORU_TYPE = "ORU^R01^ORU_R01"
 class RIS:
     """State shared by the server's handler threads."""
 
-    def __init__(self, answer: str, reason: str, hold: float) -> None:
-        self.answer = answer
+    def __init__(self, answer: str | Sequence[str], reason: str, hold: float) -> None:
+        self.answers = [answer] if isinstance(answer, str) else list(answer)
+        if not self.answers:
+            raise ValueError("the RIS needs at least one answer")
+        self.answer = self.answers[0]
         self.reason = reason
         self.hold = hold
         self.received: list[str] = []
@@ -43,6 +48,10 @@ class RIS:
         with self.lock:
             return list(self.received)
 
+    def answer_for(self, index: int) -> str:
+        """The answer to the message received ``index``-th (from 0)."""
+        return self.answers[min(index, len(self.answers) - 1)]
+
 
 class _Handler(AbstractHandler):  # type: ignore[misc]
     def __init__(self, message: str, ris: RIS) -> None:
@@ -52,14 +61,15 @@ class _Handler(AbstractHandler):  # type: ignore[misc]
     def reply(self) -> str:
         ris = self.ris
         with ris.lock:
+            answer = ris.answer_for(len(ris.received))
             ris.received.append(self.incoming_message)
-        if ris.answer == "none":
+        if answer == "none":
             ris.stopping.wait(ris.hold)
             raise ConnectionAbortedError("the RIS never answers")
         incoming = parse_message(self.incoming_message)
         control_id = incoming.msh.msh_10.to_er7()
-        code = "AA" if ris.answer == "wrong-id" else ris.answer
-        if ris.answer == "wrong-id":
+        code = "AA" if answer == "wrong-id" else answer
+        if answer == "wrong-id":
             control_id = "NOT-" + control_id
         ack = Message("ACK", version="2.5.1")
         ack.msh.msh_3 = "RIS"
@@ -83,10 +93,16 @@ class _Handler(AbstractHandler):  # type: ignore[misc]
 
 
 @contextmanager
-def running_ris(answer: str = "AA", reason: str = "", hold: float = 30.0) -> Iterator[RIS]:
-    """Run the RIS for the ``with`` block; ``answer`` is AA, AE, AR, wrong-id or none."""
+def running_ris(
+    answer: str | Sequence[str] = "AA", reason: str = "", hold: float = 30.0, port: int = 0
+) -> Iterator[RIS]:
+    """Run the RIS for the ``with`` block on ``port`` (0: a free one).
+
+    ``answer`` is AA, AE, AR, wrong-id or none, or a sequence of them used in
+    order (the last one for every later message).
+    """
     ris = RIS(answer, reason, hold)
-    server = MLLPServer("127.0.0.1", 0, {ORU_TYPE: (_Handler, ris)}, timeout=10)
+    server = MLLPServer("127.0.0.1", port, {ORU_TYPE: (_Handler, ris)}, timeout=10)
     server.daemon_threads = True
     ris.server = server
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
