@@ -29,10 +29,13 @@ LOGGER = logging.getLogger(__name__)
 
 
 def read_sources(volume: Volume, files: Sequence[Path]) -> list[Dataset]:
-    """The source datasets in volume order (a multi-frame file repeats)."""
+    """The source datasets in volume order (a multi-frame file repeats).
+
+    Pixel data is deferred: read from the file only if a writer needs it (the
+    overlays do; the SEG and SR need the headers only)."""
     by_uid: dict[str, Dataset] = {}
     for path in files:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, defer_size=4096)
         by_uid[str(ds.SOPInstanceUID)] = ds
     missing = [s.sop_instance_uid for s in volume.sources if s.sop_instance_uid not in by_uid]
     if missing:
