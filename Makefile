@@ -34,8 +34,8 @@ peers:
 	fi
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check dicomnode pipelines tests bench
-	$(VENV)/bin/ruff format --check dicomnode pipelines tests bench
+	$(VENV)/bin/ruff check dicomnode pipelines tests bench models
+	$(VENV)/bin/ruff format --check dicomnode pipelines tests bench models
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
