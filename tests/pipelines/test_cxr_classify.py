@@ -473,3 +473,73 @@ def test_runs_on_cuda(model: ModelFile, cases: dict[str, tuple[Path, tuple[int, 
     for a, b in zip(result.findings, expected.findings, strict=True):
         assert a.probability == pytest.approx(b.probability, abs=1e-3)
     assert result.heatmaps[0].array.shape == volume.array.shape
+
+
+@pytest.mark.peers
+@pytest.mark.slow
+def test_a_dx_pushed_to_the_node_yields_sr_overlay_and_a_flagged_oru(
+    trained: Any,
+    cases: dict[str, tuple[Path, tuple[int, int]]],
+    make_settings: Any,
+    start_node: Any,
+    tmp_path: Path,
+) -> None:
+    """The issue's end to end: a DX image in, an SR, a heatmap overlay and an ORU with
+    the finding and its abnormal flag out, all delivered."""
+    from dicomnode.jobs import JobState
+    from tests.conftest import open_store
+    from tests.export.mllp_ris import running_ris
+    from tests.helpers import storescu, wait_for
+    from tests.results.helpers import dciodvfy
+
+    with running_ris("AA") as ris:
+        settings = make_settings(
+            assembly={"quiet_seconds": 0.5, "poll_seconds": 0.1},
+            runner={
+                "enabled": True,
+                "device": "cpu",
+                "threads": 1,
+                "poll_seconds": 0.1,
+                "models_dir": str(trained.manifest.parent),
+            },
+            routing={
+                "rules": [
+                    {
+                        "name": "chest-xray",
+                        "match": {"series": {"Modality": {"one_of": ["DX", "CR"]}}},
+                        "pipeline": "cxr-classify",
+                        "destinations": ["pacs"],
+                        "notify": ["ris"],
+                    }
+                ]
+            },
+            destinations={
+                "pacs": {"type": "folder", "path": str(tmp_path / "pacs")},
+                "ris": {"type": "hl7", "host": "127.0.0.1", "port": ris.port},
+            },
+            export={"poll_seconds": 0.2},
+        )
+        start_node(settings)
+        path, _ = cases["nodule"]
+        assert storescu([path], settings.node.port).returncode == 0
+        store = open_store(settings)
+
+        def finished() -> Any:
+            runs = [j for j in store.jobs() if j.kind == "run"]
+            ok = runs and runs[0].state in (JobState.DONE, JobState.DEAD)
+            return runs[0] if ok else None
+
+        run = wait_for(finished, 120, "the cxr-classify run to finish", interval=0.3)
+        assert run.state == JobState.DONE, run.reason
+        delivered = sorted((tmp_path / "pacs").rglob("*.dcm"))
+        kinds = sorted(p.name.split("_")[0] for p in delivered)
+        assert "SR" in kinds and "OT" in kinds and "SEG" not in kinds, kinds
+        for object_path in delivered:
+            errors, _ = dciodvfy(object_path)
+            assert errors == [], (object_path.name, errors)
+        assert len(ris.received) == 1
+        oru = ris.received[0].replace("\n", "\r")
+        flagged = [
+            line for line in oru.split("\r") if line.startswith("OBX|") and "27925004" in line
+        ]
+        assert flagged and flagged[0].split("|")[8] == "A", flagged
