@@ -46,6 +46,7 @@ bench: peers $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/pipeline.py
 	$(PY) bench/e2e.py
+	$(PY) bench/cxr.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .mypy_cache .ruff_cache .pytest_cache
