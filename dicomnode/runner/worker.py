@@ -18,7 +18,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from dicomnode.errors import InputError, ModelError, RunnerError, VolumeError
-from dicomnode.protocol import InputRefused, ModelFile, Pipeline, ResultContext, ResultWriter
+from dicomnode.protocol import (
+    InputRefused,
+    ModelFile,
+    Pipeline,
+    PipelineResult,
+    ResultContext,
+    ResultWriter,
+)
 from dicomnode.resultfile import record_timings, save_result
 from dicomnode.runner.manifest import verify_model
 from dicomnode.runner.registry import PipelineRegistry
@@ -183,7 +190,7 @@ class Worker:
             return Outcome(
                 task.job_id,
                 ok=True,
-                summary=result.summary or "result saved",
+                summary=_with_provenance(result.summary or "result saved", result),
                 objects=tuple(str(p) for p in objects),
             )
         except (VolumeError, ModelError, InputError, RunnerError, InputRefused) as exc:
@@ -201,6 +208,14 @@ class Worker:
                 summary=f"{type(exc).__name__}: {exc}",
                 traceback=traceback.format_exc(),
             )
+
+
+def _with_provenance(summary: str, result: PipelineResult) -> str:
+    """The summary with the models that made it, as the job store records it."""
+    if not result.models:
+        return summary
+    models = "; ".join(f"{m.name} {m.version} sha256 {m.sha256}" for m in result.models)
+    return f"{summary} [models: {models}]"
 
 
 def worker_main(conn: Connection, settings: WorkerSettings, log_level: str) -> None:

@@ -152,6 +152,8 @@ def test_models_stay_loaded_and_a_dead_run_can_be_retried(
     assert model.state == JobState.DONE
     result, _ = load_result(Path(model.result_dir))
     assert result.models[0].sha256 == hashlib.sha256(b"0.5").hexdigest()
+    # provenance in the job store too: the run's recorded reason names the model
+    assert f"tiny-model 1.2.3 sha256 {result.models[0].sha256}" in (model.reason or "")
 
     dead = final(store, push(ct_series, port, "raises").study_uid)
     assert dead.state == JobState.DEAD
