@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
-from dicomnode.protocol import PipelineResult, ResultContext, Volume
+from dicomnode.protocol import InputRefused, PipelineResult, ResultContext, Volume
 from dicomnode.results.overlay import build_overlays
 from dicomnode.results.seg import build_segmentation
 from dicomnode.results.sr import build_report
@@ -49,8 +50,21 @@ class DicomResultWriter:
     def write(
         self, result: PipelineResult, volume: Volume, context: ResultContext
     ) -> tuple[Path, ...]:
-        """Write every object for ``result``; return their paths."""
+        """Write every object for ``result``; return their paths.
+
+        Raises
+        ------
+        InputRefused
+            The sources' Patient Name holds several values (a backslash in the
+            name): no object is written under an ambiguous patient name.
+        """
         sources = read_sources(volume, context.source_files)
+        name = sources[0].get("PatientName") if sources else None
+        if isinstance(name, MultiValue) and len(name) > 1:
+            raise InputRefused(
+                f"the source's Patient Name holds {len(name)} values (a backslash in the "
+                "name); no result is written under an ambiguous patient name"
+            )
         objects: list[Dataset] = []
         segmentation = build_segmentation(result, volume, sources, context)
         if segmentation is not None:

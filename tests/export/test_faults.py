@@ -178,9 +178,8 @@ def test_no_ack_is_resent_with_the_same_control_id(make_settings, start_node, ct
             id="backslash",
             marks=pytest.mark.xfail(
                 strict=True,
-                reason="a backslash makes the PN two values (VM 2): the SEG writer fails on "
-                "it (highdicom: 'Invalid type for a person name') and the run is retried; "
-                "the ORU would take str() of pydicom's MultiValue, not the raw text",
+                reason="a backslash makes the PN two values (VM 2): the result writer "
+                "refuses an ambiguous patient name, so the run is DEAD and no ORU is sent",
             ),
         ),
     ],
