@@ -314,6 +314,9 @@ class Dispatcher:
             except JobStoreError as exc:
                 LOGGER.error("export: job store error, retrying: %s", exc)
             except Exception:
+                # The thread boundary: an unforeseen error in one delivery (a bug, a
+                # malformed object) must not stop every later export silently. It is
+                # logged with its traceback; the rows stay PENDING and are tried again.
                 LOGGER.exception("export: unexpected error; the next poll tries again")
             self._stop.wait(self.config.poll_seconds)
 

@@ -139,8 +139,6 @@ class StoreHandler:
             LOGGER.warning("refused an undecodable dataset from %s: %s", calling_ae, exc)
             return CANNOT_UNDERSTAND
         try:
-            sop_uid = validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
-            sop_class = validate_uid(ds.get("SOPClassUID"), "SOPClassUID")
             uids = instance_uids(ds)
         except InvalidUIDError as exc:
             LOGGER.warning("refused an instance from %s: %s", calling_ae, exc)
@@ -149,7 +147,7 @@ class StoreHandler:
             LOGGER.warning("refused an undecodable dataset from %s: %s", calling_ae, exc)
             return CANNOT_UNDERSTAND
         request = event.request
-        if sop_uid != str(request.AffectedSOPInstanceUID).rstrip("\x00 ") or sop_class != str(
+        if uids.sop != str(request.AffectedSOPInstanceUID).rstrip("\x00 ") or uids.sop_class != str(
             request.AffectedSOPClassUID
         ).rstrip("\x00 "):
             LOGGER.warning("refused an instance from %s: UIDs differ from the command", calling_ae)
