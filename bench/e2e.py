@@ -40,7 +40,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -53,7 +52,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import yaml
@@ -61,81 +59,28 @@ from hl7apy.core import Message
 from hl7apy.exceptions import HL7apyException
 from hl7apy.mllp import AbstractHandler, MLLPServer
 from hl7apy.parser import parse_message
+from peers import (
+    CALLING_AET,
+    CHILD_ENV,
+    ORTHANC,
+    BenchError,
+    echo,
+    free_port,
+    on_sigterm,
+    start,
+    stop,
+    table,
+    tail,
+)
 
 from dicomnode.synthetic import write_ct_series
 
-CALLING_AET = "BENCH"
 NODE_AET = "DICOMNODE"
 ORTHANC_AET = "ORTHANC"
-ORTHANC = "/usr/sbin/Orthanc"
 ORU_TYPE = "ORU^R01^ORU_R01"
 POLL = 0.2
 READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 40.0
 REPO = Path(__file__).resolve().parent.parent
-# DCMTK and Orthanc read TCP_NODELAY; the node sets it on every socket itself.
-CHILD_ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-class BenchError(Exception):
-    """A peer failed to start, or the run failed its checks."""
-
-
-# -- processes and ports ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    """The last lines of a log file, indented, for error messages."""
-    try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return "    (no log)"
-    return "\n".join("    " + line for line in text) or "    (empty log)"
-
-
-def start(argv: Sequence[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    """Start a peer in its own process group, its output going to ``log``."""
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=CHILD_ENV,
-            start_new_session=True,
-        )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> int | None:
-    """SIGTERM the process, wait, then SIGKILL whatever is left of its group (the node's
-    workers), even when interrupted. Returns the exit status, or None when it was killed."""
-    status: int | None = proc.poll()
-    try:
-        if status is None:
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                status = proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                status = None
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
-    return status
 
 
 def wait_until(ready: Any, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
@@ -148,19 +93,6 @@ def wait_until(ready: Any, proc: subprocess.Popen[bytes], what: str, log: Path) 
             return
         time.sleep(0.2)
     raise BenchError(f"{what} not ready after {READY_TIMEOUT:.0f} s:\n{tail(log)}")
-
-
-def echo(aet: str, port: int) -> bool:
-    """Whether a C-ECHO to the peer succeeds."""
-    result = subprocess.run(
-        ["echoscu", "-to", "5", "-aet", CALLING_AET, "-aec", aet, "127.0.0.1", str(port)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=CHILD_ENV,
-        check=False,
-    )
-    return result.returncode == 0
 
 
 # -- the PACS -----------------------------------------------------------------------------------
@@ -588,20 +520,6 @@ def report(record: Record, quiet: float) -> tuple[list[list[str]], str]:
         f"(target ≤ 30 %)"
     )
     return rows, target
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
-def on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """Exit through the finally blocks; a second SIGTERM must not interrupt the cleanup."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sys.exit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

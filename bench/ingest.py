@@ -41,7 +41,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,95 +52,27 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import ClassVar
+
+from peers import (
+    CALLING_AET,
+    CHILD_ENV,
+    ORTHANC,
+    STOP_TIMEOUT,
+    BenchError,
+    echo,
+    free_port,
+    on_sigterm,
+    start,
+    stop,
+    table,
+    tail,
+)
 
 from dicomnode.synthetic import write_ct_series
 
-CALLING_AET = "BENCH"
-ORTHANC = "/usr/sbin/Orthanc"
 READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 40.0
 PARALLEL = 4
-# DCMTK and Orthanc read TCP_NODELAY; the node sets it on every socket itself.
-CHILD_ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-class BenchError(Exception):
-    """A receiver failed to start or a push failed its checks."""
-
-
-# -- processes and ports ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    """The last lines of a log file, indented, for error messages."""
-    try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return "    (no log)"
-    return "\n".join("    " + line for line in text) or "    (empty log)"
-
-
-def start(argv: Sequence[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    """Start a receiver in its own process group, its output going to ``log``."""
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=CHILD_ENV,
-            start_new_session=True,
-        )
-
-
-def stop(proc: subprocess.Popen[bytes], *, group: bool) -> int | None:
-    """SIGTERM the process (or its whole group), wait, then SIGKILL whatever is left of the
-    group, even when interrupted. Returns the exit status, or None when it had to be killed."""
-    status: int | None = proc.poll()
-    try:
-        if status is None:
-            try:
-                if group:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                else:
-                    proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                status = proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                status = None
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # stray children (storescp forks, node workers)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
-    return status
-
-
-def echo(aet: str, port: int) -> bool:
-    """Whether a C-ECHO to the receiver succeeds."""
-    result = subprocess.run(
-        ["echoscu", "-to", "5", "-aet", CALLING_AET, "-aec", aet, "127.0.0.1", str(port)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=CHILD_ENV,
-        check=False,
-    )
-    return result.returncode == 0
 
 
 def http_ok(url: str) -> bool:
@@ -441,14 +372,6 @@ def fmt_rate(row: Row, associations: int) -> str:
     return f"{rate:.1f}" if rate is not None else "FAILED"
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
 def ratios(nodes: Sequence[Row], orthanc: Row, storescp: Sequence[Row]) -> list[str]:
     """Lines like ``node(4 proc)/Orthanc over 4 assoc: 1.12x``."""
     lines: list[str] = []
@@ -464,12 +387,6 @@ def ratios(nodes: Sequence[Row], orthanc: Row, storescp: Sequence[Row]) -> list[
                 value = f"{rate / base:.2f}x" if rate and base else "n/a"
                 lines.append(f"{who}/{other} over {associations} assoc: {value}")
     return lines
-
-
-def on_sigterm(signum: int, frame: FrameType | None) -> None:
-    """Exit through the finally blocks; a second SIGTERM must not interrupt the cleanup."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sys.exit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
