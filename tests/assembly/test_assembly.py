@@ -71,11 +71,12 @@ def test_gaps_longer_than_the_quiet_period_open_new_rounds(make_settings, start_
     for round_no, part in enumerate((series.paths[:3], series.paths[3:6], series.paths[6:]), 1):
         assert store_statuses(storescu(part, settings.node.port).stderr) == ["Success"] * 3
 
-        def completed(n: int = round_no) -> bool:
+        def settled(n: int = round_no) -> bool:
+            # COMPLETE is passed through on the way to DISCARDED (no rules): wait for the end
             rounds = store.jobs(study_instance_uid=series.study_uid)
-            return sum(j.state != JobState.RECEIVED for j in rounds) == n
+            return sum(j.state == JobState.DISCARDED for j in rounds) == n
 
-        wait_for(completed, 20, f"round {round_no} to complete")
+        wait_for(settled, 20, f"round {round_no} to complete and be discarded")
     jobs = sorted(store.jobs(study_instance_uid=series.study_uid), key=lambda j: j.round)
     assert [(j.round, j.instance_count) for j in jobs] == [(1, 3), (2, 3), (3, 3)]
     for job in jobs:  # each round completed once, then (no rules) discarded
