@@ -58,6 +58,15 @@ class IngressConfig(_Model):
         ge=0,
         description="Largest PDU the node accepts, in bytes; 0 means no limit.",
     )
+    poll_interval_ms: float = Field(
+        default=0.2,
+        gt=0,
+        le=100,
+        description=(
+            "How long an open association's network loop sleeps when it has nothing to do, "
+            "in milliseconds: lower answers sooner, higher costs less CPU while idle."
+        ),
+    )
     max_associations: int = Field(default=32, ge=1)
     acse_timeout: float = Field(default=30.0, gt=0)
     dimse_timeout: float = Field(default=60.0, gt=0)

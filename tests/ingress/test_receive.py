@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from dicomnode.config import Settings
 from dicomnode.jobs import JobState
@@ -250,3 +252,19 @@ def test_several_receiving_processes_share_the_port(make_settings, start_node, c
     assert len(spool_files(settings)) == 40
     jobs = open_store(settings).jobs()
     assert [(j.round, j.instance_count) for j in jobs] == [(1, 40)]
+
+
+def test_open_associations_poll_at_the_configured_interval(make_settings, start_node):
+    settings = make_settings(ingress={"poll_interval_ms": 5})
+    node = start_node(settings)
+    ae = AE(ae_title=SCANNER_AET)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", settings.node.port, ae_title=NODE_AET)
+    try:
+        assert assoc.is_established
+        assert node.ingress is not None
+        (accepted,) = node.ingress._server.active_associations
+        assert accepted.dul._run_loop_delay == pytest.approx(0.005)
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
