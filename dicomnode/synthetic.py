@@ -366,6 +366,34 @@ def dx_projection(rows: int, columns: int, phantom: Phantom | None = None) -> ND
     return values
 
 
+def display_window(values: NDArray[Any], top: int, inverted: bool = False) -> tuple[int, int]:
+    """A VOI window (center, width) as a modality sets one: the 1st to 99th
+    percentile of the image's values.
+
+    Parameters
+    ----------
+    values : ndarray
+        The image as displayed (bright = attenuating), before any MONOCHROME1
+        inversion.
+    top : int
+        The largest stored value (``2**BitsStored - 1``).
+    inverted : bool
+        The stored values are ``top - values`` (MONOCHROME1): the window is
+        mirrored so that both display the same.
+
+    Returns
+    -------
+    tuple of int
+        Window Center and Window Width (at least 2).
+    """
+    low, high = (float(v) for v in np.percentile(values, (1.0, 99.0)))
+    center = round((low + high) / 2.0)
+    width = max(2, round(high - low))
+    # LINEAR windowing maps x to (x - (c - 0.5)) / (w - 1) + 0.5: mirroring the
+    # values (top - x) mirrors the window about (top + 1) / 2
+    return (top + 1 - center if inverted else center), width
+
+
 def write_dx_image(
     path: Path,
     rows: int = 256,
@@ -422,6 +450,7 @@ def write_dx_image(
     if view_position not in _DX_VIEWS:
         raise ValueError(f"view_position must be one of {sorted(_DX_VIEWS)}, got {view_position!r}")
     values = dx_projection(rows, columns, phantom)
+    center, width = display_window(values, 4095, inverted=photometric == "MONOCHROME1")
     if photometric == "MONOCHROME1":
         values = (4095 - values).astype(np.uint16)
     study_uid = study_uid or generate_uid()
@@ -471,8 +500,8 @@ def write_dx_image(
     ds.PresentationLUTShape = "IDENTITY" if photometric == "MONOCHROME2" else "INVERSE"
     ds.LossyImageCompression = "00"
     ds.BurnedInAnnotation = "NO"
-    ds.WindowCenter = "2048"
-    ds.WindowWidth = "4096"
+    ds.WindowCenter = str(center)
+    ds.WindowWidth = str(width)
     ds.PixelData = values.tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)

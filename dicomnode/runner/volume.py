@@ -111,6 +111,9 @@ ATTRIBUTE_KEYWORDS = (
     "ImageLaterality",
     "SeriesDescription",
     "Manufacturer",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
 )
 """Header values copied into ``Volume.attributes`` when present (never patient data)."""
 

@@ -41,7 +41,7 @@ from dicomnode.results.overlay import build_overlays
 from dicomnode.results.sr import build_report
 from dicomnode.runner.manifest import verify_model
 from dicomnode.runner.volume import load_series
-from dicomnode.synthetic import dx_projection, write_dx_image
+from dicomnode.synthetic import display_window, dx_projection, write_dx_image
 from pipelines.cxr_classify import CXRClassifyPipeline
 from pipelines.cxr_classify.preprocess import fit, preprocess
 from tests.helpers import require_tool
@@ -96,11 +96,13 @@ def radiograph(
         values[disc(where, PNEUMOTHORAX_RADIUS)] -= 800.0
     top = (1 << bits) - 1
     values = np.clip(values * (top / 4095.0), 0, top)
+    center, width = display_window(values, top, inverted=photometric == "MONOCHROME1")
     if photometric == "MONOCHROME1":
         values = top - values
     write_dx_image(path, SIZE, SIZE, photometric=photometric, view_position=view_position)
     ds = pydicom.dcmread(path)
     ds.BitsStored, ds.HighBit = bits, bits - 1
+    ds.WindowCenter, ds.WindowWidth = str(center), str(width)  # as the modality would
     ds.PixelData = np.rint(values).astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path, centre
@@ -233,11 +235,31 @@ def test_monochrome1_and_monochrome2_give_the_same_tensor(tmp_path: Path) -> Non
 
 
 def test_bit_depth_does_not_change_the_tensor(tmp_path: Path) -> None:
-    volume = load_series([write_dx_image(tmp_path / "dx.dcm", 64, 64).paths[0]])
+    loaded = load_series([write_dx_image(tmp_path / "dx.dcm", 64, 64).paths[0]])
+    # without a window in the header, the percentile window adapts to any depth
+    attributes = {k: v for k, v in loaded.attributes.items() if not k.startswith("Window")}
+    volume = dataclasses.replace(loaded, attributes=attributes)
     deep = dataclasses.replace(volume, array=volume.array * 16.0 + 1000.0)  # 16 bit, offset
     torch.testing.assert_close(
         preprocess(deep, (GRID, GRID))[0], preprocess(volume, (GRID, GRID))[0], rtol=0, atol=1e-6
     )
+
+
+def test_the_header_window_is_the_one_used(tmp_path: Path) -> None:
+    path = write_dx_image(tmp_path / "dx.dcm", 64, 64).paths[0]
+    loaded = load_series([path])
+    assert {"WindowCenter", "WindowWidth"} <= set(loaded.attributes)
+    ds = pydicom.dcmread(path)
+    ds.WindowCenter, ds.WindowWidth = "1000", "400"  # a narrow window, as a reader might set
+    ds.save_as(path, enforce_file_format=True)
+    narrow = load_series([path])
+    assert (narrow.attributes["WindowCenter"], narrow.attributes["WindowWidth"]) == ("1000", "400")
+    x = narrow.array[0].astype(np.float64)
+    expected = np.clip((x - 999.5) / 399.0 + 0.5, 0.0, 1.0)
+    grid, placement = preprocess(narrow, (64, 64))
+    assert placement.content_shape == (64, 64)
+    np.testing.assert_allclose(grid[0].numpy(), expected, atol=1e-6)
+    assert not torch.allclose(grid, preprocess(loaded, (64, 64))[0])
 
 
 def test_resize_keeps_aspect_and_maps_back_exactly() -> None:
