@@ -40,6 +40,41 @@ from dicomnode.protocol import (
 
 RESULT_JSON = "result.json"
 LABEL_MAP = "label_map.npy"
+STAGING_MARK = ".tmp-"
+"""What the name of a file or folder being written carries until it is renamed into place."""
+
+
+def staging_path(final: Path) -> Path:
+    """A fresh temporary name beside ``final`` to write under before renaming."""
+    return final.with_name(f"{final.name}{STAGING_MARK}{secrets.token_hex(4)}")
+
+
+def remove_staging(root: Path) -> int:
+    """Remove what a crash left half-written under ``root``: result and outbox
+    folders and ``result.json`` files still under their temporary names.
+
+    Only call it while nothing writes under ``root`` (at start-up, before the
+    workers). Returns how many were removed.
+    """
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for entry in root.iterdir():
+        if STAGING_MARK in entry.name:
+            _remove(entry)
+            removed += 1
+        elif entry.is_dir() and not entry.is_symlink():
+            for inner in entry.glob(f"{RESULT_JSON}{STAGING_MARK}*"):
+                _remove(inner)
+                removed += 1
+    return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _code(data: dict[str, str]) -> Code:
@@ -64,7 +99,7 @@ def save_result(
     ``result.json`` under ``"timings"``; :func:`record_timings` adds later ones.
     """
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.with_name(f"{directory.name}.tmp-{secrets.token_hex(4)}")
+    staging = staging_path(directory)
     staging.mkdir()
     try:
         document: dict[str, Any] = {
@@ -120,7 +155,7 @@ def record_timings(directory: Path, timings: Mapping[str, float]) -> None:
     path = directory / RESULT_JSON
     document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     document["timings"] = {**document.get("timings", {}), **_rounded(timings)}
-    staging = path.with_name(f"{RESULT_JSON}.tmp-{secrets.token_hex(4)}")
+    staging = staging_path(path)
     try:
         with staging.open("w", encoding="utf-8") as handle:
             handle.write(json.dumps(document, indent=1))

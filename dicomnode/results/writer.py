@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from dicomnode.protocol import InputRefused, PipelineResult, ResultContext, Volume
+from dicomnode.resultfile import staging_path
 from dicomnode.results.overlay import build_overlays
 from dicomnode.results.seg import build_segmentation
 from dicomnode.results.sr import build_report
@@ -78,7 +78,7 @@ class DicomResultWriter:
     @staticmethod
     def _save(objects: list[Dataset], out_dir: Path) -> tuple[Path, ...]:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = out_dir.with_name(f"{out_dir.name}.tmp-{secrets.token_hex(4)}")
+        staging = staging_path(out_dir)
         staging.mkdir()
         names: list[str] = []
         try:

@@ -19,6 +19,7 @@ from dicomnode.config.schema import RunnerConfig
 from dicomnode.errors import JobStoreError
 from dicomnode.jobs import Job, SQLiteJobStore
 from dicomnode.protocol import ResultWriter
+from dicomnode.resultfile import remove_staging
 from dicomnode.runner.pool import WorkerPool
 from dicomnode.runner.registry import PipelineRegistry
 from dicomnode.runner.worker import Outcome, Task, WorkerSettings
@@ -113,7 +114,12 @@ class Runner:
         return self.config.max_attempts
 
     def start(self) -> None:
-        """Requeue runs a stopped node left RUNNING, start workers and polling."""
+        """Remove what a stopped node left half-written, requeue runs it left
+        RUNNING, start workers and polling."""
+        for root in filter(None, (self.results_root, self.outbox_root)):
+            removed = remove_staging(root)
+            if removed:
+                LOGGER.info("removed %d half-written result(s) left in %s", removed, root)
         orphans = self.store.requeue_orphans("the node stopped during the run")
         if orphans:
             LOGGER.warning("requeued %d run(s) left RUNNING by an earlier stop", len(orphans))

@@ -200,3 +200,26 @@ def test_results_go_to_the_outbox_and_on_to_every_destination(
     for folder in ("pacs", "archive"):
         got = sorted(p.name for p in (tmp_path / folder / series.study_uid).rglob("*.dcm"))
         assert got == [Path(p).name for p in objects]
+
+
+def test_half_written_results_left_by_a_crash_are_removed_at_start(
+    make_settings, start_node, tmp_path
+):
+    settings = runner_settings(make_settings, tmp_path, workers=1)
+    results = settings.storage.data_dir / "results"
+    outbox = settings.storage.spool_path / "outbox"
+    kept = results / "job-3"
+    kept.mkdir(parents=True)
+    (kept / "result.json").write_text("{}", encoding="utf-8")
+    leftovers = [
+        results / "job-4.tmp-0a1b2c3d",  # a result folder still under its staging name
+        outbox / "job-3.tmp-deadbeef",  # DICOM objects that were being written
+        kept / "result.json.tmp-00ff00ff",  # timings being added
+    ]
+    for path in leftovers[:2]:
+        path.mkdir(parents=True)
+        (path / "part.dcm").write_bytes(b"half")
+    leftovers[2].write_text("{", encoding="utf-8")
+    start_node(settings)
+    assert [p for p in leftovers if p.exists()] == []
+    assert (kept / "result.json").read_text(encoding="utf-8") == "{}"
