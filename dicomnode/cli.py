@@ -142,14 +142,22 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0 if not report.failed else 1
 
 
+def _fmt_purged(purged: int, rounds: int, at: float | None) -> str:
+    """``-``, or how many rounds retention purged and when it last did."""
+    if not purged or at is None:
+        return "-"
+    return f"{purged}/{rounds} rounds, {_fmt_time(at)}"
+
+
 def cmd_studies(args: argparse.Namespace) -> int:
-    """List the studies the job store knows."""
+    """List the studies the job store knows; INST, SERIES and DUP count what the
+    spool still holds, PURGED the rounds retention removed."""
     store = _open_store(_load(args.config))
     try:
         rows = [
             [
                 s.study_instance_uid,
-                s.modalities,
+                s.modalities or "-",
                 str(s.series_count),
                 str(s.instance_count),
                 str(s.duplicate_count),
@@ -157,12 +165,24 @@ def cmd_studies(args: argparse.Namespace) -> int:
                 str(s.latest_state),
                 _fmt_time(s.first_received_at),
                 _fmt_time(s.last_received_at),
+                _fmt_purged(s.purged_rounds, s.rounds, s.purged_at),
             ]
             for s in store.studies()
         ]
     finally:
         store.close()
-    headers = ["STUDY UID", "MOD", "SERIES", "INST", "DUP", "ROUNDS", "STATE", "FIRST", "LAST"]
+    headers = [
+        "STUDY UID",
+        "MOD",
+        "SERIES",
+        "INST",
+        "DUP",
+        "ROUNDS",
+        "STATE",
+        "FIRST",
+        "LAST",
+        "PURGED",
+    ]
     print(_table(headers, rows))
     return 0
 
@@ -202,7 +222,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 f"{job.instance_count} instance(s), now {job.state}"
                 + (f" after {job.attempts} attempt(s)" if job.kind == "run" else "")
             )
-            if job.result_dir:
+            if job.purged_at is not None:
+                print(
+                    f"purged by retention on {_fmt_time(job.purged_at)}: "
+                    "its instances and results are no longer kept"
+                )
+            elif job.result_dir:
                 print(f"result: {job.result_dir}")
             deliveries = store.outbox(job.id)
             history = store.history(job.id)
@@ -246,7 +271,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 str(j.instance_count),
                 _fmt_time(j.opened_at),
                 _fmt_duration(max(0.0, now - j.updated_at)),
-                j.reason or "",
+                ("[purged] " if j.purged_at is not None else "") + (j.reason or ""),
             ]
             for j in jobs
         ]
@@ -270,7 +295,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
             raise DicomNodeError(f"no finished run of study {args.study} has results")
         replayed = 0
         for job in runs:
-            if job.state in (JobState.DONE, JobState.DEAD):
+            if job.purged_at is not None:
+                print(f"job {job.id}: {job.pipeline} results were purged by retention, skipped")
+            elif job.state in (JobState.DONE, JobState.DEAD):
                 store.replay(job.id)
                 replayed += 1
                 print(f"job {job.id}: {job.pipeline} results queued for delivery again")

@@ -16,6 +16,7 @@ boundary (``dicomnode.ingress``, ``dicomnode.export``).
     ├── VolumeError              a series cannot become a correct volume; the message says why
     ├── JobStoreError            the durable job store
     │   ├── IllegalTransitionError
+    │   │   └── PurgedError      the job's files were removed by retention
     │   └── NotFoundError
     ├── ExportError              delivery to a peer
     │   ├── SendError            association refused or peer unreachable
@@ -89,6 +90,11 @@ class JobStoreError(DicomNodeError):
 
 class IllegalTransitionError(JobStoreError):
     """A job was asked to move between two states that DESIGN.md does not connect."""
+
+
+class PurgedError(IllegalTransitionError):
+    """The job's instances and results were removed by retention
+    (``storage.retention_days``), so it cannot be retried or replayed."""
 
 
 class NotFoundError(JobStoreError, LookupError):

@@ -28,7 +28,7 @@ from dicomnode.jobs import SQLiteJobStore
 from dicomnode.results.writer import DicomResultWriter
 from dicomnode.routing.stage import CompletionPolicy, Router
 from dicomnode.runner.stage import Runner
-from dicomnode.spool import Spool
+from dicomnode.spool import RetentionSweeper, Spool
 
 LOGGER = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ class Node:
         self.router: Router | None = None
         self.runner: Runner | None = None
         self.dispatcher: Dispatcher | None = None
+        self.retention: RetentionSweeper | None = None
         self._children: list[BaseProcess] = []
         self._mp = multiprocessing.get_context("spawn")
         self._ready: Any = None
@@ -150,7 +151,8 @@ class Node:
         return child
 
     def start(self) -> None:
-        """Recover the spool, open the listener(s), start assembly.
+        """Recover the spool, open the listener(s), start assembly, routing,
+        the runner, delivery and retention.
 
         Raises
         ------
@@ -230,6 +232,8 @@ class Node:
             self.runner = runner
         self.dispatcher = Dispatcher(self.settings, self.store)
         self.dispatcher.start()
+        self.retention = RetentionSweeper(self.settings.storage, self.spool, self.store)
+        self.retention.start()
 
     def supervise(self) -> None:
         """Restart receiving processes that died (called periodically)."""
@@ -254,6 +258,9 @@ class Node:
                 child.kill()
                 child.join()
         self._children = []
+        if self.retention is not None:
+            self.retention.stop()
+            self.retention = None
         if self.ingress is not None:
             self.ingress.stop(grace)
             self.ingress = None

@@ -99,11 +99,27 @@ class StorageConfig(_Model):
         ge=0,
         description="Refuse instances (status 0xA700) when the spool's disk has less free space.",
     )
+    retention_days: float | None = Field(
+        default=7.0,
+        gt=0,
+        description=(
+            "Purge a study's instances and results this many days after its last activity, "
+            "once all its work is DONE, DISCARDED or DEAD; null keeps everything forever."
+        ),
+    )
+    retention_check_seconds: float = Field(
+        default=600.0, gt=0, description="How often the node looks for studies to purge."
+    )
 
     @property
     def spool_path(self) -> Path:
         """The spool directory, defaulted from ``data_dir``."""
         return self.spool_dir if self.spool_dir is not None else self.data_dir / "spool"
+
+    @property
+    def retention_seconds(self) -> float | None:
+        """The retention period in seconds, or ``None`` when nothing is purged."""
+        return None if self.retention_days is None else self.retention_days * 86400.0
 
 
 class AssemblyConfig(_Model):

@@ -53,6 +53,9 @@ class Job:
     ``kind == "study"``: an assembly round of a study (RECEIVED → COMPLETE →
     ROUTED or DISCARDED). ``kind == "run"``: one pipeline run a rule asked for
     (ROUTED → RUNNING → RESULTS_WRITTEN → ... → DONE), its ``parent_id`` the round.
+
+    ``purged_at`` is set when retention removed the job's files (a round's
+    instances, a run's results and objects); the row and its history stay.
     """
 
     id: int
@@ -77,6 +80,8 @@ class Job:
     next_attempt_at: float | None = None
     traceback: str | None = None
     result_dir: str | None = None
+    outbox_dir: str | None = None
+    purged_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +97,12 @@ class Transition:
 
 @dataclass(frozen=True)
 class Study:
-    """What the store knows about a study across all its rounds."""
+    """What the store knows about a study across all its rounds.
+
+    The counts of modalities, series, instances and duplicates are of the
+    instances the spool still holds; ``purged_rounds`` rounds had theirs removed
+    by retention, the last time at ``purged_at``.
+    """
 
     study_instance_uid: str
     modalities: str
@@ -103,6 +113,8 @@ class Study:
     first_received_at: float
     last_received_at: float
     latest_state: JobState
+    purged_rounds: int = 0
+    purged_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -130,3 +142,26 @@ class OutboxItem:
     attempts: int
     next_attempt_at: float | None
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class PurgePlan:
+    """What retention removes of one study whose work is all finished.
+
+    Attributes
+    ----------
+    study_instance_uid : str
+        The study.
+    jobs : tuple of Job
+        Its jobs not purged yet, as they were read; the purge is recorded only
+        if each is still in the same state with the same ``updated_at``.
+    files : tuple of str
+        The instance files of those jobs and the result objects of their runs.
+    folders : tuple of str
+        The runs' result and outbox folders.
+    """
+
+    study_instance_uid: str
+    jobs: tuple[Job, ...]
+    files: tuple[str, ...]
+    folders: tuple[str, ...]

@@ -14,15 +14,16 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from dicomnode.errors import IllegalTransitionError, JobStoreError, NotFoundError
+from dicomnode.errors import IllegalTransitionError, JobStoreError, NotFoundError, PurgedError
 from dicomnode.jobs.models import (
     InstanceRecord,
     Job,
     OutboxItem,
+    PurgePlan,
     RecordOutcome,
     RunSpec,
     Study,
@@ -30,7 +31,7 @@ from dicomnode.jobs.models import (
 )
 from dicomnode.jobs.states import JobState, check_transition
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -59,7 +60,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     priority INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL,
     traceback TEXT,
-    result_dir TEXT
+    result_dir TEXT,
+    outbox_dir TEXT,
+    purged_at REAL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_study_round
     ON jobs (study_instance_uid, round) WHERE kind = 'study';
@@ -106,13 +109,19 @@ CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS instances_job ON instances (job_id);
 """
 
+#: Indexes on columns an upgrade may have only just added.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_instance_uid, purged_at);
+"""
+
 _JOB_COLUMNS = (
     "id, kind, study_instance_uid, round, parent_id, state, calling_ae, opened_at, "
     "last_instance_at, instance_count, attempts, reason, updated_at, pipeline, "
     "series_instance_uid, rule, destinations, notify, priority, next_attempt_at, traceback, "
-    "result_dir"
+    "result_dir, outbox_dir, purged_at"
 )
 #: Columns added after schema version 1, with their definitions (for upgrades).
+#: ``outbox_dir`` and ``purged_at`` came with retention (version 3).
 _ADDED_JOB_COLUMNS = {
     "pipeline": "TEXT",
     "series_instance_uid": "TEXT",
@@ -123,7 +132,14 @@ _ADDED_JOB_COLUMNS = {
     "next_attempt_at": "REAL",
     "traceback": "TEXT",
     "result_dir": "TEXT",
+    "outbox_dir": "TEXT",
+    "purged_at": "REAL",
 }
+#: The states in which a job has nothing left to do (retention may purge it).
+FINAL_STATES = (JobState.DONE, JobState.DISCARDED, JobState.DEAD)
+#: An assembly round's own work ends at ROUTED (its runs carry on as jobs of
+#: their own), so a ROUTED round counts as final too.
+FINAL_ROUND_STATES = (JobState.ROUTED,)
 _INSTANCE_COLUMNS = (
     "sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid, "
     "transfer_syntax_uid, modality, path, size, calling_ae, received_at"
@@ -154,7 +170,21 @@ def _job(row: sqlite3.Row) -> Job:
         next_attempt_at=row["next_attempt_at"],
         traceback=row["traceback"],
         result_dir=row["result_dir"],
+        outbox_dir=row["outbox_dir"],
+        purged_at=row["purged_at"],
     )
+
+
+def _purged_error(job_id: int, purged_at: float) -> PurgedError:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(purged_at))
+    return PurgedError(
+        f"job {job_id} was purged by retention on {when} (storage.retention_days): its "
+        "instances and results are no longer kept; send the study again to process it anew"
+    )
+
+
+def _marks(values: Sequence[object]) -> str:
+    return ", ".join("?" for _ in values)
 
 
 class SQLiteJobStore:
@@ -188,6 +218,7 @@ class SQLiteJobStore:
             for column, definition in _ADDED_JOB_COLUMNS.items():
                 if column not in present:
                     self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
+            self._conn.executescript(_INDEXES)
         with self._write() as cur:
             cur.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
@@ -222,6 +253,22 @@ class SQLiteJobStore:
                 return list(self._conn.execute(sql, params).fetchall())
             except sqlite3.Error as exc:
                 raise JobStoreError(f"job store {self.path.name}: {exc}") from exc
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Cursor]:
+        """A read transaction: every query inside sees the same database state."""
+        with self._lock:
+            cur = self._conn.cursor()
+            try:
+                cur.execute("BEGIN")
+                try:
+                    yield cur
+                finally:
+                    cur.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise JobStoreError(f"job store {self.path.name}: {exc}") from exc
+            finally:
+                cur.close()
 
     @staticmethod
     def _add_transition(
@@ -377,14 +424,20 @@ class SQLiteJobStore:
         ------
         NotFoundError
             No such job.
+        PurgedError
+            Retention removed the job's files.
         IllegalTransitionError
             The job's state does not lead to ``target``, or is not ``expected``.
         """
         now = self._now()
         with self._write() as cur:
-            row = cur.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = cur.execute(
+                "SELECT state, purged_at FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
             if row is None:
                 raise NotFoundError(f"no job {job_id}")
+            if row["purged_at"] is not None:
+                raise _purged_error(job_id, row["purged_at"])
             current = JobState(row["state"])
             if expected is not None and current != expected:
                 raise IllegalTransitionError(
@@ -443,19 +496,31 @@ class SQLiteJobStore:
         ]
 
     def studies(self) -> list[Study]:
-        """See :meth:`dicomnode.jobs.store.JobStore.studies`."""
+        """See :meth:`dicomnode.jobs.store.JobStore.studies`.
+
+        A study whose rounds retention purged is still listed, with the
+        instance counts of what the spool holds now (none when all were purged).
+        """
         rows = self._read(
-            "SELECT i.study_instance_uid AS uid, "
-            "GROUP_CONCAT(DISTINCT i.modality) AS modalities, "
-            "COUNT(DISTINCT i.series_instance_uid) AS series_count, "
-            "COUNT(*) AS instance_count, SUM(i.duplicates) AS duplicate_count, "
-            "MIN(i.received_at) AS first_at, MAX(i.received_at) AS last_at, "
-            "(SELECT COUNT(*) FROM jobs j WHERE j.kind = 'study' "
-            " AND j.study_instance_uid = i.study_instance_uid) AS rounds, "
-            "(SELECT j.state FROM jobs j WHERE j.kind = 'study' "
-            " AND j.study_instance_uid = i.study_instance_uid "
-            " ORDER BY j.round DESC LIMIT 1) AS latest_state "
-            "FROM instances i GROUP BY i.study_instance_uid ORDER BY last_at DESC"
+            "WITH held AS (SELECT study_instance_uid AS uid, "
+            " GROUP_CONCAT(DISTINCT modality) AS modalities, "
+            " COUNT(DISTINCT series_instance_uid) AS series_count, "
+            " COUNT(*) AS instance_count, SUM(duplicates) AS duplicate_count, "
+            " MIN(received_at) AS first_at, MAX(received_at) AS last_at "
+            " FROM instances GROUP BY study_instance_uid) "
+            "SELECT j.study_instance_uid AS uid, h.modalities, "
+            "COALESCE(h.series_count, 0) AS series_count, "
+            "COALESCE(h.instance_count, 0) AS instance_count, "
+            "COALESCE(h.duplicate_count, 0) AS duplicate_count, "
+            "COUNT(*) AS rounds, SUM(j.purged_at IS NOT NULL) AS purged_rounds, "
+            "MAX(j.purged_at) AS purged_at, "
+            "MIN(COALESCE(h.first_at, j.opened_at), j.opened_at) AS first_at, "
+            "MAX(COALESCE(h.last_at, j.last_instance_at), j.last_instance_at) AS last_at, "
+            "(SELECT l.state FROM jobs l WHERE l.kind = 'study' "
+            " AND l.study_instance_uid = j.study_instance_uid "
+            " ORDER BY l.round DESC LIMIT 1) AS latest_state "
+            "FROM jobs j LEFT JOIN held h ON h.uid = j.study_instance_uid "
+            "WHERE j.kind = 'study' GROUP BY j.study_instance_uid ORDER BY last_at DESC"
         )
         return [
             Study(
@@ -463,11 +528,13 @@ class SQLiteJobStore:
                 modalities=row["modalities"] or "",
                 series_count=row["series_count"],
                 instance_count=row["instance_count"],
-                duplicate_count=row["duplicate_count"] or 0,
+                duplicate_count=row["duplicate_count"],
                 rounds=row["rounds"],
                 first_received_at=row["first_at"],
                 last_received_at=row["last_at"],
                 latest_state=JobState(row["latest_state"]),
+                purged_rounds=row["purged_rounds"],
+                purged_at=row["purged_at"],
             )
             for row in rows
         ]
@@ -631,7 +698,8 @@ class SQLiteJobStore:
         """RUNNING → RESULTS_WRITTEN with one outbox row per (object,
         destination) — DICOM objects go to ``destinations``, the result's
         notification to each of ``notify`` — in the same transaction; on to
-        DONE when the run has nowhere to deliver to."""
+        DONE when the run has nowhere to deliver to. The folder holding
+        ``objects`` is recorded as the run's ``outbox_dir`` (retention removes it)."""
         now = self._now()
         with self._write() as cur:
             row = cur.execute(
@@ -641,10 +709,12 @@ class SQLiteJobStore:
                 raise NotFoundError(f"no job {job_id}")
             current = JobState(row["state"])
             check_transition(current, JobState.RESULTS_WRITTEN)
+            folders = {str(Path(path).parent) for path in objects}
+            outbox_dir = folders.pop() if len(folders) == 1 else None
             cur.execute(
                 "UPDATE jobs SET state = ?, updated_at = ?, reason = ?, result_dir = ?, "
-                "traceback = NULL, next_attempt_at = NULL WHERE id = ?",
-                (str(JobState.RESULTS_WRITTEN), now, summary, result_dir, job_id),
+                "outbox_dir = ?, traceback = NULL, next_attempt_at = NULL WHERE id = ?",
+                (str(JobState.RESULTS_WRITTEN), now, summary, result_dir, outbox_dir, job_id),
             )
             self._add_transition(cur, job_id, current, JobState.RESULTS_WRITTEN, now, summary)
             destinations = json.loads(row["destinations"])
@@ -820,16 +890,20 @@ class SQLiteJobStore:
 
         Raises
         ------
+        PurgedError
+            Retention removed the run's results.
         IllegalTransitionError
             The run is not DONE or DEAD, or never wrote results.
         """
         now = self._now()
         with self._write() as cur:
             row = cur.execute(
-                "SELECT state, kind, result_dir FROM jobs WHERE id = ?", (job_id,)
+                "SELECT state, kind, result_dir, purged_at FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
             if row is None:
                 raise NotFoundError(f"no job {job_id}")
+            if row["purged_at"] is not None:
+                raise _purged_error(job_id, row["purged_at"])
             current = JobState(row["state"])
             if row["kind"] != "run" or row["result_dir"] is None:
                 raise IllegalTransitionError(f"job {job_id} has no results to deliver")
@@ -858,21 +932,28 @@ class SQLiteJobStore:
 
         Raises
         ------
+        PurgedError
+            Retention removed the run's inputs and results.
         IllegalTransitionError
             The job is not a run, or not DEAD / FAILED_RETRYABLE.
         """
         now = self._now()
         failed_delivery = self._read(
             "SELECT 1 FROM jobs j WHERE j.id = ? AND j.state = ? AND j.result_dir IS NOT NULL "
+            "AND j.purged_at IS NULL "
             "AND EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id AND o.state = 'DEAD')",
             (job_id, str(JobState.DEAD)),
         )
         if failed_delivery:
             return self.replay(job_id, only_failed=True)
         with self._write() as cur:
-            row = cur.execute("SELECT state, kind FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = cur.execute(
+                "SELECT state, kind, purged_at FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
             if row is None:
                 raise NotFoundError(f"no job {job_id}")
+            if row["purged_at"] is not None:
+                raise _purged_error(job_id, row["purged_at"])
             current = JobState(row["state"])
             if row["kind"] != "run" or current not in (JobState.DEAD, JobState.FAILED_RETRYABLE):
                 raise IllegalTransitionError(
@@ -887,6 +968,157 @@ class SQLiteJobStore:
             )
             self._add_transition(cur, job_id, current, JobState.ROUTED, now, reason)
         return self.get_job(job_id)
+
+    # -- retention -------------------------------------------------------
+
+    #: Studies with jobs not yet purged, all of them final, no delivery
+    #: pending, and the time of their latest activity: the latest transition
+    #: or update of any of their jobs, or the latest instance received.
+    _EXPIRED = (
+        "WITH live AS (SELECT study_instance_uid AS uid FROM jobs WHERE purged_at IS NULL "
+        " GROUP BY study_instance_uid HAVING SUM(state NOT IN ({final}) "
+        "  AND NOT (kind = 'study' AND state IN ({final_round}))) = 0), "
+        "activity AS (SELECT l.uid, MAX("
+        " (SELECT MAX(MAX(j.updated_at, j.last_instance_at)) FROM jobs j "
+        "  WHERE j.study_instance_uid = l.uid), "
+        " COALESCE((SELECT MAX(t.at) FROM transitions t JOIN jobs j ON j.id = t.job_id "
+        "  WHERE j.study_instance_uid = l.uid), 0), "
+        " COALESCE((SELECT MAX(i.received_at) FROM instances i "
+        "  WHERE i.study_instance_uid = l.uid), 0)) AS last_at "
+        " FROM live l WHERE NOT EXISTS (SELECT 1 FROM outbox o JOIN jobs j ON j.id = o.job_id "
+        "  WHERE j.study_instance_uid = l.uid AND j.purged_at IS NULL "
+        "  AND o.state = 'PENDING') {only}) "
+        "SELECT uid, last_at FROM activity WHERE last_at < ? ORDER BY last_at, uid"
+    )
+
+    def _expired(
+        self, cur: sqlite3.Cursor, cutoff: float, study_instance_uid: str | None = None
+    ) -> list[str]:
+        final = tuple(str(state) for state in FINAL_STATES)
+        final_round = tuple(str(state) for state in FINAL_ROUND_STATES)
+        only = "" if study_instance_uid is None else "AND l.uid = ?"
+        params: tuple[object, ...] = (*final, *final_round)
+        if study_instance_uid is not None:
+            params += (study_instance_uid,)
+        sql = self._EXPIRED.format(final=_marks(final), final_round=_marks(final_round), only=only)
+        rows = cur.execute(sql, (*params, cutoff)).fetchall()
+        return [str(row["uid"]) for row in rows]
+
+    def expired_studies(self, cutoff: float) -> list[str]:
+        """Studies whose finished work retention may purge, oldest activity first.
+
+        A study qualifies when it has jobs not purged yet, every one of them is
+        DONE, DISCARDED or DEAD (or, for an assembly round, ROUTED: its runs
+        are jobs of their own), none has a delivery PENDING, and its latest
+        activity (a transition of any of its jobs, an instance received) is
+        before ``cutoff``.
+
+        Parameters
+        ----------
+        cutoff : float
+            Seconds since the epoch: now minus the retention period.
+
+        Returns
+        -------
+        list of str
+            Study Instance UIDs.
+        """
+        with self._snapshot() as cur:
+            return self._expired(cur, cutoff)
+
+    def purge_plan(self, study_instance_uid: str, cutoff: float) -> PurgePlan | None:
+        """What retention removes of one study (step one of a purge).
+
+        Read in one snapshot: the study's jobs not purged yet, the files of
+        their instance rows and of their runs' result objects, and the runs'
+        result and outbox folders.
+
+        Parameters
+        ----------
+        study_instance_uid : str
+            The study.
+        cutoff : float
+            As for :meth:`expired_studies`, checked again here.
+
+        Returns
+        -------
+        PurgePlan or None
+            ``None`` when the study does not qualify (any more).
+        """
+        with self._snapshot() as cur:
+            if not self._expired(cur, cutoff, study_instance_uid):
+                return None
+            jobs = [
+                _job(row)
+                for row in cur.execute(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE study_instance_uid = ? "
+                    "AND purged_at IS NULL ORDER BY id",
+                    (study_instance_uid,),
+                ).fetchall()
+            ]
+            ids = [job.id for job in jobs]
+            instances = cur.execute(
+                f"SELECT path FROM instances WHERE job_id IN ({_marks(ids)}) ORDER BY path",
+                ids,
+            ).fetchall()
+            objects = cur.execute(
+                f"SELECT DISTINCT path FROM outbox WHERE job_id IN ({_marks(ids)}) "
+                "AND kind = 'dicom' ORDER BY path",
+                ids,
+            ).fetchall()
+        folders = dict.fromkeys(
+            folder for job in jobs for folder in (job.result_dir, job.outbox_dir) if folder
+        )
+        return PurgePlan(
+            study_instance_uid=study_instance_uid,
+            jobs=tuple(jobs),
+            files=tuple(str(row["path"]) for row in [*instances, *objects]),
+            folders=tuple(folders),
+        )
+
+    def mark_purged(self, plan: PurgePlan, now: float) -> int | None:
+        """Record a purge whose files are gone (the last step of a purge).
+
+        In one transaction: check that every job of the plan is still in the
+        state, and at the ``updated_at``, the plan saw and has no delivery
+        PENDING; delete the instance rows of those jobs (a later copy of the
+        same SOP Instance UID is then new data); set their ``purged_at``. The
+        jobs and their transitions are kept.
+
+        Parameters
+        ----------
+        plan : PurgePlan
+            From :meth:`purge_plan`.
+        now : float
+            The time recorded as ``purged_at``.
+
+        Returns
+        -------
+        int or None
+            How many instance rows were deleted, or ``None`` when a job moved
+            on meanwhile and nothing was recorded.
+        """
+        ids = [job.id for job in plan.jobs]
+        seen = {job.id: (str(job.state), job.updated_at) for job in plan.jobs}
+        with self._write() as cur:
+            rows = cur.execute(
+                f"SELECT id, state, updated_at, purged_at FROM jobs WHERE id IN ({_marks(ids)})",
+                ids,
+            ).fetchall()
+            current = {row["id"]: (row["state"], row["updated_at"]) for row in rows}
+            pending = cur.execute(
+                f"SELECT 1 FROM outbox WHERE job_id IN ({_marks(ids)}) AND state = 'PENDING'",
+                ids,
+            ).fetchone()
+            if current != seen or pending is not None:
+                return None
+            if any(row["purged_at"] is not None for row in rows):
+                return None
+            deleted = cur.execute(
+                f"DELETE FROM instances WHERE job_id IN ({_marks(ids)})", ids
+            ).rowcount
+            cur.execute(f"UPDATE jobs SET purged_at = ? WHERE id IN ({_marks(ids)})", (now, *ids))
+        return int(deleted)
 
     def close(self) -> None:
         """See :meth:`dicomnode.jobs.store.JobStore.close`."""

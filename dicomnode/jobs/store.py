@@ -7,6 +7,7 @@ from typing import Protocol
 from dicomnode.jobs.models import (
     InstanceRecord,
     Job,
+    PurgePlan,
     RecordOutcome,
     RunSpec,
     Study,
@@ -116,6 +117,21 @@ class JobStore(Protocol):
 
     def retry(self, job_id: int) -> Job:
         """A DEAD or FAILED_RETRYABLE run back to ROUTED, attempts reset."""
+        ...
+
+    def expired_studies(self, cutoff: float) -> list[str]:
+        """Studies whose jobs are all DONE, DISCARDED or DEAD (rounds: or
+        ROUTED), with no delivery pending and no activity since ``cutoff``,
+        oldest first."""
+        ...
+
+    def purge_plan(self, study_instance_uid: str, cutoff: float) -> PurgePlan | None:
+        """The files and folders retention removes of one expired study."""
+        ...
+
+    def mark_purged(self, plan: PurgePlan, now: float) -> int | None:
+        """Delete the plan's instance rows and mark its jobs purged, if they did
+        not move meanwhile; return the rows deleted, or ``None``."""
         ...
 
     def close(self) -> None:

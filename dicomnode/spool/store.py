@@ -27,6 +27,8 @@ from dicomnode.spool.uids import validate_uid
 LOGGER = logging.getLogger(__name__)
 
 SUFFIX = ".dcm"
+#: Tries to link a new file into a directory retention may be removing.
+_LINK_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -157,12 +159,7 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._ensure_dir(final.parent)
-            try:
-                os.link(tmp, final)
-                existed = False
-            except FileExistsError:
-                existed = True
+            existed = self._link(tmp, final)
             os.unlink(tmp)
             if not existed:
                 _fsync_dir(final.parent)
@@ -174,6 +171,25 @@ class Spool:
                 exc.errno, f"writing to the spool failed: {exc.strerror}"
             ) from exc
         return StoredFile(path=final, size=len(data), existed=existed)
+
+    def _link(self, tmp: Path, final: Path) -> bool:
+        """Link ``tmp`` to ``final`` (never overwriting); return whether a file
+        was already there. Retention removes directories that became empty,
+        so one may vanish between creating it and linking into it: then it is
+        created again."""
+        attempts = 0
+        while True:
+            try:
+                self._ensure_dir(final.parent)
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    return True
+                return False
+            except FileNotFoundError:
+                attempts += 1
+                if attempts >= _LINK_ATTEMPTS:
+                    raise
 
     @staticmethod
     def _discard(path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,24 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     assert reopened.get_job(job_id).state == JobState.RECEIVED
     assert reopened.has_instance("1.1")
     assert reopened.next_due(QUIET, MAX_WAIT) == 100.0 + QUIET
+
+
+def test_a_database_from_before_retention_gets_its_columns(tmp_path: Path) -> None:
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    job_id = store.record_instance(record("1.1", 100.0)).job_id
+    store.close()
+    old = sqlite3.connect(tmp_path / "jobs.db")  # as schema version 2 left it
+    old.execute("DROP INDEX jobs_study")
+    old.execute("ALTER TABLE jobs DROP COLUMN purged_at")
+    old.execute("ALTER TABLE jobs DROP COLUMN outbox_dir")
+    old.commit()
+    old.close()
+    reopened = SQLiteJobStore(tmp_path / "jobs.db")
+    columns = {row[1] for row in reopened._conn.execute("PRAGMA table_info(jobs)")}
+    assert {"purged_at", "outbox_dir"} <= columns
+    job = reopened.get_job(job_id)
+    assert (job.state, job.purged_at, job.outbox_dir) == (JobState.RECEIVED, None, None)
+    assert reopened.expired_studies(10_000.0) == []  # a RECEIVED round is never expired
 
 
 def _complete_in_process(
