@@ -95,21 +95,22 @@ def test_gaps_longer_than_the_quiet_period_open_new_rounds(make_settings, start_
 @pytest.mark.peers
 def test_max_wait_completes_a_study_that_is_never_quiet(make_settings, start_node, ct_series):
     settings = make_settings(
-        assembly={"quiet_seconds": 2, "max_wait_seconds": 3, "poll_seconds": 0.1}
+        assembly={"quiet_seconds": 4, "max_wait_seconds": 5, "poll_seconds": 0.1}
     )
     start_node(settings)
-    series = ct_series(slices=10, size=16)
+    series = ct_series(slices=14, size=16)
     store = open_store(settings)
-    for path in series.paths:  # one slice every 0.5 s: never quiet for 2 s
+    # one slice every 0.5 s for 7 s: never quiet for 4 s, even when a push is slow
+    for path in series.paths:
         assert store_statuses(storescu([path], settings.node.port).stderr) == ["Success"]
         time.sleep(0.5)
     first = min(store.jobs(study_instance_uid=series.study_uid), key=lambda j: j.round)
     history = store.history(first.id)
     assert history[1].to_state == JobState.COMPLETE
     assert "maximum wait" in (history[1].reason or "")
-    assert history[1].at - history[0].at == pytest.approx(3.0, abs=1.0)
+    assert history[1].at - history[0].at == pytest.approx(5.0, abs=1.0)
     total = sum(j.instance_count for j in store.jobs(study_instance_uid=series.study_uid))
-    assert total == 10
+    assert total == 14
 
 
 @pytest.mark.peers

@@ -46,7 +46,7 @@ def sections(
     ORU to ``notify``; quick retries (0.5 s, then 1 s) that do not give up
     within a test."""
     return {
-        "assembly": {"quiet_seconds": 0.5, "poll_seconds": 0.1},
+        "assembly": {"quiet_seconds": 1.5, "poll_seconds": 0.1},
         "runner": {"enabled": True, "device": "cpu", "threads": 1, "poll_seconds": 0.1},
         "routing": {
             "rules": [

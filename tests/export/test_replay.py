@@ -16,7 +16,7 @@ def test_retry_and_replay_deliveries(make_settings, start_node, ct_series, tmp_p
     blocked = tmp_path / "out"
     blocked.write_text("a file where the folder should be")  # every delivery fails
     sections = {
-        "assembly": {"quiet_seconds": 0.5, "poll_seconds": 0.1},
+        "assembly": {"quiet_seconds": 1.5, "poll_seconds": 0.1},
         "runner": {"enabled": True, "device": "cpu", "threads": 1, "poll_seconds": 0.1},
         "routing": {"rules": [{"name": "ct", "pipeline": "ct-lung", "destinations": ["out"]}]},
         "destinations": {"out": {"type": "folder", "path": str(blocked)}},

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
 def settings_for(make_settings, tmp_path, ris_port: int):
     return make_settings(
-        assembly={"quiet_seconds": 0.5, "poll_seconds": 0.1},
+        assembly={"quiet_seconds": 1.5, "poll_seconds": 0.1},
         runner={"enabled": True, "device": "cpu", "threads": 1, "poll_seconds": 0.1},
         routing={
             "rules": [

@@ -313,7 +313,7 @@ def test_the_result_becomes_a_valid_seg_and_sr(
 
 def node_settings(make_settings: Any, tmp_path: Path, pipelines: dict[str, Any]) -> Any:
     return make_settings(
-        assembly={"quiet_seconds": 0.5, "poll_seconds": 0.1},
+        assembly={"quiet_seconds": 1.5, "poll_seconds": 0.1},
         runner={
             "enabled": True,
             "workers": 1,

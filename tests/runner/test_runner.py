@@ -34,7 +34,7 @@ def rule(name: str, pipeline: str, description: str) -> dict[str, object]:
 
 def runner_settings(make_settings, tmp_path: Path, **runner: object):
     return make_settings(
-        assembly={"quiet_seconds": 0.5, "poll_seconds": 0.1},
+        assembly={"quiet_seconds": 1.5, "poll_seconds": 0.1},
         runner={
             "enabled": True,
             "workers": 2,
@@ -174,7 +174,7 @@ def test_results_go_to_the_outbox_and_on_to_every_destination(
     base = runner_settings(make_settings, tmp_path, workers=1)
     good = {**rule("good", "test-threshold", "good"), "destinations": ["pacs", "archive"]}
     settings = make_settings(
-        assembly={"quiet_seconds": 0.5, "poll_seconds": 0.1},
+        assembly={"quiet_seconds": 1.5, "poll_seconds": 0.1},
         runner=base.runner.model_dump(mode="json"),
         routing={"rules": [good]},
         destinations={
