@@ -167,6 +167,11 @@ def build_segmentation(
         ),
         specific_character_set=charset,
     )
+    # highdicom draws a random Dimension Organization UID: derive it like the
+    # other UIDs, so a re-run writes the same object
+    organization = object_uid(volume, context, "seg", "dimension-organization")
+    for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence):
+        item.DimensionOrganizationUID = organization
     if "FrameOfReferenceUID" not in seg:
         # A projection image (CR, DX): frames without plane position and
         # orientation, so the General Image module wants Patient Orientation

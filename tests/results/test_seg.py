@@ -191,6 +191,9 @@ def test_uids_are_deterministic(ct_case: Case) -> None:
     assert again is not None and ct_case.seg is not None
     assert again.SOPInstanceUID == ct_case.seg.SOPInstanceUID
     assert again.SeriesInstanceUID == ct_case.seg.SeriesInstanceUID
+    organization = ct_case.seg.DimensionOrganizationSequence[0].DimensionOrganizationUID
+    assert again.DimensionOrganizationSequence[0].DimensionOrganizationUID == organization
+    assert {i.DimensionOrganizationUID for i in again.DimensionIndexSequence} == {organization}
     newer = dataclasses.replace(ct_case.context, pipeline_version="1.0.1")
     other = build_segmentation(ct_case.result, ct_case.volume, ct_case.sources, newer)
     assert other is not None
