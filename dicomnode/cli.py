@@ -404,6 +404,49 @@ def _series_files(paths: list[Path], wanted: str) -> list[Path]:
     return found
 
 
+def _round_to_explain(
+    settings: Settings, study_uid: str, number: int | None, calling_ae: str
+) -> tuple[list[Path], str]:
+    """The files and calling AE of one assembly round of a held study: the
+    round ``number``, or the latest one that still holds instances. The router
+    routes each round on its own, so that is what is explained."""
+    store = _open_store(settings)
+    try:
+        rounds = sorted(
+            (j for j in store.jobs(study_instance_uid=study_uid) if j.kind == "study"),
+            key=lambda j: j.round,
+        )
+        held = {j.round: store.instances_of(j.id) for j in rounds}
+    finally:
+        store.close()
+    if not rounds:
+        raise DicomNodeError(f"{study_uid} is neither a path nor a study the node holds")
+    if number is None:
+        with_files = [j for j in rounds if held[j.round]]
+        if not with_files:
+            raise DicomNodeError(
+                f"study {study_uid}: no round holds instances any more (purged by retention)"
+            )
+        chosen = with_files[-1]
+    else:
+        numbered = {j.round: j for j in rounds}
+        if number not in numbered:
+            raise DicomNodeError(
+                f"study {study_uid} has rounds {', '.join(str(j.round) for j in rounds)}, "
+                f"not {number}"
+            )
+        chosen = numbered[number]
+        if not held[chosen.round]:
+            raise DicomNodeError(
+                f"study {study_uid} round {number} holds no instances (purged by retention)"
+            )
+    print(
+        f"round {chosen.round} of {len(rounds)}: {chosen.instance_count} instance(s), "
+        f"{chosen.state}"
+    )
+    return [Path(r.path) for r in held[chosen.round]], calling_ae or chosen.calling_ae
+
+
 def cmd_route_explain(args: argparse.Namespace) -> int:
     """Explain, rule by rule, where a folder or a received study would be routed."""
     from dicomnode.routing import describe_study, explain_text, route
@@ -414,16 +457,7 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
     if target.exists():
         paths = [p for p in target.rglob("*") if p.is_file()] if target.is_dir() else [target]
     else:
-        store = _open_store(settings)
-        try:
-            records = store.instances(args.target)
-            rounds = store.jobs(study_instance_uid=args.target)
-        finally:
-            store.close()
-        if not records:
-            raise DicomNodeError(f"{args.target} is neither a path nor a study the node holds")
-        paths = [Path(r.path) for r in records]
-        calling_ae = calling_ae or (rounds[-1].calling_ae if rounds else "")
+        paths, calling_ae = _round_to_explain(settings, args.target, args.round, calling_ae)
     studies = describe_study(paths, calling_ae)
     if not studies:
         raise DicomNodeError(f"no DICOM files under {args.target}")
@@ -482,6 +516,11 @@ def build_parser() -> argparse.ArgumentParser:
     explain = route_sub.add_parser("explain", help="why a study goes where it goes")
     explain.add_argument("target", metavar="DIR|STUDY_UID")
     explain.add_argument("--calling-ae", help="evaluate as if sent by this AE title")
+    explain.add_argument(
+        "--round",
+        type=int,
+        help="for a held study, the assembly round to explain (default: the latest)",
+    )
     with_config(explain)
     explain.set_defaults(func=cmd_route_explain)
 
