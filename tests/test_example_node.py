@@ -66,6 +66,7 @@ def test_example_config_routes_a_ct_to_ct_lung(node_process, tmp_path):
         assert ml == pytest.approx(truth, rel=0.05), (label, ml, truth)
     assert document["volume"]["shape"] == [80, 128, 128]
     assert "ct-lung" in node.log() and "PHANTOM" not in node.log()
+    assert "highdicom" not in node.log()  # the libraries' chatter stays below INFO
 
     # the DICOM results wait in the spool's outbox, valid to the letter
     outbox = tmp_path / "var" / "spool" / "outbox" / f"job-{run.id}"

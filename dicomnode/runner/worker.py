@@ -223,6 +223,9 @@ def worker_main(conn: Connection, settings: WorkerSettings, log_level: str) -> N
     logging.basicConfig(
         level=log_level, format="%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
     )
+    if log_level != "DEBUG":
+        # highdicom logs every module it copies into a result object at INFO
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
     if settings.threads > 0:
         import torch
 
