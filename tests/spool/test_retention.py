@@ -390,7 +390,7 @@ def test_the_node_purges_a_discarded_study_and_takes_it_again(
 ) -> None:
     settings = make_settings(
         storage={"retention_days": SHORT_DAYS, "retention_check_seconds": 0.2},
-        assembly={"quiet_seconds": 1, "poll_seconds": 0.1},
+        assembly={"quiet_seconds": 2, "poll_seconds": 0.1},
     )
     start_node(settings)
     series = ct_series(slices=4, size=16)
@@ -466,7 +466,7 @@ def test_the_node_keeps_everything_with_retention_off(
 ) -> None:
     settings = make_settings(
         storage={"retention_days": None, "retention_check_seconds": 0.2},
-        assembly={"quiet_seconds": 1, "poll_seconds": 0.1},
+        assembly={"quiet_seconds": 2, "poll_seconds": 0.1},
     )
     node = start_node(settings)
     sweeper = node.retention
