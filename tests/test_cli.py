@@ -34,7 +34,7 @@ def dicomnode(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_send_studies_and_jobs(make_settings, start_node, ct_series, tmp_path):
-    settings = make_settings(assembly={"quiet_seconds": 1, "poll_seconds": 0.1})
+    settings = make_settings(assembly={"quiet_seconds": 2, "poll_seconds": 0.1})
     start_node(settings)
     config = write_config(tmp_path / "cli.yaml", node_config(tmp_path, settings.node.port))
     series = ct_series(slices=6, size=16)
@@ -72,7 +72,7 @@ def test_send_studies_and_jobs(make_settings, start_node, ct_series, tmp_path):
     lines = history.stdout.splitlines()
     assert "6 instance(s), now DISCARDED" in lines[0]
     assert [line.split()[2] for line in lines[3:]] == ["RECEIVED", "COMPLETE", "DISCARDED"]
-    assert "quiet for 1 s" in history.stdout
+    assert "quiet for 2 s" in history.stdout
 
     missing = dicomnode("jobs", "999", "-c", str(config))
     assert missing.returncode == 1 and "no job 999" in missing.stderr

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.peers, pytest.mark.slow]
 def node_settings(make_settings, orthanc: Orthanc):
     return make_settings(
         ingress={"allowed_senders": [{"ae_title": "ORTHANC"}, {"ae_title": "SCANNER"}]},
-        assembly={"quiet_seconds": 1, "poll_seconds": 0.1},
+        assembly={"quiet_seconds": 2, "poll_seconds": 0.1},
         runner={"enabled": True, "device": "cpu", "threads": 1, "poll_seconds": 0.1},
         routing={
             "rules": [
