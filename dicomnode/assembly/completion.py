@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicomnode.config import AssemblyConfig
 from dicomnode.jobs import Job, JobStore
+from dicomnode.scheduling import every
 
 LOGGER = logging.getLogger(__name__)
 
@@ -82,18 +82,7 @@ class Assembler:
 
     def start(self) -> None:
         """Check due rounds now and then every ``poll_seconds``."""
-        scheduler = BackgroundScheduler(timezone="UTC")
-        scheduler.add_job(
-            self.run_once,
-            "interval",
-            seconds=self.config.poll_seconds,
-            id=self.JOB_ID,
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
-        )
-        scheduler.start()
-        self._scheduler = scheduler
+        self._scheduler = every(self.config.poll_seconds, self.run_once, self.JOB_ID)
         pending = self.store.next_due(self.config.quiet_seconds, self.config.max_wait_seconds)
         if pending is not None:
             LOGGER.info("resuming assembly: next study due in %.1f s", pending - self.clock())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -17,6 +16,7 @@ from dicomnode.config.rules import RoutingConfig
 from dicomnode.errors import IllegalTransitionError
 from dicomnode.jobs import Job, JobState, RunSpec, SQLiteJobStore
 from dicomnode.routing import completion_for, describe_study, route
+from dicomnode.scheduling import every
 
 LOGGER = logging.getLogger(__name__)
 
@@ -76,18 +76,7 @@ class Router:
 
     def start(self) -> None:
         """Route now, then every ``poll_seconds``."""
-        scheduler = BackgroundScheduler(timezone="UTC")
-        scheduler.add_job(
-            self.run_once,
-            "interval",
-            seconds=self.poll_seconds,
-            id=self.JOB_ID,
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
-        )
-        scheduler.start()
-        self._scheduler = scheduler
+        self._scheduler = every(self.poll_seconds, self.run_once, self.JOB_ID)
 
     def stop(self) -> None:
         """Stop routing, waiting for a pass in progress."""

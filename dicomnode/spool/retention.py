@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -37,6 +36,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from dicomnode.config import StorageConfig
 from dicomnode.errors import JobStoreError, SpoolError
 from dicomnode.jobs import JobStore, PurgePlan
+from dicomnode.scheduling import every
 from dicomnode.spool.store import Spool
 
 LOGGER = logging.getLogger(__name__)
@@ -304,18 +304,7 @@ class RetentionSweeper:
             LOGGER.info("retention is off (storage.retention_days: null): nothing is purged")
             return
         self._stopping.clear()
-        scheduler = BackgroundScheduler(timezone="UTC")
-        scheduler.add_job(
-            self.run_once,
-            "interval",
-            seconds=self.config.retention_check_seconds,
-            id=self.JOB_ID,
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
-        )
-        scheduler.start()
-        self._scheduler = scheduler
+        self._scheduler = every(self.config.retention_check_seconds, self.run_once, self.JOB_ID)
 
     @property
     def running(self) -> bool:
