@@ -16,6 +16,10 @@ with a quarter of the files; timed from the start of the first to the exit of th
 Every measurement uses a freshly started receiver with an empty storage directory, checks
 that every ``storescu`` exited 0 and that the receiver stored every instance, and counts
 the time ``storescu`` needs, process start included. ``--repeat K`` keeps the best of K.
+Then each receiver, freshly started again, answers 40 ``echoscu`` runs one after another:
+the milliseconds one short association costs (connect, negotiate, one C-ECHO, release,
+the tool's own start included), which is what a sender opening an association per
+instance pays for every image.
 
 How to read the figures
 -----------------------
@@ -73,6 +77,7 @@ from dicomnode.synthetic import write_ct_series
 
 READY_TIMEOUT = 30.0
 PARALLEL = 4
+ECHOES = 40  # associations timed one after another, each with one C-ECHO
 
 
 def http_ok(url: str) -> bool:
@@ -311,13 +316,31 @@ def push(receiver: Receiver, files: Sequence[Path], associations: int) -> float:
     return seconds
 
 
+def echo_round_trips(receiver: Receiver, count: int) -> float:
+    """Milliseconds per association of ``count`` ``echoscu`` runs one after another:
+    connect, negotiate, one C-ECHO, release, the tool's own start included."""
+    began = time.perf_counter()
+    for _ in range(count):
+        argv = ["echoscu", "-aet", CALLING_AET, "-aec", receiver.aet]
+        argv += ["127.0.0.1", str(receiver.port)]
+        done = subprocess.run(argv, capture_output=True, env=CHILD_ENV, check=False)
+        if done.returncode != 0:
+            raise BenchError(
+                f"{receiver.name} ({receiver.config}): echoscu exited with "
+                f"{done.returncode}:\n{done.stderr.decode(errors='replace')}"
+            )
+    return (time.perf_counter() - began) / count * 1000.0
+
+
 @dataclass
 class Row:
-    """Best images/s per association count for one receiver configuration."""
+    """Best images/s per association count for one receiver configuration, and the
+    milliseconds one short association (a C-ECHO) costs."""
 
     name: str
     config: str
     rates: dict[int, float] = field(default_factory=dict)
+    echo_ms: float | None = None
 
 
 @contextmanager
@@ -361,6 +384,16 @@ def measure(
                 print(f"  {row.name} ({row.config}), {associations} assoc: FAILED", flush=True)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{receiver.name}-echo-", dir=scratch))
+    try:
+        with running(receiver, workdir, problems):
+            row.echo_ms = echo_round_trips(receiver, ECHOES)
+        print(f"  {row.name:<8} {row.config:<24} {ECHOES} echoscu runs: {row.echo_ms:.1f} ms each")
+    except (BenchError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        problems.append(str(exc))
+        print(f"  {row.name} ({row.config}), echoscu: FAILED", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     return row
 
 
@@ -386,6 +419,12 @@ def ratios(nodes: Sequence[Row], orthanc: Row, storescp: Sequence[Row]) -> list[
             ):
                 value = f"{rate / base:.2f}x" if rate and base else "n/a"
                 lines.append(f"{who}/{other} over {associations} assoc: {value}")
+    for node in nodes:
+        who = f"node({node.config.removeprefix('processes=')} proc)"
+        value = (
+            f"{orthanc.echo_ms / node.echo_ms:.2f}x" if node.echo_ms and orthanc.echo_ms else "n/a"
+        )
+        lines.append(f"{who}/Orthanc, C-ECHO associations per second: {value}")
     return lines
 
 
@@ -442,8 +481,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         table(
-            ["receiver", "config", "1 assoc images/s", f"{PARALLEL} assoc images/s"],
-            [[r.name, r.config, fmt_rate(r, 1), fmt_rate(r, PARALLEL)] for r in rows],
+            [
+                "receiver",
+                "config",
+                "1 assoc images/s",
+                f"{PARALLEL} assoc images/s",
+                "ms per C-ECHO assoc",
+            ],
+            [
+                [
+                    r.name,
+                    r.config,
+                    fmt_rate(r, 1),
+                    fmt_rate(r, PARALLEL),
+                    "FAILED" if r.echo_ms is None else f"{r.echo_ms:.1f}",
+                ]
+                for r in rows
+            ],
         )
     )
     print()

@@ -72,7 +72,8 @@ class IngressServer:
         self._stopped = threading.Event()
 
         ae = AE(ae_title=node.ae_title)
-        ae.supported_contexts = supported_contexts()
+        self.contexts = supported_contexts()
+        ae.supported_contexts = self.contexts
         ae.maximum_pdu_size = ingress.max_pdu_size
         ae.maximum_associations = ingress.max_associations
         ae.acse_timeout = ingress.acse_timeout
@@ -125,6 +126,7 @@ class IngressServer:
         ]
         server = self.ae.make_server(
             (self.node.bind, self.node.port),
+            contexts=self.contexts,  # ours, cheap to copy per association
             evt_handlers=handlers,
             server_class=_reuse_port_server(self.reuse_port),
         )
