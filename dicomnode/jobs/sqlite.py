@@ -183,6 +183,20 @@ def _purged_error(job_id: int, purged_at: float) -> PurgedError:
     )
 
 
+def _job_row(cur: sqlite3.Cursor, job_id: int, columns: str, *, live: bool = False) -> sqlite3.Row:
+    """The job's ``columns``; :class:`NotFoundError` when there is no such job and,
+    with ``live``, :class:`PurgedError` when retention purged it (``columns``
+    must then include ``purged_at``)."""
+    row: sqlite3.Row | None = cur.execute(
+        f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"no job {job_id}")
+    if live and row["purged_at"] is not None:
+        raise _purged_error(job_id, row["purged_at"])
+    return row
+
+
 def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" for _ in values)
 
@@ -431,13 +445,7 @@ class SQLiteJobStore:
         """
         now = self._now()
         with self._write() as cur:
-            row = cur.execute(
-                "SELECT state, purged_at FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"no job {job_id}")
-            if row["purged_at"] is not None:
-                raise _purged_error(job_id, row["purged_at"])
+            row = _job_row(cur, job_id, "state, purged_at", live=True)
             current = JobState(row["state"])
             if expected is not None and current != expected:
                 raise IllegalTransitionError(
@@ -616,13 +624,9 @@ class SQLiteJobStore:
         created: list[int] = []
         target = JobState.ROUTED if runs else JobState.DISCARDED
         with self._write() as cur:
-            row = cur.execute(
-                "SELECT state, study_instance_uid, round, calling_ae, instance_count "
-                "FROM jobs WHERE id = ?",
-                (job_id,),
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"no job {job_id}")
+            row = _job_row(
+                cur, job_id, "state, study_instance_uid, round, calling_ae, instance_count"
+            )
             current = JobState(row["state"])
             if current != JobState.COMPLETE:
                 raise IllegalTransitionError(f"job {job_id} is {current}, not COMPLETE")
@@ -702,11 +706,7 @@ class SQLiteJobStore:
         ``objects`` is recorded as the run's ``outbox_dir`` (retention removes it)."""
         now = self._now()
         with self._write() as cur:
-            row = cur.execute(
-                "SELECT state, destinations, notify FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"no job {job_id}")
+            row = _job_row(cur, job_id, "state, destinations, notify")
             current = JobState(row["state"])
             check_transition(current, JobState.RESULTS_WRITTEN)
             folders = {str(Path(path).parent) for path in objects}
@@ -747,9 +747,7 @@ class SQLiteJobStore:
         now = self._now()
         target = JobState.DEAD if retry_at is None else JobState.FAILED_RETRYABLE
         with self._write() as cur:
-            row = cur.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                raise NotFoundError(f"no job {job_id}")
+            row = _job_row(cur, job_id, "state")
             current = JobState(row["state"])
             check_transition(current, target)
             cur.execute(
@@ -897,13 +895,7 @@ class SQLiteJobStore:
         """
         now = self._now()
         with self._write() as cur:
-            row = cur.execute(
-                "SELECT state, kind, result_dir, purged_at FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"no job {job_id}")
-            if row["purged_at"] is not None:
-                raise _purged_error(job_id, row["purged_at"])
+            row = _job_row(cur, job_id, "state, kind, result_dir, purged_at", live=True)
             current = JobState(row["state"])
             if row["kind"] != "run" or row["result_dir"] is None:
                 raise IllegalTransitionError(f"job {job_id} has no results to deliver")
@@ -947,13 +939,7 @@ class SQLiteJobStore:
         if failed_delivery:
             return self.replay(job_id, only_failed=True)
         with self._write() as cur:
-            row = cur.execute(
-                "SELECT state, kind, purged_at FROM jobs WHERE id = ?", (job_id,)
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"no job {job_id}")
-            if row["purged_at"] is not None:
-                raise _purged_error(job_id, row["purged_at"])
+            row = _job_row(cur, job_id, "state, kind, purged_at", live=True)
             current = JobState(row["state"])
             if row["kind"] != "run" or current not in (JobState.DEAD, JobState.FAILED_RETRYABLE):
                 raise IllegalTransitionError(
