@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from dicomnode.errors import IllegalTransitionError, JobStoreError, NotFoundError, PurgedError
@@ -245,11 +245,13 @@ class SQLiteJobStore:
         return float(value)
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Cursor]:
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Cursor]:
+        """One transaction opened with ``begin``: committed, or rolled back when
+        the block raises; SQLite errors become :class:`JobStoreError`."""
         with self._lock:
             cur = self._conn.cursor()
             try:
-                cur.execute("BEGIN IMMEDIATE")
+                cur.execute(begin)
                 try:
                     yield cur
                 except BaseException:
@@ -261,6 +263,10 @@ class SQLiteJobStore:
             finally:
                 cur.close()
 
+    def _write(self) -> AbstractContextManager[sqlite3.Cursor]:
+        """A write transaction, holding SQLite's write lock from its start."""
+        return self._transaction("BEGIN IMMEDIATE")
+
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
@@ -268,21 +274,9 @@ class SQLiteJobStore:
             except sqlite3.Error as exc:
                 raise JobStoreError(f"job store {self.path.name}: {exc}") from exc
 
-    @contextmanager
-    def _snapshot(self) -> Iterator[sqlite3.Cursor]:
+    def _snapshot(self) -> AbstractContextManager[sqlite3.Cursor]:
         """A read transaction: every query inside sees the same database state."""
-        with self._lock:
-            cur = self._conn.cursor()
-            try:
-                cur.execute("BEGIN")
-                try:
-                    yield cur
-                finally:
-                    cur.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise JobStoreError(f"job store {self.path.name}: {exc}") from exc
-            finally:
-                cur.close()
+        return self._transaction("BEGIN")
 
     @staticmethod
     def _add_transition(
