@@ -76,6 +76,7 @@ def main() -> int:
             source_files=tuple(series.paths),
             out_dir=Path(tmp) / "out",
             node_name="BENCH",
+            algorithm=pipeline.algorithm,
         )
         start = time.perf_counter()
         seg = build_segmentation(result, volume, sources, context)

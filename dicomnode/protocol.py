@@ -271,6 +271,46 @@ class InputRefused(ValueError):
 
 
 @dataclass(frozen=True)
+class Algorithm:
+    """How a pipeline makes its result, as every object it produces says it.
+
+    Attributes
+    ----------
+    family : Code
+        The Algorithm Family (CID 7162), e.g. (123104, DCM, "Morphological
+        Operations") for thresholds and morphology, (123110, DCM, "Artificial
+        Intelligence") only for a pipeline that runs a trained model.
+    trained_model : bool
+        ``True`` when the result comes from a trained model: the results are
+        then called "AI" results; otherwise "Automated".
+    """
+
+    family: Code
+    trained_model: bool
+
+    def __post_init__(self) -> None:
+        if self.family.scheme != "DCM":
+            raise ValueError(
+                "Algorithm.family must be a DCM code of CID 7162, "
+                f"got scheme {self.family.scheme!r}"
+            )
+        if (self.family.value == ARTIFICIAL_INTELLIGENCE_CODE.value) != self.trained_model:
+            raise ValueError(
+                "Algorithm.family is (123110, DCM, 'Artificial Intelligence') exactly when "
+                "Algorithm.trained_model is True"
+            )
+
+    @property
+    def label(self) -> str:
+        """The word results use for this algorithm: ``"AI"`` or ``"Automated"``."""
+        return "AI" if self.trained_model else "Automated"
+
+
+ARTIFICIAL_INTELLIGENCE_CODE = Code("123110", "DCM", "Artificial Intelligence")
+MORPHOLOGICAL_OPERATIONS_CODE = Code("123104", "DCM", "Morphological Operations")
+
+
+@dataclass(frozen=True)
 class InputSpec:
     """What a pipeline needs from its input series."""
 
@@ -291,6 +331,7 @@ class Pipeline(Protocol):
     name: str
     version: str
     input: InputSpec
+    algorithm: Algorithm
 
     def load(self, device: str) -> None:
         """Prepare to run on ``device`` (``"cpu"``, ``"cuda:0"``).
@@ -322,6 +363,9 @@ class ResultContext:
         Where the objects go; created by the writer.
     node_name : str
         The node's AE title, named as the device observer in reports.
+    algorithm : Algorithm
+        The pipeline's declared algorithm family: the objects name it, and
+        call the result "AI" only when it comes from a trained model.
     """
 
     job_id: int
@@ -330,6 +374,7 @@ class ResultContext:
     source_files: tuple[Path, ...]
     out_dir: Path
     node_name: str
+    algorithm: Algorithm
 
 
 @runtime_checkable

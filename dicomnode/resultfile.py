@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from dicomnode.protocol import (
+    Algorithm,
     Code,
     Finding,
     Heatmap,
@@ -88,6 +89,7 @@ def save_result(
     *,
     pipeline: str,
     version: str,
+    algorithm: Algorithm,
     device: str,
     seconds: float,
     timings: Mapping[str, float] | None = None,
@@ -103,7 +105,14 @@ def save_result(
     staging.mkdir()
     try:
         document: dict[str, Any] = {
-            "pipeline": {"name": pipeline, "version": version},
+            "pipeline": {
+                "name": pipeline,
+                "version": version,
+                "algorithm": {
+                    "family": asdict(algorithm.family),
+                    "trained_model": algorithm.trained_model,
+                },
+            },
             "device": device,
             "seconds": round(seconds, 3),
             "timings": _rounded(timings or {}),

@@ -111,7 +111,7 @@ _STUDY_UID_CODE = Code("110180", "DCM", "Study Instance UID")
 _SR_CODE = Code("126000", "DCM", "Imaging Measurement Report")
 _SEG_CODE = Code("SEG", "DCM", "Segmentation")
 _FINDING_SITE = Code("363698007", "SCT", "Finding Site")
-_SUMMARY_CODE = Code("SUMMARY", "L", "AI result summary")
+_SUMMARY_CODE = Code("SUMMARY", "L", "Result summary")
 _PROBABILITY_UNIT = Code("1", "UCUM", "1")
 
 
@@ -405,6 +405,8 @@ def build_oru(
         )
     pipeline = _document_field(document, "pipeline", "name") or "ai"
     version = _document_field(document, "pipeline", "version")
+    # a result that does not say it came from a trained model is not called AI
+    wording = "AI" if _trained_model(document) else "Automated"
     now = _hl7_time(timestamp)
     study_time = _dicom_date(patient.study_date)
     if study_time:
@@ -456,7 +458,7 @@ def build_oru(
     obr = order.add_segment("OBR")
     obr.obr_1 = "1"
     obr.obr_3 = escape(order_number)
-    obr.obr_4 = _components(pipeline, f"AI {pipeline} {version}".strip(), "L")
+    obr.obr_4 = _components(pipeline, f"{wording} {pipeline} {version}".strip(), "L")
     obr.obr_7 = study_time or now
     referring = _person_name(patient.referring_physician)
     if any(referring):
@@ -472,7 +474,7 @@ def build_oru(
     nte = order.add_segment("NTE")
     nte.nte_1 = "1"
     nte.nte_2 = "O"
-    nte.nte_3 = escape(_provenance(result, pipeline, version, patient.study_description))
+    nte.nte_3 = escape(_provenance(result, pipeline, version, patient.study_description, wording))
 
     timing = order.add_group("ORU_R01_TIMING_QTY")
     tq1 = timing.add_segment("TQ1")
@@ -530,8 +532,17 @@ def build_oru(
     return er7
 
 
-def _provenance(result: PipelineResult, pipeline: str, version: str, description: str) -> str:
-    parts = [f"AI result of pipeline {pipeline} {version}".rstrip() + "."]
+def _trained_model(document: Mapping[str, Any]) -> bool:
+    """Whether ``result.json`` says the result came from a trained model."""
+    pipeline = document.get("pipeline")
+    algorithm = pipeline.get("algorithm") if isinstance(pipeline, Mapping) else None
+    return isinstance(algorithm, Mapping) and algorithm.get("trained_model") is True
+
+
+def _provenance(
+    result: PipelineResult, pipeline: str, version: str, description: str, label: str
+) -> str:
+    parts = [f"{label} result of pipeline {pipeline} {version}".rstrip() + "."]
     for model in result.models:
         parts.append(f"Model {model.name} {model.version} (SHA-256 {model.sha256}).")
     if description:

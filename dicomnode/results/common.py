@@ -12,7 +12,6 @@ from collections.abc import Iterable, Sequence
 import highdicom as hd
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
 
 from dicomnode.protocol import Code, ModelInfo, PipelineResult, ResultContext, Volume
 
@@ -49,11 +48,10 @@ def coded(code: Code) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
 
 
-def algorithm_family() -> hd.sr.CodedConcept:
-    """Algorithm Family of every pipeline: (123110, DCM, "Artificial Intelligence"),
-    CID 7162."""
-    family = codes.cid7162.ArtificialIntelligence
-    return hd.sr.CodedConcept(family.value, family.scheme_designator, family.meaning)
+def algorithm_family(context: ResultContext) -> hd.sr.CodedConcept:
+    """The Algorithm Family (CID 7162) the pipeline declares: "Artificial
+    Intelligence" only for a pipeline that runs a trained model."""
+    return coded(context.algorithm.family)
 
 
 def algorithm_parameters(models: Iterable[ModelInfo]) -> dict[str, str]:

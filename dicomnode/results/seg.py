@@ -70,7 +70,10 @@ by segment number (cycled): distinct hues that show on grey images."""
 
 def segmentation_series_description(context: ResultContext) -> str:
     """Series Description of the SEG, e.g. ``AI segmentation (ct-lung 1.0.0)``."""
-    return limit(f"AI segmentation ({context.pipeline_name} {context.pipeline_version})")
+    return limit(
+        f"{context.algorithm.label} segmentation "
+        f"({context.pipeline_name} {context.pipeline_version})"
+    )
 
 
 def build_segmentation(
@@ -127,7 +130,7 @@ def build_segmentation(
     parameters = algorithm_parameters(result.models)
     algorithm = hd.AlgorithmIdentificationSequence(
         name=context.pipeline_name,
-        family=algorithm_family(),
+        family=algorithm_family(context),
         version=context.pipeline_version,
         source=MANUFACTURER,
         parameters=parameters or None,
@@ -153,7 +156,8 @@ def build_segmentation(
         device_serial_number=limit(context.node_name),
         content_label=code_string(context.pipeline_name),
         content_description=limit(
-            f"AI segmentation by {context.pipeline_name} {context.pipeline_version}"
+            f"{context.algorithm.label} segmentation by {context.pipeline_name} "
+            f"{context.pipeline_version}"
         ),
         # One slice: keep every segment's frame (one per segment), so the SR can
         # reference each segment's frame even where the segment is empty.

@@ -107,7 +107,10 @@ _Group = (
 
 def measurements_series_description(context: ResultContext) -> str:
     """Series Description of the SR, e.g. ``AI measurements (ct-lung 1.0.0)``."""
-    return limit(f"AI measurements ({context.pipeline_name} {context.pipeline_version})")
+    return limit(
+        f"{context.algorithm.label} measurements "
+        f"({context.pipeline_name} {context.pipeline_version})"
+    )
 
 
 def procedure_reported(modality: str) -> hd.sr.CodedConcept:

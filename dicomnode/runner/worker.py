@@ -167,6 +167,7 @@ class Worker:
                 Path(task.result_dir),
                 pipeline=pipeline.name,
                 version=pipeline.version,
+                algorithm=pipeline.algorithm,
                 device=self.device,
                 seconds=time.monotonic() - started,
                 timings=timings,
@@ -182,6 +183,7 @@ class Worker:
                     source_files=tuple(Path(f) for f in task.files),
                     out_dir=Path(task.outbox_dir),
                     node_name=self.settings.node_name,
+                    algorithm=pipeline.algorithm,
                 )
                 mark = time.perf_counter()
                 objects = self.settings.writer.write(result, volume, context)

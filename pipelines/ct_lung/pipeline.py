@@ -14,7 +14,15 @@ import math
 import numpy as np
 import torch
 
-from dicomnode.protocol import InputRefused, InputSpec, Measurement, PipelineResult, Volume
+from dicomnode.protocol import (
+    MORPHOLOGICAL_OPERATIONS_CODE,
+    Algorithm,
+    InputRefused,
+    InputSpec,
+    Measurement,
+    PipelineResult,
+    Volume,
+)
 
 from .codes import (
     AIRWAY,
@@ -59,6 +67,8 @@ class CTLungPipeline:
     name: str = "ct-lung"
     version: str = "1.0.0"
     input: InputSpec = InputSpec(modalities=frozenset({"CT"}), min_slices=1)
+    #: thresholds, connected components and morphology: no trained model
+    algorithm: Algorithm = Algorithm(family=MORPHOLOGICAL_OPERATIONS_CODE, trained_model=False)
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from dicomnode.protocol import (
+    ARTIFICIAL_INTELLIGENCE_CODE,
+    Algorithm,
     Code,
     Finding,
     Heatmap,
@@ -61,6 +63,7 @@ class CXRClassifyPipeline:
     name: str = "cxr-classify"
     version: str = "1.0.0"
     input: InputSpec = InputSpec(modalities=frozenset({"CR", "DX"}), min_slices=1, max_slices=1)
+    algorithm: Algorithm = Algorithm(family=ARTIFICIAL_INTELLIGENCE_CODE, trained_model=True)
     required_models: tuple[str, ...] = (MODEL_NAME,)
 
     def __init__(self, explain: bool = True) -> None:

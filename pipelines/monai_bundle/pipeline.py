@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from dicomnode.protocol import (
+    ARTIFICIAL_INTELLIGENCE_CODE,
+    Algorithm,
     Code,
     InputRefused,
     InputSpec,
@@ -108,6 +110,7 @@ class MonaiBundlePipeline:
     name: str = "monai-bundle"
     version: str = "1.0.0"
     input: InputSpec = InputSpec(modalities=_VOLUMETRIC, min_slices=1)
+    algorithm: Algorithm = Algorithm(family=ARTIFICIAL_INTELLIGENCE_CODE, trained_model=True)
 
     def __init__(self, bundle: Path | None = None) -> None:
         self.bundle_dir = bundle

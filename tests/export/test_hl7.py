@@ -147,7 +147,7 @@ def test_oru_validates_strictly_and_carries_the_result() -> None:
     assert (pid[7], pid[8]) == ("19700102", "F")
     obr = _segments(message, "OBR")[0]
     assert obr[3] == "ACC-9" and obr[18] == "ACC-9"
-    assert obr[4] == "ct-lung^AI ct-lung 1.0.0^L"
+    assert obr[4] == "ct-lung^Automated ct-lung 1.0.0^L"
     assert obr[7] == "20240506070000" and obr[22] == "20240506070809+0000"
     assert obr[25] == "F" and obr[27] == "^^^^^S"
     assert _segments(message, "TQ1")[0][9] == "S^Stat^HL70485"
@@ -168,7 +168,7 @@ def test_oru_validates_strictly_and_carries_the_result() -> None:
     assert obx[("110180^Study Instance UID^DCM", "")][5] == "1.2.3.4"
     assert obx[("126000^Imaging Measurement Report^DCM", "")][5] == "1.2.3.4.100^^AP^DICOM"
     assert obx[("SEG^Segmentation^DCM", "")][5] == "1.2.3.4.200^^AP^DICOM"
-    summary = obx[("SUMMARY^AI result summary^L", "")]
+    summary = obx[("SUMMARY^Result summary^L", "")]
     assert summary[2] == "TX" and summary[5] == "Right lung 2512 mL.~Nodule suspected."
     assert [s[1] for s in _segments(message, "OBX")] == [str(i) for i in range(1, 10)]
 
@@ -278,7 +278,8 @@ def test_oru_from_a_ct_lung_result(tmp_path: Path) -> None:
     pipeline = CTLungPipeline()
     result = pipeline.run(volume, "cpu")
     save_result(
-        result, volume, tmp_path / "result", pipeline="ct-lung", version="1.0.0", device="cpu",
+        result, volume, tmp_path / "result", pipeline="ct-lung", version="1.0.0",
+        algorithm=pipeline.algorithm, device="cpu",
         seconds=1.0,
     )  # fmt: skip
     loaded, document = load_result(tmp_path / "result")
@@ -437,3 +438,22 @@ def test_ack_parsing_is_tolerant() -> None:
     with pytest.raises(HL7Error) as info:
         parse_ack("MSH|^~\\&|RIS\r")
     assert not info.value.permanent
+
+
+def test_only_a_trained_model_result_is_called_ai() -> None:
+    """OBR-4 and the provenance note say "AI" only when result.json says the
+    pipeline ran a trained model; a threshold method is "Automated"."""
+    trained = _document()
+    trained["pipeline"] = {
+        "name": "cxr-classify",
+        "version": "1.0.0",
+        "algorithm": {
+            "family": {"value": "123110", "scheme": "DCM", "meaning": "Artificial Intelligence"},
+            "trained_model": True,
+        },
+    }
+    obr = _segments(_oru(document=trained), "OBR")[0]
+    assert obr[4] == "cxr-classify^AI cxr-classify 1.0.0^L"
+    plain = _segments(_oru(), "OBR")[0]
+    assert plain[4].startswith("ct-lung^Automated ")
+    assert "AI result of pipeline" not in _oru()

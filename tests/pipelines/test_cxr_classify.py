@@ -460,6 +460,7 @@ def test_the_heatmap_becomes_an_overlay_and_the_finding_an_sr_that_pass_dciodvfy
         source_files=(path,),
         out_dir=tmp_path,
         node_name="DICOMNODE",
+        algorithm=pipeline.algorithm,
     )
     (overlay,) = build_overlays(result, volume, [source], context)
     report = build_report(result, volume, [source], context, None)

@@ -10,7 +10,14 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-from dicomnode.protocol import PipelineResult, ResultContext, Volume
+from dicomnode.protocol import (
+    ARTIFICIAL_INTELLIGENCE_CODE,
+    MORPHOLOGICAL_OPERATIONS_CODE,
+    Algorithm,
+    PipelineResult,
+    ResultContext,
+    Volume,
+)
 from dicomnode.results.common import sources_in_volume_order
 from dicomnode.results.seg import build_segmentation
 from dicomnode.results.sr import build_report
@@ -48,9 +55,16 @@ def save(ds: Dataset, path: Path) -> Path:
     return path
 
 
+#: what a pipeline running a trained model declares
+AI = Algorithm(family=ARTIFICIAL_INTELLIGENCE_CODE, trained_model=True)
+#: what ct-lung declares (thresholds and morphology)
+MORPHOLOGY = Algorithm(family=MORPHOLOGICAL_OPERATIONS_CODE, trained_model=False)
+
+
 def context(
     paths: Sequence[Path], out_dir: Path, name: str = "ct-lung", version: str = "1.0.0"
 ) -> ResultContext:
+    """A context for pipeline ``name``: ``ct-lung`` declares morphology, others AI."""
     return ResultContext(
         job_id=1,
         pipeline_name=name,
@@ -58,6 +72,7 @@ def context(
         source_files=tuple(paths),
         out_dir=out_dir,
         node_name=NODE,
+        algorithm=MORPHOLOGY if name == "ct-lung" else AI,
     )
 
 

@@ -13,6 +13,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicomnode.protocol import (
+    ARTIFICIAL_INTELLIGENCE_CODE,
+    Algorithm,
     Code,
     Finding,
     Heatmap,
@@ -90,6 +92,7 @@ def context(paths: Sequence[Path], tmp_path: Path, version: str = "1.2") -> Resu
         source_files=tuple(paths),
         out_dir=tmp_path / "out",
         node_name="DICOMNODE",
+        algorithm=Algorithm(family=ARTIFICIAL_INTELLIGENCE_CODE, trained_model=True),
     )
 
 

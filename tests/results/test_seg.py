@@ -143,7 +143,7 @@ def test_segment_descriptions(ct_case: Case) -> None:
         assert algorithm is not None
         assert algorithm[0].AlgorithmName == "ct-lung"
         assert algorithm[0].AlgorithmVersion == "1.0.0"
-        assert algorithm[0].AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
+        assert algorithm[0].AlgorithmFamilyCodeSequence[0].CodeValue == "123104"
         assert "AlgorithmParameters" not in algorithm[0]  # ct-lung has no weights
         assert segment.color is not None
         lab = description.RecommendedDisplayCIELabValue
@@ -168,7 +168,7 @@ def test_identity_and_equipment(ct_case: Case) -> None:
         assert seg[keyword].value == source[keyword].value, keyword
     assert str(seg.PatientName) == "Müller^Jürgen"
     assert seg.SpecificCharacterSet == "ISO_IR 192"
-    assert seg.SeriesDescription == "AI segmentation (ct-lung 1.0.0)"
+    assert seg.SeriesDescription == "Automated segmentation (ct-lung 1.0.0)"
     assert seg.SeriesNumber == 9001
     assert seg.Modality == "SEG"
     assert seg.Manufacturer == "dicomnode"

@@ -171,7 +171,7 @@ def test_identity_and_evidence(ct_case: Case) -> None:
     assert sr.SeriesInstanceUID not in (source.SeriesInstanceUID, seg.SeriesInstanceUID)
     assert str(sr.PatientName) == "Müller^Jürgen"
     assert sr.PatientID == source.PatientID
-    assert sr.SeriesDescription == "AI measurements (ct-lung 1.0.0)"
+    assert sr.SeriesDescription == "Automated measurements (ct-lung 1.0.0)"
     assert sr.SeriesNumber == 9002
     assert sr.Manufacturer == "dicomnode"
     assert sr.ManufacturerModelName == "ct-lung"

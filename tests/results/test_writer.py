@@ -7,7 +7,15 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicomnode.protocol import Code, Finding, InputRefused, PipelineResult, ResultContext
+from dicomnode.protocol import (
+    ARTIFICIAL_INTELLIGENCE_CODE,
+    Algorithm,
+    Code,
+    Finding,
+    InputRefused,
+    PipelineResult,
+    ResultContext,
+)
 from dicomnode.results.writer import DicomResultWriter
 from dicomnode.runner.volume import load_series
 from dicomnode.synthetic import write_ct_series
@@ -21,6 +29,7 @@ def context(tmp_path: Path, files: list[Path]) -> ResultContext:
         source_files=tuple(files),
         out_dir=tmp_path / "out",
         node_name="NODE",
+        algorithm=Algorithm(family=ARTIFICIAL_INTELLIGENCE_CODE, trained_model=True),
     )
 
 

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from dicomnode.protocol import (
+    MORPHOLOGICAL_OPERATIONS_CODE,
+    Algorithm,
     Code,
     InputSpec,
     Measurement,
@@ -35,6 +37,7 @@ class Threshold:
     name = "test-threshold"
     version = "0.1"
     input = InputSpec(modalities=ANY)
+    algorithm = Algorithm(family=MORPHOLOGICAL_OPERATIONS_CODE, trained_model=False)
 
     def __init__(self) -> None:
         self.loads = 0
