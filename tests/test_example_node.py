@@ -32,6 +32,14 @@ def test_example_config_routes_a_ct_to_ct_lung(node_process, tmp_path):
     config["assembly"]["poll_seconds"] = 0.2
     config["runner"]["poll_seconds"] = 0.2
     node = node_process(config)
+    # retention deletes patient data: the start-up log says what, where and when
+    notice = wait_for(
+        lambda: next((x for x in node.log().splitlines() if "retention is on" in x), None),
+        30,
+        "the retention notice",
+    )
+    assert "7 day(s) after its last activity" in notice
+    assert str(tmp_path / "var" / "spool") in notice
 
     series = write_ct_series(tmp_path / "ct", slices=80, rows=128, columns=128, slice_thickness=2.5)
     sent = dicomnode(

@@ -2,9 +2,9 @@
 
 A manifest is a YAML file ``<models_dir>/<name>.yaml``::
 
-    name: cxr-densenet121
+    name: cxr-classify
     version: 1.0.0
-    file: cxr-densenet121-1.0.0.pt      # relative to the manifest's folder
+    file: cxr-classify-1.0.0.pt         # relative to the manifest's folder
     sha256: 3b1f...                      # 64 hex digits
     labels:
       - {index: 0, name: pneumothorax, threshold: 0.5,

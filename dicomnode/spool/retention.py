@@ -303,6 +303,20 @@ class RetentionSweeper:
         if self.config.retention_days is None:
             LOGGER.info("retention is off (storage.retention_days: null): nothing is purged")
             return
+        period = self.config.retention_seconds or 0.0
+        due = len(self.store.expired_studies(self.clock() - period))
+        LOGGER.warning(
+            "retention is on: the received instances and result objects (patient data) of "
+            "every study whose work is all DONE, DISCARDED or DEAD are deleted from %s and "
+            "%s %g day(s) after its last activity (storage.retention_days), checked every %g s; "
+            "%d study(ies) qualify now and go in the first pass; job rows and their history "
+            "are kept",
+            self.spool.root,
+            self.config.data_dir / "results",
+            self.config.retention_days,
+            self.config.retention_check_seconds,
+            due,
+        )
         self._stopping.clear()
         self._scheduler = every(self.config.retention_check_seconds, self.run_once, self.JOB_ID)
 
