@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicomnode.errors import InvalidUIDError, JobStoreError, SpoolWriteError
@@ -27,6 +29,14 @@ DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
 #: in the "cannot understand" range; 0xC211 is pynetdicom's own for a failing handler
 INVALID_UID = 0xC220
+#: The elements read from a received file before it is saved.
+_HEADER_TAGS = [
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "Modality",
+]
 
 
 @dataclass(frozen=True)
@@ -73,13 +83,16 @@ class StoreHandler:
         self.spool = spool
         self.store = store
 
-    def save(self, data: bytes, uids: InstanceUIDs, transfer_syntax: str, calling_ae: str) -> int:
+    def save(
+        self, data: bytes | Path, uids: InstanceUIDs, transfer_syntax: str, calling_ae: str
+    ) -> int:
         """Store one encoded instance durably and record it; return a DIMSE status.
 
         Parameters
         ----------
-        data : bytes
-            The encoded file (preamble, meta, dataset) exactly as received.
+        data : bytes or Path
+            The encoded file (preamble, meta, dataset) exactly as received, or
+            the file holding it.
         uids : InstanceUIDs
             The validated UIDs of the dataset.
         transfer_syntax : str
@@ -88,7 +101,10 @@ class StoreHandler:
             The sender's AE title.
         """
         try:
-            stored = self.spool.store(uids.study, uids.series, uids.sop, data)
+            if isinstance(data, Path):
+                stored = self.spool.store_file(uids.study, uids.series, uids.sop, data)
+            else:
+                stored = self.spool.store(uids.study, uids.series, uids.sop, data)
         except SpoolWriteError as exc:
             LOGGER.error("refused an instance of study %s: %s", uids.study, exc)
             return OUT_OF_RESOURCES
@@ -130,10 +146,16 @@ class StoreHandler:
     # -- pynetdicom event handlers --------------------------------------
 
     def on_c_store(self, event: Any) -> int:
-        """``evt.EVT_C_STORE``: decode only the header UIDs, save, answer."""
+        """``evt.EVT_C_STORE``: decode only the header UIDs, save, answer.
+
+        The dataset arrives in a file (pynetdicom's chunked receive), never
+        whole in memory: only the elements before Pixel Data are read here, and
+        the file itself is moved or copied into the spool.
+        """
         calling_ae = str(event.assoc.requestor.ae_title).strip()
+        path = Path(event.dataset_path)
         try:
-            ds = event.dataset
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
             transfer_syntax = str(event.context.transfer_syntax)
         except Exception as exc:  # noqa: BLE001 - any decoding failure is the sender's data
             LOGGER.warning("refused an undecodable dataset from %s: %s", calling_ae, exc)
@@ -152,12 +174,7 @@ class StoreHandler:
         ).rstrip("\x00 "):
             LOGGER.warning("refused an instance from %s: UIDs differ from the command", calling_ae)
             return DATASET_DOES_NOT_MATCH
-        try:
-            data = event.encoded_dataset()
-        except Exception as exc:  # noqa: BLE001 - malformed meta from the peer
-            LOGGER.warning("refused an instance from %s: %s", calling_ae, exc)
-            return CANNOT_UNDERSTAND
-        return self.save(data, uids, transfer_syntax, calling_ae)
+        return self.save(path, uids, transfer_syntax, calling_ae)
 
     def on_c_echo(self, event: Any) -> int:
         """``evt.EVT_C_ECHO``: always Success."""
