@@ -116,6 +116,7 @@ class GuardedSocket(AssociationSocket):
     _pdu_type: int
     _rq_received: bool
     _refused: bool
+    _woken: bool
     _timeout: float | None
 
     @classmethod
@@ -137,6 +138,7 @@ class GuardedSocket(AssociationSocket):
         guarded._pdu_type = 0
         guarded._rq_received = False
         guarded._refused = False
+        guarded._woken = False
         guarded._timeout = None
         return guarded
 
@@ -175,12 +177,15 @@ class GuardedSocket(AssociationSocket):
         except OSError:
             return bytearray()
         if header:
-            if len(data) == _HEADER.size:
-                pdu_type, _, length = _HEADER.unpack(bytes(data))
-                if not self._header_acceptable(pdu_type, length):
-                    return bytearray()
-                self._pdu_left = length
-                self._pdu_type = pdu_type
+            if len(data) < _HEADER.size:
+                # The peer closed the connection (pynetdicom sees that too).
+                self._disconnect()
+                return data
+            pdu_type, _, length = _HEADER.unpack(bytes(data))
+            if not self._header_acceptable(pdu_type, length):
+                return bytearray()
+            self._pdu_left = length
+            self._pdu_type = pdu_type
         else:
             self._pdu_left = max(0, self._pdu_left - len(data))
             if self._pdu_left == 0 and self._pdu_type == _A_ASSOCIATE_RQ:
@@ -218,31 +223,39 @@ class GuardedSocket(AssociationSocket):
             self._timeout = timeout
 
     def _refuse(self, reason: str, abort_reason: int | None) -> None:
-        """Log once, send an A-ABORT when asked, close the connection, and wake
-        pynetdicom's acceptor if it still waits for the A-ASSOCIATE-RQ."""
+        """Log once, send an A-ABORT when asked, and close the connection."""
         if self._refused:
             return
         self._refused = True
-        raw = self.socket
         LOGGER.warning("closed a connection from %s: it %s", self._peer(), reason)
+        if self.socket is not None and abort_reason is not None:
+            try:
+                self.socket.settimeout(_ABORT_SEND_TIMEOUT)
+                self.socket.sendall(abort_pdu(abort_reason))
+            except OSError:
+                pass  # the peer is gone or not reading: closing is enough
+        self._disconnect()
+
+    def _disconnect(self) -> None:
+        """Close the connection, and wake pynetdicom's acceptor if it still
+        waits for the A-ASSOCIATE-RQ.
+
+        The caller makes pynetdicom see a closed transport (an empty read, or
+        Evt17 on its event queue); from here on it must not touch the socket.
+        """
+        raw = self.socket
         if raw is not None:
-            if abort_reason is not None:
-                try:
-                    raw.settimeout(_ABORT_SEND_TIMEOUT)
-                    raw.sendall(abort_pdu(abort_reason))
-                except OSError:
-                    pass  # the peer is gone or not reading: closing is enough
             try:
                 raw.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # already disconnected
             raw.close()
-        # pynetdicom sees a closed transport; it must not touch the socket again
         self.socket = None
         self._is_connected = False
-        if not self._rq_received:
+        if not self._rq_received and not self._woken:
             # The acceptor thread blocks (acse_timeout) for an A-ASSOCIATE-RQ
             # that will never come; an empty item is how its own wait ends.
+            self._woken = True
             self.assoc.dul.to_user_queue.put(None)
 
     def _peer(self) -> str:
