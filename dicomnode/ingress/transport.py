@@ -42,10 +42,13 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, cast
 
+from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 LOGGER = logging.getLogger(__name__)
@@ -187,6 +190,10 @@ class GuardedSocket(AssociationSocket):
             self._pdu_left = length
             self._pdu_type = pdu_type
         else:
+            if len(data) < nr_bytes:
+                # The peer closed the connection inside a PDU.
+                self._disconnect()
+                return data
             self._pdu_left = max(0, self._pdu_left - len(data))
             if self._pdu_left == 0 and self._pdu_type == _A_ASSOCIATE_RQ:
                 self._rq_received = True
@@ -270,6 +277,19 @@ class NodeRequestHandler(RequestHandler):
 
     server: NodeAssociationServer
 
+    def handle(self) -> None:
+        """pynetdicom's ``handle``, with the association's thread started
+        under the server's connection count (see
+        :meth:`NodeAssociationServer.verify_request`)."""
+        host = str(self.client_address[0])
+        try:
+            assoc = self._create_association()
+            evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        except BaseException:
+            self.server.started(host, None)
+            raise
+        self.server.started(host, assoc)
+
     def _create_association(self) -> Any:
         assoc = super()._create_association()
         GuardedSocket.adopt(cast(AssociationSocket, assoc.dul.socket), self.server.limits)
@@ -289,7 +309,13 @@ class NodeAssociationServer(ThreadedAssociationServer):
     reuse_port = False
     request_queue_size = 128
     limits: TransportLimits
-    _capped: set[str]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # made before pynetdicom's constructor, which binds and starts listening
+        self._cap_lock = threading.Lock()
+        self._starting: Counter[str] = Counter()
+        self._capped: set[str] = set()
+        super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
         if self.reuse_port and self.socket is not None:
@@ -302,21 +328,43 @@ class NodeAssociationServer(ThreadedAssociationServer):
         return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Refuse a connection from an address already holding its share."""
+        """Refuse a connection from an address already holding its share.
+
+        An address holds the associations whose threads run and the connections
+        accepted whose association has not started yet (a burst is accepted
+        faster than threads start); :meth:`started` moves a connection from
+        the second to the first under the same lock.
+        """
         host = str(client_address[0])
-        held = sum(1 for assoc in self.active_associations if assoc.requestor.address == host)
-        capped = self.__dict__.setdefault("_capped", set())
-        if held < self.limits.max_connections_per_address:
-            capped.discard(host)
-            return True
-        if host not in capped:
-            capped.add(host)
+        with self._cap_lock:
+            held = self._starting[host] + sum(
+                1 for assoc in self.active_associations if assoc.requestor.address == host
+            )
+            if held < self.limits.max_connections_per_address:
+                self._starting[host] += 1
+                self._capped.discard(host)
+                return True
+            first = host not in self._capped
+            self._capped.add(host)
+        if first:
             LOGGER.warning(
                 "closing new connections from %s: it already holds %d, the most one address may",
                 host,
                 held,
             )
         return False
+
+    def started(self, host: str, assoc: Any) -> None:
+        """Start the association of a connection from ``host`` (``None``: it
+        failed before that) and stop counting it as starting."""
+        with self._cap_lock:
+            try:
+                if assoc is not None:
+                    assoc.start()
+            finally:
+                self._starting[host] -= 1
+                if self._starting[host] <= 0:
+                    del self._starting[host]
 
 
 def server_class(
