@@ -115,7 +115,7 @@ class GuardedSocket(AssociationSocket):
 
     limits: TransportLimits
     _opened: float
-    _pdu_left: int
+    _expect_body: bool
     _pdu_type: int
     _rq_received: bool
     _refused: bool
@@ -137,7 +137,7 @@ class GuardedSocket(AssociationSocket):
         guarded = cast(GuardedSocket, plain)
         guarded.limits = limits
         guarded._opened = time.monotonic()
-        guarded._pdu_left = 0
+        guarded._expect_body = False
         guarded._pdu_type = 0
         guarded._rq_received = False
         guarded._refused = False
@@ -165,7 +165,7 @@ class GuardedSocket(AssociationSocket):
         """
         if self.socket is None:
             return bytearray()
-        header = self._pdu_left == 0
+        header = not self._expect_body
         self._arm_timeout()
         try:
             data = super().recv(nr_bytes)
@@ -178,6 +178,7 @@ class GuardedSocket(AssociationSocket):
             self._refuse(reason, None)
             return bytearray()
         except OSError:
+            self._disconnect()  # reset by the peer
             return bytearray()
         if header:
             if len(data) < _HEADER.size:
@@ -187,15 +188,16 @@ class GuardedSocket(AssociationSocket):
             pdu_type, _, length = _HEADER.unpack(bytes(data))
             if not self._header_acceptable(pdu_type, length):
                 return bytearray()
-            self._pdu_left = length
+            self._expect_body = True
             self._pdu_type = pdu_type
         else:
+            # pynetdicom reads the whole body in one call
+            self._expect_body = False
             if len(data) < nr_bytes:
                 # The peer closed the connection inside a PDU.
                 self._disconnect()
                 return data
-            self._pdu_left = max(0, self._pdu_left - len(data))
-            if self._pdu_left == 0 and self._pdu_type == _A_ASSOCIATE_RQ:
+            if self._pdu_type == _A_ASSOCIATE_RQ:
                 self._rq_received = True
         return data
 
