@@ -20,6 +20,7 @@ from dicomnode.ingress.transport import (
     MAX_CONTROL_PDU_LENGTH,
     NodeRequestHandler,
     TransportLimits,
+    discard_partial_dataset,
     server_class,
 )
 
@@ -158,6 +159,8 @@ class IngressServer:
             (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_ABORTED, discard_partial_dataset),
+            (evt.EVT_RELEASED, discard_partial_dataset),
             (evt.EVT_C_ECHO, self.handler.on_c_echo),
             (evt.EVT_C_STORE, self._on_c_store),
         ]

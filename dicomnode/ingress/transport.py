@@ -40,6 +40,7 @@ it is closed as soon as it is accepted).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import struct
 import threading
@@ -272,6 +273,26 @@ class GuardedSocket(AssociationSocket):
             return str(self.assoc.requestor.address)
         except (AttributeError, TypeError):
             return "an unknown address"
+
+
+def discard_partial_dataset(event: Any) -> None:
+    """``evt.EVT_ABORTED`` / ``evt.EVT_RELEASED``: remove the file of a data set
+    that stopped half-way.
+
+    pynetdicom's chunked receive creates a file when a C-STORE's command
+    arrives and removes it only after the C-STORE handler ran; when the
+    association ends first, the file stays, so every aborted transfer would
+    leave one behind.
+    """
+    message = getattr(event.assoc.dimse, "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    if partial is None:
+        return
+    try:
+        partial.close()
+        os.unlink(partial.name)
+    except OSError as exc:
+        LOGGER.warning("could not remove a partly received data set: %s", exc.strerror)
 
 
 class NodeRequestHandler(RequestHandler):

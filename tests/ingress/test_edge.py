@@ -191,3 +191,45 @@ def test_dataset_above_the_bound_is_refused_and_not_kept(make_settings, start_no
     spool = settings.storage.spool_path
     assert [p.name for p in (spool / "studies").rglob("*.dcm")] == [small.sop_uids[0] + ".dcm"]
     assert list((spool / "tmp").iterdir()) == []
+
+
+def test_a_transfer_cut_short_leaves_no_file(node_process, tmp_path, monkeypatch):
+    """A C-STORE whose data set stops half-way (the sender aborts) leaves
+    nothing in the node's temporary directory or its spool."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.sop_class import CTImageStorage
+
+    from tests.helpers import node_config
+
+    received = tmp_path / "received"
+    received.mkdir()
+    monkeypatch.setenv("TMPDIR", str(received))
+    config = node_config(tmp_path)
+    node = node_process(config)
+    ae = AE(ae_title=SCANNER_AET)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET, max_pdu=16384)
+    assert assoc.is_established
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = "1.2.3.4"
+    request.Priority = 2
+    request.DataSet = BytesIO(b"\x08\x00\x16\x00\x1a\x00\x00\x00" + b"1" * 200_000)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    context_id = assoc.accepted_contexts[0].context_id
+    pdus = list(message.encode_msg(context_id, 16384))
+    raw = assoc.dul.socket.socket
+    for primitive in pdus[:4]:  # the command and the first part of the data set
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        raw.sendall(pdu.encode())
+    wait_for(lambda: list(received.glob("*.dcm")), 10, "the node to start writing the data set")
+    assoc.abort()
+    wait_for(lambda: not list(received.iterdir()), 10, "the partial file to be removed")
+    assert not list((tmp_path / "data" / "spool" / "studies").rglob("*.dcm"))
