@@ -34,7 +34,9 @@ What it enforces, and what a peer gets:
 :class:`NodeAssociationServer` adds the listening side: TCP_NODELAY on every
 accepted socket, an optional SO_REUSEPORT, a listen backlog sized for bursts,
 and a cap on the connections one address may hold at once (a connection beyond
-it is closed as soon as it is accepted).
+it is closed as soon as it is accepted). :func:`discard_partial_dataset` removes
+the file pynetdicom's chunked receive leaves behind when an association ends in
+the middle of a data set.
 """
 
 from __future__ import annotations
