@@ -108,11 +108,12 @@ def test_connection_without_association_is_closed_at_the_deadline(
 ):
     settings = make_settings(ingress={"association_deadline": 1, "acse_timeout": 60})
     node = start_node(settings)
+    began = time.monotonic()
     sock = connect(sockets, settings.node.port)
     sock.sendall(sent)
-    received, took = read_until_closed(sock, timeout=10)
+    received, _ = read_until_closed(sock, timeout=10)
     assert received == b""
-    assert 0.9 < took < 5
+    assert 1 <= time.monotonic() - began < 5  # the deadline runs from the connection
     assert node.ingress is not None
     wait_for(lambda: node.ingress.active_associations() == 0, 5, "the slot to be freed")
 
