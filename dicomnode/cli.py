@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -114,6 +115,7 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not sep or not host or not port_text.isdigit():
         print(f"error: --to must be HOST:PORT, got {args.to!r}", file=sys.stderr)
         return 2
+    tls = _send_tls(args, host)
     report = SendReport()
     files = collect_files([Path(p) for p in args.paths], report)
     for path, reason in report.skipped:
@@ -135,11 +137,49 @@ def cmd_send(args: argparse.Namespace) -> int:
             report=report,
             on_sent=advance,
             timeout=args.timeout,
+            tls=tls,
         )
     for path, reason in report.failed:
         print(f"failed {path}: {reason}", file=sys.stderr)
     print(f"sent {len(report.sent)}, failed {len(report.failed)}, skipped {len(report.skipped)}")
     return 0 if not report.failed else 1
+
+
+#: ``dicomnode send`` options for the fields of :class:`ClientTLSConfig`.
+_TLS_OPTIONS = {
+    "ca_file": "--ca",
+    "certificate": "--cert",
+    "private_key": "--key",
+    "server_hostname": "--server-name",
+}
+
+
+def _send_tls(args: argparse.Namespace, host: str) -> tuple[ssl.SSLContext, str] | None:
+    """The TLS context and expected peer name of ``send --tls``, or ``None``."""
+    from pydantic import ValidationError
+
+    from dicomnode.config import ClientTLSConfig
+
+    given = {
+        name: getattr(args, name)
+        for name in ("ca_file", "certificate", "private_key", "server_hostname")
+        if getattr(args, name) is not None
+    }
+    if not args.tls:
+        if given:
+            options = ", ".join(_TLS_OPTIONS[name] for name in given)
+            raise ConfigError(f"{options}: only with --tls")
+        return None
+    try:
+        config = ClientTLSConfig(check_hostname=not args.no_hostname_check, **given)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = [str(part) for part in error.get("loc", ())]
+            where = ", ".join(_TLS_OPTIONS.get(part, part) for part in loc) or "--tls"
+            problems.append(f"{where}: {error.get('msg', 'invalid')}")
+        raise ConfigError("invalid TLS options", problems) from exc
+    return config.context(), config.hostname_for(host)
 
 
 def _fmt_purged(purged: int, rounds: int, at: float | None) -> str:
@@ -493,6 +533,33 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--calling-aet", default="DICOMNODE_SCU", help="our AE title")
     send.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     send.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    send.add_argument(
+        "--tls", action="store_true", help="DICOM over TLS (1.2 or newer; the peer is verified)"
+    )
+    send.add_argument(
+        "--ca",
+        dest="ca_file",
+        type=Path,
+        metavar="FILE",
+        help="CA certificate(s), PEM, the peer's certificate must chain to (default: the system's)",
+    )
+    send.add_argument(
+        "--cert", dest="certificate", type=Path, metavar="FILE", help="our client certificate (PEM)"
+    )
+    send.add_argument(
+        "--key", dest="private_key", type=Path, metavar="FILE", help="its private key (PEM)"
+    )
+    send.add_argument(
+        "--server-name",
+        dest="server_hostname",
+        metavar="NAME",
+        help="the name the peer's certificate must carry (default: the host of --to)",
+    )
+    send.add_argument(
+        "--no-hostname-check",
+        action="store_true",
+        help="accept a peer certificate that does not name the host (still verified)",
+    )
     send.set_defaults(func=cmd_send)
 
     run = sub.add_parser("run", help="run a pipeline offline on a folder")

@@ -131,14 +131,17 @@ class Node:
         check first, without that option, that nobody listens there."""
         node = self.settings.node
         family = socket.AF_INET6 if ":" in node.bind else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((node.bind, node.port))
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot listen on {node.bind}:{node.port}: {exc.strerror}"
-                ) from exc
+        tls = self.settings.ingress.tls
+        ports = [node.port] if tls is None or tls.port is None else [node.port, tls.port]
+        for port in ports:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((node.bind, port))
+                except OSError as exc:
+                    raise StartupError(
+                        f"cannot listen on {node.bind}:{port}: {exc.strerror}"
+                    ) from exc
 
     def _start_child(self, index: int) -> BaseProcess:
         child = self._mp.Process(

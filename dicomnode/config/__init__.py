@@ -11,14 +11,17 @@ from dicomnode.config.schema import (
     Settings,
     StorageConfig,
 )
+from dicomnode.config.tls import ClientTLSConfig, ServerTLSConfig
 
 __all__ = [
     "AssemblyConfig",
+    "ClientTLSConfig",
     "DatabaseConfig",
     "IngressConfig",
     "LoggingConfig",
     "NodeConfig",
     "SenderConfig",
+    "ServerTLSConfig",
     "Settings",
     "StorageConfig",
     "load_config",

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dicomnode.config.tls import ClientTLSConfig, no_null
 from dicomnode.config.types import AETitle
 
 
@@ -27,6 +28,11 @@ class DicomDestination(_Model):
         default=None, description="Our AE title towards it; default node.ae_title."
     )
     timeout_seconds: float = Field(default=30.0, gt=0)
+    tls: ClientTLSConfig | None = Field(
+        default=None, description="DICOM over TLS to this peer; unset: plain TCP."
+    )
+
+    _tls_not_empty = field_validator("tls", mode="before")(no_null)
 
 
 class HL7Destination(_Model):
@@ -41,6 +47,11 @@ class HL7Destination(_Model):
     receiving_facility: str = ""
     version: Literal["2.5.1"] = "2.5.1"
     timeout_seconds: float = Field(default=30.0, gt=0, description="Hard deadline for the ACK.")
+    tls: ClientTLSConfig | None = Field(
+        default=None, description="MLLP over TLS to this receiver; unset: plain TCP."
+    )
+
+    _tls_not_empty = field_validator("tls", mode="before")(no_null)
 
 
 class FolderDestination(_Model):

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dicomnode.config.destinations import Destination, ExportConfig
 from dicomnode.config.rules import RoutingConfig
+from dicomnode.config.tls import ServerTLSConfig, no_null
 from dicomnode.config.types import AETitle, IPAddress
 
 
@@ -112,6 +113,15 @@ class IngressConfig(_Model):
     shutdown_grace_seconds: float = Field(
         default=30.0, ge=0, description="How long SIGTERM waits for in-flight associations."
     )
+    tls: ServerTLSConfig | None = Field(
+        default=None,
+        description=(
+            "DICOM over TLS: on node.port only, or on a second port (tls.port) beside "
+            "plain TCP on node.port; unset: plain TCP only."
+        ),
+    )
+
+    _tls_not_empty = field_validator("tls", mode="before")(no_null)
 
     @model_validator(mode="after")
     def _unique_senders(self) -> IngressConfig:
@@ -271,6 +281,16 @@ class Settings(_Model):
         if isinstance(data, dict):
             return {key: ({} if value is None else value) for key, value in data.items()}
         return data
+
+    @model_validator(mode="after")
+    def _tls_port_is_another(self) -> Settings:
+        tls = self.ingress.tls
+        if tls is not None and tls.port == self.node.port:
+            raise ValueError(
+                f"ingress.tls.port: {tls.port} is node.port; leave tls.port unset to "
+                "speak TLS on node.port only, or give another port"
+            )
+        return self
 
     @property
     def database_path(self) -> Path:

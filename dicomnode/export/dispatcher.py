@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shutil
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +49,24 @@ LOGGER = logging.getLogger(__name__)
 
 #: C-STORE failures that retrying cannot fix.
 PERMANENT_STATUSES = frozenset({0x0122, 0x0124, 0x0211, 0xA900})
+
+
+def _tls_args(
+    target: DicomDestination | HL7Destination, host: str
+) -> tuple[ssl.SSLContext, str] | None:
+    """The TLS context and expected peer name of a destination, or ``None`` (plain TCP).
+
+    Raises
+    ------
+    SendError
+        Its TLS files cannot be loaded any more (changed since the config was read).
+    """
+    if target.tls is None:
+        return None
+    try:
+        return target.tls.context(), target.tls.hostname_for(host)
+    except ValueError as exc:
+        raise SendError(f"tls: {exc}") from exc
 
 
 class Delivery:
@@ -239,6 +258,7 @@ class Dispatcher:
                 calling,
                 report=report,
                 timeout=target.timeout_seconds,
+                tls=_tls_args(target, target.host),
             )
         except SendError as exc:
             return Delivery([], [i.id for i in items if i.id not in dead], dead, str(exc))
@@ -288,7 +308,13 @@ class Dispatcher:
                 timestamp=made,
             )
             try:
-                deliver(message, target.host, target.port, timeout=target.timeout_seconds)
+                deliver(
+                    message,
+                    target.host,
+                    target.port,
+                    timeout=target.timeout_seconds,
+                    tls=_tls_args(target, target.host),
+                )
             except HL7Error as exc:
                 errors.append(str(exc))
                 (dead if exc.permanent else retry).append(item.id)

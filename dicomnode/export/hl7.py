@@ -54,6 +54,7 @@ import logging
 import math
 import re
 import socket
+import ssl
 import textwrap
 import time
 from collections.abc import Mapping
@@ -654,7 +655,14 @@ def parse_ack(data: str) -> AckResult:
     return AckResult(code=code, control_id=control, text=text, raw=data)
 
 
-def send_mllp(message: str, host: str, port: int, *, timeout: float) -> AckResult:
+def send_mllp(
+    message: str,
+    host: str,
+    port: int,
+    *,
+    timeout: float,
+    tls: tuple[ssl.SSLContext, str] | None = None,
+) -> AckResult:
     """Send one message over MLLP and wait for its ACK.
 
     The whole exchange (connect, send, read the ACK) must end within
@@ -669,7 +677,10 @@ def send_mllp(message: str, host: str, port: int, *, timeout: float) -> AckResul
     host, port
         The receiver.
     timeout : float
-        Seconds, total.
+        Seconds, total (TLS handshake included).
+    tls : tuple of (ssl.SSLContext, str), optional
+        MLLP over TLS: the client context and the name the receiver's
+        certificate must carry; ``None`` sends over plain TCP.
 
     Returns
     -------
@@ -697,27 +708,33 @@ def send_mllp(message: str, host: str, port: int, *, timeout: float) -> AckResul
         return left
 
     try:
-        with socket.create_connection((host, port), timeout=remaining()) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.settimeout(remaining())
-            sock.sendall(frame)
-            buffer = b""
-            while True:
-                sock.settimeout(remaining())
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise HL7ConnectionError(f"{host}:{port} closed the connection without an ACK")
-                buffer += chunk
-                start = buffer.find(START_BLOCK)
-                if start >= 0:
-                    end = buffer.find(END_BLOCK, start)
-                    if end >= 0:
-                        body = buffer[start + 1 : end].decode("utf-8", errors="replace")
-                        break
+        with socket.create_connection((host, port), timeout=remaining()) as plain:
+            plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            plain.settimeout(remaining())
+            wrapped = plain if tls is None else tls[0].wrap_socket(plain, server_hostname=tls[1])
+            with wrapped as sock:
+                sock.sendall(frame)
+                buffer = b""
+                while True:
+                    sock.settimeout(remaining())
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise HL7ConnectionError(
+                            f"{host}:{port} closed the connection without an ACK"
+                        )
+                    buffer += chunk
+                    start = buffer.find(START_BLOCK)
+                    if start >= 0:
+                        end = buffer.find(END_BLOCK, start)
+                        if end >= 0:
+                            body = buffer[start + 1 : end].decode("utf-8", errors="replace")
+                            break
     except HL7Error:
         raise
     except TimeoutError as exc:  # socket.timeout is TimeoutError
         raise HL7TimeoutError(f"no ACK from {host}:{port} within {timeout:g} s") from exc
+    except ssl.SSLError as exc:
+        raise HL7ConnectionError(f"cannot deliver to {host}:{port}: TLS failed ({exc})") from exc
     except OSError as exc:
         raise HL7ConnectionError(f"cannot deliver to {host}:{port}: {exc}") from exc
     return parse_ack(body)
@@ -756,15 +773,23 @@ def classify(ack: AckResult, expected_control_id: str) -> AckResult:
     )
 
 
-def deliver(message: str, host: str, port: int, *, timeout: float) -> AckResult:
+def deliver(
+    message: str,
+    host: str,
+    port: int,
+    *,
+    timeout: float,
+    tls: tuple[ssl.SSLContext, str] | None = None,
+) -> AckResult:
     """Send ``message`` and check its ACK against its own MSH-10.
 
     Returns the ACK when delivered; raises like :func:`send_mllp` and
     :func:`classify` otherwise (``exc.permanent`` says whether to retry).
+    ``tls`` is as for :func:`send_mllp`.
     """
     expected = message_control_id(message)
     if not expected:
         raise HL7Error("the message has no MSH-10 control ID", permanent=True)
-    ack = classify(send_mllp(message, host, port, timeout=timeout), expected)
+    ack = classify(send_mllp(message, host, port, timeout=timeout, tls=tls), expected)
     LOGGER.debug("HL7 message %s acknowledged by %s:%d", expected, host, port)
     return ack

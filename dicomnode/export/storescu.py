@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,7 @@ def send_files(
     report: SendReport | None = None,
     on_sent: Callable[[OutgoingFile, int], None] | None = None,
     timeout: float = 60.0,
+    tls: tuple[ssl.SSLContext, str] | None = None,
 ) -> SendReport:
     """Send files over one association, each as stored on disk.
 
@@ -139,7 +141,11 @@ def send_files(
     on_sent : callable, optional
         Called with each file and its DIMSE status (``-1`` when none came back).
     timeout : float
-        ACSE, DIMSE and network timeout in seconds.
+        Connection (TLS handshake included), ACSE, DIMSE and network timeout
+        in seconds.
+    tls : tuple of (ssl.SSLContext, str), optional
+        DICOM over TLS: the client context and the name the peer's
+        certificate must carry; ``None`` sends over plain TCP.
 
     Returns
     -------
@@ -163,7 +169,8 @@ def send_files(
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
-    assoc = ae.associate(host, port, ae_title=called_aet)
+    ae.connection_timeout = timeout
+    assoc = ae.associate(host, port, ae_title=called_aet, tls_args=tls)
     refused = _refused_classes(assoc) if not assoc.is_rejected else set()
     if not assoc.is_established:
         if assoc.is_aborted and refused >= {item.sop_class_uid for item in files}:
@@ -174,7 +181,8 @@ def send_files(
                     on_sent(item, -1)
             return report
         reason = "rejected" if assoc.is_rejected else "could not be established"
-        raise SendError(f"association with {called_aet} at {host}:{port} {reason}")
+        over = " over TLS" if tls is not None else ""
+        raise SendError(f"association with {called_aet} at {host}:{port}{over} {reason}")
     try:
         sock = assoc.dul.socket.socket if assoc.dul.socket else None
         if sock is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import struct
 import threading
 import time
@@ -13,6 +14,7 @@ from typing import Any
 from pynetdicom import AE, _config, evt
 
 from dicomnode.config import IngressConfig, NodeConfig
+from dicomnode.errors import StartupError
 from dicomnode.ingress.contexts import supported_contexts
 from dicomnode.ingress.handler import OUT_OF_RESOURCES, StoreHandler
 from dicomnode.ingress.policy import SenderPolicy
@@ -63,19 +65,48 @@ def transport_limits(ingress: IngressConfig) -> TransportLimits:
     )
 
 
+def listeners(node: NodeConfig, ingress: IngressConfig) -> list[tuple[int, ssl.SSLContext | None]]:
+    """The ports to listen on, each with its TLS context (``None``: plain TCP).
+
+    Without ``ingress.tls``: ``node.port`` in plain TCP. With it and no
+    ``tls.port``: ``node.port`` in TLS only. With ``tls.port``: ``node.port``
+    in plain TCP and ``tls.port`` in TLS.
+
+    Raises
+    ------
+    StartupError
+        The TLS files cannot be loaded (any more).
+    """
+    tls = ingress.tls
+    if tls is None:
+        return [(node.port, None)]
+    try:
+        context = tls.context()
+    except ValueError as exc:
+        raise StartupError(f"ingress.tls: {exc}") from exc
+    if tls.port is None:
+        return [(node.port, context)]
+    return [(node.port, None), (tls.port, context)]
+
+
 class IngressServer:
-    """C-ECHO and C-STORE SCP.
+    """C-ECHO and C-STORE SCP, on one port or two (plain TCP and TLS).
 
     Parameters
     ----------
     node : NodeConfig
         AE title, bind address, port.
     ingress : IngressConfig
-        Allow-list, PDU and dataset size, deadlines, connection caps.
+        Allow-list, PDU and dataset size, deadlines, connection caps, TLS.
     handler : StoreHandler
         Saves and records each instance.
     reuse_port : bool
         Set SO_REUSEPORT so several processes can share the port.
+
+    Raises
+    ------
+    StartupError
+        The TLS certificate, key or CA file cannot be loaded.
     """
 
     def __init__(
@@ -91,7 +122,8 @@ class IngressServer:
         self.handler = handler
         self.policy = SenderPolicy.from_config(ingress)
         self.reuse_port = reuse_port
-        self._server: Any = None
+        self._servers: list[Any] = []
+        self._listeners = listeners(node, ingress)
         self._stopped = threading.Event()
 
         ae = AE(ae_title=node.ae_title)
@@ -108,10 +140,25 @@ class IngressServer:
 
     @property
     def port(self) -> int:
-        """The port actually bound (useful when the config says 0)."""
-        if self._server is None:
+        """The port of ``node.port``'s listener as bound."""
+        if not self._servers:
             return self.node.port
-        return int(self._server.server_address[1])
+        return int(self._servers[0].server_address[1])
+
+    @property
+    def _server(self) -> Any:
+        """The listener on ``node.port`` (``None`` when not started)."""
+        return self._servers[0] if self._servers else None
+
+    @property
+    def tls_port(self) -> int | None:
+        """The port that speaks TLS, or ``None`` without TLS."""
+        for index, (port, context) in enumerate(self._listeners):
+            if context is not None:
+                if index < len(self._servers):
+                    return int(self._servers[index].server_address[1])
+                return port
+        return None
 
     def _on_requested(self, event: Any) -> None:
         """``evt.EVT_REQUESTED``: reject senders not on the allow-list."""
@@ -168,45 +215,64 @@ class IngressServer:
         # (pynetdicom has only this process-wide switch; the node's C-STORE
         # handler reads ``event.dataset_path``).
         _config.STORE_RECV_CHUNKED_DATASET = True
-        server = self.ae.make_server(
-            (self.node.bind, self.node.port),
-            contexts=self.contexts,  # ours, cheap to copy per association
-            evt_handlers=handlers,
-            server_class=server_class(
-                reuse_port=self.reuse_port,
-                backlog=self.config.listen_backlog,
-                limits=self.limits,
-            ),
-            request_handler=NodeRequestHandler,
-        )
-        thread = threading.Thread(
-            target=server.serve_forever, name="dicomnode-ingress", daemon=True
-        )
-        thread.start()
-        self.ae._servers.append(server)
-        self._server = server
-        LOGGER.info("listening as %s on %s:%d", self.node.ae_title, self.node.bind, self.port)
+        for port, context in self._listeners:
+            try:
+                server = self.ae.make_server(
+                    (self.node.bind, port),
+                    contexts=self.contexts,  # ours, cheap to copy per association
+                    evt_handlers=handlers,
+                    ssl_context=context,
+                    server_class=server_class(
+                        reuse_port=self.reuse_port,
+                        backlog=self.config.listen_backlog,
+                        limits=self.limits,
+                    ),
+                    request_handler=NodeRequestHandler,
+                )
+            except OSError as exc:
+                self._close_all()
+                raise StartupError(
+                    f"cannot listen on {self.node.bind}:{port}: {exc.strerror or exc}"
+                ) from exc
+            thread = threading.Thread(
+                target=server.serve_forever, name=f"dicomnode-ingress-{port}", daemon=True
+            )
+            thread.start()
+            self.ae._servers.append(server)
+            self._servers.append(server)
+            LOGGER.info(
+                "listening as %s on %s:%d%s",
+                self.node.ae_title,
+                self.node.bind,
+                int(server.server_address[1]),
+                " (DICOM over TLS)" if context is not None else "",
+            )
+
+    def _close_all(self) -> None:
+        """Stop and close the listeners started so far (a later one failed)."""
+        for server in self._servers:
+            server.shutdown()  # pynetdicom's: also closes the socket
+        self._servers = []
 
     def active_associations(self) -> int:
         """How many associations are open right now."""
-        if self._server is None:
-            return 0
-        return len(self._server.active_associations)
+        return sum(len(server.active_associations) for server in self._servers)
 
     def stop(self, grace_seconds: float) -> None:
         """Stop accepting, let in-flight associations finish (up to
         ``grace_seconds``), then abort what is left."""
-        server = self._server
-        if server is None:
+        servers = self._servers
+        if not servers:
             return
-        server.shutdown()
+        for server in servers:
+            server.shutdown()
         LOGGER.info("stopped accepting associations")
         deadline = time.monotonic() + grace_seconds
-        while server.active_associations and time.monotonic() < deadline:
+        while self.active_associations() and time.monotonic() < deadline:
             time.sleep(0.05)
-        left = list(server.active_associations)
+        left = [assoc for server in servers for assoc in server.active_associations]
         for assoc in left:
             assoc.abort()
         if left:
             LOGGER.warning("aborted %d association(s) still open after the grace period", len(left))
-        self._server = None
+        self._servers = []

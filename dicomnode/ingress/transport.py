@@ -34,9 +34,15 @@ What it enforces, and what a peer gets:
 :class:`NodeAssociationServer` adds the listening side: TCP_NODELAY on every
 accepted socket, an optional SO_REUSEPORT, a listen backlog sized for bursts,
 and a cap on the connections one address may hold at once (a connection beyond
-it is closed as soon as it is accepted). :func:`discard_partial_dataset` removes
-the file pynetdicom's chunked receive leaves behind when an association ends in
-the middle of a data set.
+it is closed as soon as it is accepted). With an :class:`ssl.SSLContext` it
+speaks DICOM over TLS; pynetdicom would run the TLS handshake in the thread
+that accepts connections, with no timeout, so one peer that connects and sends
+nothing would stop every other connection from being accepted: here the
+handshake runs in the connection's own thread and must end within the
+association deadline, which also covers the A-ASSOCIATE-RQ after it. The
+:class:`GuardedSocket` then reads the decrypted stream with the same checks.
+:func:`discard_partial_dataset` removes the file pynetdicom's chunked receive
+leaves behind when an association ends in the middle of a data set.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -126,7 +133,9 @@ class GuardedSocket(AssociationSocket):
     _timeout: float | None
 
     @classmethod
-    def adopt(cls, plain: AssociationSocket, limits: TransportLimits) -> GuardedSocket:
+    def adopt(
+        cls, plain: AssociationSocket, limits: TransportLimits, opened: float | None = None
+    ) -> GuardedSocket:
         """Give an accepted connection's socket the node's limits.
 
         Parameters
@@ -135,11 +144,14 @@ class GuardedSocket(AssociationSocket):
             The socket pynetdicom created for the connection, not yet read.
         limits : TransportLimits
             What the connection may send.
+        opened : float, optional
+            When the connection was accepted (:func:`time.monotonic`), where
+            that was before now (a TLS handshake came first); default now.
         """
         plain.__class__ = cls
         guarded = cast(GuardedSocket, plain)
         guarded.limits = limits
-        guarded._opened = time.monotonic()
+        guarded._opened = time.monotonic() if opened is None else opened
         guarded._expect_body = False
         guarded._pdu_type = 0
         guarded._rq_received = False
@@ -301,13 +313,19 @@ class NodeRequestHandler(RequestHandler):
     """pynetdicom's request handler, giving each connection a :class:`GuardedSocket`."""
 
     server: NodeAssociationServer
+    _opened: float
 
     def handle(self) -> None:
         """pynetdicom's ``handle``, with the association's thread started
         under the server's connection count (see
-        :meth:`NodeAssociationServer.verify_request`)."""
+        :meth:`NodeAssociationServer.verify_request`), after the TLS
+        handshake when the listener speaks TLS."""
         host = str(self.client_address[0])
+        self._opened = time.monotonic()
         try:
+            if isinstance(self.request, ssl.SSLSocket) and not self._handshake(host):
+                self.server.started(host, None)
+                return
             assoc = self._create_association()
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         except BaseException:
@@ -315,9 +333,34 @@ class NodeRequestHandler(RequestHandler):
             raise
         self.server.started(host, assoc)
 
+    def _handshake(self, host: str) -> bool:
+        """Run the TLS handshake within the association deadline; log and close
+        the connection when it fails."""
+        request = cast(ssl.SSLSocket, self.request)
+        try:
+            request.settimeout(self.server.limits.association_deadline)
+            request.do_handshake()
+            request.settimeout(None)
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, TimeoutError):
+                reason = "did not complete the TLS handshake within the association deadline"
+            elif isinstance(exc, ssl.SSLError):
+                reason = f"failed the TLS handshake ({exc.reason or exc.strerror!a})"
+            else:
+                reason = f"closed the connection during the TLS handshake ({exc})"
+            LOGGER.warning("closed a connection from %s: it %s", host, reason)
+            try:
+                request.close()
+            except OSError:
+                pass  # already gone
+            return False
+        return True
+
     def _create_association(self) -> Any:
         assoc = super()._create_association()
-        GuardedSocket.adopt(cast(AssociationSocket, assoc.dul.socket), self.server.limits)
+        GuardedSocket.adopt(
+            cast(AssociationSocket, assoc.dul.socket), self.server.limits, self._opened
+        )
         return assoc
 
 
@@ -348,8 +391,15 @@ class NodeAssociationServer(ThreadedAssociationServer):
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        client, address = super().get_request()
+        """Accept a connection: TCP_NODELAY, and with TLS a wrapped socket whose
+        handshake :class:`NodeRequestHandler` runs in the connection's thread."""
+        listening = cast(socket.socket, self.socket)
+        client, address = listening.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
         return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
