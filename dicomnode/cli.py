@@ -170,6 +170,8 @@ def _send_tls(args: argparse.Namespace, host: str) -> tuple[ssl.SSLContext, str]
             options = ", ".join(_TLS_OPTIONS[name] for name in given)
             raise ConfigError(f"{options}: only with --tls")
         return None
+    if ("certificate" in given) != ("private_key" in given):
+        raise ConfigError("--cert, --key: give both or neither")
     try:
         config = ClientTLSConfig(check_hostname=not args.no_hostname_check, **given)
     except ValidationError as exc:
@@ -177,7 +179,8 @@ def _send_tls(args: argparse.Namespace, host: str) -> tuple[ssl.SSLContext, str]
         for error in exc.errors():
             loc = [str(part) for part in error.get("loc", ())]
             where = ", ".join(_TLS_OPTIONS.get(part, part) for part in loc) or "--tls"
-            problems.append(f"{where}: {error.get('msg', 'invalid')}")
+            message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+            problems.append(f"{where}: {message}")
         raise ConfigError("invalid TLS options", problems) from exc
     return config.context(), config.hostname_for(host)
 

@@ -8,10 +8,13 @@ with hl7apy: ``AA``, ``AE``, ``AR``, ``AA`` for another control ID
 until the test ends or ``hold`` seconds pass). A sequence of answers is used
 in order, one per message received, the last one for every later message:
 ``["none", "AA"]`` leaves the first message unanswered and ACKs the rest.
+With ``ssl_context`` the server speaks MLLP over TLS (its listening socket is
+wrapped, so every accepted connection starts with the TLS handshake).
 """
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -94,15 +97,22 @@ class _Handler(AbstractHandler):  # type: ignore[misc]
 
 @contextmanager
 def running_ris(
-    answer: str | Sequence[str] = "AA", reason: str = "", hold: float = 30.0, port: int = 0
+    answer: str | Sequence[str] = "AA",
+    reason: str = "",
+    hold: float = 30.0,
+    port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Iterator[RIS]:
     """Run the RIS for the ``with`` block on ``port`` (0: a free one).
 
     ``answer`` is AA, AE, AR, wrong-id or none, or a sequence of them used in
-    order (the last one for every later message).
+    order (the last one for every later message). ``ssl_context``: a server
+    context for MLLP over TLS.
     """
     ris = RIS(answer, reason, hold)
     server = MLLPServer("127.0.0.1", port, {ORU_TYPE: (_Handler, ris)}, timeout=10)
+    if ssl_context is not None:
+        server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
     server.daemon_threads = True
     ris.server = server
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
