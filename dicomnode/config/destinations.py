@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dicomnode.config.tls import ClientTLSConfig, no_null
+from dicomnode.config.tls import ClientTLSConfig
 from dicomnode.config.types import AETitle
 
 
@@ -32,8 +32,6 @@ class DicomDestination(_Model):
         default=None, description="DICOM over TLS to this peer; unset: plain TCP."
     )
 
-    _tls_not_empty = field_validator("tls", mode="before")(no_null)
-
 
 class HL7Destination(_Model):
     """A RIS/EHR that receives ORU^R01 messages over MLLP."""
@@ -50,8 +48,6 @@ class HL7Destination(_Model):
     tls: ClientTLSConfig | None = Field(
         default=None, description="MLLP over TLS to this receiver; unset: plain TCP."
     )
-
-    _tls_not_empty = field_validator("tls", mode="before")(no_null)
 
 
 class FolderDestination(_Model):

@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dicomnode.config.destinations import Destination, ExportConfig
 from dicomnode.config.rules import RoutingConfig
-from dicomnode.config.tls import ServerTLSConfig, no_null
+from dicomnode.config.tls import ServerTLSConfig
 from dicomnode.config.types import AETitle, IPAddress
 
 
@@ -120,8 +120,6 @@ class IngressConfig(_Model):
             "plain TCP on node.port; unset: plain TCP only."
         ),
     )
-
-    _tls_not_empty = field_validator("tls", mode="before")(no_null)
 
     @model_validator(mode="after")
     def _unique_senders(self) -> IngressConfig:

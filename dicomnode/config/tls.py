@@ -198,13 +198,3 @@ class ClientTLSConfig(_Model):
     def hostname_for(self, host: str) -> str:
         """The name the peer's certificate is checked against when connecting to ``host``."""
         return self.server_hostname or host
-
-
-def no_null(value: object) -> object:
-    """Refuse ``tls:`` with nothing under it, which YAML reads as null and
-    would otherwise silently mean plain TCP."""
-    if value is None:
-        raise ValueError(
-            "empty; write `tls: {}` for TLS with the default settings, or remove the key"
-        )
-    return value

@@ -120,26 +120,6 @@ def test_the_tls_port_must_not_be_the_node_port(pki: PKI) -> None:
     assert "ingress.tls.port: 11112 is node.port" in found
 
 
-@pytest.mark.parametrize("where", ["ingress", "pacs", "ris"])
-def test_an_empty_tls_key_is_an_error_not_plain_tcp(where: str) -> None:
-    """``tls:`` with only comments under it is null in YAML."""
-    data: dict[str, Any] = {
-        "destinations": {
-            "pacs": {"type": "dicom", "ae_title": "PACS", "host": "h", "port": 104},
-            "ris": {"type": "hl7", "host": "h", "port": 2575},
-        }
-    }
-    if where == "ingress":
-        data["ingress"] = {"tls": None}
-        field = "ingress.tls"
-    else:
-        data["destinations"][where]["tls"] = None
-        field = f"destinations.{where}.dicom.tls" if where == "pacs" else "destinations.ris.hl7.tls"
-    found = one_problem(data)
-    assert found.startswith(field + ":"), found
-    assert "tls: {}" in found
-
-
 @pytest.mark.parametrize(
     ("tls", "words"),
     [
