@@ -27,6 +27,7 @@ from tests.helpers import (
     SCANNER_AET,
     echo,
     free_port,
+    node_config,
     require_tool,
     store_statuses,
     storescu,
@@ -252,6 +253,16 @@ def test_tls_versions_below_the_minimum_are_refused(
     assert handshake(offers_only(accepted), port) == VERSION_NAMES[accepted]
 
 
+@pytest.mark.parametrize(
+    "profile", ["+py", "+px", "+pz"], ids=["bcp195-nd", "bcp195", "bcp195-extended"]
+)
+def test_dcmtk_bcp195_profiles_are_accepted(make_settings, start_node, pki, profile) -> None:
+    settings = make_settings(ingress=tls_section(pki))
+    start_node(settings)
+    result = tls_echo(settings.node.port, [*dcmtk_tls(pki), profile])
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_dicom_tools_negotiate_tls_1_3_when_the_node_asks_for_it(
     make_settings, start_node, pki
 ) -> None:
@@ -335,3 +346,15 @@ def test_tcp_nodelay_is_set_on_tls_connections(make_settings, start_node, pki) -
         assert assoc.send_c_echo().Status == 0
     finally:
         assoc.release()
+
+
+@pytest.mark.slow
+def test_two_receiving_processes_serve_both_ports(node_process, ct_series, pki, tmp_path) -> None:
+    tls_port = free_port()
+    config = node_config(tmp_path, ingress={"processes": 2, **tls_section(pki, port=tls_port)})
+    node = node_process(config)  # waits for C-ECHO on the plain port
+    series = ct_series(slices=4, size=32)
+    result = storescu(series.paths, tls_port, extra=dcmtk_tls(pki))
+    assert result.returncode == 0, result.stderr + node.log()
+    assert store_statuses(result.stderr) == ["Success"] * 4
+    assert "(DICOM over TLS)" in node.log()
