@@ -62,7 +62,13 @@ class CXRClassifyPipeline:
 
     name: str = "cxr-classify"
     version: str = "1.0.0"
-    input: InputSpec = InputSpec(modalities=frozenset({"CR", "DX"}), min_slices=1, max_slices=1)
+    #: one frontal chest radiograph; a header that names another body part is refused
+    input: InputSpec = InputSpec(
+        modalities=frozenset({"CR", "DX"}),
+        min_slices=1,
+        max_slices=1,
+        body_parts=frozenset({"CHEST", "THORAX", "TORAX", "LUNG"}),
+    )
     algorithm: Algorithm = Algorithm(family=ARTIFICIAL_INTELLIGENCE_CODE, trained_model=True)
     required_models: tuple[str, ...] = (MODEL_NAME,)
 
