@@ -2,9 +2,9 @@
 
 A manifest is a YAML file ``<models_dir>/<name>.yaml``::
 
-    name: cxr-densenet121
+    name: cxr-classify
     version: 1.0.0
-    file: cxr-densenet121-1.0.0.pt      # relative to the manifest's folder
+    file: cxr-classify-1.0.0.pt         # relative to the manifest's folder
     sha256: 3b1f...                      # 64 hex digits
     labels:
       - {index: 0, name: pneumothorax, threshold: 0.5,
@@ -12,7 +12,9 @@ A manifest is a YAML file ``<models_dir>/<name>.yaml``::
     input: {modalities: [CR, DX], size: [224, 224], intensity: "window to [0, 1]"}
     intended_use: Triage of adult frontal chest radiographs; not for diagnosis.
 
-The runner checks the file's SHA-256 before a pipeline may load it.
+The runner checks the file's SHA-256 before a pipeline may load it, and
+``dicomnode config check`` and ``serve`` check it before the node starts
+(:mod:`dicomnode.runner.requirements`).
 """
 
 from __future__ import annotations
