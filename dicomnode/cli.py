@@ -60,46 +60,41 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the node until SIGTERM."""
+    """Run the node until SIGTERM; refuse to start when a rule cannot work."""
+    from dicomnode.runner.requirements import setup_problems
     from dicomnode.service import Node, configure_logging
 
     settings = _load(args.config)
     configure_logging(settings.logging.level)
-    for warning in [*settings.warnings(), *_pipeline_problems(settings)]:
+    problems = setup_problems(settings)
+    if problems:
+        raise ConfigError(
+            f"{args.config or os.environ.get(CONFIG_ENV)}: the node cannot start: "
+            "its rules route to pipelines that cannot run here",
+            problems,
+        )
+    for warning in settings.warnings():
         logging.getLogger("dicomnode").warning("config: %s", warning)
     Node(settings).serve_forever()
     return 0
 
 
-def _pipeline_problems(settings: Settings) -> list[str]:
-    """Rules that name a pipeline this installation does not have."""
-    from dicomnode.runner.registry import PipelineRegistry
-
-    registry = PipelineRegistry.discover(settings.runner.plugins)
-    installed = ", ".join(registry.names()) or "none"
-    problems = []
-    rules: list[tuple[str, object]] = [
-        (f"routing.rules.{i}", r) for i, r in enumerate(settings.routing.rules)
-    ]
-    if settings.routing.fallback is not None:
-        rules.append(("routing.fallback", settings.routing.fallback))
-    for path, rule in rules:
-        name = str(getattr(rule, "pipeline", ""))
-        if name not in registry:
-            problems.append(
-                f"{path}.pipeline: no pipeline {name!r} is installed (installed: {installed})"
-            )
-    return problems
-
-
 def cmd_config_check(args: argparse.Namespace) -> int:
-    """Validate a configuration file, and that its rules name installed pipelines."""
+    """Validate a configuration file, and that every pipeline its rules route to
+    is installed and has what it needs (model manifests and weights, a bundle)."""
+    from dicomnode.runner.requirements import setup_problems
+
     settings = load_config(args.file)
-    problems = _pipeline_problems(settings)
+    problems = setup_problems(settings)
     if problems:
         raise ConfigError(f"{args.file}: invalid configuration", problems)
     for warning in settings.warnings():
         print(f"warning: {warning}")
+    if not settings.runner.enabled:
+        print(
+            "note: runner.enabled is false: the models and bundles of the routed pipelines "
+            "are checked where they run"
+        )
     print(f"{args.file}: OK")
     return 0
 

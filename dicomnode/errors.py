@@ -14,6 +14,7 @@ boundary (``dicomnode.ingress``, ``dicomnode.export``).
     │   └── SpoolWriteError      a write that failed (disk full, permissions)
     ├── DatasetError             a received dataset we cannot use
     ├── VolumeError              a series cannot become a correct volume; the message says why
+    ├── ResultError              result objects cannot be made from this input (permanent)
     ├── JobStoreError            the durable job store
     │   ├── IllegalTransitionError
     │   │   └── PurgedError      the job's files were removed by retention
@@ -81,6 +82,17 @@ class VolumeError(DicomNodeError):
     Raised when loading a series for a pipeline: files of several series,
     mixed orientations or sizes, duplicate or missing slices, colour images,
     pixel data that cannot be decoded.
+    """
+
+
+class ResultError(DicomNodeError):
+    """The result writer cannot make objects from this input, and never will.
+
+    Raised before anything is written when the source instances lack what the
+    objects need (a Frame of Reference UID for a segmentation of a CT, one
+    geometry shared by all slices) or when highdicom refuses the inputs. The
+    run ends DEAD at once with this message: the writer is a pure function of
+    the result and the source headers, so retrying cannot help.
     """
 
 

@@ -310,13 +310,72 @@ ARTIFICIAL_INTELLIGENCE_CODE = Code("123110", "DCM", "Artificial Intelligence")
 MORPHOLOGICAL_OPERATIONS_CODE = Code("123104", "DCM", "Morphological Operations")
 
 
+Range = tuple[float, float]
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """What a pipeline needs from its input series."""
+    """What a pipeline needs from its input series: its input contract.
+
+    The runner checks every volume against the pipeline's ``input`` before
+    :meth:`Pipeline.run` and refuses (:class:`InputRefused`, the run is DEAD
+    at once) one outside it. Bounds are inclusive; ``None`` (or an empty set)
+    means "any".
+
+    Attributes
+    ----------
+    modalities : frozenset of str
+        Accepted Modality values (upper case).
+    min_slices, max_slices : int
+        How many slices (frames) the volume may have.
+    field_of_view_mm : (float, float), optional
+        Least and greatest extent of an image, in mm, along its rows and along
+        its columns (pixels times pixel spacing), e.g. ``(200, 800)`` for a
+        whole adult chest.
+    pixel_spacing_mm : (float, float), optional
+        Least and greatest in-plane pixel spacing, in mm.
+    slice_spacing_mm : (float, float), optional
+        Least and greatest distance between slices, in mm (checked on volumes
+        of more than one slice).
+    body_parts : frozenset of str
+        Accepted Body Part Examined terms (upper case, letters only, e.g.
+        ``CHEST``). When the header gives a body part, it must contain one of
+        them once upper-cased and stripped of everything but letters (so
+        ``Chest_Routine`` and ``CHESTABDPELVIS`` are a chest); a header without
+        one is accepted. Empty: any body part.
+    """
 
     modalities: frozenset[str]
     min_slices: int = 1
     max_slices: int | None = None
+    field_of_view_mm: Range | None = None
+    pixel_spacing_mm: Range | None = None
+    slice_spacing_mm: Range | None = None
+    body_parts: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.modalities or any(m != m.upper() or not m for m in self.modalities):
+            raise ValueError(
+                f"InputSpec.modalities must be upper-case Modality values, got {self.modalities}"
+            )
+        if self.min_slices < 1:
+            raise ValueError(f"InputSpec.min_slices must be at least 1, got {self.min_slices}")
+        if self.max_slices is not None and self.max_slices < self.min_slices:
+            raise ValueError(
+                f"InputSpec.max_slices ({self.max_slices}) is below min_slices ({self.min_slices})"
+            )
+        for name in ("field_of_view_mm", "pixel_spacing_mm", "slice_spacing_mm"):
+            bounds = getattr(self, name)
+            if bounds is not None and not 0 < bounds[0] <= bounds[1]:
+                raise ValueError(
+                    f"InputSpec.{name} must be (least, greatest) with 0 < least <= greatest, "
+                    f"got {bounds}"
+                )
+        if any(not part.isalpha() or part != part.upper() for part in self.body_parts):
+            raise ValueError(
+                "InputSpec.body_parts must be upper-case letters only (e.g. CHEST), "
+                f"got {sorted(self.body_parts)}"
+            )
 
 
 @runtime_checkable
@@ -343,7 +402,35 @@ class Pipeline(Protocol):
         ...
 
     def run(self, volume: Volume, device: str) -> PipelineResult:
-        """Process one volume and return its result in the volume's grid."""
+        """Process one volume and return its result in the volume's grid.
+
+        The runner calls it only with volumes inside :attr:`input`; a
+        pipeline refuses anything else it cannot handle with
+        :class:`InputRefused`.
+        """
+        ...
+
+
+@runtime_checkable
+class SetupCheck(Protocol):
+    """A pipeline that can tell, before it is loaded, whether what it needs is there.
+
+    ``dicomnode config check`` and ``dicomnode serve`` (before it starts)
+    call :meth:`check_setup` for every pipeline a rule routes to, after the
+    runner has verified its ``required_models`` and given it its options
+    (``configure``), so a node whose rules cannot work does not start.
+    """
+
+    def check_setup(self, models: Mapping[str, ModelFile]) -> None:
+        """Raise ``ValueError`` (or :class:`InputRefused`) naming what is
+        missing or wrong, e.g. an unset or unreadable bundle folder.
+
+        Parameters
+        ----------
+        models : mapping of str to ModelFile
+            The verified models of ``required_models`` (empty when none).
+            Nothing is loaded on a device.
+        """
         ...
 
 

@@ -20,9 +20,11 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from dicomnode.errors import ResultError
 from dicomnode.protocol import InputRefused, PipelineResult, ResultContext, Volume
 from dicomnode.resultfile import staging_path
 from dicomnode.results.overlay import build_overlays
+from dicomnode.results.preflight import check_writable
 from dicomnode.results.seg import build_segmentation
 from dicomnode.results.sr import build_report
 
@@ -57,6 +59,11 @@ class DicomResultWriter:
         InputRefused
             The sources' Patient Name holds several values (a backslash in the
             name): no object is written under an ambiguous patient name.
+        ResultError
+            The sources lack what the objects need (a Frame of Reference UID,
+            see :func:`~dicomnode.results.preflight.check_writable`), or
+            highdicom refuses them; nothing is written, and the run is DEAD at
+            once (retrying the same input cannot help).
         """
         sources = read_sources(volume, context.source_files)
         name = sources[0].get("PatientName") if sources else None
@@ -65,14 +72,22 @@ class DicomResultWriter:
                 f"the source's Patient Name holds {len(name)} values (a backslash in the "
                 "name); no result is written under an ambiguous patient name"
             )
+        check_writable(result, volume, sources)
         objects: list[Dataset] = []
-        segmentation = build_segmentation(result, volume, sources, context)
-        if segmentation is not None:
-            objects.append(segmentation)
-        report = build_report(result, volume, sources, context, segmentation)
-        if report is not None:
-            objects.append(report)
-        objects.extend(build_overlays(result, volume, sources, context))
+        try:
+            segmentation = build_segmentation(result, volume, sources, context)
+            if segmentation is not None:
+                objects.append(segmentation)
+            report = build_report(result, volume, sources, context, segmentation)
+            if report is not None:
+                objects.append(report)
+            objects.extend(build_overlays(result, volume, sources, context))
+        except InputRefused:
+            raise
+        except ValueError as exc:
+            # highdicom refuses inputs with ValueError; building is a pure function
+            # of the result and the source headers, so a retry would meet it again
+            raise ResultError(f"the result objects cannot be made from this input: {exc}") from exc
         return self._save(objects, context.out_dir)
 
     @staticmethod

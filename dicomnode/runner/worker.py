@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from dicomnode.errors import InputError, ModelError, RunnerError, VolumeError
+from dicomnode.errors import InputError, ModelError, ResultError, RunnerError, VolumeError
 from dicomnode.protocol import (
     InputRefused,
     ModelFile,
@@ -27,6 +27,7 @@ from dicomnode.protocol import (
     ResultWriter,
 )
 from dicomnode.resultfile import record_timings, save_result
+from dicomnode.runner.contract import check_input
 from dicomnode.runner.manifest import verify_model
 from dicomnode.runner.registry import PipelineRegistry
 from dicomnode.runner.volume import load_series
@@ -133,6 +134,12 @@ class Worker:
     def run(self, task: Task) -> Outcome:
         """Run one task; every failure becomes an :class:`Outcome`.
 
+        A failure that the same input would meet again (a series that is no
+        volume, a volume outside the pipeline's input contract, a pipeline's
+        :class:`~dicomnode.protocol.InputRefused`, a bad model, sources the
+        result writer cannot make objects from) is ``permanent``: the run is
+        DEAD at once with its reason. Any other exception may be retried.
+
         The seconds spent loading the volume, in the pipeline, saving the
         result and writing the DICOM objects go to ``result.json``'s
         ``"timings"`` (``load_s``, ``pipeline_s``, ``save_s``, ``write_s``).
@@ -143,19 +150,7 @@ class Worker:
             mark = time.perf_counter()
             volume = load_series([Path(f) for f in task.files])
             timings = {"load_s": time.perf_counter() - mark}
-            spec = pipeline.input
-            if volume.modality not in spec.modalities:
-                raise InputError(
-                    f"{task.pipeline} accepts {', '.join(sorted(spec.modalities))}, "
-                    f"not {volume.modality or 'a series without Modality'}"
-                )
-            slices = volume.array.shape[0]
-            if slices < spec.min_slices or (spec.max_slices and slices > spec.max_slices):
-                raise InputError(
-                    f"{task.pipeline} needs {spec.min_slices}"
-                    f"{f'..{spec.max_slices}' if spec.max_slices else ' or more'} slices, "
-                    f"the series has {slices}"
-                )
+            check_input(pipeline.name, pipeline.input, volume)
             mark = time.perf_counter()
             result = pipeline.run(volume, self.device)
             timings["pipeline_s"] = time.perf_counter() - mark
@@ -195,7 +190,7 @@ class Worker:
                 summary=_with_provenance(result.summary or "result saved", result),
                 objects=tuple(str(p) for p in objects),
             )
-        except (VolumeError, ModelError, InputError, RunnerError, InputRefused) as exc:
+        except (VolumeError, ModelError, InputError, RunnerError, InputRefused, ResultError) as exc:
             return Outcome(
                 task.job_id,
                 ok=False,
