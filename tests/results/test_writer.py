@@ -41,8 +41,19 @@ def test_writes_an_sr_for_findings_only(tmp_path: Path) -> None:
     written = DicomResultWriter().write(
         RESULT, load_series(series.paths), context(tmp_path, series.paths)
     )
-    assert [p.name.split("_")[0] for p in written] == ["SR"]
-    assert pydicom.dcmread(written[0]).PatientName == "PHANTOM^CT"
+    (report,) = written.objects
+    ds = pydicom.dcmread(report.path)
+    assert ds.PatientName == "PHANTOM^CT"
+    assert (report.kind, report.sop_class_uid, report.sop_instance_uid) == (
+        "SR",
+        ds.SOPClassUID,
+        ds.SOPInstanceUID,
+    )
+    assert (report.study_instance_uid, report.series_instance_uid) == (
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+    )
+    assert written.messages == ()  # nobody to notify
 
 
 def test_an_ambiguous_patient_name_is_refused(tmp_path: Path) -> None:
