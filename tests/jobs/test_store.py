@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from dicomnode.errors import IllegalTransitionError, NotFoundError
-from dicomnode.jobs import TRANSITIONS, InstanceRecord, JobState, SQLiteJobStore
+from dicomnode.jobs import TRANSITIONS, InstanceRecord, JobState, RunSpec, SQLiteJobStore
+from dicomnode.protocol import ResultMessage, ResultObject
 
 STUDY = "1.2.826.0.1.1"
 QUIET, MAX_WAIT = 30.0, 600.0
@@ -188,6 +189,53 @@ def test_a_database_from_before_retention_gets_its_columns(tmp_path: Path) -> No
     job = reopened.get_job(job_id)
     assert (job.state, job.purged_at, job.outbox_dir) == (JobState.RECEIVED, None, None)
     assert reopened.expired_studies(10_000.0) == []  # a RECEIVED round is never expired
+
+
+def _run(store: SQLiteJobStore, clock: Clock, sop: str) -> int:
+    """A ct-lung run of one round of the series (RUNNING), with a PACS and a RIS."""
+    round_id = store.record_instance(record(sop, clock.now)).job_id
+    clock.now += QUIET
+    store.complete_due(clock.now, QUIET, MAX_WAIT)
+    spec = RunSpec(
+        "lungs", "ct-lung", "1.2.826.0.1.1.1", ("pacs",), ("ris", "gone"), result_status="final"
+    )
+    (run_id,) = store.route(round_id, [spec], "matched")
+    store.claim_runs(clock.now, 1)
+    return run_id
+
+
+def test_the_outbox_holds_what_the_writer_made(store: SQLiteJobStore, clock: Clock) -> None:
+    """Objects with their UIDs, one message per notify name (none for a name
+    the writer built nothing for); a destination that got a result before
+    makes the next result of the series a correction."""
+    seg = ResultObject("SEG", "1.2.840.10008.5.1.4.1.1.66.4", "9.1", STUDY, "9.2", Path("/o/s"))
+    message = ResultMessage("ris", "DN2-ABCD", "MSH|^~\\&|...", ("9.1",))
+    first = _run(store, clock, "1.1")
+    assert store.get_job(first).result_status == "final"
+    assert store.notified_before(first) == set()
+    store.finish_run(first, "/r", "done", (seg,), (message,))
+    rows = {i.destination: i for i in store.outbox(first)}
+    assert (rows["pacs"].kind, rows["pacs"].sop_instance_uid, rows["pacs"].path) == (
+        "dicom",
+        "9.1",
+        "/o/s",
+    )
+    assert (rows["ris"].body, rows["ris"].refers_to, rows["ris"].path) == (
+        message.body,
+        ("9.1",),
+        "",
+    )
+    assert (rows["gone"].kind, rows["gone"].body) == ("notification", None)
+    store.start_exports()
+    store.record_delivery([rows["ris"].id], "DELIVERED")
+    store.record_delivery([rows["gone"].id], "DEAD", "held back", attempted=False)
+    assert {i.destination: i.attempts for i in store.outbox(first)} == {
+        "pacs": 0,
+        "ris": 1,
+        "gone": 0,
+    }
+    second = _run(store, clock, "1.2")  # the series again, in a new round
+    assert store.notified_before(second) == {"ris"}
 
 
 #: The job store's schema as release 0.1.0 (schema version 3) created it, copied
