@@ -385,11 +385,6 @@ class ResultContext:
     notifications: tuple[NotificationTarget, ...] = ()
 
 
-RESULT_STATUSES = ("preliminary", "final")
-"""The values of a rule's ``result_status``: whether its results travel as
-preliminary (the default: nobody verified them) or as final."""
-
-
 @dataclass(frozen=True)
 class NotificationTarget:
     """One HL7 receiver the result writer builds an ORU^R01 for.
