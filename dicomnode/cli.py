@@ -13,7 +13,7 @@ from pathlib import Path
 from dicomnode import __version__
 from dicomnode.config import Settings, load_config
 from dicomnode.errors import ConfigError, DicomNodeError, SendError
-from dicomnode.jobs import JobState, SQLiteJobStore
+from dicomnode.jobs import JobState, OutboxItem, SQLiteJobStore
 
 CONFIG_ENV = "DICOMNODE_CONFIG"
 
@@ -241,7 +241,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                             [
                                 d.destination,
                                 d.kind,
-                                Path(d.path).name,
+                                _delivered_what(d),
                                 d.state,
                                 str(d.attempts),
                                 d.last_error or "",
@@ -368,8 +368,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result, document = load_result(out)
     print(f"{args.pipeline} on {len(files)} instance(s), {worker.device}: {result.summary}")
     print(f"took {document['seconds']:.1f} s; result in {out}")
-    for path in outcome.objects:
-        print(f"wrote {path}")
+    for item in outcome.objects:
+        print(f"wrote {item.path}")
     rows = [
         [
             next((s.name for s in result.segments if s.label == m.segment_label), "-"),
@@ -382,6 +382,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if rows:
         print(_table(["SEGMENT", "MEASUREMENT", "VALUE", "UNIT"], rows))
     return 0
+
+
+def _delivered_what(item: OutboxItem) -> str:
+    """What an outbox row delivers, for ``jobs show``: the object's file name,
+    or the notification's message type and control ID."""
+    if item.kind != "notification":
+        return Path(item.path).name
+    if item.body is None:
+        return "(no message)"
+    from dicomnode.export.hl7 import message_control_id
+
+    return f"ORU^R01 {message_control_id(item.body)}"
 
 
 def _series_files(paths: list[Path], wanted: str) -> list[Path]:

@@ -21,7 +21,7 @@ boundary (``dicomnode.ingress``, ``dicomnode.export``).
     │   └── NotFoundError
     ├── ExportError              delivery to a peer
     │   ├── SendError            association refused or peer unreachable
-    │   └── HL7Error             an HL7 message could not be built or delivered (.permanent)
+    │   └── HL7Error             an HL7 message could not be delivered (.permanent)
     │       ├── HL7NackError         the RIS answered AE/CE (permanent) or AR/CR, wrong MSA-2
     │       ├── HL7TimeoutError      no ACK before the deadline (retryable)
     │       └── HL7ConnectionError   refused, reset or closed without an ACK (retryable)
@@ -122,7 +122,7 @@ class SendError(ExportError):
 
 
 class HL7Error(ExportError):
-    """Building or delivering an HL7 v2 message failed.
+    """Delivering an HL7 v2 message failed.
 
     Parameters
     ----------

@@ -453,6 +453,12 @@ class ResultContext:
     algorithm : Algorithm
         The pipeline's declared algorithm family: the objects name it, and
         call the result "AI" only when it comes from a trained model.
+    final : bool
+        The rule says its results are verified (``result_status: final``):
+        the SR is FINAL and the ORU's result status F. Otherwise (the default)
+        the SR is PRELIMINARY and the ORU's status P.
+    notifications : tuple of NotificationTarget
+        The HL7 receivers to build an ORU^R01 for.
     """
 
     job_id: int
@@ -462,15 +468,97 @@ class ResultContext:
     out_dir: Path
     node_name: str
     algorithm: Algorithm
+    final: bool = False
+    notifications: tuple[NotificationTarget, ...] = ()
+
+
+@dataclass(frozen=True)
+class NotificationTarget:
+    """One HL7 receiver the result writer builds an ORU^R01 for.
+
+    Attributes
+    ----------
+    destination : str
+        The destination's name in the configuration (the outbox row's).
+    sending_application, sending_facility, receiving_application, receiving_facility : str
+        MSH-3 to MSH-6.
+    correction : bool
+        An earlier result of the same study, series and pipeline was already
+        delivered to this destination: this one replaces it (result status C).
+    """
+
+    destination: str
+    sending_application: str = "DICOMNODE"
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    correction: bool = False
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """One DICOM object a result writer wrote, as the outbox records it.
+
+    Attributes
+    ----------
+    kind : str
+        What the object is, e.g. ``"SEG"``, ``"SR"``, ``"SC"`` (its Modality).
+    sop_class_uid, sop_instance_uid : str
+        SOP Class and SOP Instance UIDs.
+    study_instance_uid, series_instance_uid : str
+        Where it belongs (the source study, a new series).
+    path : Path
+        The file.
+    """
+
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class ResultMessage:
+    """One notification a result writer built, ready to send as it is.
+
+    Attributes
+    ----------
+    destination : str
+        The :class:`NotificationTarget` it is for.
+    control_id : str
+        Its message control ID (MSH-10).
+    body : str
+        The whole message (ER7, segments separated by carriage returns).
+    refers_to : tuple of str
+        SOP Instance UIDs of the result objects it names: it is sent only
+        after they reached the run's DICOM destinations (unless the rule says
+        ``notify_after: written``).
+    """
+
+    destination: str
+    control_id: str
+    body: str
+    refers_to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WrittenResult:
+    """What a result writer made: the objects and the notifications."""
+
+    objects: tuple[ResultObject, ...] = ()
+    messages: tuple[ResultMessage, ...] = ()
 
 
 @runtime_checkable
 class ResultWriter(Protocol):
     """Turns a :class:`PipelineResult` into files (DICOM objects) in
-    ``context.out_dir`` and returns their paths. Knows nothing of networks."""
+    ``context.out_dir`` and notification messages, and says what it made.
+    Knows nothing of networks."""
 
     def write(
         self, result: PipelineResult, volume: Volume, context: ResultContext
-    ) -> tuple[Path, ...]:
-        """Write every object for ``result``; return the files written."""
+    ) -> WrittenResult:
+        """Write every object and build every notification for ``result``."""
         ...

@@ -217,6 +217,7 @@ class Node:
                 outbox_root=self.settings.storage.spool_path / "outbox",
                 writer=DicomResultWriter(),
                 node_name=self.settings.node.ae_title,
+                destinations=self.settings.destinations,
                 preload=tuple(
                     dict.fromkeys(
                         rule.pipeline

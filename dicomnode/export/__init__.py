@@ -1,4 +1,4 @@
-"""Delivery to peers: C-STORE SCU (and, later, HL7 over MLLP)."""
+"""Delivery to peers, transports only: C-STORE SCU, MLLP client, folder."""
 
 from dicomnode.errors import SendError
 from dicomnode.export.storescu import (

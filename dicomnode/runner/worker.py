@@ -21,9 +21,12 @@ from dicomnode.errors import InputError, ModelError, ResultError, RunnerError, V
 from dicomnode.protocol import (
     InputRefused,
     ModelFile,
+    NotificationTarget,
     Pipeline,
     PipelineResult,
     ResultContext,
+    ResultMessage,
+    ResultObject,
     ResultWriter,
 )
 from dicomnode.resultfile import record_timings, save_result
@@ -37,13 +40,19 @@ LOGGER = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Task:
-    """One pipeline run, as sent to a worker."""
+    """One pipeline run, as sent to a worker.
+
+    ``final`` and ``notifications`` go to the result writer's
+    :class:`~dicomnode.protocol.ResultContext`.
+    """
 
     job_id: int
     pipeline: str
     files: tuple[str, ...]
     result_dir: str
     outbox_dir: str | None = None
+    final: bool = False
+    notifications: tuple[NotificationTarget, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,8 @@ class Outcome:
         Retrying cannot help (bad input, bad model, unknown pipeline).
     traceback : str, optional
         Of the failure.
+    objects, messages : tuples
+        What the result writer made, for the outbox.
     """
 
     job_id: int
@@ -67,7 +78,8 @@ class Outcome:
     summary: str
     permanent: bool = False
     traceback: str | None = None
-    objects: tuple[str, ...] = ()
+    objects: tuple[ResultObject, ...] = ()
+    messages: tuple[ResultMessage, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -168,7 +180,8 @@ class Worker:
                 timings=timings,
             )
             save_s = time.perf_counter() - mark
-            objects: tuple[Path, ...] = ()
+            objects: tuple[ResultObject, ...] = ()
+            messages: tuple[ResultMessage, ...] = ()
             write_s = 0.0
             if self.settings.writer is not None and task.outbox_dir is not None:
                 context = ResultContext(
@@ -179,16 +192,20 @@ class Worker:
                     out_dir=Path(task.outbox_dir),
                     node_name=self.settings.node_name,
                     algorithm=pipeline.algorithm,
+                    final=task.final,
+                    notifications=task.notifications,
                 )
                 mark = time.perf_counter()
-                objects = self.settings.writer.write(result, volume, context)
+                written = self.settings.writer.write(result, volume, context)
+                objects, messages = written.objects, written.messages
                 write_s = time.perf_counter() - mark
             record_timings(result_dir, {"save_s": save_s, "write_s": write_s})
             return Outcome(
                 task.job_id,
                 ok=True,
                 summary=_with_provenance(result.summary or "result saved", result),
-                objects=tuple(str(p) for p in objects),
+                objects=objects,
+                messages=messages,
             )
         except (VolumeError, ModelError, InputError, RunnerError, InputRefused, ResultError) as exc:
             return Outcome(

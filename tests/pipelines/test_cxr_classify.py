@@ -29,7 +29,6 @@ import yaml
 from numpy.typing import NDArray
 
 from dicomnode.errors import ModelError
-from dicomnode.export.hl7 import abnormal
 from dicomnode.protocol import (
     InputRefused,
     ModelFile,
@@ -37,6 +36,7 @@ from dicomnode.protocol import (
     PipelineResult,
     ResultContext,
 )
+from dicomnode.results.oru import abnormal
 from dicomnode.results.overlay import build_overlays
 from dicomnode.results.sr import build_report
 from dicomnode.runner.manifest import verify_model
