@@ -68,7 +68,7 @@ def test_a_radiograph_needs_no_frame_of_reference(tmp_path: Path) -> None:
     assert "FrameOfReferenceUID" not in pydicom.dcmread(path)
     volume = load_series([path])
     written = DicomResultWriter().write(labelled(volume), volume, context(tmp_path, [path]))
-    assert sorted(p.name.split("_")[0] for p in written) == ["SEG", "SR"]
+    assert sorted(o.kind for o in written.objects) == ["SEG", "SR"]
 
 
 def test_a_refusal_of_the_builders_is_permanent(tmp_path: Path) -> None:
