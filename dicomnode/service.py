@@ -19,12 +19,15 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from pydicom import config as pydicom_config
+
 from dicomnode.assembly import Assembler
 from dicomnode.config import Settings
 from dicomnode.errors import DicomNodeError, StartupError
 from dicomnode.export.dispatcher import Dispatcher
 from dicomnode.ingress import IngressServer, StoreHandler, recover_spool
 from dicomnode.jobs import SQLiteJobStore
+from dicomnode.logs import PeerNoiseFilter, SafeFormatter
 from dicomnode.results.writer import DicomResultWriter
 from dicomnode.routing.stage import CompletionPolicy, Router
 from dicomnode.runner.stage import Runner
@@ -38,13 +41,30 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 def configure_logging(level: str) -> None:
     """Console logging for ``serve`` and its receiving processes.
 
-    The libraries' per-message logs (pynetdicom logs every DIMSE message,
-    APScheduler every run) are kept at WARNING unless the level is DEBUG.
+    Every record is one line with control characters escaped
+    (:class:`~dicomnode.logs.SafeFormatter`): a value from the wire cannot
+    forge a line. Python warnings go through logging too, so they are escaped
+    alike. The libraries' per-message logs (pynetdicom logs every DIMSE
+    message, APScheduler every run) are kept at WARNING unless the level is
+    DEBUG; outside DEBUG, pydicom does not validate what it reads (a bad value
+    in a received dataset would cost a warning per element; the node checks
+    what it uses itself), pynetdicom's value validators stay silent (their
+    callers report the failure) and a DIMSE message pynetdicom refuses is one
+    line without its traceback (:class:`~dicomnode.logs.PeerNoiseFilter`).
     """
-    logging.basicConfig(level=level, format=LOG_FORMAT)
-    quiet = logging.DEBUG if level == "DEBUG" else logging.WARNING
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter(LOG_FORMAT))
+    debug = level == "DEBUG"
+    if not debug:
+        handler.addFilter(PeerNoiseFilter())
+    logging.basicConfig(level=level, handlers=[handler])
+    logging.captureWarnings(True)
+    quiet = logging.DEBUG if debug else logging.WARNING
     for name in ("pynetdicom", "apscheduler"):
         logging.getLogger(name).setLevel(quiet)
+    if not debug:
+        logging.getLogger("pynetdicom.utils").setLevel(logging.CRITICAL)
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 
 def build_spool(settings: Settings) -> Spool:

@@ -14,8 +14,10 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from dicomnode.errors import InvalidUIDError, JobStoreError, SpoolWriteError
+from dicomnode.errors import IncompleteDatasetError, InvalidUIDError, JobStoreError, SpoolWriteError
+from dicomnode.ingress.integrity import check_complete
 from dicomnode.jobs import InstanceRecord, JobStore
+from dicomnode.logs import escape
 from dicomnode.spool import Spool, validate_uid
 
 LOGGER = logging.getLogger(__name__)
@@ -130,32 +132,51 @@ class StoreHandler:
     # -- pynetdicom event handlers --------------------------------------
 
     def on_c_store(self, event: Any) -> int:
-        """``evt.EVT_C_STORE``: decode only the header UIDs, save, answer."""
-        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        """``evt.EVT_C_STORE``: check the dataset is whole, decode only the
+        header UIDs, save, answer. A refused instance is one log line, its
+        values from the wire escaped."""
+        calling_ae = escape(str(event.assoc.requestor.ae_title).strip())
+        try:
+            transfer_syntax = str(event.context.transfer_syntax)
+            check_complete(event.request.DataSet.getbuffer(), transfer_syntax)
+        except IncompleteDatasetError as exc:
+            LOGGER.warning("refused an incomplete dataset from %s: %s", calling_ae, exc)
+            return CANNOT_UNDERSTAND
         try:
             ds = event.dataset
-            transfer_syntax = str(event.context.transfer_syntax)
         except Exception as exc:  # noqa: BLE001 - any decoding failure is the sender's data
-            LOGGER.warning("refused an undecodable dataset from %s: %s", calling_ae, exc)
+            LOGGER.warning(
+                "refused an undecodable dataset from %s: %s", calling_ae, escape(exc, 256)
+            )
             return CANNOT_UNDERSTAND
         try:
             uids = instance_uids(ds)
         except InvalidUIDError as exc:
-            LOGGER.warning("refused an instance from %s: %s", calling_ae, exc)
+            LOGGER.warning("refused an instance from %s: %s", calling_ae, escape(exc, 256))
             return INVALID_UID
         except Exception as exc:  # noqa: BLE001 - an element pydicom cannot parse
-            LOGGER.warning("refused an undecodable dataset from %s: %s", calling_ae, exc)
+            LOGGER.warning(
+                "refused an undecodable dataset from %s: %s", calling_ae, escape(exc, 256)
+            )
             return CANNOT_UNDERSTAND
         request = event.request
-        if uids.sop != str(request.AffectedSOPInstanceUID).rstrip("\x00 ") or uids.sop_class != str(
-            request.AffectedSOPClassUID
-        ).rstrip("\x00 "):
-            LOGGER.warning("refused an instance from %s: UIDs differ from the command", calling_ae)
+        command_sop = str(request.AffectedSOPInstanceUID).rstrip("\x00 ")
+        command_class = str(request.AffectedSOPClassUID).rstrip("\x00 ")
+        if uids.sop != command_sop or uids.sop_class != command_class:
+            LOGGER.warning(
+                "refused an instance from %s: the command's UIDs (class %s, instance %s) "
+                "differ from the dataset's (class %s, instance %s)",
+                calling_ae,
+                escape(command_class, 64),
+                escape(command_sop, 80),
+                uids.sop_class,
+                uids.sop,
+            )
             return DATASET_DOES_NOT_MATCH
         try:
             data = event.encoded_dataset()
         except Exception as exc:  # noqa: BLE001 - malformed meta from the peer
-            LOGGER.warning("refused an instance from %s: %s", calling_ae, exc)
+            LOGGER.warning("refused an instance from %s: %s", calling_ae, escape(exc, 256))
             return CANNOT_UNDERSTAND
         return self.save(data, uids, transfer_syntax, calling_ae)
 

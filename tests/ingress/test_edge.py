@@ -1,0 +1,98 @@
+"""What a broken or hostile sender gets, tried on a real node over loopback.
+
+Where pynetdicom's SCU cannot produce the fault (a dataset that ends early, a
+newline in a UID) the PDUs are written by hand (:mod:`tests.ingress.rawscu`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from dicomnode.config import Settings
+from tests.conftest import open_store
+from tests.helpers import NODE_AET, SCANNER_AET, echo, node_config, wait_for
+from tests.ingress.rawscu import RawAssociation, implicit_le, store_request
+
+pytestmark = pytest.mark.peers
+
+CT = str(CTImageStorage).encode()
+#: What every line the node logs starts with (service.LOG_FORMAT).
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+
+
+def spool_files(settings: Settings) -> list[Path]:
+    return sorted((settings.storage.spool_path / "studies").rglob("*.dcm"))
+
+
+def ct_dataset(ct_series, size: int = 256) -> pydicom.Dataset:
+    (path,) = ct_series(slices=1, size=size).paths
+    return pydicom.dcmread(path)
+
+
+def test_a_dataset_that_ends_early_is_refused_and_nothing_kept(
+    make_settings, start_node, ct_series
+):
+    """A 256x256 16-bit CT whose Pixel Data declares 131,072 bytes while the
+    stream ends 1,000 bytes early, the last fragment flagged last."""
+    settings = make_settings()
+    start_node(settings)
+    ds = ct_dataset(ct_series)
+    assert len(ds.PixelData) == 131072
+    whole = implicit_le(ds)
+    sop = ds.SOPInstanceUID.encode()
+    assoc = RawAssociation(settings.node.port, SCANNER_AET, NODE_AET, CT)
+    try:
+        status = assoc.store(store_request(CT, sop), whole[:-1000])
+        assert 0xC000 <= status <= 0xCFFF, hex(status)
+        assert spool_files(settings) == []
+        assert open_store(settings).jobs() == []
+        # the same instance, whole, on the same association: stored
+        assert assoc.store(store_request(CT, sop, message_id=2), whole) == 0x0000
+    finally:
+        assoc.release()
+    assert [p.stem for p in spool_files(settings)] == [ds.SOPInstanceUID]
+
+
+#: Looks like a line the node writes; 59 characters with the UID before it.
+FORGED = "2026-01-01 00:00:00,000 ERROR   MainProcess x: FORGED"
+
+
+@pytest.mark.parametrize(
+    "uid",
+    [
+        # short enough for pynetdicom: the node's handler refuses the instance
+        "1.2.3\n" + FORGED,
+        # too long for pynetdicom: it aborts the association
+        "1.2.3.4.5.6.7.8.9.10.11.12\n" + FORGED,
+    ],
+    ids=["refused-by-the-node", "aborted-by-pynetdicom"],
+)
+def test_a_newline_in_a_uid_cannot_forge_a_log_line(node_process, tmp_path, ct_series, uid):
+    """A newline in the command's Affected SOP Instance UID reaches no log line
+    raw, and the refused instance is one log line, not ten."""
+    node = node_process(node_config(tmp_path))
+    ds = ct_dataset(ct_series, size=16)
+    before = len(node.log().splitlines())
+    assoc = RawAssociation(node.port, SCANNER_AET, NODE_AET, CT)
+    try:
+        status = assoc.store(store_request(CT, uid.encode()), implicit_le(ds))
+    except (AssertionError, ConnectionError):
+        status = None  # aborted
+    else:
+        assoc.release()
+    finally:
+        assoc.close()
+    assert status != 0x0000
+    wait_for(lambda: "FORGED" in node.log(), 10, "the refusal in the log")
+    assert echo(node.port)  # the node still answers, and what it logged is out
+    lines = node.log().splitlines()[before:]
+    assert not any(line.startswith(FORGED[:23]) for line in lines), "\n".join(lines)
+    assert all(LOG_LINE.match(line) for line in lines), "\n".join(lines)
+    loud = [line for line in lines if " WARNING " in line or " ERROR " in line]
+    assert len(loud) == 1, "\n".join(lines)
+    assert "\\n" + FORGED in loud[0]
