@@ -15,8 +15,8 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from dicomnode.config import Settings
 from tests.conftest import open_store
-from tests.helpers import NODE_AET, SCANNER_AET, echo, node_config, wait_for
-from tests.ingress.rawscu import RawAssociation, implicit_le, store_request
+from tests.helpers import NODE_AET, SCANNER_AET, echo, node_config, storescu, wait_for
+from tests.ingress.rawscu import RawAssociation, Rejection, implicit_le, store_request
 
 pytestmark = pytest.mark.peers
 
@@ -96,3 +96,28 @@ def test_a_newline_in_a_uid_cannot_forge_a_log_line(node_process, tmp_path, ct_s
     loud = [line for line in lines if " WARNING " in line or " ERROR " in line]
     assert len(loud) == 1, "\n".join(lines)
     assert "\\n" + FORGED in loud[0]
+
+
+def test_an_association_to_a_called_ae_the_node_does_not_serve_is_rejected(
+    make_settings, start_node, ct_series
+):
+    """A-ASSOCIATE-RJ 1/1/7 (rejected-permanent, service user, called AE title
+    not recognized) for an allowed sender calling the wrong AE title."""
+    settings = make_settings()
+    start_node(settings)
+    raw = RawAssociation(settings.node.port, SCANNER_AET, "WRONGAET", CT)
+    raw.close()
+    assert raw.rejection == Rejection(result=1, source=1, reason=7)
+    result = storescu(ct_series(slices=1, size=16).paths, settings.node.port, called="WRONGAET")
+    assert result.returncode != 0
+    assert "Called AE Title Not Recognized" in result.stderr
+    assert spool_files(settings) == []
+    assert echo(settings.node.port, called=NODE_AET)
+
+
+def test_the_node_answers_to_every_configured_called_ae_title(make_settings, start_node):
+    settings = make_settings(ingress={"called_ae_titles": ["AI_CT", "AI_MR"]})
+    start_node(settings)
+    assert echo(settings.node.port, called="AI_CT")
+    assert echo(settings.node.port, called="AI_MR")
+    assert not echo(settings.node.port, called=NODE_AET)
