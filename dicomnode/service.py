@@ -8,14 +8,18 @@ the assembler in the spool and the job store like any other stage.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
+import time
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -79,9 +83,71 @@ def build_store(settings: Settings) -> SQLiteJobStore:
     return SQLiteJobStore(settings.database_path)
 
 
-def _ingress_child(settings: Settings, ready: Any, index: int) -> None:
+#: ``prctl`` option: the signal this process gets when its parent ends.
+PR_SET_PDEATHSIG = 1
+#: How often a receiving process checks that the main process still lives.
+PARENT_CHECK_SECONDS = 0.5
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this receiving process as soon as the main process ends.
+
+    Without the main process nothing assembles what a receiving process
+    stores, and its socket keeps the port from a restart. On Linux the kernel
+    sends SIGKILL when the parent ends (``PR_SET_PDEATHSIG``; the parent is the
+    thread that started the process, the main thread here). Everywhere, a
+    thread also checks the parent's id: it covers a parent that ended before
+    ``prctl`` took effect and systems without ``prctl``. SIGKILL, like a
+    ``kill -9`` of the whole node: what was acknowledged is durable, a partial
+    write is removed at the next start.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                LOGGER.warning(
+                    "prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno())
+                )
+        except (OSError, AttributeError) as exc:
+            LOGGER.warning("prctl(PR_SET_PDEATHSIG) is not available: %s", exc)
+
+    def _watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=_watch, name="parent-watch", daemon=True).start()
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a live process (``/proc/<pid>/stat``), or ``None``
+    when there is no such process or it is a zombie. With the pid it names one
+    process: a pid reused by another process has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def _run_file(settings: Settings, index: int) -> Path:
+    return settings.storage.data_dir / "run" / f"ingress-{index}.pid"
+
+
+def _ingress_child(settings: Settings, ready: Any, index: int, parent_pid: int) -> None:
     """Entry point of one receiving process."""
     configure_logging(settings.logging.level)
+    _die_with_parent(parent_pid)
+    run_file = _run_file(settings, index)
+    start = _process_start(os.getpid())
+    if start is not None:
+        run_file.parent.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(f"{os.getpid()} {start}\n", encoding="ascii")
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -105,6 +171,56 @@ def _ingress_child(settings: Settings, ready: Any, index: int) -> None:
     stop.wait()
     server.stop(settings.ingress.shutdown_grace_seconds)
     store.close()
+    run_file.unlink(missing_ok=True)
+
+
+def reclaim_orphans(settings: Settings, timeout: float = 10.0) -> list[int]:
+    """Kill receiving processes an earlier run of the node left behind.
+
+    Each receiving process writes ``<data_dir>/run/ingress-<n>.pid`` (its pid
+    and start time). The caller holds the data directory's lock, so no live
+    node owns those processes: one still running outlived its main process
+    (a system without ``PR_SET_PDEATHSIG``, or one that ends only at its next
+    parent check) and still holds the port. It gets SIGKILL, as its main
+    process did; the spool and the job store are safe against that.
+
+    Returns
+    -------
+    list of int
+        The pids killed.
+    """
+    run_dir = settings.storage.data_dir / "run"
+    if not run_dir.is_dir():
+        return []
+    killed: list[tuple[int, str]] = []
+    for path in sorted(run_dir.glob("ingress-*.pid")):
+        try:
+            pid_text, start = path.read_text(encoding="ascii").split()
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            pid, start = 0, ""
+        if pid > 0 and pid != os.getpid() and _process_start(pid) == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append((pid, start))
+            except ProcessLookupError:
+                pass
+        path.unlink(missing_ok=True)
+    deadline = time.monotonic() + timeout
+    while any(_process_start(pid) == start for pid, start in killed):
+        if time.monotonic() > deadline:
+            raise StartupError(
+                "receiving processes of an earlier run did not end: "
+                + ", ".join(str(pid) for pid, _ in killed)
+            )
+        time.sleep(0.02)
+    if killed:
+        LOGGER.warning(
+            "killed %d receiving process(es) an earlier run left listening (pid %s)",
+            len(killed),
+            ", ".join(str(pid) for pid, _ in killed),
+        )
+    return [pid for pid, _ in killed]
 
 
 class Node:
@@ -163,7 +279,7 @@ class Node:
     def _start_child(self, index: int) -> BaseProcess:
         child = self._mp.Process(
             target=_ingress_child,
-            args=(self.settings, self._ready, index),
+            args=(self.settings, self._ready, index, os.getpid()),
             name=f"ingress-{index}",
             daemon=False,
         )
@@ -185,6 +301,7 @@ class Node:
             self.store = build_store(self.settings)
         except (OSError, DicomNodeError) as exc:
             raise StartupError(f"cannot open the data directory: {exc}") from exc
+        reclaim_orphans(self.settings)
         recover_spool(self.spool, self.store)
         processes = self.settings.ingress.processes
         if processes == 1:
