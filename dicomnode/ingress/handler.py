@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
 
 from dicomnode.errors import IncompleteDatasetError, InvalidUIDError, JobStoreError, SpoolWriteError
 from dicomnode.ingress.integrity import check_complete
+from dicomnode.ingress.sameness import same_content
 from dicomnode.jobs import InstanceRecord, JobStore
 from dicomnode.logs import escape
 from dicomnode.spool import Spool, validate_uid
@@ -27,6 +29,9 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
+#: Warning, Elements Discarded: a re-sent SOP Instance UID whose content differs
+#: from the copy kept; the node keeps its first copy and discards this one.
+CONFLICTING_DUPLICATE = 0xB006
 #: in the "cannot understand" range; 0xC211 is pynetdicom's own for a failing handler
 INVALID_UID = 0xC220
 
@@ -115,11 +120,7 @@ class StoreHandler:
         if outcome.duplicate:
             if not stored.existed and outcome.kept_path != str(stored.path):
                 self.spool.remove(stored.path)
-            LOGGER.info(
-                "duplicate SOP Instance UID in study %s: first copy kept",
-                uids.study,
-                extra={"study_uid": uids.study, "job_id": outcome.job_id},
-            )
+            return self._duplicate(data, uids, outcome.kept_path, outcome.job_id, calling_ae)
         elif outcome.new_round:
             LOGGER.info(
                 "study %s: assembly round opened (job %d)",
@@ -128,6 +129,45 @@ class StoreHandler:
                 extra={"study_uid": uids.study, "job_id": outcome.job_id},
             )
         return SUCCESS
+
+    def _duplicate(
+        self, data: bytes, uids: InstanceUIDs, kept_path: str, job_id: int, calling_ae: str
+    ) -> int:
+        """Answer a SOP Instance UID already recorded: Success when it is the
+        same instance again, :data:`CONFLICTING_DUPLICATE` (and one WARNING
+        line, and the study's conflict count) when its content differs. The
+        first copy is kept either way."""
+        extra = {"study_uid": uids.study, "job_id": job_id}
+        try:
+            same = same_content(Path(kept_path), data)
+        except OSError as exc:
+            LOGGER.warning(
+                "duplicate SOP Instance UID %s in study %s: first copy kept, not compared (%s)",
+                uids.sop,
+                uids.study,
+                exc.strerror,
+                extra=extra,
+            )
+            return SUCCESS
+        if same:
+            LOGGER.info(
+                "duplicate SOP Instance UID in study %s: first copy kept", uids.study, extra=extra
+            )
+            return SUCCESS
+        try:
+            self.store.record_conflict(uids.sop)
+        except JobStoreError as exc:
+            LOGGER.error("could not count a conflicting duplicate in study %s: %s", uids.study, exc)
+        LOGGER.warning(
+            "SOP Instance UID %s of study %s sent again by %s with different content: "
+            "the first copy is kept, this one discarded (status 0x%04X)",
+            uids.sop,
+            uids.study,
+            calling_ae,
+            CONFLICTING_DUPLICATE,
+            extra=extra,
+        )
+        return CONFLICTING_DUPLICATE
 
     # -- pynetdicom event handlers --------------------------------------
 

@@ -31,7 +31,7 @@ from dicomnode.jobs.models import (
 )
 from dicomnode.jobs.states import JobState, check_transition
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -88,7 +88,8 @@ CREATE TABLE IF NOT EXISTS instances (
     calling_ae TEXT NOT NULL,
     received_at REAL NOT NULL,
     job_id INTEGER NOT NULL REFERENCES jobs(id),
-    duplicates INTEGER NOT NULL DEFAULT 0
+    duplicates INTEGER NOT NULL DEFAULT 0,
+    conflicts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -135,6 +136,9 @@ _ADDED_JOB_COLUMNS = {
     "outbox_dir": "TEXT",
     "purged_at": "REAL",
 }
+#: Columns of ``instances`` added later: ``conflicts`` (version 4) counts the
+#: re-sent copies whose content differed from the kept one.
+_ADDED_INSTANCE_COLUMNS = {"conflicts": "INTEGER NOT NULL DEFAULT 0"}
 #: The states in which a job has nothing left to do (retention may purge it).
 FINAL_STATES = (JobState.DONE, JobState.DISCARDED, JobState.DEAD)
 #: An assembly round's own work ends at ROUTED (its runs carry on as jobs of
@@ -232,6 +236,10 @@ class SQLiteJobStore:
             for column, definition in _ADDED_JOB_COLUMNS.items():
                 if column not in present:
                     self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
+            present = {r["name"] for r in self._conn.execute("PRAGMA table_info(instances)")}
+            for column, definition in _ADDED_INSTANCE_COLUMNS.items():
+                if column not in present:
+                    self._conn.execute(f"ALTER TABLE instances ADD COLUMN {column} {definition}")
             self._conn.executescript(_INDEXES)
         with self._write() as cur:
             cur.execute(
@@ -369,6 +377,16 @@ class SQLiteJobStore:
         return RecordOutcome(
             job_id=job_id, duplicate=False, kept_path=record.path, new_round=new_round
         )
+
+    def record_conflict(self, sop_instance_uid: str) -> None:
+        """See :meth:`dicomnode.jobs.store.JobStore.record_conflict`."""
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE instances SET conflicts = conflicts + 1 WHERE sop_instance_uid = ?",
+                (sop_instance_uid,),
+            )
+            if cur.rowcount == 0:
+                raise NotFoundError(f"no instance {sop_instance_uid}")
 
     def has_instance(self, sop_instance_uid: str) -> bool:
         """See :meth:`dicomnode.jobs.store.JobStore.has_instance`."""
@@ -508,12 +526,14 @@ class SQLiteJobStore:
             " GROUP_CONCAT(DISTINCT modality) AS modalities, "
             " COUNT(DISTINCT series_instance_uid) AS series_count, "
             " COUNT(*) AS instance_count, SUM(duplicates) AS duplicate_count, "
+            " SUM(conflicts) AS conflict_count, "
             " MIN(received_at) AS first_at, MAX(received_at) AS last_at "
             " FROM instances GROUP BY study_instance_uid) "
             "SELECT j.study_instance_uid AS uid, h.modalities, "
             "COALESCE(h.series_count, 0) AS series_count, "
             "COALESCE(h.instance_count, 0) AS instance_count, "
             "COALESCE(h.duplicate_count, 0) AS duplicate_count, "
+            "COALESCE(h.conflict_count, 0) AS conflict_count, "
             "COUNT(*) AS rounds, SUM(j.purged_at IS NOT NULL) AS purged_rounds, "
             "MAX(j.purged_at) AS purged_at, "
             "MIN(COALESCE(h.first_at, j.opened_at), j.opened_at) AS first_at, "
@@ -531,6 +551,7 @@ class SQLiteJobStore:
                 series_count=row["series_count"],
                 instance_count=row["instance_count"],
                 duplicate_count=row["duplicate_count"],
+                conflict_count=row["conflict_count"],
                 rounds=row["rounds"],
                 first_received_at=row["first_at"],
                 last_received_at=row["last_at"],
@@ -558,6 +579,15 @@ class SQLiteJobStore:
         if not rows:
             raise NotFoundError(f"no instance {sop_instance_uid}")
         return int(rows[0]["duplicates"])
+
+    def conflicts(self, sop_instance_uid: str) -> int:
+        """How many of an instance's duplicate copies differed from the kept one."""
+        rows = self._read(
+            "SELECT conflicts FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        )
+        if not rows:
+            raise NotFoundError(f"no instance {sop_instance_uid}")
+        return int(rows[0]["conflicts"])
 
     # -- assembly with per-study timing ----------------------------------
 

@@ -7,15 +7,25 @@ newline in a UID) the PDUs are written by hand (:mod:`tests.ingress.rawscu`).
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pydicom
 import pytest
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from dicomnode.config import Settings
+from dicomnode.config import Settings, parse_config
 from tests.conftest import open_store
-from tests.helpers import NODE_AET, SCANNER_AET, echo, node_config, storescu, wait_for
+from tests.helpers import (
+    NODE_AET,
+    SCANNER_AET,
+    echo,
+    node_config,
+    store_statuses,
+    storescu,
+    wait_for,
+)
 from tests.ingress.rawscu import RawAssociation, Rejection, implicit_le, store_request
 
 pytestmark = pytest.mark.peers
@@ -121,3 +131,46 @@ def test_the_node_answers_to_every_configured_called_ae_title(make_settings, sta
     assert echo(settings.node.port, called="AI_CT")
     assert echo(settings.node.port, called="AI_MR")
     assert not echo(settings.node.port, called=NODE_AET)
+
+
+def test_a_re_sent_uid_with_other_content_gets_a_warning_and_is_counted(
+    node_process, tmp_path, ct_series
+):
+    """First copy wins, as before; the same instance again (even in another
+    transfer syntax) is Success, other content under its UID a Warning, a log
+    line and a CONFLICT count in `dicomnode studies`."""
+    config = node_config(tmp_path)
+    node = node_process(config)
+    series = ct_series(slices=2, size=16)
+    first = series.paths[0]
+    changed = pydicom.dcmread(first)
+    changed.SeriesDescription = "re-processed"
+    changed.save_as(tmp_path / "changed.dcm")
+
+    assert store_statuses(storescu(series.paths, node.port).stderr) == ["Success"] * 2
+    kept = next((tmp_path / "data" / "spool" / "studies").rglob(f"{series.sop_uids[0]}.dcm"))
+    kept_bytes = kept.read_bytes()
+    again = storescu([first], node.port, extra=["--propose-implicit"])
+    assert store_statuses(again.stderr) == ["Success"], again.stderr
+    other = storescu([tmp_path / "changed.dcm"], node.port)
+    (status,) = store_statuses(other.stderr)
+    assert status.startswith("Warning"), other.stderr
+    assert "0xb006" in other.stderr.lower() or "ElementsDiscarded" in other.stderr
+
+    assert kept.read_bytes() == kept_bytes
+    store = open_store(parse_config(config))
+    assert store.duplicates(series.sop_uids[0]) == 2
+    assert store.conflicts(series.sop_uids[0]) == 1
+    (line,) = [line for line in node.log().splitlines() if "different content" in line]
+    assert " WARNING " in line and series.sop_uids[0] in line and "SCANNER" in line
+    studies = subprocess.run(
+        [sys.executable, "-m", "dicomnode", "studies", "-c", str(node.config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    header, *rows = studies.stdout.splitlines()
+    (row,) = [r for r in rows if series.study_uid in r]
+    columns = dict(zip(header.replace("STUDY UID", "UID").split(), row.split(), strict=False))
+    assert (columns["DUP"], columns["CONFLICT"]) == ("2", "1")
