@@ -262,6 +262,21 @@ class Node:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
+    def _check_disk_floor(self, spool: Spool) -> None:
+        """Say at start, loudly, when the spool's disk is already below
+        ``storage.min_free_mb``: the node starts, but refuses every C-STORE
+        (0xA700) until space is freed."""
+        if not spool.below_floor():
+            return
+        mib = 1024 * 1024
+        LOGGER.error(
+            "the spool disk (%s) has %d MiB free, below storage.min_free_mb (%d MiB): every "
+            "C-STORE is refused with 0xA700 (Out of Resources) until space is freed",
+            spool.root,
+            spool.free_bytes() // mib,
+            self.settings.storage.min_free_mb,
+        )
+
     def _probe_port(self) -> None:
         """With SO_REUSEPORT a second node would silently share the port:
         check first, without that option, that nobody listens there."""
@@ -302,6 +317,7 @@ class Node:
         except (OSError, DicomNodeError) as exc:
             raise StartupError(f"cannot open the data directory: {exc}") from exc
         reclaim_orphans(self.settings)
+        self._check_disk_floor(self.spool)
         recover_spool(self.spool, self.store)
         processes = self.settings.ingress.processes
         if processes == 1:

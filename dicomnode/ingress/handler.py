@@ -221,5 +221,15 @@ class StoreHandler:
         return self.save(data, uids, transfer_syntax, calling_ae)
 
     def on_c_echo(self, event: Any) -> int:
-        """``evt.EVT_C_ECHO``: always Success."""
+        """``evt.EVT_C_ECHO``: always Success (the association works). When the
+        spool's disk is below its floor, a WARNING line says that stores are
+        refused, for whoever tests the connection."""
+        if self.spool.below_floor():
+            LOGGER.warning(
+                "C-ECHO from %s answered, but the spool disk has %d MiB free, below the "
+                "floor of %d MiB: every C-STORE is refused with 0xA700",
+                escape(str(event.assoc.requestor.ae_title).strip()),
+                self.spool.free_bytes() // (1024 * 1024),
+                self.spool.min_free_bytes // (1024 * 1024),
+            )
         return SUCCESS

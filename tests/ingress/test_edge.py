@@ -174,3 +174,17 @@ def test_a_re_sent_uid_with_other_content_gets_a_warning_and_is_counted(
     (row,) = [r for r in rows if series.study_uid in r]
     columns = dict(zip(header.replace("STUDY UID", "UID").split(), row.split(), strict=False))
     assert (columns["DUP"], columns["CONFLICT"]) == ("2", "1")
+
+
+def test_starting_below_the_disk_floor_says_so(node_process, tmp_path):
+    """The node starts (it can still answer C-ECHO) and says at once, as an
+    ERROR naming the free space and the floor, that it refuses every C-STORE;
+    a C-ECHO while below the floor leaves a WARNING for whoever tests."""
+    floor = 1 << 40  # MiB: no disk has that much
+    node = node_process(node_config(tmp_path, storage={"min_free_mb": floor}))
+    (line,) = [line for line in node.log().splitlines() if "below storage.min_free_mb" in line]
+    assert " ERROR " in line and f"({floor} MiB)" in line
+    assert re.search(r"has \d+ MiB free", line)
+    assert "0xA700" in line
+    assert echo(node.port)
+    wait_for(lambda: "C-ECHO from SCANNER answered" in node.log(), 10, "the C-ECHO warning")
