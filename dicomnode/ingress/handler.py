@@ -16,7 +16,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from dicomnode.errors import IncompleteDatasetError, InvalidUIDError, JobStoreError, SpoolWriteError
-from dicomnode.ingress.integrity import check_complete
+from dicomnode.ingress.integrity import check_complete, check_complete_file
 from dicomnode.ingress.sameness import same_content
 from dicomnode.jobs import InstanceRecord, JobStore
 from dicomnode.logs import escape
@@ -63,6 +63,18 @@ def instance_uids(ds: Dataset) -> InstanceUIDs:
         sop_class=validate_uid(ds.get("SOPClassUID"), "SOPClassUID"),
         modality=str(modality)[:16],
     )
+
+
+def _check_received(event: Any, transfer_syntax: str) -> None:
+    """:func:`~dicomnode.ingress.integrity.check_complete` on the dataset as
+    received: in memory, or in the file pynetdicom wrote it to as it arrived
+    (``STORE_RECV_CHUNKED_DATASET``)."""
+    path = getattr(event.request, "_dataset_path", None)
+    if path is not None:
+        check_complete_file(Path(path), transfer_syntax)
+        return
+    with event.request.DataSet.getbuffer() as view:
+        check_complete(view, transfer_syntax)
 
 
 class StoreHandler:
@@ -178,7 +190,7 @@ class StoreHandler:
         calling_ae = escape(str(event.assoc.requestor.ae_title).strip())
         try:
             transfer_syntax = str(event.context.transfer_syntax)
-            check_complete(event.request.DataSet.getbuffer(), transfer_syntax)
+            _check_received(event, transfer_syntax)
         except IncompleteDatasetError as exc:
             LOGGER.warning("refused an incomplete dataset from %s: %s", calling_ae, exc)
             return CANNOT_UNDERSTAND

@@ -12,9 +12,11 @@ over the headers; values, pixel data included, are skipped by their lengths.
 
 from __future__ import annotations
 
+import mmap
 import struct
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
@@ -75,6 +77,49 @@ def check_complete(data: bytes | memoryview, transfer_syntax: str) -> None:
 
 def _looks_like_vr(vr: bytes) -> bool:
     return vr.isalpha() and vr.isupper()
+
+
+def file_dataset_offset(encoded: bytes | memoryview | mmap.mmap) -> int | None:
+    """Where the dataset starts in a DICOM file that has a preamble and a file
+    meta group led by its group length (as pynetdicom and pydicom write them),
+    or ``None`` when the file does not start that way."""
+    prefix = 128 + 4
+    if bytes(encoded[128:132]) != b"DICM" or bytes(encoded[prefix : prefix + 6]) != (
+        b"\x02\x00\x00\x00UL"
+    ):
+        return None
+    (length,) = struct.unpack_from("<L", encoded, prefix + 8)
+    start = prefix + 12 + int(length)
+    return start if start <= len(encoded) else None
+
+
+def check_complete_file(path: Path, transfer_syntax: str) -> None:
+    """:func:`check_complete` on the dataset of a DICOM file (a received
+    dataset pynetdicom wrote to disk as it arrived), mapped, not read.
+
+    Raises
+    ------
+    IncompleteDatasetError
+        As :func:`check_complete`, or the file meta is not what pynetdicom writes.
+    """
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mem:
+        problem = _problem(mem, transfer_syntax)
+    if problem is not None:
+        raise IncompleteDatasetError(problem)
+
+
+def _problem(mem: mmap.mmap, transfer_syntax: str) -> str | None:
+    """What is wrong with a mapped file, or ``None``. The exception stays in
+    here, so no frame of it keeps a view of the map open when it is closed."""
+    start = file_dataset_offset(mem)
+    if start is None:
+        return "the received file has no readable file meta"
+    try:
+        with memoryview(mem) as view, view[start:] as body:
+            check_complete(body, transfer_syntax)
+    except IncompleteDatasetError as exc:
+        return str(exc)
+    return None
 
 
 def _inflate(data: bytes | memoryview) -> bytes:

@@ -27,6 +27,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from dicomnode.ingress.integrity import file_dataset_offset
+
 PIXEL_DATA = 0x7FE00010
 TRAILING_PADDING = 0xFFFCFFFC
 _NATIVE_LITTLE = frozenset(
@@ -38,10 +40,9 @@ _PREFIX = 128 + 4  # preamble and "DICM"
 def _split(encoded: bytes) -> tuple[str, bytes] | None:
     """The transfer syntax and the dataset bytes of a file the node wrote, or
     ``None`` when the file meta is not what the node writes (group length first)."""
-    if encoded[128:132] != b"DICM" or encoded[_PREFIX : _PREFIX + 6] != b"\x02\x00\x00\x00UL":
+    start = file_dataset_offset(encoded)
+    if start is None:
         return None
-    (length,) = struct.unpack_from("<L", encoded, _PREFIX + 8)
-    start = _PREFIX + 12 + length
     try:
         meta = read_dataset(BytesIO(encoded[_PREFIX:start]), False, True)
     except (InvalidDicomError, ValueError, struct.error, EOFError):
