@@ -9,6 +9,7 @@ the assembler in the spool and the job store like any other stage.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import logging
 import multiprocessing
@@ -223,6 +224,15 @@ def reclaim_orphans(settings: Settings, timeout: float = 10.0) -> list[int]:
     return [pid for pid, _ in killed]
 
 
+def _in_use_hint(exc: OSError) -> str:
+    if exc.errno != errno.EADDRINUSE:
+        return ""
+    return (
+        " (another program listens there; `ss -ltnp` names it. Receiving processes of an "
+        "earlier node on this data directory would have been stopped already)"
+    )
+
+
 class Node:
     """The running node.
 
@@ -288,7 +298,7 @@ class Node:
                 probe.bind((node.bind, node.port))
             except OSError as exc:
                 raise StartupError(
-                    f"cannot listen on {node.bind}:{node.port}: {exc.strerror}"
+                    f"cannot listen on {node.bind}:{node.port}: {exc.strerror}{_in_use_hint(exc)}"
                 ) from exc
 
     def _start_child(self, index: int) -> BaseProcess:
@@ -329,7 +339,7 @@ class Node:
             except OSError as exc:
                 raise StartupError(
                     f"cannot listen on {self.settings.node.bind}:{self.settings.node.port}: "
-                    f"{exc.strerror}"
+                    f"{exc.strerror}{_in_use_hint(exc)}"
                 ) from exc
         else:
             self._probe_port()
