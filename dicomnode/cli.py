@@ -146,7 +146,8 @@ def _fmt_purged(purged: int, rounds: int, at: float | None) -> str:
 
 def cmd_studies(args: argparse.Namespace) -> int:
     """List the studies the job store knows; INST, SERIES and DUP count what the
-    spool still holds, PURGED the rounds retention removed."""
+    spool still holds (CONFLICT: the duplicates whose content differed from the
+    copy kept), PURGED the rounds retention removed."""
     store = _open_store(_load(args.config))
     try:
         rows = [
@@ -156,6 +157,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
                 str(s.series_count),
                 str(s.instance_count),
                 str(s.duplicate_count),
+                str(s.conflict_count),
                 str(s.rounds),
                 str(s.latest_state),
                 _fmt_time(s.first_received_at),
@@ -172,6 +174,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
         "SERIES",
         "INST",
         "DUP",
+        "CONFLICT",
         "ROUNDS",
         "STATE",
         "FIRST",

@@ -13,6 +13,7 @@ boundary (``dicomnode.ingress``, ``dicomnode.export``).
     │   ├── InvalidUIDError      a UID that is not digits and dots, <= 64 chars
     │   └── SpoolWriteError      a write that failed (disk full, permissions)
     ├── DatasetError             a received dataset we cannot use
+    │   └── IncompleteDatasetError   it ends early or a length points past its end
     ├── VolumeError              a series cannot become a correct volume; the message says why
     ├── ResultError              result objects cannot be made from this input (permanent)
     ├── JobStoreError            the durable job store
@@ -74,6 +75,10 @@ class SpoolWriteError(SpoolError, OSError):
 
 class DatasetError(DicomNodeError):
     """A received dataset cannot be decoded or lacks what the node needs."""
+
+
+class IncompleteDatasetError(DatasetError):
+    """A received dataset ends early, or an element's length points past its end."""
 
 
 class VolumeError(DicomNodeError):

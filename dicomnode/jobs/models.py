@@ -105,7 +105,8 @@ class Study:
     """What the store knows about a study across all its rounds.
 
     The counts of modalities, series, instances and duplicates are of the
-    instances the spool still holds; ``purged_rounds`` rounds had theirs removed
+    instances the spool still holds (``conflict_count``: the duplicates whose
+    content differed from the copy kept); ``purged_rounds`` rounds had theirs removed
     by retention, the last time at ``purged_at``.
     """
 
@@ -120,6 +121,7 @@ class Study:
     latest_state: JobState
     purged_rounds: int = 0
     purged_at: float | None = None
+    conflict_count: int = 0
 
 
 @dataclass(frozen=True)

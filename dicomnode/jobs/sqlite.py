@@ -91,7 +91,8 @@ CREATE TABLE IF NOT EXISTS instances (
     calling_ae TEXT NOT NULL,
     received_at REAL NOT NULL,
     job_id INTEGER NOT NULL REFERENCES jobs(id),
-    duplicates INTEGER NOT NULL DEFAULT 0
+    duplicates INTEGER NOT NULL DEFAULT 0,
+    conflicts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -161,6 +162,9 @@ _OUTBOX_COLUMNS = (
     "id, job_id, destination, kind, path, state, attempts, next_attempt_at, last_error, "
     "sop_class_uid, sop_instance_uid, study_instance_uid, series_instance_uid, body, refers_to"
 )
+#: Columns of ``instances`` added in schema version 4: ``conflicts`` counts the
+#: re-sent copies whose content differed from the kept one.
+_ADDED_INSTANCE_COLUMNS = {"conflicts": "INTEGER NOT NULL DEFAULT 0"}
 #: The states in which a job has nothing left to do (retention may purge it).
 FINAL_STATES = (JobState.DONE, JobState.DISCARDED, JobState.DEAD)
 #: An assembly round's own work ends at ROUTED (its runs carry on as jobs of
@@ -262,7 +266,11 @@ class SQLiteJobStore:
         self._conn.execute("PRAGMA foreign_keys = ON")
         with self._lock:
             self._conn.executescript(_SCHEMA)
-            for table, added in (("jobs", _ADDED_JOB_COLUMNS), ("outbox", _ADDED_OUTBOX_COLUMNS)):
+            for table, added in (
+                ("jobs", _ADDED_JOB_COLUMNS),
+                ("outbox", _ADDED_OUTBOX_COLUMNS),
+                ("instances", _ADDED_INSTANCE_COLUMNS),
+            ):
                 present = {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}
                 for column, definition in added.items():
                     if column not in present:
@@ -405,6 +413,16 @@ class SQLiteJobStore:
             job_id=job_id, duplicate=False, kept_path=record.path, new_round=new_round
         )
 
+    def record_conflict(self, sop_instance_uid: str) -> None:
+        """See :meth:`dicomnode.jobs.store.JobStore.record_conflict`."""
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE instances SET conflicts = conflicts + 1 WHERE sop_instance_uid = ?",
+                (sop_instance_uid,),
+            )
+            if cur.rowcount == 0:
+                raise NotFoundError(f"no instance {sop_instance_uid}")
+
     def has_instance(self, sop_instance_uid: str) -> bool:
         """See :meth:`dicomnode.jobs.store.JobStore.has_instance`."""
         rows = self._read("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
@@ -543,12 +561,14 @@ class SQLiteJobStore:
             " GROUP_CONCAT(DISTINCT modality) AS modalities, "
             " COUNT(DISTINCT series_instance_uid) AS series_count, "
             " COUNT(*) AS instance_count, SUM(duplicates) AS duplicate_count, "
+            " SUM(conflicts) AS conflict_count, "
             " MIN(received_at) AS first_at, MAX(received_at) AS last_at "
             " FROM instances GROUP BY study_instance_uid) "
             "SELECT j.study_instance_uid AS uid, h.modalities, "
             "COALESCE(h.series_count, 0) AS series_count, "
             "COALESCE(h.instance_count, 0) AS instance_count, "
             "COALESCE(h.duplicate_count, 0) AS duplicate_count, "
+            "COALESCE(h.conflict_count, 0) AS conflict_count, "
             "COUNT(*) AS rounds, SUM(j.purged_at IS NOT NULL) AS purged_rounds, "
             "MAX(j.purged_at) AS purged_at, "
             "MIN(COALESCE(h.first_at, j.opened_at), j.opened_at) AS first_at, "
@@ -566,6 +586,7 @@ class SQLiteJobStore:
                 series_count=row["series_count"],
                 instance_count=row["instance_count"],
                 duplicate_count=row["duplicate_count"],
+                conflict_count=row["conflict_count"],
                 rounds=row["rounds"],
                 first_received_at=row["first_at"],
                 last_received_at=row["last_at"],
@@ -593,6 +614,15 @@ class SQLiteJobStore:
         if not rows:
             raise NotFoundError(f"no instance {sop_instance_uid}")
         return int(rows[0]["duplicates"])
+
+    def conflicts(self, sop_instance_uid: str) -> int:
+        """How many of an instance's duplicate copies differed from the kept one."""
+        rows = self._read(
+            "SELECT conflicts FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        )
+        if not rows:
+            raise NotFoundError(f"no instance {sop_instance_uid}")
+        return int(rows[0]["conflicts"])
 
     # -- assembly with per-study timing ----------------------------------
 

@@ -29,6 +29,11 @@ class JobStore(Protocol):
         """
         ...
 
+    def record_conflict(self, sop_instance_uid: str) -> None:
+        """Count a duplicate of a recorded instance whose content differed from
+        the copy kept (the first copy stays)."""
+        ...
+
     def has_instance(self, sop_instance_uid: str) -> bool:
         """Whether an instance is recorded."""
         ...

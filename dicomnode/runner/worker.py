@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from dicomnode.errors import InputError, ModelError, ResultError, RunnerError, VolumeError
+from dicomnode.logs import SafeFormatter
 from dicomnode.protocol import (
     InputRefused,
     ModelFile,
@@ -234,9 +235,14 @@ def _with_provenance(summary: str, result: PipelineResult) -> str:
 
 def worker_main(conn: Connection, settings: WorkerSettings, log_level: str) -> None:
     """Entry point of a worker process: serve tasks until ``None`` arrives."""
-    logging.basicConfig(
-        level=log_level, format="%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
+    # one line per record, control characters escaped: header values and
+    # pydicom's warnings about them come from what senders sent
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        SafeFormatter("%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=log_level, handlers=[handler])
+    logging.captureWarnings(True)
     if log_level != "DEBUG":
         # highdicom logs every module it copies into a result object at INFO
         logging.getLogger("highdicom").setLevel(logging.WARNING)

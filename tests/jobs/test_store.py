@@ -379,6 +379,33 @@ def test_a_database_of_schema_version_3_opens_and_is_upgraded_in_place(tmp_path:
     assert SQLiteJobStore(path).get_job(2).state == JobState.ROUTED  # opens again as it is
 
 
+def test_conflicting_duplicates_are_counted_per_instance_and_study(tmp_path: Path) -> None:
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    store.record_instance(record("1.1", 100.0))
+    store.record_instance(record("1.2", 100.0))
+    store.record_instance(record("1.1", 101.0))
+    store.record_conflict("1.1")
+    assert (store.duplicates("1.1"), store.conflicts("1.1")) == (1, 1)
+    (study,) = store.studies()
+    assert (study.duplicate_count, study.conflict_count) == (1, 1)
+    with pytest.raises(NotFoundError):
+        store.record_conflict("9.9")
+
+
+def test_a_database_from_before_conflict_counts_gets_its_column(tmp_path: Path) -> None:
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    store.record_instance(record("1.1", 100.0))
+    store.close()
+    old = sqlite3.connect(tmp_path / "jobs.db")  # as schema version 3 left it
+    old.execute("ALTER TABLE instances DROP COLUMN conflicts")
+    old.commit()
+    old.close()
+    reopened = SQLiteJobStore(tmp_path / "jobs.db")
+    assert reopened.conflicts("1.1") == 0
+    reopened.record_conflict("1.1")
+    assert reopened.studies()[0].conflict_count == 1
+
+
 def _complete_in_process(
     db: str, barrier: multiprocessing.synchronize.Barrier, out: multiprocessing.queues.Queue
 ) -> None:  # type: ignore[name-defined]

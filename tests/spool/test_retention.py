@@ -375,7 +375,7 @@ def test_cli_on_a_purged_run(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
     assert main(["studies", "-c", str(config)]) == 0
     (row,) = [line for line in capsys.readouterr().out.splitlines() if STUDY in line]
-    assert row.split()[1:7] == ["-", "0", "0", "0", "1", "ROUTED"]
+    assert row.split()[1:8] == ["-", "0", "0", "0", "0", "1", "ROUTED"]
     assert "1/1 rounds" in row
 
 
