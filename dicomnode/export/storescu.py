@@ -5,8 +5,9 @@ files is proposed in a presentation context of its own, so a peer that
 accepts JPEG 2000 gets JPEG 2000 and one that does not can still say yes to
 the others. Next to those, each SOP class gets one uncompressed context
 (Explicit and Implicit VR Little Endian) when at least one of its files is
-uncompressed little endian or can be decoded here; a file is decoded only
-when the peer accepted the uncompressed context and not the file's own.
+native (little or big endian, deflated) or has a pixel data decoder here; a
+file is re-encoded only when the peer accepted that context and not the
+file's own.
 pynetdicom proposes at most 128 contexts per association; more are sent over
 several associations, one after the other.
 
@@ -216,8 +217,6 @@ _Spec = tuple[str, tuple[str, ...]]
 
 def _specs(sop_class: str, syntax: str) -> list[_Spec]:
     """The presentation contexts a file of this class and syntax can travel in."""
-    if syntax in UNCOMPRESSED:
-        return [(sop_class, UNCOMPRESSED)]
     own = (sop_class, (syntax,))
     return [own, (sop_class, UNCOMPRESSED)] if can_decode(syntax) else [own]
 
