@@ -260,7 +260,8 @@ def _swap_to_little_endian(ds: Dataset) -> None:
 
     Numbers of the other VRs are decoded values, which pydicom writes in any
     byte order. Pixel Data of 32 or 64 bits allocated swaps whole values, as
-    pydicom decodes it.
+    pydicom decodes it. Values of VR UN are kept as they are: their structure
+    is unknown.
     """
     for elem in ds:
         if elem.VR == "SQ":
