@@ -100,7 +100,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    """C-STORE files to a peer over one association."""
+    """C-STORE files to a peer, each in its own transfer syntax where the peer takes it."""
     from tqdm import tqdm
 
     from dicomnode.export import SendReport, collect_files, send_files
@@ -116,24 +116,36 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not files:
         print("error: nothing to send", file=sys.stderr)
         return 2
-    with tqdm(total=len(files), unit="img", disable=args.quiet) as bar:
+    try:
+        with tqdm(total=len(files), unit="img", disable=args.quiet) as bar:
 
-        def advance(_item: object, _status: int) -> None:
-            bar.update(1)
+            def advance(_item: object, _status: int | None) -> None:
+                bar.update(1)
 
-        send_files(
-            files,
-            host,
-            int(port_text),
-            args.aet,
-            args.calling_aet,
-            report=report,
-            on_sent=advance,
-            timeout=args.timeout,
-        )
-    for path, reason in report.failed:
-        print(f"failed {path}: {reason}", file=sys.stderr)
-    print(f"sent {len(report.sent)}, failed {len(report.failed)}, skipped {len(report.skipped)}")
+            send_files(
+                files,
+                host,
+                int(port_text),
+                args.aet,
+                args.calling_aet,
+                report=report,
+                on_sent=advance,
+                timeout=args.timeout,
+            )
+    finally:
+        # also when a later association (over 128 contexts) could not be opened
+        for failure in report.failed:
+            print(f"failed {failure.path}: {failure.reason}", file=sys.stderr)
+        if report.sent or report.failed:
+            print(
+                f"sent {len(report.sent)}, failed {len(report.failed)}, "
+                f"skipped {len(report.skipped)}"
+            )
+        if report.converted:
+            print(
+                f"{len(report.converted)} of them sent uncompressed: the peer accepted none "
+                "of their own transfer syntaxes"
+            )
     return 0 if not report.failed else 1
 
 

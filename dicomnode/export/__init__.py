@@ -2,10 +2,24 @@
 
 from dicomnode.errors import SendError
 from dicomnode.export.storescu import (
+    FailureKind,
     OutgoingFile,
+    SendFailure,
     SendReport,
+    StatusCategory,
     collect_files,
     send_files,
+    status_category,
 )
 
-__all__ = ["OutgoingFile", "SendError", "SendReport", "collect_files", "send_files"]
+__all__ = [
+    "FailureKind",
+    "OutgoingFile",
+    "SendError",
+    "SendFailure",
+    "SendReport",
+    "StatusCategory",
+    "collect_files",
+    "send_files",
+    "status_category",
+]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import shutil
 import threading
 import time
@@ -48,13 +47,37 @@ from dicomnode.config.destinations import (
 from dicomnode.config.schema import Settings
 from dicomnode.errors import ExportError, HL7Error, JobStoreError, SendError
 from dicomnode.export.hl7 import deliver
-from dicomnode.export.storescu import SendReport, collect_files, send_files
+from dicomnode.export.storescu import (
+    FailureKind,
+    SendFailure,
+    SendReport,
+    StatusCategory,
+    collect_files,
+    send_files,
+    status_category,
+)
 from dicomnode.jobs import Job, OutboxItem, SQLiteJobStore
 
 LOGGER = logging.getLogger(__name__)
 
-#: C-STORE failures that retrying cannot fix.
-PERMANENT_STATUSES = frozenset({0x0122, 0x0124, 0x0211, 0xA900})
+#: C-STORE failure statuses that retrying cannot fix: SOP class not supported,
+#: not authorized, unrecognized operation, and data set does not match SOP class.
+PERMANENT_STATUSES = frozenset({0x0122, 0x0124, 0x0211, *range(0xA900, 0xAA00)})
+
+
+def permanent(failure: SendFailure) -> bool:
+    """Whether sending the file again to the same peer cannot succeed.
+
+    A failure status is permanent when it is one of :data:`PERMANENT_STATUSES`;
+    other failures (out of resources, processing failure, cannot understand),
+    statuses of no known category and a missing answer are worth a retry. A
+    file the peer accepted no presentation context for is permanent: the
+    same proposal gets the same answer.
+    """
+    if failure.status is None:
+        return failure.kind is FailureKind.NOT_ACCEPTED
+    category = status_category(failure.status)
+    return category is StatusCategory.FAILURE and failure.status in PERMANENT_STATUSES
 
 
 class Delivery:
@@ -285,15 +308,17 @@ class Dispatcher:
                 timeout=target.timeout_seconds,
             )
         except SendError as exc:
-            return Delivery([], [i.id for i in items if i.id not in dead], dead, str(exc))
+            # more than one association (over 128 contexts): keep what got through
+            got_through = [by_path[str(p)] for p in report.sent]
+            settled = set(got_through) | set(dead)
+            again = [i.id for i in items if i.id not in settled]
+            return Delivery(got_through, again, dead, str(exc))
         delivered = [by_path[str(p)] for p in report.sent]
         retry: list[int] = []
         errors = []
-        for path, reason in report.failed:
-            errors.append(reason)
-            found = re.search(r"status 0x([0-9A-Fa-f]{4})", reason)
-            status = int(found.group(1), 16) if found else -1
-            (dead if status in PERMANENT_STATUSES else retry).append(by_path[str(path)])
+        for failure in report.failed:
+            errors.append(failure.reason)
+            (dead if permanent(failure) else retry).append(by_path[str(failure.path)])
         return Delivery(delivered, retry, dead, "; ".join(sorted(set(errors))))
 
     @staticmethod

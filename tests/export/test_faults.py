@@ -1,8 +1,9 @@
 """Export faults with real peers on loopback: a RIS that does not answer, a
 patient name full of HL7 delimiters, ``kill -9`` of the node during export,
-a PACS that does not take the SOP class, the patient safety gate, a PACS
-that goes away during export. Each fault only delays delivery or ends it
-DEAD with its reason; nothing is lost and nothing arrives twice."""
+a PACS that does not take the SOP class, a PACS that answers failure
+statuses, the patient safety gate, a PACS that goes away during export.
+Each fault only delays delivery or ends it DEAD with its reason; nothing is
+lost and nothing arrives twice."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
 from hl7apy.parser import parse_message
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
 
 from dicomnode.jobs import Job, JobState, SQLiteJobStore
 from dicomnode.results.oru import control_id_for
@@ -334,6 +339,55 @@ def test_a_pacs_without_the_sop_class_makes_the_run_dead_at_once(
     reasons = " ".join(i.last_error or "" for i in items)
     assert SEG_STORAGE in reasons and SR_STORAGE in reasons, reasons
     assert list(out.iterdir()) == []
+
+
+@contextmanager
+def pacs_answering(answers: dict[str, list[int]]) -> Iterator[int]:
+    """A pynetdicom Storage SCP on a free port that answers each C-STORE of a
+    SOP class with the next of its statuses (the last one repeats), and
+    0x0000 for classes not listed."""
+    ae = AE(ae_title="PACS")
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    left = {sop_class: list(statuses) for sop_class, statuses in answers.items()}
+
+    def on_store(event: evt.Event) -> int:
+        statuses = left.get(str(event.request.AffectedSOPClassUID), [0x0000])
+        return statuses.pop(0) if len(statuses) > 1 else statuses[0]
+
+    port = free_port()
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        yield port
+    finally:
+        server.shutdown()
+
+
+def test_failure_statuses_end_dead_at_once_or_are_retried_by_their_value(
+    make_settings, start_node, ct_series
+):
+    """0xA900 (data set does not match SOP class) is DEAD at once; 0xA700 (out
+    of resources) is retried, and the retry delivers."""
+    with pacs_answering({SEG_STORAGE: [0xA900], SR_STORAGE: [0xA700, 0x0000]}) as port:
+        settings = make_settings(
+            **sections({"pacs": dicom_destination("PACS", port)}, ["pacs"], [])
+        )
+        start_node(settings)
+        series = ct_series(slices=24, size=64)
+        assert storescu(series.paths, settings.node.port).returncode == 0
+        store = open_store(settings)
+        run = wait_settled(store)
+    assert run.state == JobState.DEAD
+    by_class = {
+        str(pydicom.dcmread(i.path, stop_before_pixels=True).SOPClassUID): i
+        for i in store.outbox(run.id)
+    }
+    seg, sr = by_class[SEG_STORAGE], by_class[SR_STORAGE]
+    assert (seg.state, seg.attempts) == ("DEAD", 1), seg
+    assert "status 0xA900 (Data Set Does Not Match SOP Class)" in (seg.last_error or "")
+    assert (sr.state, sr.attempts) == ("DELIVERED", 2), sr
 
 
 def test_the_patient_safety_gate_holds_a_run_with_two_patients(
