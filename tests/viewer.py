@@ -72,12 +72,16 @@ class ViewerUnavailable(Exception):
 def ohif_dist() -> Path:
     """The folder of OHIF's prebuilt app, installing it with ``make ohif`` if needed.
 
-    ``DICOMNODE_OHIF_DIST`` names another folder. Raises :class:`ViewerUnavailable`
-    with the reason when it cannot be installed (no make or npm, registry unreachable).
+    ``DICOMNODE_OHIF_DIST`` names another folder (an AssertionError when it holds no
+    app). Raises :class:`ViewerUnavailable` with the reason when OHIF cannot be
+    installed (no make or npm, registry unreachable).
     """
     given = os.environ.get("DICOMNODE_OHIF_DIST")
     if given:
         dist = Path(given)
+        if not (dist / "index.html").is_file():
+            # a folder named on purpose that holds no app is a mistake, not a missing install
+            raise AssertionError(f"DICOMNODE_OHIF_DIST={given} holds no OHIF app (index.html)")
     else:
         make = shutil.which("make")
         if make is None:
