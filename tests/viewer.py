@@ -69,6 +69,14 @@ class ViewerUnavailable(Exception):
     """OHIF or Chromium cannot be installed or started here; the test skips with this."""
 
 
+class ViewerDidNotShow(AssertionError):
+    """OHIF did not show what a test waited for, within the time allowed."""
+
+
+class ViewerCrashed(ViewerDidNotShow):
+    """OHIF's error boundary caught an error while a test waited (the view is gone)."""
+
+
 def ohif_dist() -> Path:
     """The folder of OHIF's prebuilt app, installing it with ``make ohif`` if needed.
 
@@ -305,7 +313,8 @@ class OhifPage:
     def wait(self, condition: str, what: str, arg: Any = None, timeout: float | None = None) -> Any:
         """Wait until the JavaScript ``condition(arg)`` returns a truthy value; return it.
 
-        Raises AssertionError naming ``what`` on timeout or when OHIF crashed.
+        Raises :class:`ViewerDidNotShow` naming ``what`` on timeout, and
+        :class:`ViewerCrashed` at once when OHIF's error boundary caught an error.
         """
         from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -318,13 +327,13 @@ class OhifPage:
             handle = self.page.wait_for_function(guarded, arg=[arg], timeout=limit * 1000)
         except PlaywrightTimeout as exc:
             self.keep_failure()
-            raise AssertionError(
+            raise ViewerDidNotShow(
                 f"OHIF did not show {what} within {limit:g} s; console:\n{self.console_tail()}"
             ) from exc
         result = handle.json_value()
         if "crashed" in result:
             self.keep_failure()
-            raise AssertionError(
+            raise ViewerCrashed(
                 f"OHIF crashed while waiting for {what}: {result['crashed']}\n"
                 f"console:\n{self.console_tail()}"
             )
