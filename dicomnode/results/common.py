@@ -25,6 +25,7 @@ __all__ = [
     "check_sources",
     "code_string",
     "coded",
+    "copy_identity",
     "copy_patient_and_study",
     "distinct_sources",
     "limit",
@@ -198,6 +199,15 @@ def copy_patient_and_study(source: Dataset, target: Dataset) -> list[str]:
         if text:
             texts.append(text)
     return texts
+
+
+def copy_identity(source: Dataset, target: Dataset) -> None:
+    """:func:`copy_patient_and_study`, and UTF-8 (``ISO_IR 192``) as the
+    character set when a copied value is not ASCII and ``target`` declares
+    none (a source that declares none but holds such a value)."""
+    copied = copy_patient_and_study(source, target)
+    if not all(text.isascii() for text in copied) and not target.get("SpecificCharacterSet"):
+        target.SpecificCharacterSet = "ISO_IR 192"
 
 
 def _valid(keyword: str, text: str) -> bool:

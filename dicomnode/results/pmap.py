@@ -48,7 +48,7 @@ from .common import (
     MANUFACTURER,
     check_sources,
     code_string,
-    copy_patient_and_study,
+    copy_identity,
     limit,
     series_laterality,
     specific_character_set,
@@ -187,15 +187,13 @@ def _parametric_map(
         series_description=description,
         specific_character_set=specific_character_set(images[0], texts),
     )
-    copied = copy_patient_and_study(images[0], pm)
+    copy_identity(images[0], pm)
     body_part = str(images[0].get("BodyPartExamined", "") or "").strip()
     if body_part:
         pm.BodyPartExamined = body_part
     laterality = series_laterality(images[0])
     if laterality is not None:
         pm.Laterality = laterality
-    if not all(t.isascii() for t in copied) and "SpecificCharacterSet" not in pm:
-        pm.SpecificCharacterSet = "ISO_IR 192"
     return pm
 
 

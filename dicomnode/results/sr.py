@@ -7,10 +7,12 @@ The report's construction
   ``dicomnode``, Model Name the pipeline's name; its UID is derived from the
   node and pipeline names.
 * **Procedure reported**: the LOINC "<modality> unspecified body region" code
-  of CID 100 for the source's modality (CT, MR, PET, NM, and XR for
-  CR/DX/MG/RF/XA/IO/PX), else (363679005, SCT, "Imaging procedure"). The
-  node does not know the body region the study was ordered for, and these
-  are the only procedure codes CID 100 has that claim nothing it cannot know.
+  of CID 100 for the source's modality (CT, MR, PET, NM), else (363679005,
+  SCT, "Imaging procedure"), projection radiographs included: the LOINC "XR
+  unspecified body region" is missing from the CID 100 that PixelMed's SR
+  validator checks against, which reports it as an error. The node does not
+  know the body region the study was ordered for, and these are the only
+  procedure codes CID 100 has that claim nothing it cannot know.
 * **One group per segment.** With a SEG of several slices: TID 1411
   Volumetric ROI group referencing the segment (Referenced Segment, with
   the source series, or the source image when there is one instance). With
@@ -62,6 +64,7 @@ from .common import (
     algorithm_parameters,
     check_sources,
     coded,
+    copy_identity,
     distinct_sources,
     limit,
     local_coding_schemes,
@@ -115,7 +118,6 @@ _PROCEDURES = {
     "MR": codes.LN.MRIUnspecifiedBodyRegion,
     "PT": codes.LN.PETUnspecifiedBodyRegion,
     "NM": codes.LN.NMUnspecifiedBodyRegion,
-    **dict.fromkeys(("CR", "DX", "MG", "RF", "XA", "IO", "PX"), codes.LN.XRUnspecifiedBodyRegion),
 }
 
 _Group = (
@@ -258,6 +260,7 @@ def build_report(
         coding_schemes=local_coding_schemes(result_codes(result)),
         specific_character_set=charset,
     )
+    copy_identity(images[0], sr)
     LOGGER.debug("built SR with %d measurement group(s)", len(groups))
     return sr
 
@@ -469,19 +472,7 @@ class _Builder:
             identifier=limit(" + ".join(names) if names else "Whole-result measurements"),
         )
         mask = self.mask([segment.label for segment in measured])
-        regions = (
-            [
-                hd.sr.ImageRegion(
-                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                    graphic_data=item.points,
-                    source_image=self.image_of(item.index),
-                )
-                for index in range(mask.shape[0])
-                for item in outlines(mask[index], index)
-            ]
-            if mask is not None and self.segmentation is not None and len(self.images) > 1
-            else []
-        )
+        regions = self.regions(mask) if mask is not None and self.volumetric() else []
         if regions:
             return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tracking,
@@ -509,7 +500,7 @@ class _Builder:
 
     def finding_group(
         self, index: int, finding: Finding
-    ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    ) -> _Group:
         extra = {"threshold": f"{finding.threshold:g}"} if finding.threshold is not None else {}
         evaluations = (
             [
@@ -523,32 +514,64 @@ class _Builder:
         )
         heatmap = self.heatmap_of(finding)
         place = peak(heatmap.array, HEAT_THRESHOLD) if heatmap is not None else None
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=object_uid(self.volume, self.context, "sr", "finding", index),
-                identifier=(
-                    POINT_TRACKING_IDENTIFIER
-                    if place is not None
-                    else limit(f"Finding: {finding.concept.meaning}")
-                ),
+        tracking = hd.sr.TrackingIdentifier(
+            uid=object_uid(self.volume, self.context, "sr", "finding", index),
+            identifier=(
+                POINT_TRACKING_IDENTIFIER
+                if place is not None
+                else limit(f"Finding: {finding.concept.meaning}")
             ),
-            finding_type=coded(finding.concept),
-            algorithm_id=self.algorithm(**extra),
-            measurements=[
-                hd.sr.Measurement(
-                    name=PROBABILITY,
-                    value=finding.probability,
-                    unit=PROBABILITY_UNIT,
-                    referenced_coordinates=(
-                        [self.coordinates(place)] if place is not None else None
-                    ),
-                )
-            ],
-            qualitative_evaluations=evaluations,
-            source_images=self.source_images(),
         )
+        probability = hd.sr.Measurement(
+            name=PROBABILITY, value=finding.probability, unit=PROBABILITY_UNIT
+        )
+        regions = (
+            self.regions(heatmap.array > HEAT_THRESHOLD)
+            if heatmap is not None and self.volumetric()
+            else []
+        )
+        group: _Group
+        if regions:
+            # Beside the volumetric groups of a SEG's segments: a volumetric
+            # group too, its region the heat above the drawing threshold.
+            group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_regions=regions,
+                finding_type=coded(finding.concept),
+                algorithm_id=self.algorithm(**extra),
+                measurements=[probability],
+                qualitative_evaluations=evaluations,
+            )
+        else:
+            group = hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                finding_type=coded(finding.concept),
+                algorithm_id=self.algorithm(**extra),
+                measurements=[probability],
+                qualitative_evaluations=evaluations,
+                source_images=self.source_images(),
+            )
+        if place is not None:
+            self.place_measurements(group, place)
         group[0].ContentSequence.extend(self.illustrations_of(finding))
         return group
+
+    def volumetric(self) -> bool:
+        """Whether the report's segment groups are TID 1411 volumetric groups
+        (a SEG of several slices), which every other group must then match."""
+        return self.segmentation is not None and len(self.volume.sources) > 1
+
+    def regions(self, mask: np.ndarray) -> list[hd.sr.ImageRegion]:
+        """Closed outlines of ``mask`` on every slice that holds it, as Image Regions."""
+        return [
+            hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=item.points,
+                source_image=self.image_of(item.index),
+            )
+            for index in range(mask.shape[0])
+            for item in outlines(mask[index], index)
+        ]
 
     def illustrations_of(self, finding: Finding) -> list[hd.sr.ImageContentItem]:
         """IMAGE items (Illustration of ROI) naming the finding's heatmap overlays
