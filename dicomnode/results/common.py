@@ -192,7 +192,7 @@ def copy_patient_and_study(source: Dataset, target: Dataset) -> list[str]:
             text = ""
         if keyword in PATIENT_AND_STUDY_TYPE2:
             setattr(target, keyword, copy.deepcopy(value) if text and value is not None else "")
-        elif text:
+        elif text and element is not None:
             target[keyword] = copy.deepcopy(element)
         elif keyword in target:
             del target[keyword]
@@ -226,9 +226,10 @@ def _valid(keyword: str, text: str) -> bool:
 
 def series_laterality(source: Dataset) -> str | None:
     """Laterality (0020,0060) of a series derived from ``source``: the
-    source's own (even empty), else R or L from its Image or Frame Laterality; empty ("unknown") when the
-    source names no body part, so paired parts are not left without one;
-    ``None`` (absent) for a named body part without laterality."""
+    source's own (even empty), else R or L from its Image or Frame
+    Laterality; empty ("unknown") when the source names no body part, so
+    paired parts are not left without one; ``None`` (absent) for a named
+    body part without laterality."""
     if "Laterality" in source:
         return str(source.Laterality or "")
     candidates = [source.get("ImageLaterality")]

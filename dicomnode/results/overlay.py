@@ -49,8 +49,9 @@ instance UID derives from that series UID and the source instance (and
 frame), so a re-run of the same pipeline version replaces its earlier
 overlays instead of duplicating them (:func:`overlay_series_uid`). Each
 overlay series has its own Series Number: the one given for the first
-heatmap of the result, plus ``series_number_step`` for each heatmap after it; Instance Number is the slice's 1-based index in the
-volume, so a viewer stacks the images in the source's order.
+heatmap of the result, plus ``series_number_step`` for each heatmap after
+it. Instance Number is the slice's 1-based index in the volume, so a
+viewer stacks the images in the source's order.
 """
 
 from __future__ import annotations
@@ -84,14 +85,14 @@ from dicomnode.results.uids import derived_uid
 
 __all__ = [
     "BANNER_TEXT",
-    "banner_text",
-    "overlay_series_uid",
     "HEAT_THRESHOLD",
     "MAX_ALPHA",
     "MAX_SLICES_PER_HEATMAP",
     "MIN_COLUMNS",
     "PERCENTILE_WINDOW",
+    "banner_text",
     "build_overlays",
+    "overlay_series_uid",
     "select_slices",
 ]
 

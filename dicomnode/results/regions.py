@@ -78,8 +78,11 @@ def outlines(plane: NDArray[np.bool_], index: int) -> list[Outline]:
         return []
     padded = np.pad(plane.astype(np.float32), 1)
     found: list[Outline] = []
-    for contour in find_contours(padded, 0.5):
-        simplified = approximate_polygon(contour, tolerance=_TOLERANCE)
+    contours: list[NDArray[np.float64]] = find_contours(padded, 0.5)  # type: ignore[no-untyped-call]
+    for contour in contours:
+        simplified: NDArray[np.float64] = approximate_polygon(  # type: ignore[no-untyped-call]
+            contour, tolerance=_TOLERANCE
+        )
         if len(simplified) < 4:  # a closed polygon repeats its first point
             continue
         # padded (row, column) of pixel centres -> SCOORD (column, row)

@@ -44,10 +44,9 @@ import logging
 from collections.abc import Sequence
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-
-import numpy as np
 
 from dicomnode.protocol import (
     Finding,
@@ -498,9 +497,7 @@ class _Builder:
                 return heatmap
         return None
 
-    def finding_group(
-        self, index: int, finding: Finding
-    ) -> _Group:
+    def finding_group(self, index: int, finding: Finding) -> _Group:
         extra = {"threshold": f"{finding.threshold:g}"} if finding.threshold is not None else {}
         evaluations = (
             [
