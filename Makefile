@@ -25,12 +25,15 @@ run: $(STAMP)
 	$(VENV)/bin/dicomnode config check $(CONFIG)
 	$(VENV)/bin/dicomnode serve -c $(CONFIG)
 
-# The real peers the tests start on loopback: DCMTK, Orthanc, dicom3tools.
+# The real peers the tests start on loopback: DCMTK, Orthanc, dicom3tools, PixelMed's
+# SR validator.
 peers:
 	@if ! command -v storescu >/dev/null || ! command -v dcmsend >/dev/null \
-	    || ! [ -x /usr/sbin/Orthanc ] || ! command -v dciodvfy >/dev/null; then \
+	    || ! [ -x /usr/sbin/Orthanc ] || ! command -v dciodvfy >/dev/null \
+	    || ! command -v DicomSRValidator >/dev/null; then \
 	    $(SUDO) apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk orthanc dicom3tools; \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk orthanc dicom3tools \
+	        pixelmed-apps; \
 	fi
 
 lint: $(STAMP)

@@ -49,6 +49,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicomnode.protocol import (
+    Code,
     Finding,
     Heatmap,
     Measurement,
@@ -108,6 +109,8 @@ a measurement (a closed freehand outline)."""
 POINT_TRACKING_IDENTIFIER = "Cornerstone3DTools@^0.1.0:Probe"
 """Tracking Identifier of a group placed by a point: the form OHIF lists as a
 measurement (a probe)."""
+
+_ANATOMICAL_STRUCTURE = ("SCT", "91723000")
 
 _PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
 _ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
@@ -348,11 +351,8 @@ class _Builder:
             uid=segment_tracking_uid(self.volume, self.context, segment.label),
             identifier=OUTLINE_TRACKING_IDENTIFIER if place is not None else limit(segment.name),
         )
-        sites = (
-            [hd.sr.FindingSite(coded(segment.anatomic_region))]
-            if segment.anatomic_region is not None
-            else None
-        )
+        site = _site(segment)
+        sites = [hd.sr.FindingSite(coded(site))] if site is not None else None
         measurements = self.measurements(items)
         group = self._segment_group(segment, tracking, sites, measurements)
         if place is not None:
@@ -461,9 +461,9 @@ class _Builder:
             if any(m.segment_label == segment.label for m in self.result.measurements)
         ]
         sites = [
-            hd.sr.FindingSite(coded(segment.anatomic_region))
-            for segment in measured
-            if segment.anatomic_region is not None
+            hd.sr.FindingSite(coded(site))
+            for site in (_site(segment) for segment in measured)
+            if site is not None
         ]
         names = [segment.name for segment in measured]
         tracking = hd.sr.TrackingIdentifier(
@@ -587,6 +587,16 @@ class _Builder:
             for ds in self.illustrations
             if str(ds.SeriesInstanceUID) in series
         ]
+
+
+def _site(segment: Segment) -> Code | None:
+    """Where a segment is: its anatomic region, or its type when the segment is
+    an anatomical structure (ct-lung's "Right lung")."""
+    if segment.anatomic_region is not None:
+        return segment.anatomic_region
+    if (segment.category.scheme, segment.category.value) == _ANATOMICAL_STRUCTURE:
+        return segment.type
+    return None
 
 
 def _frames_of_segment(segmentation: Dataset, number: int) -> list[int]:
