@@ -13,7 +13,10 @@ The report's construction
   validator checks against, which reports it as an error. The node does not
   know the body region the study was ordered for, and these are the only
   procedure codes CID 100 has that claim nothing it cannot know.
-* **One group per segment.** With a SEG of several slices: TID 1411
+* **One group per segment with measurements** (a segment without any, such as
+  ct-lung's body, is described by the SEG alone: its group would hold nothing,
+  and OHIF 3 fails to load a whole report when one group has no coordinates).
+  With a SEG of several slices: TID 1411
   Volumetric ROI group referencing the segment (Referenced Segment, with
   the source series, or the source image when there is one instance). With
   a SEG of one slice (CR, DX): TID 1410 Planar ROI group referencing the
@@ -219,7 +222,10 @@ def build_report(
     if segmentation is not None:
         _check_segmentation(segmentation, result)
     builder = _Builder(result, volume, images, context, segmentation, illustrations)
-    groups: list[_Group] = [builder.segment_group(segment) for segment in result.segments]
+    measured = {m.segment_label for m in result.measurements}
+    groups: list[_Group] = [
+        builder.segment_group(segment) for segment in result.segments if segment.label in measured
+    ]
     whole = [m for m in result.measurements if m.segment_label is None]
     if whole:
         groups.append(builder.whole_result_group(whole))

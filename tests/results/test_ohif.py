@@ -163,11 +163,6 @@ def test_harness_sees_the_measurements_of_an_sr_encoded_as_ohif_writes_it(
     assert_lungs_shown(shown, lung_volumes(result))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #9 point 4: the ct-lung SR's groups have no planar coordinates, so OHIF "
-    "draws and lists nothing (one group without coordinates crashes OHIF's SR viewport)",
-)
 def test_ohif_shows_the_ct_lung_volumes_over_the_ct(ohif: OhifHarness, tmp_path: Path) -> None:
     """The node's SEG and SR in OHIF: each lung outlined on the CT with its volume in mL,
     and listed in the Measurements panel once the radiologist tracks the SR."""

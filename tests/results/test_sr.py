@@ -107,15 +107,17 @@ def test_one_volumetric_group_per_segment(ct_case: Case) -> None:
     assert ct_case.seg is not None
     report = read(ct_case)
     groups = groups_of(report).get_volumetric_roi_measurement_groups()[:-1]
-    # a segment with measurements is placed by its outline, in the form OHIF lists
-    measured = {m.segment_label for m in ct_case.result.measurements}
-    assert [g.tracking_identifier for g in groups] == [
-        OUTLINE_TRACKING_IDENTIFIER if s.label in measured else s.name
+    # one group per segment with measurements (not the body), placed by its outline
+    # in the form OHIF lists
+    measured = [
+        s
         for s in ct_case.result.segments
+        if any(m.segment_label == s.label for m in ct_case.result.measurements)
     ]
-    assert {RIGHT_LUNG, LEFT_LUNG} <= measured
+    assert [s.label for s in measured] == [RIGHT_LUNG, LEFT_LUNG]
+    assert [g.tracking_identifier for g in groups] == [OUTLINE_TRACKING_IDENTIFIER] * 2
     numbers = segment_numbers(ct_case.result)
-    for group, segment in zip(groups, ct_case.result.segments, strict=True):
+    for group, segment in zip(groups, measured, strict=True):
         assert group.reference_type == codes.DCM.ReferencedSegment
         reference = group.referenced_segment
         assert reference is not None
@@ -131,13 +133,12 @@ def test_one_volumetric_group_per_segment(ct_case: Case) -> None:
         assert measurement_values(group) == expected_values(ct_case.result, segment.label)
     # an anatomical structure's type is its finding site (OHIF labels by it)
     assert [[site.value.meaning for site in g.finding_sites] for g in groups] == [
-        [s.type.meaning] for s in ct_case.result.segments
+        [s.type.meaning] for s in measured
     ]
     lungs = {g.finding_sites[0].value.meaning: g for g in groups}
     right = measurement_values(lungs[SEGMENTS[RIGHT_LUNG].name])
     assert right[VOLUME.meaning][1] == MILLILITER.value
     assert right[LAA_950.meaning][1] == "%"
-    assert measurement_values(groups[0]) == {}  # the body
 
 
 def scoords_of_measurements(group: Group) -> list[Dataset]:
@@ -309,14 +310,20 @@ def test_empty_segment_report_passes_dciodvfy_and_pixelmed(empty_segment_case: C
     assert_sr_valid(empty_segment_case.sr_path)
 
 
-def test_empty_segment_has_its_group(empty_segment_case: Case) -> None:
+def test_segments_without_measurements_have_no_group(empty_segment_case: Case) -> None:
+    """A segment without measurements (the body, an empty nodule) is in the SEG only:
+    a group of it would hold nothing, and OHIF 3 refuses a whole report when one
+    group has no coordinates."""
+    assert empty_segment_case.seg is not None
+    described = [str(s.SegmentLabel) for s in empty_segment_case.seg.SegmentSequence]
+    assert described[-1] == "Nodule"
     report = read(empty_segment_case)
     groups = groups_of(report).get_volumetric_roi_measurement_groups()
-    nodule = groups[-2]
-    assert nodule.tracking_identifier == "Nodule"
-    assert nodule.referenced_segment is not None
-    assert nodule.referenced_segment[0].ReferencedSOPSequence[0].ReferencedSegmentNumber == 4
-    assert [s.value.value for s in nodule.finding_sites] == ["39607008"]
+    assert [g.tracking_identifier for g in groups] == [
+        OUTLINE_TRACKING_IDENTIFIER,
+        OUTLINE_TRACKING_IDENTIFIER,
+        "Right lung + Left lung",
+    ]
 
 
 @pytest.fixture(scope="module")
