@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from skimage.measure import approximate_polygon, find_contours
 
-__all__ = ["Outline", "Point", "key_slice", "outline", "outlines", "peak"]
+__all__ = ["Outline", "Point", "key_slice", "outline", "outlines", "peak", "whole_image"]
 
 _TOLERANCE = 0.5
 """Largest distance (pixels) that simplifying an outline may move it."""
@@ -112,6 +112,14 @@ def peak(heat: NDArray[np.floating[Any]], threshold: float) -> Point | None:
     if not clean[index, row, column] > threshold:
         return None
     return Point(int(index), float(column) + 0.5, float(row) + 0.5)
+
+
+def whole_image(shape: tuple[int, ...]) -> Outline:
+    """The border of slice 0 of a volume of ``shape`` (slices, rows, columns): the
+    region of a finding about the whole image."""
+    rows, columns = float(shape[1]), float(shape[2])
+    corners = [[0.0, 0.0], [columns, 0.0], [columns, rows], [0.0, rows], [0.0, 0.0]]
+    return Outline(0, np.array(corners, dtype=np.float32))
 
 
 def _area(points: NDArray[np.float32]) -> float:

@@ -80,7 +80,7 @@ from .common import (
 )
 from .overlay import HEAT_THRESHOLD, overlay_series_uid
 from .pmap import map_series_uid
-from .regions import Outline, Point, outline, outlines, peak
+from .regions import Outline, Point, outline, outlines, peak, whole_image
 from .uids import derived_uid
 
 __all__ = [
@@ -516,11 +516,18 @@ class _Builder:
             else None
         )
         heatmap = self.heatmap_of(finding)
-        place = peak(heatmap.array, HEAT_THRESHOLD) if heatmap is not None else None
+        place: Outline | Point | None = (
+            peak(heatmap.array, HEAT_THRESHOLD) if heatmap is not None else None
+        )
+        if place is None and len(self.volume.sources) == 1:
+            # A finding on a projection image is about the whole image.
+            place = whole_image(self.volume.array.shape)
         tracking = hd.sr.TrackingIdentifier(
             uid=object_uid(self.volume, self.context, "sr", "finding", index),
             identifier=(
                 POINT_TRACKING_IDENTIFIER
+                if isinstance(place, Point)
+                else OUTLINE_TRACKING_IDENTIFIER
                 if place is not None
                 else limit(f"Finding: {finding.concept.meaning}")
             ),
