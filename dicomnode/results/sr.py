@@ -197,9 +197,9 @@ def build_report(
     -------
     Dataset or None
         A :class:`highdicom.sr.Comprehensive3DSR` (a pydicom Dataset), not
-        yet written; ``None`` when the result has no segments, measurements
-        or findings. UIDs are derived from the source series and the pipeline
-        name and version.
+        yet written; ``None`` when the result has no measurements or
+        findings (segments alone are in the SEG). UIDs are derived from the
+        source series and the pipeline name and version.
 
     Raises
     ------
@@ -230,6 +230,9 @@ def build_report(
     if whole:
         groups.append(builder.whole_result_group(whole))
     groups += [builder.finding_group(index, f) for index, f in enumerate(result.findings)]
+    if not groups:
+        LOGGER.debug("no segment has measurements and there are no findings: no SR")
+        return None
     observer = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

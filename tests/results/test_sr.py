@@ -287,6 +287,12 @@ def test_refuses_what_does_not_fit(ct_case: Case) -> None:
         build_report(other, ct_case.volume, ct_case.sources, ct_case.context, ct_case.seg)
     nothing = PipelineResult()
     assert build_report(nothing, ct_case.volume, ct_case.sources, ct_case.context, None) is None
+    # segments without measurements are in the SEG alone: no report
+    unmeasured = dataclasses.replace(ct_case.result, measurements=())
+    assert (
+        build_report(unmeasured, ct_case.volume, ct_case.sources, ct_case.context, ct_case.seg)
+        is None
+    )
 
 
 # --- edge cases ------------------------------------------------------------------------------
