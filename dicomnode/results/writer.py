@@ -1,7 +1,8 @@
 """The result writer the runner calls: every outgoing object for one result.
 
-It reads the source instances in volume order, builds the SEG, the TID 1500
-SR (with the SEG among its evidence) and the heatmap overlays, and writes
+It reads the source instances in volume order, builds the SEG, the heatmap
+overlays and parametric maps, and the TID 1500 SR (with the SEG, overlays and
+maps among its evidence), and writes
 them under ``context.out_dir`` as ``<Modality>_<SOPInstanceUID>.dcm`` with a
 zeroed preamble. The directory is replaced as a whole, so a re-run leaves the
 new objects only (their UIDs are derived from the inputs and the pipeline
@@ -10,6 +11,10 @@ ORU^R01 for each HL7 receiver in ``context.notifications``, naming the SR and
 the SEG. What it made is returned as typed records
 (:class:`~dicomnode.protocol.WrittenResult`) for the outbox: export sends
 them as they are.
+
+Series numbers: SEG 9001, SR 9002; the overlay series of the i-th heatmap
+``9003 + 2 i`` and its parametric map ``9004 + 2 i``, so every series has its
+own number and each map sits next to its overlay.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from dicomnode.protocol import (
 from dicomnode.resultfile import staging_path
 from dicomnode.results.oru import build_messages
 from dicomnode.results.overlay import build_overlays
+from dicomnode.results.pmap import build_parametric_maps
 from dicomnode.results.preflight import check_writable
 from dicomnode.results.seg import build_segmentation
 from dicomnode.results.sr import build_report
@@ -60,8 +66,8 @@ def read_sources(volume: Volume, files: Sequence[Path]) -> list[Dataset]:
 
 
 class DicomResultWriter:
-    """:class:`~dicomnode.protocol.ResultWriter` writing SEG, SR and overlays,
-    and building the ORU^R01 of each notification."""
+    """:class:`~dicomnode.protocol.ResultWriter` writing SEG, SR, overlays and
+    parametric maps, and building the ORU^R01 of each notification."""
 
     def write(
         self, result: PipelineResult, volume: Volume, context: ResultContext
@@ -98,10 +104,19 @@ class DicomResultWriter:
             segmentation = build_segmentation(result, volume, sources, context)
             if segmentation is not None:
                 objects.append(segmentation)
-            report = build_report(result, volume, sources, context, segmentation)
+            overlays = build_overlays(
+                result, volume, sources, context, series_number=9003, series_number_step=2
+            )
+            maps = build_parametric_maps(
+                result, volume, sources, context, series_number=9004, series_number_step=2
+            )
+            report = build_report(
+                result, volume, sources, context, segmentation, illustrations=[*overlays, *maps]
+            )
             if report is not None:
                 objects.append(report)
-            objects.extend(build_overlays(result, volume, sources, context))
+            objects.extend(overlays)
+            objects.extend(maps)
             messages = build_messages(
                 result,
                 volume,

@@ -163,16 +163,53 @@ def test_harness_sees_the_measurements_of_an_sr_encoded_as_ohif_writes_it(
     assert_lungs_shown(shown, lung_volumes(result))
 
 
-@pytest.mark.xfail(
-    raises=ViewerCrashed,
-    strict=True,
-    reason="issue #9 point 4: the ct-lung SR's groups have no planar coordinates, so OHIF "
-    "draws and lists nothing (one group without coordinates crashes OHIF's SR viewport); "
-    "only that crash is expected, any other failure fails",
-)
 def test_ohif_shows_the_ct_lung_volumes_over_the_ct(ohif: OhifHarness, tmp_path: Path) -> None:
     """The node's SEG and SR in OHIF: each lung outlined on the CT with its volume in mL,
     and listed in the Measurements panel once the radiologist tracks the SR."""
     series, result, written = ct_lung_result(tmp_path)
     shown = show_and_read(ohif, series, written)
     assert_lungs_shown(shown, lung_volumes(result))
+
+
+def test_ohif_shows_the_findings_of_a_radiograph(ohif: OhifHarness, tmp_path: Path) -> None:
+    """A classifier's report on a DX, one finding with a heatmap (placed at its peak)
+    and two without (about the whole image): OHIF loads it and prints every
+    finding's probability; no group without coordinates makes it refuse the report."""
+    from dicomnode.protocol import Finding, Heatmap
+    from dicomnode.synthetic import write_dx_image
+
+    series = write_dx_image(tmp_path / "dx.dcm", 128, 128)
+    volume, _ = load(series.paths)
+    heat = np.zeros(volume.array.shape, dtype=np.float32)
+    heat[0, 30:50, 30:50] = 0.9
+    nodule = Code("27925004", "SCT", "Nodule")
+    result = PipelineResult(
+        findings=(
+            Finding(nodule, 0.91, 0.5),
+            Finding(Code("36118008", "SCT", "Pneumothorax"), 0.04, 0.5),
+            Finding(Code("233604007", "SCT", "Pneumonia"), 0.12, 0.5),
+        ),
+        heatmaps=(Heatmap(nodule, heat),),
+    )
+    out = tmp_path / "out"
+    written = DicomResultWriter().write(
+        result, volume, context(series.paths, out, name="cxr-classify")
+    )
+    ohif.upload([*series.paths, *written])
+    page = ohif.new_page()
+    result_series = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID) for p in written
+    }
+    # open_study waits for a slice number ("I: n"), which OHIF does not print for a DX
+    page.page.goto(f"{ohif.server.url}/viewer?StudyInstanceUIDs={series.study_uid}")
+    page.wait(
+        """(n) => document.querySelectorAll('[data-cy^="study-browser-thumbnail"]').length >= n""",
+        "the radiograph's study",
+        1 + len(result_series),
+    )
+    page.open_sr()
+    texts = page.annotation_texts("Probability:", 3)
+    page.screenshot("sr-viewport")
+    page.save_console()
+    for value in (0.91, 0.04, 0.12):
+        assert any(f"Probability: {value:.2f}" in text for text in texts), (value, texts)
