@@ -22,7 +22,7 @@ from dicomnode.protocol import Code, PipelineResult
 from dicomnode.results.writer import DicomResultWriter
 from dicomnode.synthetic import Series, write_ct_series
 from pipelines.ct_lung import CTLungPipeline
-from tests.viewer import OhifHarness, ViewerCrashed
+from tests.viewer import OhifHarness
 
 from .helpers import context, load
 
