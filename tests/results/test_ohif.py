@@ -192,9 +192,12 @@ def test_ohif_shows_the_findings_of_a_radiograph(ohif: OhifHarness, tmp_path: Pa
         heatmaps=(Heatmap(nodule, heat),),
     )
     out = tmp_path / "out"
-    written = DicomResultWriter().write(
-        result, volume, context(series.paths, out, name="cxr-classify")
-    )
+    written = [
+        o.path
+        for o in DicomResultWriter()
+        .write(result, volume, context(series.paths, out, name="cxr-classify"))
+        .objects
+    ]
     ohif.upload([*series.paths, *written])
     page = ohif.new_page()
     result_series = {

@@ -72,7 +72,8 @@ def spot(shape: tuple[int, ...], slices: range, row: int, column: int) -> NDArra
 
 def write(paths: list[Path], result: PipelineResult, out: Path, name: str) -> ResultSet:
     volume = load_series(paths)
-    written = DicomResultWriter().write(result, volume, context(paths, out, name=name))
+    made = DicomResultWriter().write(result, volume, context(paths, out, name=name))
+    written = tuple(o.path for o in made.objects)
     return ResultSet(volume, result, written, [pydicom.dcmread(p) for p in written])
 
 
