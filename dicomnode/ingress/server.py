@@ -23,6 +23,7 @@ from dicomnode.ingress.transport import (
     discard_partial_dataset,
     server_class,
 )
+from dicomnode.logs import escape
 
 LOGGER = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class IngressServer:
         self.node = node
         self.config = ingress
         self.handler = handler
-        self.policy = SenderPolicy.from_config(ingress)
+        self.policy = SenderPolicy.from_config(ingress, node.ae_title)
         self.reuse_port = reuse_port
         self._server: Any = None
         self._stopped = threading.Event()
@@ -114,14 +115,29 @@ class IngressServer:
         return int(self._server.server_address[1])
 
     def _on_requested(self, event: Any) -> None:
-        """``evt.EVT_REQUESTED``: reject senders not on the allow-list."""
-        calling_ae = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+        """``evt.EVT_REQUESTED``: reject senders not on the allow-list
+        (reason 3, calling AE title not recognized), then associations to an
+        AE title the node does not serve (reason 7, called AE title not
+        recognized); both rejected-permanent, by the service user."""
+        primitive = event.assoc.requestor.primitive
+        calling_ae = str(primitive.calling_ae_title).strip()
+        called_ae = str(primitive.called_ae_title).strip()
         host = str(event.assoc.requestor.address)
-        if self.policy.accepts(calling_ae, host):
-            return
-        LOGGER.warning("rejected association from AE %r at %s: not allowed", calling_ae, host)
-        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-        event.assoc.kill()
+        if not self.policy.accepts(calling_ae, host):
+            LOGGER.warning(
+                "rejected association from AE %s at %s: not allowed", escape(calling_ae), host
+            )
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+            event.assoc.kill()
+        elif not self.policy.serves(called_ae):
+            LOGGER.warning(
+                "rejected association from AE %s at %s: called AE title %s is not served here",
+                escape(calling_ae),
+                host,
+                escape(called_ae),
+            )
+            event.assoc.acse.send_reject(0x01, 0x01, 0x07)
+            event.assoc.kill()
 
     def _on_open(self, event: Any) -> None:
         """``evt.EVT_CONN_OPEN``: set the association's network poll interval.
@@ -140,7 +156,7 @@ class IngressServer:
             LOGGER.warning(
                 "refused a %d-byte dataset from %s: above max_dataset_size (%d bytes)",
                 size,
-                str(event.assoc.requestor.ae_title).strip(),
+                escape(str(event.assoc.requestor.ae_title).strip()),
                 self.config.max_dataset_size,
             )
             return OUT_OF_RESOURCES
@@ -149,7 +165,7 @@ class IngressServer:
     def _on_established(self, event: Any) -> None:
         LOGGER.info(
             "association from %s at %s established",
-            str(event.assoc.requestor.ae_title).strip(),
+            escape(str(event.assoc.requestor.ae_title).strip()),
             event.assoc.requestor.address,
         )
 

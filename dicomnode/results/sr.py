@@ -219,7 +219,7 @@ def build_report(
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
-        is_final=False,
+        is_final=context.final,  # the rule's result_status, as the ORU says
         is_verified=False,
         series_description=measurements_series_description(context),
         manufacturer_model_name=limit(context.pipeline_name),

@@ -8,12 +8,14 @@ with hl7apy: ``AA``, ``AE``, ``AR``, ``AA`` for another control ID
 until the test ends or ``hold`` seconds pass). A sequence of answers is used
 in order, one per message received, the last one for every later message:
 ``["none", "AA"]`` leaves the first message unanswered and ACKs the rest.
+``on_message`` is called with each message as it arrives, before the answer
+(a test can look at what the PACS holds at that very moment).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -28,13 +30,20 @@ ORU_TYPE = "ORU^R01^ORU_R01"
 class RIS:
     """State shared by the server's handler threads."""
 
-    def __init__(self, answer: str | Sequence[str], reason: str, hold: float) -> None:
+    def __init__(
+        self,
+        answer: str | Sequence[str],
+        reason: str,
+        hold: float,
+        on_message: Callable[[str], None] | None = None,
+    ) -> None:
         self.answers = [answer] if isinstance(answer, str) else list(answer)
         if not self.answers:
             raise ValueError("the RIS needs at least one answer")
         self.answer = self.answers[0]
         self.reason = reason
         self.hold = hold
+        self.on_message = on_message
         self.received: list[str] = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -60,6 +69,8 @@ class _Handler(AbstractHandler):  # type: ignore[misc]
 
     def reply(self) -> str:
         ris = self.ris
+        if ris.on_message is not None:
+            ris.on_message(self.incoming_message)
         with ris.lock:
             answer = ris.answer_for(len(ris.received))
             ris.received.append(self.incoming_message)
@@ -94,14 +105,18 @@ class _Handler(AbstractHandler):  # type: ignore[misc]
 
 @contextmanager
 def running_ris(
-    answer: str | Sequence[str] = "AA", reason: str = "", hold: float = 30.0, port: int = 0
+    answer: str | Sequence[str] = "AA",
+    reason: str = "",
+    hold: float = 30.0,
+    port: int = 0,
+    on_message: Callable[[str], None] | None = None,
 ) -> Iterator[RIS]:
     """Run the RIS for the ``with`` block on ``port`` (0: a free one).
 
     ``answer`` is AA, AE, AR, wrong-id or none, or a sequence of them used in
     order (the last one for every later message).
     """
-    ris = RIS(answer, reason, hold)
+    ris = RIS(answer, reason, hold, on_message)
     server = MLLPServer("127.0.0.1", port, {ORU_TYPE: (_Handler, ris)}, timeout=10)
     server.daemon_threads = True
     ris.server = server
