@@ -76,9 +76,47 @@ class IngressConfig(_Model):
         ),
     )
     max_associations: int = Field(default=32, ge=1)
+    max_connections_per_address: int = Field(
+        default=8,
+        ge=1,
+        description=(
+            "Connections one peer address may hold open at once, per receiving process; "
+            "one more is closed as soon as it is accepted. Keep it below max_associations "
+            "so that one host cannot take every slot."
+        ),
+    )
+    listen_backlog: int = Field(
+        default=128,
+        ge=1,
+        le=65535,
+        description="Connections the kernel queues while the node accepts others (listen backlog).",
+    )
+    association_deadline: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "Seconds from a connection opening to its complete A-ASSOCIATE-RQ; "
+            "a connection that has not sent one by then is closed."
+        ),
+    )
+    max_dataset_size: int = Field(
+        default=2 * 1024**3,
+        ge=1,
+        description=(
+            "Largest dataset a C-STORE may carry, in bytes; a larger one is answered "
+            "0xA700 (Out of Resources) and not kept."
+        ),
+    )
     acse_timeout: float = Field(default=30.0, gt=0)
     dimse_timeout: float = Field(default=60.0, gt=0)
-    network_timeout: float = Field(default=120.0, gt=0)
+    network_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "Seconds an association may stay silent between messages, or stall inside one, "
+            "before it is aborted."
+        ),
+    )
     shutdown_grace_seconds: float = Field(
         default=30.0, ge=0, description="How long SIGTERM waits for in-flight associations."
     )

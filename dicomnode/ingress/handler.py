@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicomnode.errors import IncompleteDatasetError, InvalidUIDError, JobStoreError, SpoolWriteError
-from dicomnode.ingress.integrity import check_complete, check_complete_file
+from dicomnode.ingress.integrity import check_complete_file
 from dicomnode.ingress.sameness import same_content
 from dicomnode.jobs import InstanceRecord, JobStore
 from dicomnode.logs import escape
@@ -34,6 +35,14 @@ CANNOT_UNDERSTAND = 0xC210
 CONFLICTING_DUPLICATE = 0xB006
 #: in the "cannot understand" range; 0xC211 is pynetdicom's own for a failing handler
 INVALID_UID = 0xC220
+#: The elements read from a received file before it is saved.
+_HEADER_TAGS = [
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "Modality",
+]
 
 
 @dataclass(frozen=True)
@@ -65,18 +74,6 @@ def instance_uids(ds: Dataset) -> InstanceUIDs:
     )
 
 
-def _check_received(event: Any, transfer_syntax: str) -> None:
-    """:func:`~dicomnode.ingress.integrity.check_complete` on the dataset as
-    received: in memory, or in the file pynetdicom wrote it to as it arrived
-    (``STORE_RECV_CHUNKED_DATASET``)."""
-    path = getattr(event.request, "_dataset_path", None)
-    if path is not None:
-        check_complete_file(Path(path), transfer_syntax)
-        return
-    with event.request.DataSet.getbuffer() as view:
-        check_complete(view, transfer_syntax)
-
-
 class StoreHandler:
     """Event handlers bound to the listener.
 
@@ -92,13 +89,16 @@ class StoreHandler:
         self.spool = spool
         self.store = store
 
-    def save(self, data: bytes, uids: InstanceUIDs, transfer_syntax: str, calling_ae: str) -> int:
+    def save(
+        self, data: bytes | Path, uids: InstanceUIDs, transfer_syntax: str, calling_ae: str
+    ) -> int:
         """Store one encoded instance durably and record it; return a DIMSE status.
 
         Parameters
         ----------
-        data : bytes
-            The encoded file (preamble, meta, dataset) exactly as received.
+        data : bytes or Path
+            The encoded file (preamble, meta, dataset) exactly as received, or
+            the file holding it.
         uids : InstanceUIDs
             The validated UIDs of the dataset.
         transfer_syntax : str
@@ -107,7 +107,10 @@ class StoreHandler:
             The sender's AE title.
         """
         try:
-            stored = self.spool.store(uids.study, uids.series, uids.sop, data)
+            if isinstance(data, Path):
+                stored = self.spool.store_file(uids.study, uids.series, uids.sop, data)
+            else:
+                stored = self.spool.store(uids.study, uids.series, uids.sop, data)
         except SpoolWriteError as exc:
             LOGGER.error("refused an instance of study %s: %s", uids.study, exc)
             return OUT_OF_RESOURCES
@@ -143,7 +146,7 @@ class StoreHandler:
         return SUCCESS
 
     def _duplicate(
-        self, data: bytes, uids: InstanceUIDs, kept_path: str, job_id: int, calling_ae: str
+        self, data: bytes | Path, uids: InstanceUIDs, kept_path: str, job_id: int, calling_ae: str
     ) -> int:
         """Answer a SOP Instance UID already recorded: Success when it is the
         same instance again, :data:`CONFLICTING_DUPLICATE` (and one WARNING
@@ -186,16 +189,26 @@ class StoreHandler:
     def on_c_store(self, event: Any) -> int:
         """``evt.EVT_C_STORE``: check the dataset is whole, decode only the
         header UIDs, save, answer. A refused instance is one log line, its
-        values from the wire escaped."""
+        values from the wire escaped.
+
+        The dataset arrives in a file (pynetdicom's chunked receive), never
+        whole in memory: the completeness walk maps it, only the elements
+        before Pixel Data are read, and the file itself is linked or copied
+        into the spool.
+        """
         calling_ae = escape(str(event.assoc.requestor.ae_title).strip())
+        path = Path(event.dataset_path)
         try:
             transfer_syntax = str(event.context.transfer_syntax)
-            _check_received(event, transfer_syntax)
+            check_complete_file(path, transfer_syntax)
         except IncompleteDatasetError as exc:
             LOGGER.warning("refused an incomplete dataset from %s: %s", calling_ae, exc)
             return CANNOT_UNDERSTAND
+        except OSError as exc:  # the node's own file of the received dataset
+            LOGGER.error("could not read a dataset received from %s: %s", calling_ae, exc.strerror)
+            return OUT_OF_RESOURCES
         try:
-            ds = event.dataset
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         except Exception as exc:  # noqa: BLE001 - any decoding failure is the sender's data
             LOGGER.warning(
                 "refused an undecodable dataset from %s: %s", calling_ae, escape(exc, 256)
@@ -225,12 +238,7 @@ class StoreHandler:
                 uids.sop,
             )
             return DATASET_DOES_NOT_MATCH
-        try:
-            data = event.encoded_dataset()
-        except Exception as exc:  # noqa: BLE001 - malformed meta from the peer
-            LOGGER.warning("refused an instance from %s: %s", calling_ae, escape(exc, 256))
-            return CANNOT_UNDERSTAND
-        return self.save(data, uids, transfer_syntax, calling_ae)
+        return self.save(path, uids, transfer_syntax, calling_ae)
 
     def on_c_echo(self, event: Any) -> int:
         """``evt.EVT_C_ECHO``: always Success (the association works). When the

@@ -13,6 +13,7 @@ over the headers; values, pixel data included, are skipped by their lengths.
 from __future__ import annotations
 
 import mmap
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -102,8 +103,11 @@ def check_complete_file(path: Path, transfer_syntax: str) -> None:
     IncompleteDatasetError
         As :func:`check_complete`, or the file meta is not what pynetdicom writes.
     """
-    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mem:
-        problem = _problem(mem, transfer_syntax)
+    with path.open("rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:  # nothing to map
+            raise IncompleteDatasetError("the received file is empty")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mem:
+            problem = _problem(mem, transfer_syntax)
     if problem is not None:
         raise IncompleteDatasetError(problem)
 

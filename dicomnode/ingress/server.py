@@ -3,42 +3,65 @@
 from __future__ import annotations
 
 import logging
-import socket
+import os
+import struct
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, evt
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom import AE, _config, evt
 
 from dicomnode.config import IngressConfig, NodeConfig
 from dicomnode.ingress.contexts import supported_contexts
-from dicomnode.ingress.handler import StoreHandler
+from dicomnode.ingress.handler import OUT_OF_RESOURCES, StoreHandler
 from dicomnode.ingress.policy import SenderPolicy
+from dicomnode.ingress.transport import (
+    MAX_CONTROL_PDU_LENGTH,
+    NodeRequestHandler,
+    TransportLimits,
+    discard_partial_dataset,
+    server_class,
+)
 from dicomnode.logs import escape
 
 LOGGER = logging.getLogger(__name__)
 
-
-class _NodeAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with TCP_NODELAY on every accepted socket
-    and, when several processes listen on one port, SO_REUSEPORT."""
-
-    reuse_port = False
-
-    def server_bind(self) -> None:
-        if self.reuse_port and self.socket is not None:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        client, address = super().get_request()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client, address
+#: A DICOM file's 128-byte preamble and "DICM".
+_PREAMBLE_AND_PREFIX = 132
+#: (0002,0000) UL, explicit VR: tag, VR, length, value.
+_GROUP_LENGTH_ELEMENT = 12
 
 
-def _reuse_port_server(reuse: bool) -> type[_NodeAssociationServer]:
-    return type("NodeAssociationServer", (_NodeAssociationServer,), {"reuse_port": reuse})
+def dataset_size(path: Path) -> int:
+    """The length of the dataset in a file pynetdicom received: the file less
+    its preamble, prefix and File Meta Information (whose group length is the
+    file's first element)."""
+    with path.open("rb") as file:
+        file.seek(_PREAMBLE_AND_PREFIX)
+        head = file.read(_GROUP_LENGTH_ELEMENT)
+        file.seek(0, os.SEEK_END)
+        total = file.tell()
+    if len(head) < _GROUP_LENGTH_ELEMENT:
+        return total
+    meta_length = int(struct.unpack("<L", head[8:12])[0])
+    return max(0, total - _PREAMBLE_AND_PREFIX - _GROUP_LENGTH_ELEMENT - meta_length)
+
+
+def transport_limits(ingress: IngressConfig) -> TransportLimits:
+    """What one connection may send, from the ``ingress`` section.
+
+    A P-DATA-TF PDU may be as long as the maximum the node advertises; with
+    ``max_pdu_size: 0`` (no advertised limit) as long as the largest dataset
+    plus its command.
+    """
+    max_pdata = ingress.max_pdu_size or ingress.max_dataset_size + MAX_CONTROL_PDU_LENGTH
+    return TransportLimits(
+        max_pdata_length=max_pdata,
+        association_deadline=ingress.association_deadline,
+        network_timeout=ingress.network_timeout,
+        max_connections_per_address=ingress.max_connections_per_address,
+    )
 
 
 class IngressServer:
@@ -49,7 +72,7 @@ class IngressServer:
     node : NodeConfig
         AE title, bind address, port.
     ingress : IngressConfig
-        Allow-list, PDU size, timeouts.
+        Allow-list, PDU and dataset size, deadlines, connection caps.
     handler : StoreHandler
         Saves and records each instance.
     reuse_port : bool
@@ -82,6 +105,7 @@ class IngressServer:
         ae.network_timeout = ingress.network_timeout
         ae.require_called_aet = False
         self.ae = ae
+        self.limits = transport_limits(ingress)
 
     @property
     def port(self) -> int:
@@ -124,10 +148,24 @@ class IngressServer:
         """
         event.assoc.dul._run_loop_delay = self.config.poll_interval_ms / 1000.0
 
+    def _on_c_store(self, event: Any) -> int:
+        """``evt.EVT_C_STORE``: refuse a dataset above ``max_dataset_size``,
+        hand the rest to the store handler."""
+        size = dataset_size(Path(event.dataset_path))
+        if size > self.config.max_dataset_size:
+            LOGGER.warning(
+                "refused a %d-byte dataset from %s: above max_dataset_size (%d bytes)",
+                size,
+                escape(str(event.assoc.requestor.ae_title).strip()),
+                self.config.max_dataset_size,
+            )
+            return OUT_OF_RESOURCES
+        return self.handler.on_c_store(event)
+
     def _on_established(self, event: Any) -> None:
         LOGGER.info(
             "association from %s at %s established",
-            str(event.assoc.requestor.ae_title).strip(),
+            escape(str(event.assoc.requestor.ae_title).strip()),
             event.assoc.requestor.address,
         )
 
@@ -137,14 +175,25 @@ class IngressServer:
             (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_ABORTED, discard_partial_dataset),
+            (evt.EVT_RELEASED, discard_partial_dataset),
             (evt.EVT_C_ECHO, self.handler.on_c_echo),
-            (evt.EVT_C_STORE, self.handler.on_c_store),
+            (evt.EVT_C_STORE, self._on_c_store),
         ]
+        # A received dataset goes to a file as it arrives, not into memory
+        # (pynetdicom has only this process-wide switch; the node's C-STORE
+        # handler reads ``event.dataset_path``).
+        _config.STORE_RECV_CHUNKED_DATASET = True
         server = self.ae.make_server(
             (self.node.bind, self.node.port),
             contexts=self.contexts,  # ours, cheap to copy per association
             evt_handlers=handlers,
-            server_class=_reuse_port_server(self.reuse_port),
+            server_class=server_class(
+                reuse_port=self.reuse_port,
+                backlog=self.config.listen_backlog,
+                limits=self.limits,
+            ),
+            request_handler=NodeRequestHandler,
         )
         thread = threading.Thread(
             target=server.serve_forever, name="dicomnode-ingress", daemon=True

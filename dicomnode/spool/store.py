@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import secrets
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ LOGGER = logging.getLogger(__name__)
 SUFFIX = ".dcm"
 #: Tries to link a new file into a directory retention may be removing.
 _LINK_ATTEMPTS = 5
+#: Bytes per read when copying a received file into the spool.
+_COPY_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,12 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy ``source`` to a new file ``target`` (which must not exist), 1 MiB at a time."""
+    with source.open("rb") as src, open(target, "xb") as dst:
+        shutil.copyfileobj(src, dst, _COPY_CHUNK)
 
 
 class Spool:
@@ -180,6 +189,57 @@ class Spool:
                 exc.errno, f"writing to the spool failed: {exc.strerror}"
             ) from exc
         return StoredFile(path=final, size=len(data), existed=existed)
+
+    def store_file(self, study_uid: str, series_uid: str, sop_uid: str, source: Path) -> StoredFile:
+        """Like :meth:`store`, for an instance that is already in a file.
+
+        The file is hard-linked into the spool when it lies on the spool's
+        file system, and copied in bounded chunks otherwise; either way it is
+        fsynced before it is linked into its final place. ``source`` is left
+        where it is (its owner removes it).
+
+        Parameters
+        ----------
+        study_uid, series_uid, sop_uid : str
+            The instance's UIDs; validated before any use in a path.
+        source : Path
+            The encoded DICOM file (preamble, meta, dataset) as received.
+
+        Raises
+        ------
+        InvalidUIDError
+            A UID is not safe to use as a path.
+        SpoolWriteError
+            The disk refused the write; no partial file is left behind.
+        """
+        final = self.path_for(study_uid, series_uid, sop_uid)
+        tmp = self.tmp_dir / f"{final.stem}.{os.getpid()}.{secrets.token_hex(6)}.part"
+        try:
+            size = source.stat().st_size
+            self._check_free_space(size)
+            try:
+                os.link(source, tmp)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                _copy(source, tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            existed = self._link(tmp, final)
+            os.unlink(tmp)
+            if not existed:
+                _fsync_dir(final.parent)
+        except SpoolWriteError:
+            raise
+        except OSError as exc:
+            self._discard(tmp)
+            raise SpoolWriteError(
+                exc.errno, f"writing to the spool failed: {exc.strerror}"
+            ) from exc
+        return StoredFile(path=final, size=size, existed=existed)
 
     def _link(self, tmp: Path, final: Path) -> bool:
         """Link ``tmp`` to ``final`` (never overwriting); return whether a file

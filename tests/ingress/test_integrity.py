@@ -92,3 +92,10 @@ def test_a_cut_file_written_as_it_arrived_is_refused(tmp_path: Path) -> None:
     (tmp_path / "cut.dcm").write_bytes(raw[:-1000])
     with pytest.raises(IncompleteDatasetError):
         check_complete_file(tmp_path / "cut.dcm", "1.2.840.10008.1.2.1")
+
+
+@pytest.mark.parametrize("size", [0, 100], ids=["empty", "preamble-only"])
+def test_a_file_without_a_dataset_is_refused(tmp_path: Path, size: int) -> None:
+    (tmp_path / "short.dcm").write_bytes(bytes(size))
+    with pytest.raises(IncompleteDatasetError):
+        check_complete_file(tmp_path / "short.dcm", "1.2.840.10008.1.2.1")

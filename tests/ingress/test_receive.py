@@ -190,29 +190,18 @@ def test_full_disk_answers_out_of_resources(make_settings, start_node, ct_series
     assert tmp_files(settings) == []
 
 
-def test_failing_write_answers_out_of_resources(node_process, tmp_path, ct_series):
-    """The node process may not write files over 256 KiB (RLIMIT_FSIZE): the write
-    of a 512 KiB instance really fails, as on a full disk."""
-    import resource
-    import signal
-
-    from tests.helpers import node_config
-
-    def limit_file_size() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
-
-    config = node_config(tmp_path)
-    node = node_process(config, preexec=limit_file_size)
-    small = ct_series(slices=1, size=64, name="small").paths
-    big = ct_series(slices=1, size=512, name="big").paths
-    result = storescu(big + small, node.port, extra=["--no-halt"])
+def test_failing_write_answers_out_of_resources(make_settings, start_node, ct_series):
+    """The spool's write of one instance really fails (a file stands where its
+    study's folder must go): that instance is refused, the next is stored."""
+    settings = make_settings()
+    start_node(settings)
+    small = ct_series(slices=1, size=64, name="small")
+    big = ct_series(slices=1, size=512, name="big")
+    (settings.storage.spool_path / "studies" / big.study_uid).write_bytes(b"in the way")
+    result = storescu(big.paths + small.paths, settings.node.port, extra=["--no-halt"])
     assert store_statuses(result.stderr) == ["Refused: OutOfResources", "Success"], result.stderr
-    spool = tmp_path / "data" / "spool"
-    assert [p.name for p in (spool / "studies").rglob("*.dcm")] == [
-        small[0].name.replace(small[0].name, pydicom.dcmread(small[0]).SOPInstanceUID + ".dcm")
-    ]
-    assert list((spool / "tmp").iterdir()) == []
+    assert [p.name for p in spool_files(settings)] == [small.sop_uids[0] + ".dcm"]
+    assert tmp_files(settings) == []
 
 
 def test_duplicate_is_kept_once_and_counted(make_settings, start_node, ct_series):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -107,3 +108,39 @@ def test_remove_deletes_one_instance(tmp_path: Path) -> None:
     stored = spool.store(STUDY, SERIES, SOP, b"x")
     spool.remove(stored.path)
     assert not stored.path.exists()
+
+
+def test_store_file_links_a_file_on_the_same_disk(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    received = tmp_path / "received.dcm"
+    received.write_bytes(b"received")
+    stored = spool.store_file(STUDY, SERIES, SOP, received)
+    assert stored.path.read_bytes() == b"received" and stored.size == 8
+    assert stored.path.stat().st_ino == received.stat().st_ino  # linked, not copied
+    received.unlink()  # pynetdicom removes its file after the handler
+    assert stored.path.read_bytes() == b"received"
+    assert list(spool.tmp_dir.iterdir()) == []
+
+
+def test_store_file_copies_from_another_file_system(tmp_path: Path) -> None:
+    """/dev/shm is a tmpfs: a hard link from there into the spool is refused."""
+    spool = Spool(tmp_path / "spool")
+    with tempfile.NamedTemporaryFile(dir="/dev/shm", suffix=".dcm") as received:
+        received.write(b"x" * 3_000_000)
+        received.flush()
+        stored = spool.store_file(STUDY, SERIES, SOP, Path(received.name))
+        assert stored.path.stat().st_ino != Path(received.name).stat().st_ino
+    assert stored.path.read_bytes() == b"x" * 3_000_000
+    again = spool.store_file(STUDY, SERIES, SOP, stored.path)
+    assert again.existed
+    assert list(spool.tmp_dir.iterdir()) == []
+
+
+def test_store_file_below_the_floor_leaves_nothing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", min_free_bytes=1 << 60)
+    received = tmp_path / "received.dcm"
+    received.write_bytes(b"received")
+    with pytest.raises(SpoolWriteError):
+        spool.store_file(STUDY, SERIES, SOP, received)
+    assert list(spool.tmp_dir.iterdir()) == []
+    assert not (spool.studies_dir / STUDY).exists()

@@ -9,19 +9,19 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pydicom
 import pytest
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from dicomnode.config import Settings, parse_config
+from dicomnode.config import parse_config
 from tests.conftest import open_store
 from tests.helpers import (
     NODE_AET,
     SCANNER_AET,
     echo,
     node_config,
+    spool_files,
     store_statuses,
     storescu,
     wait_for,
@@ -33,10 +33,6 @@ pytestmark = pytest.mark.peers
 CT = str(CTImageStorage).encode()
 #: What every line the node logs starts with (service.LOG_FORMAT).
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
-
-
-def spool_files(settings: Settings) -> list[Path]:
-    return sorted((settings.storage.spool_path / "studies").rglob("*.dcm"))
 
 
 def ct_dataset(ct_series, size: int = 256) -> pydicom.Dataset:
@@ -59,13 +55,13 @@ def test_a_dataset_that_ends_early_is_refused_and_nothing_kept(
     try:
         status = assoc.store(store_request(CT, sop), whole[:-1000])
         assert 0xC000 <= status <= 0xCFFF, hex(status)
-        assert spool_files(settings) == []
+        assert spool_files(settings.storage.spool_path) == []
         assert open_store(settings).jobs() == []
         # the same instance, whole, on the same association: stored
         assert assoc.store(store_request(CT, sop, message_id=2), whole) == 0x0000
     finally:
         assoc.release()
-    assert [p.stem for p in spool_files(settings)] == [ds.SOPInstanceUID]
+    assert [p.stem for p in spool_files(settings.storage.spool_path)] == [ds.SOPInstanceUID]
 
 
 #: Looks like a line the node writes; 59 characters with the UID before it.
@@ -121,7 +117,7 @@ def test_an_association_to_a_called_ae_the_node_does_not_serve_is_rejected(
     result = storescu(ct_series(slices=1, size=16).paths, settings.node.port, called="WRONGAET")
     assert result.returncode != 0
     assert "Called AE Title Not Recognized" in result.stderr
-    assert spool_files(settings) == []
+    assert spool_files(settings.storage.spool_path) == []
     assert echo(settings.node.port, called=NODE_AET)
 
 
@@ -148,7 +144,7 @@ def test_a_re_sent_uid_with_other_content_gets_a_warning_and_is_counted(
     changed.save_as(tmp_path / "changed.dcm")
 
     assert store_statuses(storescu(series.paths, node.port).stderr) == ["Success"] * 2
-    kept = next((tmp_path / "data" / "spool" / "studies").rglob(f"{series.sop_uids[0]}.dcm"))
+    (kept,) = [p for p in spool_files(tmp_path / "data" / "spool") if p.stem == series.sop_uids[0]]
     kept_bytes = kept.read_bytes()
     again = storescu([first], node.port, extra=["--propose-implicit"])
     assert store_statuses(again.stderr) == ["Success"], again.stderr
