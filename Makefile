@@ -8,7 +8,7 @@ TORCH_VERSION := 2.13.0
 CONFIG ?= deploy/dicomnode.example.yaml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint peers bench clean
+.PHONY: run test lint peers ohif ohif-dist bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,43 @@ run: $(STAMP)
 	$(VENV)/bin/dicomnode config check $(CONFIG)
 	$(VENV)/bin/dicomnode serve -c $(CONFIG)
 
-# The real peers the tests start on loopback: DCMTK, Orthanc, dicom3tools.
+# The real peers the tests start on loopback: DCMTK, Orthanc (with its DICOMweb
+# plugin), dicom3tools, PixelMed's SR validator, and Chromium with npm for the viewer
+# test.
 peers:
 	@if ! command -v storescu >/dev/null || ! command -v dcmsend >/dev/null \
-	    || ! [ -x /usr/sbin/Orthanc ] || ! command -v dciodvfy >/dev/null; then \
+	    || ! [ -x /usr/sbin/Orthanc ] || ! command -v dciodvfy >/dev/null \
+	    || ! [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
+	    || ! command -v DicomSRValidator >/dev/null \
+	    || ! command -v chromium >/dev/null; then \
 	    $(SUDO) apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dcmtk orthanc dicom3tools; \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	        dcmtk orthanc orthanc-dicomweb dicom3tools pixelmed-apps chromium; \
 	fi
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq npm; }
+
+# OHIF, the web viewer of tests/results/test_ohif.py: the prebuilt app of the npm
+# package @ohif/app, pinned by version and checksum, unpacked into an ignored folder
+# (nothing of OHIF is committed). Idempotent: done once per version.
+OHIF_VERSION := 3.13.2
+OHIF_SHA256 := b189d3963bfc58e9394a9db8c7be75d07beb029ec211dbb126d47b62969dd3f1
+OHIF_DIR := .cache/ohif/$(OHIF_VERSION)
+
+ohif: $(OHIF_DIR)/dist/index.html
+
+$(OHIF_DIR)/dist/index.html:
+	rm -rf $(OHIF_DIR).part && mkdir -p $(OHIF_DIR).part
+	cd $(OHIF_DIR).part && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null
+	echo "$(OHIF_SHA256)  $(OHIF_DIR).part/ohif-app-$(OHIF_VERSION).tgz" | sha256sum -c --quiet
+	tar -xzf $(OHIF_DIR).part/ohif-app-$(OHIF_VERSION).tgz -C $(OHIF_DIR).part \
+	    --strip-components=1 package/dist
+	rm $(OHIF_DIR).part/ohif-app-$(OHIF_VERSION).tgz
+	rm -rf $(OHIF_DIR) && mv $(OHIF_DIR).part $(OHIF_DIR)
+
+# Where the viewer test finds OHIF (installing it first when needed).
+ohif-dist: ohif
+	@echo "$(abspath $(OHIF_DIR)/dist)"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dicomnode pipelines tests bench models
@@ -39,7 +69,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: peers $(STAMP) lint
+test: peers ohif $(STAMP) lint
 	$(VENV)/bin/pytest
 
 bench: peers $(STAMP)
@@ -49,4 +79,4 @@ bench: peers $(STAMP)
 	$(PY) bench/cxr.py
 
 clean:
-	rm -rf $(VENV) var build *.egg-info .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) var build *.egg-info .mypy_cache .ruff_cache .pytest_cache .cache test-artifacts

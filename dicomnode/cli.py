@@ -14,7 +14,7 @@ from pathlib import Path
 from dicomnode import __version__
 from dicomnode.config import Settings, load_config
 from dicomnode.errors import ConfigError, DicomNodeError, SendError
-from dicomnode.jobs import JobState, SQLiteJobStore
+from dicomnode.jobs import JobState, OutboxItem, SQLiteJobStore
 
 CONFIG_ENV = "DICOMNODE_CONFIG"
 
@@ -61,52 +61,47 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the node until SIGTERM."""
+    """Run the node until SIGTERM; refuse to start when a rule cannot work."""
+    from dicomnode.runner.requirements import setup_problems
     from dicomnode.service import Node, configure_logging
 
     settings = _load(args.config)
     configure_logging(settings.logging.level)
-    for warning in [*settings.warnings(), *_pipeline_problems(settings)]:
+    problems = setup_problems(settings)
+    if problems:
+        raise ConfigError(
+            f"{args.config or os.environ.get(CONFIG_ENV)}: the node cannot start: "
+            "its rules route to pipelines that cannot run here",
+            problems,
+        )
+    for warning in settings.warnings():
         logging.getLogger("dicomnode").warning("config: %s", warning)
     Node(settings).serve_forever()
     return 0
 
 
-def _pipeline_problems(settings: Settings) -> list[str]:
-    """Rules that name a pipeline this installation does not have."""
-    from dicomnode.runner.registry import PipelineRegistry
-
-    registry = PipelineRegistry.discover(settings.runner.plugins)
-    installed = ", ".join(registry.names()) or "none"
-    problems = []
-    rules: list[tuple[str, object]] = [
-        (f"routing.rules.{i}", r) for i, r in enumerate(settings.routing.rules)
-    ]
-    if settings.routing.fallback is not None:
-        rules.append(("routing.fallback", settings.routing.fallback))
-    for path, rule in rules:
-        name = str(getattr(rule, "pipeline", ""))
-        if name not in registry:
-            problems.append(
-                f"{path}.pipeline: no pipeline {name!r} is installed (installed: {installed})"
-            )
-    return problems
-
-
 def cmd_config_check(args: argparse.Namespace) -> int:
-    """Validate a configuration file, and that its rules name installed pipelines."""
+    """Validate a configuration file, and that every pipeline its rules route to
+    is installed and has what it needs (model manifests and weights, a bundle)."""
+    from dicomnode.runner.requirements import setup_problems
+
     settings = load_config(args.file)
-    problems = _pipeline_problems(settings)
+    problems = setup_problems(settings)
     if problems:
         raise ConfigError(f"{args.file}: invalid configuration", problems)
     for warning in settings.warnings():
         print(f"warning: {warning}")
+    if not settings.runner.enabled:
+        print(
+            "note: runner.enabled is false: the models and bundles of the routed pipelines "
+            "are checked where they run"
+        )
     print(f"{args.file}: OK")
     return 0
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    """C-STORE files to a peer over one association."""
+    """C-STORE files to a peer, each in its own transfer syntax where the peer takes it."""
     from tqdm import tqdm
 
     from dicomnode.export import SendReport, collect_files, send_files
@@ -123,25 +118,37 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not files:
         print("error: nothing to send", file=sys.stderr)
         return 2
-    with tqdm(total=len(files), unit="img", disable=args.quiet) as bar:
+    try:
+        with tqdm(total=len(files), unit="img", disable=args.quiet) as bar:
 
-        def advance(_item: object, _status: int) -> None:
-            bar.update(1)
+            def advance(_item: object, _status: int | None) -> None:
+                bar.update(1)
 
-        send_files(
-            files,
-            host,
-            int(port_text),
-            args.aet,
-            args.calling_aet,
-            report=report,
-            on_sent=advance,
-            timeout=args.timeout,
-            tls=tls,
-        )
-    for path, reason in report.failed:
-        print(f"failed {path}: {reason}", file=sys.stderr)
-    print(f"sent {len(report.sent)}, failed {len(report.failed)}, skipped {len(report.skipped)}")
+            send_files(
+                files,
+                host,
+                int(port_text),
+                args.aet,
+                args.calling_aet,
+                report=report,
+                on_sent=advance,
+                timeout=args.timeout,
+                tls=tls,
+            )
+    finally:
+        # also when a later association (over 128 contexts) could not be opened
+        for failure in report.failed:
+            print(f"failed {failure.path}: {failure.reason}", file=sys.stderr)
+        if report.sent or report.failed:
+            print(
+                f"sent {len(report.sent)}, failed {len(report.failed)}, "
+                f"skipped {len(report.skipped)}"
+            )
+        if report.converted:
+            print(
+                f"{len(report.converted)} of them sent uncompressed: the peer accepted none "
+                "of their own transfer syntaxes"
+            )
     return 0 if not report.failed else 1
 
 
@@ -194,7 +201,8 @@ def _fmt_purged(purged: int, rounds: int, at: float | None) -> str:
 
 def cmd_studies(args: argparse.Namespace) -> int:
     """List the studies the job store knows; INST, SERIES and DUP count what the
-    spool still holds, PURGED the rounds retention removed."""
+    spool still holds (CONFLICT: the duplicates whose content differed from the
+    copy kept), PURGED the rounds retention removed."""
     store = _open_store(_load(args.config))
     try:
         rows = [
@@ -204,6 +212,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
                 str(s.series_count),
                 str(s.instance_count),
                 str(s.duplicate_count),
+                str(s.conflict_count),
                 str(s.rounds),
                 str(s.latest_state),
                 _fmt_time(s.first_received_at),
@@ -220,6 +229,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
         "SERIES",
         "INST",
         "DUP",
+        "CONFLICT",
         "ROUNDS",
         "STATE",
         "FIRST",
@@ -289,7 +299,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                             [
                                 d.destination,
                                 d.kind,
-                                Path(d.path).name,
+                                _delivered_what(d),
                                 d.state,
                                 str(d.attempts),
                                 d.last_error or "",
@@ -416,8 +426,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result, document = load_result(out)
     print(f"{args.pipeline} on {len(files)} instance(s), {worker.device}: {result.summary}")
     print(f"took {document['seconds']:.1f} s; result in {out}")
-    for path in outcome.objects:
-        print(f"wrote {path}")
+    for item in outcome.objects:
+        print(f"wrote {item.path}")
     rows = [
         [
             next((s.name for s in result.segments if s.label == m.segment_label), "-"),
@@ -430,6 +440,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if rows:
         print(_table(["SEGMENT", "MEASUREMENT", "VALUE", "UNIT"], rows))
     return 0
+
+
+def _delivered_what(item: OutboxItem) -> str:
+    """What an outbox row delivers, for ``jobs show``: the object's file name,
+    or the notification's message type and control ID."""
+    if item.kind != "notification":
+        return Path(item.path).name
+    if item.body is None:
+        return "(no message)"
+    from dicomnode.export.hl7 import message_control_id
+
+    return f"ORU^R01 {message_control_id(item.body)}"
 
 
 def _series_files(paths: list[Path], wanted: str) -> list[Path]:

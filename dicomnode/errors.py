@@ -13,14 +13,16 @@ boundary (``dicomnode.ingress``, ``dicomnode.export``).
     │   ├── InvalidUIDError      a UID that is not digits and dots, <= 64 chars
     │   └── SpoolWriteError      a write that failed (disk full, permissions)
     ├── DatasetError             a received dataset we cannot use
+    │   └── IncompleteDatasetError   it ends early or a length points past its end
     ├── VolumeError              a series cannot become a correct volume; the message says why
+    ├── ResultError              result objects cannot be made from this input (permanent)
     ├── JobStoreError            the durable job store
     │   ├── IllegalTransitionError
     │   │   └── PurgedError      the job's files were removed by retention
     │   └── NotFoundError
     ├── ExportError              delivery to a peer
     │   ├── SendError            association refused or peer unreachable
-    │   └── HL7Error             an HL7 message could not be built or delivered (.permanent)
+    │   └── HL7Error             an HL7 message could not be delivered (.permanent)
     │       ├── HL7NackError         the RIS answered AE/CE (permanent) or AR/CR, wrong MSA-2
     │       ├── HL7TimeoutError      no ACK before the deadline (retryable)
     │       └── HL7ConnectionError   refused, reset or closed without an ACK (retryable)
@@ -75,12 +77,27 @@ class DatasetError(DicomNodeError):
     """A received dataset cannot be decoded or lacks what the node needs."""
 
 
+class IncompleteDatasetError(DatasetError):
+    """A received dataset ends early, or an element's length points past its end."""
+
+
 class VolumeError(DicomNodeError):
     """A series cannot become a correct volume; the message says why.
 
     Raised when loading a series for a pipeline: files of several series,
     mixed orientations or sizes, duplicate or missing slices, colour images,
     pixel data that cannot be decoded.
+    """
+
+
+class ResultError(DicomNodeError):
+    """The result writer cannot make objects from this input, and never will.
+
+    Raised before anything is written when the source instances lack what the
+    objects need (a Frame of Reference UID for a segmentation of a CT, one
+    geometry shared by all slices) or when highdicom refuses the inputs. The
+    run ends DEAD at once with this message: the writer is a pure function of
+    the result and the source headers, so retrying cannot help.
     """
 
 
@@ -110,7 +127,7 @@ class SendError(ExportError):
 
 
 class HL7Error(ExportError):
-    """Building or delivering an HL7 v2 message failed.
+    """Delivering an HL7 v2 message failed.
 
     Parameters
     ----------

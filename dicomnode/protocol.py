@@ -310,13 +310,72 @@ ARTIFICIAL_INTELLIGENCE_CODE = Code("123110", "DCM", "Artificial Intelligence")
 MORPHOLOGICAL_OPERATIONS_CODE = Code("123104", "DCM", "Morphological Operations")
 
 
+Range = tuple[float, float]
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """What a pipeline needs from its input series."""
+    """What a pipeline needs from its input series: its input contract.
+
+    The runner checks every volume against the pipeline's ``input`` before
+    :meth:`Pipeline.run` and refuses (:class:`InputRefused`, the run is DEAD
+    at once) one outside it. Bounds are inclusive; ``None`` (or an empty set)
+    means "any".
+
+    Attributes
+    ----------
+    modalities : frozenset of str
+        Accepted Modality values (upper case).
+    min_slices, max_slices : int
+        How many slices (frames) the volume may have.
+    field_of_view_mm : (float, float), optional
+        Least and greatest extent of an image, in mm, along its rows and along
+        its columns (pixels times pixel spacing), e.g. ``(200, 800)`` for a
+        whole adult chest.
+    pixel_spacing_mm : (float, float), optional
+        Least and greatest in-plane pixel spacing, in mm.
+    slice_spacing_mm : (float, float), optional
+        Least and greatest distance between slices, in mm (checked on volumes
+        of more than one slice).
+    body_parts : frozenset of str
+        Accepted Body Part Examined terms (upper case, letters only, e.g.
+        ``CHEST``). When the header gives a body part, it must contain one of
+        them once upper-cased and stripped of everything but letters (so
+        ``Chest_Routine`` and ``CHESTABDPELVIS`` are a chest); a header without
+        one is accepted. Empty: any body part.
+    """
 
     modalities: frozenset[str]
     min_slices: int = 1
     max_slices: int | None = None
+    field_of_view_mm: Range | None = None
+    pixel_spacing_mm: Range | None = None
+    slice_spacing_mm: Range | None = None
+    body_parts: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.modalities or any(m != m.upper() or not m for m in self.modalities):
+            raise ValueError(
+                f"InputSpec.modalities must be upper-case Modality values, got {self.modalities}"
+            )
+        if self.min_slices < 1:
+            raise ValueError(f"InputSpec.min_slices must be at least 1, got {self.min_slices}")
+        if self.max_slices is not None and self.max_slices < self.min_slices:
+            raise ValueError(
+                f"InputSpec.max_slices ({self.max_slices}) is below min_slices ({self.min_slices})"
+            )
+        for name in ("field_of_view_mm", "pixel_spacing_mm", "slice_spacing_mm"):
+            bounds = getattr(self, name)
+            if bounds is not None and not 0 < bounds[0] <= bounds[1]:
+                raise ValueError(
+                    f"InputSpec.{name} must be (least, greatest) with 0 < least <= greatest, "
+                    f"got {bounds}"
+                )
+        if any(not part.isalpha() or part != part.upper() for part in self.body_parts):
+            raise ValueError(
+                "InputSpec.body_parts must be upper-case letters only (e.g. CHEST), "
+                f"got {sorted(self.body_parts)}"
+            )
 
 
 @runtime_checkable
@@ -343,7 +402,35 @@ class Pipeline(Protocol):
         ...
 
     def run(self, volume: Volume, device: str) -> PipelineResult:
-        """Process one volume and return its result in the volume's grid."""
+        """Process one volume and return its result in the volume's grid.
+
+        The runner calls it only with volumes inside :attr:`input`; a
+        pipeline refuses anything else it cannot handle with
+        :class:`InputRefused`.
+        """
+        ...
+
+
+@runtime_checkable
+class SetupCheck(Protocol):
+    """A pipeline that can tell, before it is loaded, whether what it needs is there.
+
+    ``dicomnode config check`` and ``dicomnode serve`` (before it starts)
+    call :meth:`check_setup` for every pipeline a rule routes to, after the
+    runner has verified its ``required_models`` and given it its options
+    (``configure``), so a node whose rules cannot work does not start.
+    """
+
+    def check_setup(self, models: Mapping[str, ModelFile]) -> None:
+        """Raise ``ValueError`` (or :class:`InputRefused`) naming what is
+        missing or wrong, e.g. an unset or unreadable bundle folder.
+
+        Parameters
+        ----------
+        models : mapping of str to ModelFile
+            The verified models of ``required_models`` (empty when none).
+            Nothing is loaded on a device.
+        """
         ...
 
 
@@ -366,6 +453,12 @@ class ResultContext:
     algorithm : Algorithm
         The pipeline's declared algorithm family: the objects name it, and
         call the result "AI" only when it comes from a trained model.
+    final : bool
+        The rule says its results are verified (``result_status: final``):
+        the SR is FINAL and the ORU's result status F. Otherwise (the default)
+        the SR is PRELIMINARY and the ORU's status P.
+    notifications : tuple of NotificationTarget
+        The HL7 receivers to build an ORU^R01 for.
     """
 
     job_id: int
@@ -375,15 +468,97 @@ class ResultContext:
     out_dir: Path
     node_name: str
     algorithm: Algorithm
+    final: bool = False
+    notifications: tuple[NotificationTarget, ...] = ()
+
+
+@dataclass(frozen=True)
+class NotificationTarget:
+    """One HL7 receiver the result writer builds an ORU^R01 for.
+
+    Attributes
+    ----------
+    destination : str
+        The destination's name in the configuration (the outbox row's).
+    sending_application, sending_facility, receiving_application, receiving_facility : str
+        MSH-3 to MSH-6.
+    correction : bool
+        An earlier result of the same study, series and pipeline was already
+        delivered to this destination: this one replaces it (result status C).
+    """
+
+    destination: str
+    sending_application: str = "DICOMNODE"
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    correction: bool = False
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    """One DICOM object a result writer wrote, as the outbox records it.
+
+    Attributes
+    ----------
+    kind : str
+        What the object is, e.g. ``"SEG"``, ``"SR"``, ``"SC"`` (its Modality).
+    sop_class_uid, sop_instance_uid : str
+        SOP Class and SOP Instance UIDs.
+    study_instance_uid, series_instance_uid : str
+        Where it belongs (the source study, a new series).
+    path : Path
+        The file.
+    """
+
+    kind: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class ResultMessage:
+    """One notification a result writer built, ready to send as it is.
+
+    Attributes
+    ----------
+    destination : str
+        The :class:`NotificationTarget` it is for.
+    control_id : str
+        Its message control ID (MSH-10).
+    body : str
+        The whole message (ER7, segments separated by carriage returns).
+    refers_to : tuple of str
+        SOP Instance UIDs of the result objects it names: it is sent only
+        after they reached the run's DICOM destinations (unless the rule says
+        ``notify_after: written``).
+    """
+
+    destination: str
+    control_id: str
+    body: str
+    refers_to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WrittenResult:
+    """What a result writer made: the objects and the notifications."""
+
+    objects: tuple[ResultObject, ...] = ()
+    messages: tuple[ResultMessage, ...] = ()
 
 
 @runtime_checkable
 class ResultWriter(Protocol):
     """Turns a :class:`PipelineResult` into files (DICOM objects) in
-    ``context.out_dir`` and returns their paths. Knows nothing of networks."""
+    ``context.out_dir`` and notification messages, and says what it made.
+    Knows nothing of networks."""
 
     def write(
         self, result: PipelineResult, volume: Volume, context: ResultContext
-    ) -> tuple[Path, ...]:
-        """Write every object for ``result``; return the files written."""
+    ) -> WrittenResult:
+        """Write every object and build every notification for ``result``."""
         ...

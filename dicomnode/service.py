@@ -8,23 +8,31 @@ the assembler in the spool and the job store like any other stage.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
+import time
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from pydicom import config as pydicom_config
 
 from dicomnode.assembly import Assembler
 from dicomnode.config import Settings
 from dicomnode.errors import DicomNodeError, StartupError
 from dicomnode.export.dispatcher import Dispatcher
 from dicomnode.ingress import IngressServer, StoreHandler, recover_spool
+from dicomnode.ingress.server import in_use_hint
 from dicomnode.jobs import SQLiteJobStore
+from dicomnode.logs import PeerNoiseFilter, SafeFormatter
 from dicomnode.results.writer import DicomResultWriter
 from dicomnode.routing.stage import CompletionPolicy, Router
 from dicomnode.runner.stage import Runner
@@ -38,13 +46,30 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
 def configure_logging(level: str) -> None:
     """Console logging for ``serve`` and its receiving processes.
 
-    The libraries' per-message logs (pynetdicom logs every DIMSE message,
-    APScheduler every run) are kept at WARNING unless the level is DEBUG.
+    Every record is one line with control characters escaped
+    (:class:`~dicomnode.logs.SafeFormatter`): a value from the wire cannot
+    forge a line. Python warnings go through logging too, so they are escaped
+    alike. The libraries' per-message logs (pynetdicom logs every DIMSE
+    message, APScheduler every run) are kept at WARNING unless the level is
+    DEBUG; outside DEBUG, pydicom does not validate what it reads (a bad value
+    in a received dataset would cost a warning per element; the node checks
+    what it uses itself), pynetdicom's value validators stay silent (their
+    callers report the failure) and a DIMSE message pynetdicom refuses is one
+    line without its traceback (:class:`~dicomnode.logs.PeerNoiseFilter`).
     """
-    logging.basicConfig(level=level, format=LOG_FORMAT)
-    quiet = logging.DEBUG if level == "DEBUG" else logging.WARNING
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter(LOG_FORMAT))
+    debug = level == "DEBUG"
+    if not debug:
+        handler.addFilter(PeerNoiseFilter())
+    logging.basicConfig(level=level, handlers=[handler])
+    logging.captureWarnings(True)
+    quiet = logging.DEBUG if debug else logging.WARNING
     for name in ("pynetdicom", "apscheduler"):
         logging.getLogger(name).setLevel(quiet)
+    if not debug:
+        logging.getLogger("pynetdicom.utils").setLevel(logging.CRITICAL)
+        pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
 
 
 def build_spool(settings: Settings) -> Spool:
@@ -59,9 +84,71 @@ def build_store(settings: Settings) -> SQLiteJobStore:
     return SQLiteJobStore(settings.database_path)
 
 
-def _ingress_child(settings: Settings, ready: Any, index: int) -> None:
+#: ``prctl`` option: the signal this process gets when its parent ends.
+PR_SET_PDEATHSIG = 1
+#: How often a receiving process checks that the main process still lives.
+PARENT_CHECK_SECONDS = 0.5
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this receiving process as soon as the main process ends.
+
+    Without the main process nothing assembles what a receiving process
+    stores, and its socket keeps the port from a restart. On Linux the kernel
+    sends SIGKILL when the parent ends (``PR_SET_PDEATHSIG``; the parent is the
+    thread that started the process, the main thread here). Everywhere, a
+    thread also checks the parent's id: it covers a parent that ended before
+    ``prctl`` took effect and systems without ``prctl``. SIGKILL, like a
+    ``kill -9`` of the whole node: what was acknowledged is durable, a partial
+    write is removed at the next start.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                LOGGER.warning(
+                    "prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno())
+                )
+        except (OSError, AttributeError) as exc:
+            LOGGER.warning("prctl(PR_SET_PDEATHSIG) is not available: %s", exc)
+
+    def _watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=_watch, name="parent-watch", daemon=True).start()
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a live process (``/proc/<pid>/stat``), or ``None``
+    when there is no such process or it is a zombie. With the pid it names one
+    process: a pid reused by another process has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+def _run_file(settings: Settings, index: int) -> Path:
+    return settings.storage.data_dir / "run" / f"ingress-{index}.pid"
+
+
+def _ingress_child(settings: Settings, ready: Any, index: int, parent_pid: int) -> None:
     """Entry point of one receiving process."""
     configure_logging(settings.logging.level)
+    _die_with_parent(parent_pid)
+    run_file = _run_file(settings, index)
+    start = _process_start(os.getpid())
+    if start is not None:
+        run_file.parent.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(f"{os.getpid()} {start}\n", encoding="ascii")
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -85,6 +172,56 @@ def _ingress_child(settings: Settings, ready: Any, index: int) -> None:
     stop.wait()
     server.stop(settings.ingress.shutdown_grace_seconds)
     store.close()
+    run_file.unlink(missing_ok=True)
+
+
+def reclaim_orphans(settings: Settings, timeout: float = 10.0) -> list[int]:
+    """Kill receiving processes an earlier run of the node left behind.
+
+    Each receiving process writes ``<data_dir>/run/ingress-<n>.pid`` (its pid
+    and start time). The caller holds the data directory's lock, so no live
+    node owns those processes: one still running outlived its main process
+    (a system without ``PR_SET_PDEATHSIG``, or one that ends only at its next
+    parent check) and still holds the port. It gets SIGKILL, as its main
+    process did; the spool and the job store are safe against that.
+
+    Returns
+    -------
+    list of int
+        The pids killed.
+    """
+    run_dir = settings.storage.data_dir / "run"
+    if not run_dir.is_dir():
+        return []
+    killed: list[tuple[int, str]] = []
+    for path in sorted(run_dir.glob("ingress-*.pid")):
+        try:
+            pid_text, start = path.read_text(encoding="ascii").split()
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            pid, start = 0, ""
+        if pid > 0 and pid != os.getpid() and _process_start(pid) == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append((pid, start))
+            except ProcessLookupError:
+                pass
+        path.unlink(missing_ok=True)
+    deadline = time.monotonic() + timeout
+    while any(_process_start(pid) == start for pid, start in killed):
+        if time.monotonic() > deadline:
+            raise StartupError(
+                "receiving processes of an earlier run did not end: "
+                + ", ".join(str(pid) for pid, _ in killed)
+            )
+        time.sleep(0.02)
+    if killed:
+        LOGGER.warning(
+            "killed %d receiving process(es) an earlier run left listening (pid %s)",
+            len(killed),
+            ", ".join(str(pid) for pid, _ in killed),
+        )
+    return [pid for pid, _ in killed]
 
 
 class Node:
@@ -126,6 +263,21 @@ class Node:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
 
+    def _check_disk_floor(self, spool: Spool) -> None:
+        """Say at start, loudly, when the spool's disk is already below
+        ``storage.min_free_mb``: the node starts, but refuses every C-STORE
+        (0xA700) until space is freed."""
+        if not spool.below_floor():
+            return
+        mib = 1024 * 1024
+        LOGGER.error(
+            "the spool disk (%s) has %d MiB free, below storage.min_free_mb (%d MiB): every "
+            "C-STORE is refused with 0xA700 (Out of Resources) until space is freed",
+            spool.root,
+            spool.free_bytes() // mib,
+            self.settings.storage.min_free_mb,
+        )
+
     def _probe_port(self) -> None:
         """With SO_REUSEPORT a second node would silently share the port:
         check first, without that option, that nobody listens there."""
@@ -140,13 +292,13 @@ class Node:
                     probe.bind((node.bind, port))
                 except OSError as exc:
                     raise StartupError(
-                        f"cannot listen on {node.bind}:{port}: {exc.strerror}"
+                        f"cannot listen on {node.bind}:{port}: {exc.strerror}{in_use_hint(exc)}"
                     ) from exc
 
     def _start_child(self, index: int) -> BaseProcess:
         child = self._mp.Process(
             target=_ingress_child,
-            args=(self.settings, self._ready, index),
+            args=(self.settings, self._ready, index, os.getpid()),
             name=f"ingress-{index}",
             daemon=False,
         )
@@ -168,6 +320,8 @@ class Node:
             self.store = build_store(self.settings)
         except (OSError, DicomNodeError) as exc:
             raise StartupError(f"cannot open the data directory: {exc}") from exc
+        reclaim_orphans(self.settings)
+        self._check_disk_floor(self.spool)
         recover_spool(self.spool, self.store)
         processes = self.settings.ingress.processes
         if processes == 1:
@@ -179,7 +333,7 @@ class Node:
             except OSError as exc:
                 raise StartupError(
                     f"cannot listen on {self.settings.node.bind}:{self.settings.node.port}: "
-                    f"{exc.strerror}"
+                    f"{exc.strerror}{in_use_hint(exc)}"
                 ) from exc
         else:
             self._probe_port()
@@ -220,6 +374,7 @@ class Node:
                 outbox_root=self.settings.storage.spool_path / "outbox",
                 writer=DicomResultWriter(),
                 node_name=self.settings.node.ae_title,
+                destinations=self.settings.destinations,
                 preload=tuple(
                     dict.fromkeys(
                         rule.pipeline

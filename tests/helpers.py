@@ -61,6 +61,11 @@ def node_config(
     return config
 
 
+def spool_files(spool: Path) -> list[Path]:
+    """The instance files a node's spool (its ``storage.spool_path``) holds, sorted."""
+    return sorted((spool / "studies").rglob("*.dcm"))
+
+
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path

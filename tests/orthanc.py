@@ -12,17 +12,31 @@ from typing import Any
 
 from tests.helpers import free_port, require_tool, wait_for
 
+#: Debian's orthanc-dicomweb plugin (QIDO-RS, WADO-RS, STOW-RS under ``/dicom-web/``)
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
 
 class Orthanc:
-    """One Orthanc process with its own config, storage and free ports."""
+    """One Orthanc process with its own config, storage and free ports.
+
+    ``dicomweb=True`` loads the DICOMweb plugin, serving ``/dicom-web/`` on the HTTP
+    port, as a web viewer needs it.
+    """
 
     AET = "ORTHANC"
 
-    def __init__(self, root: Path, modalities: dict[str, list[Any]] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        modalities: dict[str, list[Any]] | None = None,
+        *,
+        dicomweb: bool = False,
+    ) -> None:
         self.root = root
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.modalities = modalities or {}
+        self.dicomweb = dicomweb
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Orthanc:
@@ -45,6 +59,21 @@ class Orthanc:
             "Plugins": [],
             "DicomModalities": self.modalities,
         }
+        if self.dicomweb:
+            if not DICOMWEB_PLUGIN.is_file():
+                raise AssertionError(
+                    f"{DICOMWEB_PLUGIN} is not installed; `make test` installs the test peers"
+                )
+            config["Plugins"] = [str(DICOMWEB_PLUGIN)]
+            config["DicomWeb"] = {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "EnableWado": False,
+                "Ssl": False,
+                # what a viewer reads per series: every instance's full metadata
+                "StudiesMetadata": "Full",
+                "SeriesMetadata": "Full",
+            }
         path = self.root / "orthanc.json"
         path.write_text(json.dumps(config))
         log = (self.root / "orthanc.log").open("ab")

@@ -59,7 +59,7 @@ def test_send_studies_and_jobs(make_settings, start_node, ct_series, tmp_path):
     studies = dicomnode("studies", "-c", str(config))
     assert studies.returncode == 0, studies.stderr
     (row,) = [line for line in studies.stdout.splitlines() if series.study_uid in line]
-    assert row.split()[1:7] == ["CT", "1", "6", "0", "1", "DISCARDED"]
+    assert row.split()[1:8] == ["CT", "1", "6", "0", "0", "1", "DISCARDED"]
     assert "PHANTOM" not in studies.stdout  # no patient data in the table
 
     jobs = dicomnode("jobs", "-c", str(config))

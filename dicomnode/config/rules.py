@@ -24,6 +24,8 @@ expression is an error naming its field path, e.g.
           notify: [ris]
           priority: 5
           completion: {quiet_seconds: 60}
+          result_status: preliminary   # or final, only for verified results
+          notify_after: delivered      # or written
       fallback:
         name: fallback
         pipeline: qa-archive
@@ -351,6 +353,16 @@ class Rule(_Model):
         Runs of higher priority are queued first.
     completion : CompletionOverride, optional
         Assembly timing for studies this rule matches.
+    result_status : {"preliminary", "final"}
+        How the results travel: ``preliminary`` (the default) marks them as
+        not verified by a physician (SR Preliminary Flag PRELIMINARY, ORU
+        result status P); ``final`` only where the site has decided that this
+        rule's results count as verified (SR FINAL, ORU F). A result that
+        replaces one a RIS already received travels as a correction (C).
+    notify_after : {"delivered", "written"}
+        When the notification (ORU) is sent: ``delivered`` (the default) once
+        the objects it names reached every one of ``destinations`` (never if
+        they end DEAD); ``written`` as soon as the results are written.
     """
 
     name: Name
@@ -361,6 +373,16 @@ class Rule(_Model):
     notify: Names = ()
     priority: int = Field(default=0, description="Higher runs first.")
     completion: CompletionOverride | None = None
+    result_status: Literal["preliminary", "final"] = Field(
+        default="preliminary",
+        description="preliminary (not verified; the default) or final (the site counts this "
+        "rule's results as verified).",
+    )
+    notify_after: Literal["delivered", "written"] = Field(
+        default="delivered",
+        description="Send the ORU once the objects it names are delivered (default), or as "
+        "soon as they are written.",
+    )
 
 
 def _check_fallback(value: object, handler: ValidatorFunctionWrapHandler) -> object:

@@ -48,6 +48,14 @@ class IngressConfig(_Model):
         default=False, description="Accept associations from any calling AE title (not advised)."
     )
     allowed_senders: tuple[SenderConfig, ...] = ()
+    called_ae_titles: tuple[AETitle, ...] = Field(
+        default=(),
+        description=(
+            "The called AE titles the node answers to; empty: node.ae_title alone. An "
+            "association to any other is rejected (A-ASSOCIATE-RJ, called AE title not "
+            "recognized)."
+        ),
+    )
     processes: int = Field(
         default=1,
         ge=1,

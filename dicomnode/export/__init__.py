@@ -1,11 +1,25 @@
-"""Delivery to peers: C-STORE SCU (and, later, HL7 over MLLP)."""
+"""Delivery to peers, transports only: C-STORE SCU, MLLP client, folder."""
 
 from dicomnode.errors import SendError
 from dicomnode.export.storescu import (
+    FailureKind,
     OutgoingFile,
+    SendFailure,
     SendReport,
+    StatusCategory,
     collect_files,
     send_files,
+    status_category,
 )
 
-__all__ = ["OutgoingFile", "SendError", "SendReport", "collect_files", "send_files"]
+__all__ = [
+    "FailureKind",
+    "OutgoingFile",
+    "SendError",
+    "SendFailure",
+    "SendReport",
+    "StatusCategory",
+    "collect_files",
+    "send_files",
+    "status_category",
+]

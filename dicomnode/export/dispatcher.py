@@ -8,6 +8,15 @@ jitter, up to ``export.max_attempts``; then its rows are DEAD with the reason.
 A permanent refusal (e.g. SOP class not supported) is DEAD at once. When no row
 of a run is PENDING any more the run is DONE (all delivered) or DEAD.
 
+What a row delivers was recorded when the results were written: an object's
+file and UIDs, a notification's whole message. Nothing here builds or re-reads
+result content. A notification that names objects (the ORU names the SR and
+the SEG) waits, when the run's rule says ``notify_after: delivered`` (the
+default), until those objects reached every DICOM destination of the run; if
+one of them ends DEAD, the notification ends DEAD too, unsent, with the reason,
+so the RIS never hears of an object the PACS lacks. ``dicomnode jobs retry``
+then replays both.
+
 Before anything of a run leaves the node, the patient safety gate checks that
 Patient ID, Patient Name and Study Instance UID agree across all its inputs;
 a conflict holds the run (DEAD, with the reason) instead of sending a result
@@ -19,13 +28,11 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import shutil
 import ssl
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from itertools import groupby
 from pathlib import Path
 
@@ -40,15 +47,38 @@ from dicomnode.config.destinations import (
 )
 from dicomnode.config.schema import Settings
 from dicomnode.errors import ExportError, HL7Error, JobStoreError, SendError
-from dicomnode.export.hl7 import PatientContext, build_oru, deliver
-from dicomnode.export.storescu import SendReport, collect_files, send_files
+from dicomnode.export.hl7 import deliver
+from dicomnode.export.storescu import (
+    FailureKind,
+    SendFailure,
+    SendReport,
+    StatusCategory,
+    collect_files,
+    send_files,
+    status_category,
+)
 from dicomnode.jobs import Job, OutboxItem, SQLiteJobStore
-from dicomnode.resultfile import load_result
 
 LOGGER = logging.getLogger(__name__)
 
-#: C-STORE failures that retrying cannot fix.
-PERMANENT_STATUSES = frozenset({0x0122, 0x0124, 0x0211, 0xA900})
+#: C-STORE failure statuses that retrying cannot fix: SOP class not supported,
+#: not authorized, unrecognized operation, and data set does not match SOP class.
+PERMANENT_STATUSES = frozenset({0x0122, 0x0124, 0x0211, *range(0xA900, 0xAA00)})
+
+
+def permanent(failure: SendFailure) -> bool:
+    """Whether sending the file again to the same peer cannot succeed.
+
+    A failure status is permanent when it is one of :data:`PERMANENT_STATUSES`;
+    other failures (out of resources, processing failure, cannot understand),
+    statuses of no known category and a missing answer are worth a retry. A
+    file the peer accepted no presentation context for is permanent: the
+    same proposal gets the same answer.
+    """
+    if failure.status is None:
+        return failure.kind is FailureKind.NOT_ACCEPTED
+    category = status_category(failure.status)
+    return category is StatusCategory.FAILURE and failure.status in PERMANENT_STATUSES
 
 
 def _tls_args(
@@ -151,6 +181,8 @@ class Dispatcher:
             if job_id not in self._checked and self._gate(job_id):
                 held.add(job_id)
                 continue
+            if items[0].kind == "notification" and self._waiting(job_id, destination, items):
+                continue
             self._deliver(job_id, destination, items)
         for job in self.store.settle_exports():
             LOGGER.info(
@@ -171,6 +203,38 @@ class Dispatcher:
             return False
         self.store.hold(job_id, conflict)
         LOGGER.error("job %d: %s", job_id, conflict, extra={"job_id": job_id})
+        return True
+
+    def _waiting(self, job_id: int, destination: str, items: list[OutboxItem]) -> bool:
+        """Whether notifications must not be sent yet: under ``notify_after:
+        delivered`` an object they name is still PENDING to one of the run's
+        DICOM destinations. When such an object ended DEAD instead, the
+        notifications end DEAD (unsent, no attempt counted) and so are not sent
+        either."""
+        if self.store.get_job(job_id).notify_after != "delivered":
+            return False
+        named = {uid for item in items for uid in item.refers_to}
+        objects = [
+            row
+            for row in self.store.outbox(job_id)
+            if row.kind == "dicom" and row.sop_instance_uid in named
+        ]
+        if any(row.state == "PENDING" for row in objects):
+            return True
+        dead = sorted(
+            {f"{row.destination}: {row.last_error}" for row in objects if row.state == "DEAD"}
+        )
+        if not dead:
+            return False
+        error = "not sent: the objects it names did not reach " + "; ".join(dead)
+        self.store.record_delivery([i.id for i in items], "DEAD", error, attempted=False)
+        LOGGER.warning(
+            "job %d → %s: notification held back: %s",
+            job_id,
+            destination,
+            error,
+            extra={"job_id": job_id},
+        )
         return True
 
     def _input_files(self, job: Job) -> list[str]:
@@ -195,7 +259,7 @@ class Dispatcher:
             elif isinstance(target, DicomDestination):
                 outcome = self._to_dicom(target, items)
             else:
-                outcome = self._to_hl7(target, job_id, items)
+                outcome = self._to_hl7(target, items)
         except (OSError, ExportError) as exc:
             outcome = Delivery([], ids, [], f"{type(exc).__name__}: {exc}")
         attempts = max(i.attempts for i in items) + 1
@@ -229,12 +293,15 @@ class Dispatcher:
     def _to_folder(target: FolderDestination, items: list[OutboxItem]) -> Delivery:
         for item in items:
             source = Path(item.path)
-            ds = dcmread(
-                source,
-                stop_before_pixels=True,
-                specific_tags=["StudyInstanceUID", "SeriesInstanceUID"],
-            )
-            folder = target.path / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID)
+            study, series = item.study_instance_uid, item.series_instance_uid
+            if study is None or series is None:  # a row queued before schema version 4
+                ds = dcmread(
+                    source,
+                    stop_before_pixels=True,
+                    specific_tags=["StudyInstanceUID", "SeriesInstanceUID"],
+                )
+                study, series = str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
+            folder = target.path / study / series
             folder.mkdir(parents=True, exist_ok=True)
             partial = folder / f".{source.name}.part"
             shutil.copyfile(source, partial)
@@ -261,55 +328,39 @@ class Dispatcher:
                 tls=_tls_args(target, target.host),
             )
         except SendError as exc:
-            return Delivery([], [i.id for i in items if i.id not in dead], dead, str(exc))
+            # more than one association (over 128 contexts): keep what got through
+            got_through = [by_path[str(p)] for p in report.sent]
+            settled = set(got_through) | set(dead)
+            again = [i.id for i in items if i.id not in settled]
+            return Delivery(got_through, again, dead, str(exc))
         delivered = [by_path[str(p)] for p in report.sent]
         retry: list[int] = []
         errors = []
-        for path, reason in report.failed:
-            errors.append(reason)
-            found = re.search(r"status 0x([0-9A-Fa-f]{4})", reason)
-            status = int(found.group(1), 16) if found else -1
-            (dead if status in PERMANENT_STATUSES else retry).append(by_path[str(path)])
+        for failure in report.failed:
+            errors.append(failure.reason)
+            (dead if permanent(failure) else retry).append(by_path[str(failure.path)])
         return Delivery(delivered, retry, dead, "; ".join(sorted(set(errors))))
 
-    def _to_hl7(self, target: HL7Destination, job_id: int, items: list[OutboxItem]) -> Delivery:
-        """One ORU^R01 per notification row; its MSH-10 is derived from the row,
-        so a retry sends the same control ID."""
-        job = self.store.get_job(job_id)
-        inputs = self._input_files(job)
-        if job.result_dir is None or not inputs:
-            return Delivery([], [], [i.id for i in items], "the run has no result or inputs")
-        result, document = load_result(Path(job.result_dir), arrays=False)
-        patient = PatientContext.from_dataset(dcmread(inputs[0], stop_before_pixels=True))
-        objects = {
-            Path(row.path).name.split("_", 1)[0]: Path(row.path).stem.split("_", 1)[1]
-            for row in self.store.outbox(job_id)
-            if row.kind == "dicom"
-        }
-        # when the result was made: the same on every retry of the message
-        written = [t.at for t in self.store.history(job_id) if t.to_state == "RESULTS_WRITTEN"]
-        made = datetime.fromtimestamp(written[0] if written else job.updated_at, UTC)
+    @staticmethod
+    def _to_hl7(target: HL7Destination, items: list[OutboxItem]) -> Delivery:
+        """Send each notification's message as it was built when the results
+        were written: a retry sends the very same message (same MSH-10)."""
         delivered: list[int] = []
         retry: list[int] = []
         dead: list[int] = []
         errors: list[str] = []
         for item in items:
-            message = build_oru(
-                result,
-                document,
-                patient,
-                control_id=f"DN{item.id}",
-                sending_application=target.sending_application,
-                sending_facility=target.sending_facility,
-                receiving_application=target.receiving_application,
-                receiving_facility=target.receiving_facility,
-                sr_uid=objects.get("SR"),
-                seg_uid=objects.get("SEG"),
-                timestamp=made,
-            )
+            if item.body is None:
+                errors.append(
+                    "no message was built for this notification (queued by a release before "
+                    "typed outbox rows, or the destination was not an hl7 destination when "
+                    "the results were written); `dicomnode jobs retry` runs the pipeline again"
+                )
+                dead.append(item.id)
+                continue
             try:
                 deliver(
-                    message,
+                    item.body,
                     target.host,
                     target.port,
                     timeout=target.timeout_seconds,

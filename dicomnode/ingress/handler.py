@@ -16,8 +16,11 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from dicomnode.errors import InvalidUIDError, JobStoreError, SpoolWriteError
+from dicomnode.errors import IncompleteDatasetError, InvalidUIDError, JobStoreError, SpoolWriteError
+from dicomnode.ingress.integrity import check_complete_file
+from dicomnode.ingress.sameness import same_content
 from dicomnode.jobs import InstanceRecord, JobStore
+from dicomnode.logs import escape
 from dicomnode.spool import Spool, validate_uid
 
 LOGGER = logging.getLogger(__name__)
@@ -27,6 +30,9 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
+#: Warning, Elements Discarded: a re-sent SOP Instance UID whose content differs
+#: from the copy kept; the node keeps its first copy and discards this one.
+CONFLICTING_DUPLICATE = 0xB006
 #: in the "cannot understand" range; 0xC211 is pynetdicom's own for a failing handler
 INVALID_UID = 0xC220
 #: The elements read from a received file before it is saved.
@@ -129,11 +135,7 @@ class StoreHandler:
         if outcome.duplicate:
             if not stored.existed and outcome.kept_path != str(stored.path):
                 self.spool.remove(stored.path)
-            LOGGER.info(
-                "duplicate SOP Instance UID in study %s: first copy kept",
-                uids.study,
-                extra={"study_uid": uids.study, "job_id": outcome.job_id},
-            )
+            return self._duplicate(data, uids, outcome.kept_path, outcome.job_id, calling_ae)
         elif outcome.new_round:
             LOGGER.info(
                 "study %s: assembly round opened (job %d)",
@@ -143,39 +145,111 @@ class StoreHandler:
             )
         return SUCCESS
 
+    def _duplicate(
+        self, data: bytes | Path, uids: InstanceUIDs, kept_path: str, job_id: int, calling_ae: str
+    ) -> int:
+        """Answer a SOP Instance UID already recorded: Success when it is the
+        same instance again, :data:`CONFLICTING_DUPLICATE` (and one WARNING
+        line, and the study's conflict count) when its content differs. The
+        first copy is kept either way."""
+        extra = {"study_uid": uids.study, "job_id": job_id}
+        try:
+            same = same_content(Path(kept_path), data)
+        except OSError as exc:
+            LOGGER.warning(
+                "duplicate SOP Instance UID %s in study %s: first copy kept, not compared (%s)",
+                uids.sop,
+                uids.study,
+                exc.strerror,
+                extra=extra,
+            )
+            return SUCCESS
+        if same:
+            LOGGER.info(
+                "duplicate SOP Instance UID in study %s: first copy kept", uids.study, extra=extra
+            )
+            return SUCCESS
+        try:
+            self.store.record_conflict(uids.sop)
+        except JobStoreError as exc:
+            LOGGER.error("could not count a conflicting duplicate in study %s: %s", uids.study, exc)
+        LOGGER.warning(
+            "SOP Instance UID %s of study %s sent again by %s with different content: "
+            "the first copy is kept, this one discarded (status 0x%04X)",
+            uids.sop,
+            uids.study,
+            calling_ae,
+            CONFLICTING_DUPLICATE,
+            extra=extra,
+        )
+        return CONFLICTING_DUPLICATE
+
     # -- pynetdicom event handlers --------------------------------------
 
     def on_c_store(self, event: Any) -> int:
-        """``evt.EVT_C_STORE``: decode only the header UIDs, save, answer.
+        """``evt.EVT_C_STORE``: check the dataset is whole, decode only the
+        header UIDs, save, answer. A refused instance is one log line, its
+        values from the wire escaped.
 
         The dataset arrives in a file (pynetdicom's chunked receive), never
-        whole in memory: only the elements before Pixel Data are read here, and
-        the file itself is moved or copied into the spool.
+        whole in memory: the completeness walk maps it, only the elements
+        before Pixel Data are read, and the file itself is linked or copied
+        into the spool.
         """
-        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        calling_ae = escape(str(event.assoc.requestor.ae_title).strip())
         path = Path(event.dataset_path)
         try:
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
             transfer_syntax = str(event.context.transfer_syntax)
+            check_complete_file(path, transfer_syntax)
+        except IncompleteDatasetError as exc:
+            LOGGER.warning("refused an incomplete dataset from %s: %s", calling_ae, exc)
+            return CANNOT_UNDERSTAND
+        except OSError as exc:  # the node's own file of the received dataset
+            LOGGER.error("could not read a dataset received from %s: %s", calling_ae, exc.strerror)
+            return OUT_OF_RESOURCES
+        try:
+            ds = dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         except Exception as exc:  # noqa: BLE001 - any decoding failure is the sender's data
-            LOGGER.warning("refused an undecodable dataset from %s: %s", calling_ae, exc)
+            LOGGER.warning(
+                "refused an undecodable dataset from %s: %s", calling_ae, escape(exc, 256)
+            )
             return CANNOT_UNDERSTAND
         try:
             uids = instance_uids(ds)
         except InvalidUIDError as exc:
-            LOGGER.warning("refused an instance from %s: %s", calling_ae, exc)
+            LOGGER.warning("refused an instance from %s: %s", calling_ae, escape(exc, 256))
             return INVALID_UID
         except Exception as exc:  # noqa: BLE001 - an element pydicom cannot parse
-            LOGGER.warning("refused an undecodable dataset from %s: %s", calling_ae, exc)
+            LOGGER.warning(
+                "refused an undecodable dataset from %s: %s", calling_ae, escape(exc, 256)
+            )
             return CANNOT_UNDERSTAND
         request = event.request
-        if uids.sop != str(request.AffectedSOPInstanceUID).rstrip("\x00 ") or uids.sop_class != str(
-            request.AffectedSOPClassUID
-        ).rstrip("\x00 "):
-            LOGGER.warning("refused an instance from %s: UIDs differ from the command", calling_ae)
+        command_sop = str(request.AffectedSOPInstanceUID).rstrip("\x00 ")
+        command_class = str(request.AffectedSOPClassUID).rstrip("\x00 ")
+        if uids.sop != command_sop or uids.sop_class != command_class:
+            LOGGER.warning(
+                "refused an instance from %s: the command's UIDs (class %s, instance %s) "
+                "differ from the dataset's (class %s, instance %s)",
+                calling_ae,
+                escape(command_class, 64),
+                escape(command_sop, 80),
+                uids.sop_class,
+                uids.sop,
+            )
             return DATASET_DOES_NOT_MATCH
         return self.save(path, uids, transfer_syntax, calling_ae)
 
     def on_c_echo(self, event: Any) -> int:
-        """``evt.EVT_C_ECHO``: always Success."""
+        """``evt.EVT_C_ECHO``: always Success (the association works). When the
+        spool's disk is below its floor, a WARNING line says that stores are
+        refused, for whoever tests the connection."""
+        if self.spool.below_floor():
+            LOGGER.warning(
+                "C-ECHO from %s answered, but the spool disk has %d MiB free, below the "
+                "floor of %d MiB: every C-STORE is refused with 0xA700",
+                escape(str(event.assoc.requestor.ae_title).strip()),
+                self.spool.free_bytes() // (1024 * 1024),
+                self.spool.min_free_bytes // (1024 * 1024),
+            )
         return SUCCESS

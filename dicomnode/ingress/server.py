@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import ssl
@@ -25,6 +26,7 @@ from dicomnode.ingress.transport import (
     discard_partial_dataset,
     server_class,
 )
+from dicomnode.logs import escape
 
 LOGGER = logging.getLogger(__name__)
 
@@ -89,6 +91,28 @@ def listeners(node: NodeConfig, ingress: IngressConfig) -> list[tuple[int, ssl.S
     return [(node.port, None), (tls.port, context)]
 
 
+def in_use_hint(exc: OSError) -> str:
+    """What to add to the message of a failed bind when the port is taken.
+
+    Parameters
+    ----------
+    exc : OSError
+        The error of the bind.
+
+    Returns
+    -------
+    str
+        A hint naming how to find the program on the port, or ``""`` when
+        the error is not EADDRINUSE.
+    """
+    if exc.errno != errno.EADDRINUSE:
+        return ""
+    return (
+        " (another program listens there; `ss -ltnp` names it. Receiving processes of an "
+        "earlier node on this data directory would have been stopped already)"
+    )
+
+
 class IngressServer:
     """C-ECHO and C-STORE SCP, on one port or two (plain TCP and TLS).
 
@@ -120,7 +144,7 @@ class IngressServer:
         self.node = node
         self.config = ingress
         self.handler = handler
-        self.policy = SenderPolicy.from_config(ingress)
+        self.policy = SenderPolicy.from_config(ingress, node.ae_title)
         self.reuse_port = reuse_port
         self._servers: list[Any] = []
         self._listeners = listeners(node, ingress)
@@ -161,14 +185,29 @@ class IngressServer:
         return None
 
     def _on_requested(self, event: Any) -> None:
-        """``evt.EVT_REQUESTED``: reject senders not on the allow-list."""
-        calling_ae = str(event.assoc.requestor.primitive.calling_ae_title).strip()
+        """``evt.EVT_REQUESTED``: reject senders not on the allow-list
+        (reason 3, calling AE title not recognized), then associations to an
+        AE title the node does not serve (reason 7, called AE title not
+        recognized); both rejected-permanent, by the service user."""
+        primitive = event.assoc.requestor.primitive
+        calling_ae = str(primitive.calling_ae_title).strip()
+        called_ae = str(primitive.called_ae_title).strip()
         host = str(event.assoc.requestor.address)
-        if self.policy.accepts(calling_ae, host):
-            return
-        LOGGER.warning("rejected association from AE %r at %s: not allowed", calling_ae, host)
-        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-        event.assoc.kill()
+        if not self.policy.accepts(calling_ae, host):
+            LOGGER.warning(
+                "rejected association from AE %s at %s: not allowed", escape(calling_ae), host
+            )
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+            event.assoc.kill()
+        elif not self.policy.serves(called_ae):
+            LOGGER.warning(
+                "rejected association from AE %s at %s: called AE title %s is not served here",
+                escape(calling_ae),
+                host,
+                escape(called_ae),
+            )
+            event.assoc.acse.send_reject(0x01, 0x01, 0x07)
+            event.assoc.kill()
 
     def _on_open(self, event: Any) -> None:
         """``evt.EVT_CONN_OPEN``: set the association's network poll interval.
@@ -187,7 +226,7 @@ class IngressServer:
             LOGGER.warning(
                 "refused a %d-byte dataset from %s: above max_dataset_size (%d bytes)",
                 size,
-                str(event.assoc.requestor.ae_title).strip(),
+                escape(str(event.assoc.requestor.ae_title).strip()),
                 self.config.max_dataset_size,
             )
             return OUT_OF_RESOURCES
@@ -196,7 +235,7 @@ class IngressServer:
     def _on_established(self, event: Any) -> None:
         LOGGER.info(
             "association from %s at %s established",
-            str(event.assoc.requestor.ae_title).strip(),
+            escape(str(event.assoc.requestor.ae_title).strip()),
             event.assoc.requestor.address,
         )
 
@@ -233,6 +272,7 @@ class IngressServer:
                 self._close_all()
                 raise StartupError(
                     f"cannot listen on {self.node.bind}:{port}: {exc.strerror or exc}"
+                    f"{in_use_hint(exc)}"
                 ) from exc
             thread = threading.Thread(
                 target=server.serve_forever, name=f"dicomnode-ingress-{port}", daemon=True

@@ -15,8 +15,8 @@ piece that performs it: :class:`GuardedSocket` is pynetdicom's
 accepted connection by :class:`NodeRequestHandler`. It relies on how
 pynetdicom's DUL reads a PDU: ``recv(6)`` for the header, then
 ``recv(length)`` for the body (``DULServiceProvider._read_pdu_data``,
-pynetdicom 2.x and 3.x); the tests in ``tests/ingress/test_edge.py`` talk raw
-bytes to a node and fail if that ever changes.
+pynetdicom 2.x and 3.x); the tests in ``tests/ingress/test_edge_network.py``
+talk raw bytes to a node and fail if that ever changes.
 
 What it enforces, and what a peer gets:
 

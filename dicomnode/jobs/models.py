@@ -56,6 +56,9 @@ class Job:
 
     ``purged_at`` is set when retention removed the job's files (a round's
     instances, a run's results and objects); the row and its history stay.
+
+    A run's ``result_status`` (``preliminary`` or ``final``) and
+    ``notify_after`` (``delivered`` or ``written``) come from its rule.
     """
 
     id: int
@@ -82,6 +85,8 @@ class Job:
     result_dir: str | None = None
     outbox_dir: str | None = None
     purged_at: float | None = None
+    result_status: str = "preliminary"
+    notify_after: str = "delivered"
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,8 @@ class Study:
     """What the store knows about a study across all its rounds.
 
     The counts of modalities, series, instances and duplicates are of the
-    instances the spool still holds; ``purged_rounds`` rounds had theirs removed
+    instances the spool still holds (``conflict_count``: the duplicates whose
+    content differed from the copy kept); ``purged_rounds`` rounds had theirs removed
     by retention, the last time at ``purged_at``.
     """
 
@@ -115,6 +121,7 @@ class Study:
     latest_state: JobState
     purged_rounds: int = 0
     purged_at: float | None = None
+    conflict_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,21 +134,51 @@ class RunSpec:
     destinations: tuple[str, ...] = ()
     notify: tuple[str, ...] = ()
     priority: int = 0
+    result_status: str = "preliminary"
+    notify_after: str = "delivered"
 
 
 @dataclass(frozen=True)
 class OutboxItem:
-    """One delivery: an object (or a notification) for one destination."""
+    """One delivery: an object (or a notification) for one destination.
+
+    What is delivered is recorded when the results are written; export only
+    transports it.
+
+    Attributes
+    ----------
+    kind : str
+        ``"dicom"``: the object file at ``path``; ``"notification"``: the
+        message in ``body``.
+    path : str
+        The object's file (``""`` for a notification).
+    state : str
+        PENDING, DELIVERED or DEAD.
+    sop_class_uid, sop_instance_uid, study_instance_uid, series_instance_uid : str or None
+        The object's UIDs (``None`` for notifications, and for rows queued by
+        a release before schema version 4).
+    body : str or None
+        The notification's message, as built when the results were written
+        (``None`` for objects, and for notifications queued before schema 4).
+    refers_to : tuple of str
+        SOP Instance UIDs of the objects the notification names.
+    """
 
     id: int
     job_id: int
     destination: str
-    kind: str  # "dicom" or "notification"
+    kind: str
     path: str
-    state: str  # PENDING, DELIVERED, DEAD
+    state: str
     attempts: int
     next_attempt_at: float | None
     last_error: str | None
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    body: str | None = None
+    refers_to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,9 @@ from dicomnode.jobs.models import (
     Transition,
 )
 from dicomnode.jobs.states import JobState, check_transition
+from dicomnode.protocol import ResultMessage, ResultObject
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -62,7 +63,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     traceback TEXT,
     result_dir TEXT,
     outbox_dir TEXT,
-    purged_at REAL
+    purged_at REAL,
+    result_status TEXT NOT NULL DEFAULT 'preliminary',
+    notify_after TEXT NOT NULL DEFAULT 'delivered'
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_study_round
     ON jobs (study_instance_uid, round) WHERE kind = 'study';
@@ -88,7 +91,8 @@ CREATE TABLE IF NOT EXISTS instances (
     calling_ae TEXT NOT NULL,
     received_at REAL NOT NULL,
     job_id INTEGER NOT NULL REFERENCES jobs(id),
-    duplicates INTEGER NOT NULL DEFAULT 0
+    duplicates INTEGER NOT NULL DEFAULT 0,
+    conflicts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -103,6 +107,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
+    sop_class_uid TEXT,
+    sop_instance_uid TEXT,
+    study_instance_uid TEXT,
+    series_instance_uid TEXT,
+    body TEXT,
+    refers_to TEXT NOT NULL DEFAULT '[]',
     UNIQUE (job_id, destination, path)
 );
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, next_attempt_at);
@@ -118,10 +128,11 @@ _JOB_COLUMNS = (
     "id, kind, study_instance_uid, round, parent_id, state, calling_ae, opened_at, "
     "last_instance_at, instance_count, attempts, reason, updated_at, pipeline, "
     "series_instance_uid, rule, destinations, notify, priority, next_attempt_at, traceback, "
-    "result_dir, outbox_dir, purged_at"
+    "result_dir, outbox_dir, purged_at, result_status, notify_after"
 )
 #: Columns added after schema version 1, with their definitions (for upgrades).
-#: ``outbox_dir`` and ``purged_at`` came with retention (version 3).
+#: ``outbox_dir`` and ``purged_at`` came with retention (version 3),
+#: ``result_status`` and ``notify_after`` with typed outbox rows (version 4).
 _ADDED_JOB_COLUMNS = {
     "pipeline": "TEXT",
     "series_instance_uid": "TEXT",
@@ -134,7 +145,26 @@ _ADDED_JOB_COLUMNS = {
     "result_dir": "TEXT",
     "outbox_dir": "TEXT",
     "purged_at": "REAL",
+    "result_status": "TEXT NOT NULL DEFAULT 'preliminary'",
+    "notify_after": "TEXT NOT NULL DEFAULT 'delivered'",
 }
+#: Outbox columns added in schema version 4: what a row delivers, recorded by
+#: the result writer (rows of earlier releases have none of them).
+_ADDED_OUTBOX_COLUMNS = {
+    "sop_class_uid": "TEXT",
+    "sop_instance_uid": "TEXT",
+    "study_instance_uid": "TEXT",
+    "series_instance_uid": "TEXT",
+    "body": "TEXT",
+    "refers_to": "TEXT NOT NULL DEFAULT '[]'",
+}
+_OUTBOX_COLUMNS = (
+    "id, job_id, destination, kind, path, state, attempts, next_attempt_at, last_error, "
+    "sop_class_uid, sop_instance_uid, study_instance_uid, series_instance_uid, body, refers_to"
+)
+#: Columns of ``instances`` added in schema version 4: ``conflicts`` counts the
+#: re-sent copies whose content differed from the kept one.
+_ADDED_INSTANCE_COLUMNS = {"conflicts": "INTEGER NOT NULL DEFAULT 0"}
 #: The states in which a job has nothing left to do (retention may purge it).
 FINAL_STATES = (JobState.DONE, JobState.DISCARDED, JobState.DEAD)
 #: An assembly round's own work ends at ROUTED (its runs carry on as jobs of
@@ -172,7 +202,15 @@ def _job(row: sqlite3.Row) -> Job:
         result_dir=row["result_dir"],
         outbox_dir=row["outbox_dir"],
         purged_at=row["purged_at"],
+        result_status=row["result_status"],
+        notify_after=row["notify_after"],
     )
+
+
+def _outbox_item(row: sqlite3.Row) -> OutboxItem:
+    values = dict(row)
+    values["refers_to"] = tuple(json.loads(values["refers_to"] or "[]"))
+    return OutboxItem(**values)
 
 
 def _purged_error(job_id: int, purged_at: float) -> PurgedError:
@@ -228,10 +266,15 @@ class SQLiteJobStore:
         self._conn.execute("PRAGMA foreign_keys = ON")
         with self._lock:
             self._conn.executescript(_SCHEMA)
-            present = {r["name"] for r in self._conn.execute("PRAGMA table_info(jobs)")}
-            for column, definition in _ADDED_JOB_COLUMNS.items():
-                if column not in present:
-                    self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
+            for table, added in (
+                ("jobs", _ADDED_JOB_COLUMNS),
+                ("outbox", _ADDED_OUTBOX_COLUMNS),
+                ("instances", _ADDED_INSTANCE_COLUMNS),
+            ):
+                present = {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+                for column, definition in added.items():
+                    if column not in present:
+                        self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
             self._conn.executescript(_INDEXES)
         with self._write() as cur:
             cur.execute(
@@ -369,6 +412,16 @@ class SQLiteJobStore:
         return RecordOutcome(
             job_id=job_id, duplicate=False, kept_path=record.path, new_round=new_round
         )
+
+    def record_conflict(self, sop_instance_uid: str) -> None:
+        """See :meth:`dicomnode.jobs.store.JobStore.record_conflict`."""
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE instances SET conflicts = conflicts + 1 WHERE sop_instance_uid = ?",
+                (sop_instance_uid,),
+            )
+            if cur.rowcount == 0:
+                raise NotFoundError(f"no instance {sop_instance_uid}")
 
     def has_instance(self, sop_instance_uid: str) -> bool:
         """See :meth:`dicomnode.jobs.store.JobStore.has_instance`."""
@@ -508,12 +561,14 @@ class SQLiteJobStore:
             " GROUP_CONCAT(DISTINCT modality) AS modalities, "
             " COUNT(DISTINCT series_instance_uid) AS series_count, "
             " COUNT(*) AS instance_count, SUM(duplicates) AS duplicate_count, "
+            " SUM(conflicts) AS conflict_count, "
             " MIN(received_at) AS first_at, MAX(received_at) AS last_at "
             " FROM instances GROUP BY study_instance_uid) "
             "SELECT j.study_instance_uid AS uid, h.modalities, "
             "COALESCE(h.series_count, 0) AS series_count, "
             "COALESCE(h.instance_count, 0) AS instance_count, "
             "COALESCE(h.duplicate_count, 0) AS duplicate_count, "
+            "COALESCE(h.conflict_count, 0) AS conflict_count, "
             "COUNT(*) AS rounds, SUM(j.purged_at IS NOT NULL) AS purged_rounds, "
             "MAX(j.purged_at) AS purged_at, "
             "MIN(COALESCE(h.first_at, j.opened_at), j.opened_at) AS first_at, "
@@ -531,6 +586,7 @@ class SQLiteJobStore:
                 series_count=row["series_count"],
                 instance_count=row["instance_count"],
                 duplicate_count=row["duplicate_count"],
+                conflict_count=row["conflict_count"],
                 rounds=row["rounds"],
                 first_received_at=row["first_at"],
                 last_received_at=row["last_at"],
@@ -558,6 +614,15 @@ class SQLiteJobStore:
         if not rows:
             raise NotFoundError(f"no instance {sop_instance_uid}")
         return int(rows[0]["duplicates"])
+
+    def conflicts(self, sop_instance_uid: str) -> int:
+        """How many of an instance's duplicate copies differed from the kept one."""
+        rows = self._read(
+            "SELECT conflicts FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
+        )
+        if not rows:
+            raise NotFoundError(f"no instance {sop_instance_uid}")
+        return int(rows[0]["conflicts"])
 
     # -- assembly with per-study timing ----------------------------------
 
@@ -633,8 +698,9 @@ class SQLiteJobStore:
                 cur.execute(
                     "INSERT INTO jobs (kind, study_instance_uid, round, parent_id, state, "
                     "calling_ae, opened_at, last_instance_at, instance_count, updated_at, "
-                    "pipeline, series_instance_uid, rule, destinations, notify, priority) "
-                    "VALUES ('run', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "pipeline, series_instance_uid, rule, destinations, notify, priority, "
+                    "result_status, notify_after) "
+                    "VALUES ('run', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         row["study_instance_uid"],
                         row["round"],
@@ -651,6 +717,8 @@ class SQLiteJobStore:
                         json.dumps(list(run.destinations)),
                         json.dumps(list(run.notify)),
                         run.priority,
+                        run.result_status,
+                        run.notify_after,
                     ),
                 )
                 run_id = int(cur.lastrowid or 0)
@@ -691,19 +759,26 @@ class SQLiteJobStore:
         job_id: int,
         result_dir: str,
         summary: str,
-        objects: tuple[str, ...] = (),
+        objects: Sequence[ResultObject] = (),
+        messages: Sequence[ResultMessage] = (),
     ) -> Job:
-        """RUNNING → RESULTS_WRITTEN with one outbox row per (object,
-        destination) — DICOM objects go to ``destinations``, the result's
-        notification to each of ``notify`` — in the same transaction; on to
-        DONE when the run has nowhere to deliver to. The folder holding
-        ``objects`` is recorded as the run's ``outbox_dir`` (retention removes it)."""
+        """RUNNING → RESULTS_WRITTEN with the run's outbox, in one transaction;
+        on to DONE when the run has nowhere to deliver to.
+
+        Each object goes to each of the run's ``destinations`` (one row per
+        object and destination, with its UIDs), each of ``notify`` gets one
+        notification row holding the message the writer built for it (a
+        destination the writer built none for gets a row without a message,
+        which export ends DEAD with the reason). Rows of an earlier attempt of
+        the run are replaced. The folder holding ``objects`` is recorded as the
+        run's ``outbox_dir`` (retention removes it).
+        """
         now = self._now()
         with self._write() as cur:
             row = _job_row(cur, job_id, "state, destinations, notify")
             current = JobState(row["state"])
             check_transition(current, JobState.RESULTS_WRITTEN)
-            folders = {str(Path(path).parent) for path in objects}
+            folders = {str(Path(item.path).parent) for item in objects}
             outbox_dir = folders.pop() if len(folders) == 1 else None
             cur.execute(
                 "UPDATE jobs SET state = ?, updated_at = ?, reason = ?, result_dir = ?, "
@@ -713,15 +788,45 @@ class SQLiteJobStore:
             self._add_transition(cur, job_id, current, JobState.RESULTS_WRITTEN, now, summary)
             destinations = json.loads(row["destinations"])
             notify = json.loads(row["notify"])
-            cur.execute("DELETE FROM outbox WHERE job_id = ? AND state = 'PENDING'", (job_id,))
-            rows = [(d, "dicom", path) for d in destinations for path in objects]
-            rows += [(n, "notification", result_dir) for n in notify]
-            for destination, kind, path in rows:
-                cur.execute(
-                    "INSERT OR REPLACE INTO outbox (job_id, destination, kind, path, state, "
-                    "created_at, updated_at) VALUES (?, ?, ?, ?, 'PENDING', ?, ?)",
-                    (job_id, destination, kind, path, now, now),
+            built = {message.destination: message for message in messages}
+            cur.execute("DELETE FROM outbox WHERE job_id = ?", (job_id,))
+            rows: list[tuple[object, ...]] = [
+                (
+                    destination,
+                    "dicom",
+                    str(item.path),
+                    item.sop_class_uid,
+                    item.sop_instance_uid,
+                    item.study_instance_uid,
+                    item.series_instance_uid,
+                    None,
+                    "[]",
                 )
+                for destination in destinations
+                for item in objects
+            ]
+            for destination in notify:
+                message = built.get(destination)
+                rows.append(
+                    (
+                        destination,
+                        "notification",
+                        "",
+                        None,
+                        None,
+                        None,
+                        None,
+                        None if message is None else message.body,
+                        json.dumps([] if message is None else list(message.refers_to)),
+                    )
+                )
+            cur.executemany(
+                "INSERT INTO outbox (job_id, destination, kind, path, sop_class_uid, "
+                "sop_instance_uid, study_instance_uid, series_instance_uid, body, refers_to, "
+                "state, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'PENDING', ?, ?)",
+                [(job_id, *values, now, now) for values in rows],
+            )
             if not rows:
                 reason = "no destinations configured"
                 cur.execute(
@@ -732,6 +837,27 @@ class SQLiteJobStore:
                     cur, job_id, JobState.RESULTS_WRITTEN, JobState.DONE, now, reason
                 )
         return self.get_job(job_id)
+
+    def notified_before(self, job_id: int) -> set[str]:
+        """The notify destinations of a run that already received a result of
+        the same study, series and pipeline (from this run or an earlier one):
+        a new result for them is a correction.
+
+        Raises
+        ------
+        NotFoundError
+            No such job.
+        """
+        with self._snapshot() as cur:
+            row = _job_row(cur, job_id, "study_instance_uid, series_instance_uid, pipeline")
+            rows = cur.execute(
+                "SELECT DISTINCT o.destination FROM outbox o JOIN jobs j ON j.id = o.job_id "
+                "WHERE j.kind = 'run' AND j.study_instance_uid = ? "
+                "AND j.series_instance_uid IS ? AND j.pipeline IS ? "
+                "AND o.kind = 'notification' AND o.state = 'DELIVERED'",
+                (row["study_instance_uid"], row["series_instance_uid"], row["pipeline"]),
+            ).fetchall()
+        return {str(r["destination"]) for r in rows}
 
     def fail_run(
         self, job_id: int, reason: str, traceback: str | None, retry_at: float | None
@@ -755,11 +881,9 @@ class SQLiteJobStore:
     def outbox(self, job_id: int) -> list[OutboxItem]:
         """The delivery rows of one run."""
         rows = self._read(
-            "SELECT id, job_id, destination, kind, path, state, attempts, next_attempt_at, "
-            "last_error FROM outbox WHERE job_id = ? ORDER BY id",
-            (job_id,),
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE job_id = ? ORDER BY id", (job_id,)
         )
-        return [OutboxItem(**dict(row)) for row in rows]
+        return [_outbox_item(row) for row in rows]
 
     # -- export ----------------------------------------------------------
 
@@ -783,14 +907,14 @@ class SQLiteJobStore:
 
     def due_deliveries(self, now: float) -> list[OutboxItem]:
         """PENDING outbox rows of EXPORTING runs that are due now."""
+        columns = ", ".join(f"o.{c}" for c in _OUTBOX_COLUMNS.split(", "))
         rows = self._read(
-            "SELECT o.id, o.job_id, o.destination, o.kind, o.path, o.state, o.attempts, "
-            "o.next_attempt_at, o.last_error FROM outbox o JOIN jobs j ON j.id = o.job_id "
+            f"SELECT {columns} FROM outbox o JOIN jobs j ON j.id = o.job_id "
             "WHERE j.state = ? AND o.state = 'PENDING' "
             "AND COALESCE(o.next_attempt_at, 0) <= ? ORDER BY o.job_id, o.destination, o.id",
             (str(JobState.EXPORTING), now),
         )
-        return [OutboxItem(**dict(row)) for row in rows]
+        return [_outbox_item(row) for row in rows]
 
     def record_delivery(
         self,
@@ -798,17 +922,22 @@ class SQLiteJobStore:
         state: str,
         error: str | None = None,
         next_attempt_at: float | None = None,
+        *,
+        attempted: bool = True,
     ) -> None:
         """Record one attempt of a group of deliveries: DELIVERED, PENDING
-        (retry at ``next_attempt_at``) or DEAD. Attempts count once per call."""
+        (retry at ``next_attempt_at``) or DEAD. Attempts count once per call,
+        unless ``attempted`` is false (nothing was sent: a notification held
+        back because the objects it names did not arrive)."""
         if state not in ("DELIVERED", "PENDING", "DEAD"):
             raise ValueError(f"unknown delivery state {state!r}")
         now = self._now()
+        step = 1 if attempted else 0
         with self._write() as cur:
             cur.executemany(
-                "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, "
+                "UPDATE outbox SET state = ?, attempts = attempts + ?, last_error = ?, "
                 "next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = 'PENDING'",
-                [(state, error, next_attempt_at, now, item_id) for item_id in item_ids],
+                [(state, step, error, next_attempt_at, now, item_id) for item_id in item_ids],
             )
 
     def settle_exports(self) -> list[Job]:
@@ -914,7 +1043,9 @@ class SQLiteJobStore:
     def retry(self, job_id: int) -> Job:
         """A hand retry. A run that failed while delivering has its failed
         deliveries replayed (see :meth:`replay`); a run that failed before
-        goes back to ROUTED with its attempts reset.
+        goes back to ROUTED with its attempts reset, and so does one whose
+        failed notification holds no message (queued by a release before
+        schema version 4): running it again builds the message.
 
         Raises
         ------
@@ -927,7 +1058,9 @@ class SQLiteJobStore:
         failed_delivery = self._read(
             "SELECT 1 FROM jobs j WHERE j.id = ? AND j.state = ? AND j.result_dir IS NOT NULL "
             "AND j.purged_at IS NULL "
-            "AND EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id AND o.state = 'DEAD')",
+            "AND EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id AND o.state = 'DEAD') "
+            "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id AND o.state = 'DEAD' "
+            "AND o.kind = 'notification' AND o.body IS NULL)",
             (job_id, str(JobState.DEAD)),
         )
         if failed_delivery:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from dicomnode.jobs.models import (
@@ -14,6 +15,7 @@ from dicomnode.jobs.models import (
     Transition,
 )
 from dicomnode.jobs.states import JobState
+from dicomnode.protocol import ResultMessage, ResultObject
 
 
 class JobStore(Protocol):
@@ -25,6 +27,11 @@ class JobStore(Protocol):
         Opens a new round when the study has none open. A SOP Instance UID
         already recorded only counts a duplicate.
         """
+        ...
+
+    def record_conflict(self, sop_instance_uid: str) -> None:
+        """Count a duplicate of a recorded instance whose content differed from
+        the copy kept (the first copy stays)."""
         ...
 
     def has_instance(self, sop_instance_uid: str) -> bool:
@@ -96,9 +103,19 @@ class JobStore(Protocol):
         ...
 
     def finish_run(
-        self, job_id: int, result_dir: str, summary: str, objects: tuple[str, ...] = ()
+        self,
+        job_id: int,
+        result_dir: str,
+        summary: str,
+        objects: Sequence[ResultObject] = (),
+        messages: Sequence[ResultMessage] = (),
     ) -> Job:
         """RUNNING → RESULTS_WRITTEN with its outbox rows (→ DONE with nowhere to deliver)."""
+        ...
+
+    def notified_before(self, job_id: int) -> set[str]:
+        """The run's notify destinations that already got a result of the same
+        study, series and pipeline."""
         ...
 
     def fail_run(

@@ -1,1 +1,2 @@
-"""Result writers: DICOM-SEG, TID 1500 SR, and overlays, from a PipelineResult."""
+"""Every outgoing object of a result: DICOM-SEG, TID 1500 SR, overlays, and the HL7
+ORU^R01, from a PipelineResult."""

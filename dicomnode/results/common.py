@@ -6,6 +6,7 @@ Nothing here writes files; :mod:`.seg` and :mod:`.sr` build datasets with it.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable, Sequence
 
@@ -24,6 +25,8 @@ __all__ = [
     "check_sources",
     "code_string",
     "coded",
+    "copy_identity",
+    "copy_patient_and_study",
     "distinct_sources",
     "limit",
     "local_coding_schemes",
@@ -32,6 +35,7 @@ __all__ = [
     "result_texts",
     "segment_numbers",
     "segment_tracking_uid",
+    "series_laterality",
     "sources_in_volume_order",
     "specific_character_set",
 ]
@@ -40,6 +44,51 @@ MANUFACTURER = "dicomnode"
 """Manufacturer (0008,0070) of every object the node writes."""
 
 _LO_LENGTH = 64  # Long String
+_SEXES = frozenset({"M", "F", "O"})
+_DATE = re.compile(r"\d{8}")
+_TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+_AGE = re.compile(r"\d{3}[DWMY]")
+
+PATIENT_AND_STUDY_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+"""Patient and study attributes every object has (Type 2: empty when the source
+has none)."""
+
+PATIENT_AND_STUDY_OPTIONAL = (
+    "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence",
+    "TypeOfPatientID",
+    "PatientBirthTime",
+    "OtherPatientIDsSequence",
+    "EthnicGroup",
+    "PatientComments",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+    "QualityControlSubject",
+    "IssuerOfAccessionNumberSequence",
+    "StudyDescription",
+    "PhysiciansOfRecord",
+    "NameOfPhysiciansReadingStudy",
+    "AdmittingDiagnosesDescription",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "Occupation",
+    "AdditionalPatientHistory",
+    "SmokingStatus",
+    "PregnancyStatus",
+)
+"""Patient and study attributes an object has exactly when the source has them."""
 _CS_LENGTH = 16  # Code String
 
 
@@ -110,6 +159,89 @@ def limit(text: str, length: int = _LO_LENGTH) -> str:
 def code_string(text: str) -> str:
     """``text`` as a Code String value: upper case, digits, space and underscore, 16 long."""
     return re.sub(r"[^A-Z0-9 _]", "_", text.upper())[:_CS_LENGTH].strip() or "AI"
+
+
+def copy_patient_and_study(source: Dataset, target: Dataset) -> list[str]:
+    """Give ``target`` the patient and study attributes of ``source``, the same
+    in every object of a result.
+
+    The Type 2 attributes (:data:`PATIENT_AND_STUDY_TYPE2`) are always
+    written, empty when the source has none or a value that is not valid for
+    its VR (a malformed date, time or sex); the others
+    (:data:`PATIENT_AND_STUDY_OPTIONAL`) are copied verbatim when the source
+    has a valid value and removed from ``target`` otherwise, whatever a
+    library put there. Study Instance UID is the caller's.
+
+    Returns
+    -------
+    list of str
+        The text values written, for choosing a character set.
+    """
+    texts: list[str] = []
+    for keyword in (*PATIENT_AND_STUDY_TYPE2, *PATIENT_AND_STUDY_OPTIONAL):
+        element = source.data_element(keyword) if keyword in source else None
+        if element is not None and element.VR == "SQ":
+            if element.value:
+                target[keyword] = copy.deepcopy(element)
+            elif keyword in target:
+                del target[keyword]
+            continue
+        value = None if element is None else element.value
+        text = "" if value is None else str(value).strip()
+        if not _valid(keyword, text):
+            text = ""
+        if keyword in PATIENT_AND_STUDY_TYPE2:
+            setattr(target, keyword, copy.deepcopy(value) if text and value is not None else "")
+        elif text and element is not None:
+            target[keyword] = copy.deepcopy(element)
+        elif keyword in target:
+            del target[keyword]
+        if text:
+            texts.append(text)
+    return texts
+
+
+def copy_identity(source: Dataset, target: Dataset) -> None:
+    """:func:`copy_patient_and_study`, and UTF-8 (``ISO_IR 192``) as the
+    character set when a copied value is not ASCII and ``target`` declares
+    none (a source that declares none but holds such a value)."""
+    copied = copy_patient_and_study(source, target)
+    if not all(text.isascii() for text in copied) and not target.get("SpecificCharacterSet"):
+        target.SpecificCharacterSet = "ISO_IR 192"
+
+
+def _valid(keyword: str, text: str) -> bool:
+    if not text:
+        return True
+    if keyword == "PatientSex":
+        return text in _SEXES
+    if keyword == "PatientAge":
+        return bool(_AGE.fullmatch(text))
+    if keyword.endswith("Date"):
+        return bool(_DATE.fullmatch(text))
+    if keyword.endswith("Time"):
+        return bool(_TIME.fullmatch(text))
+    return True
+
+
+def series_laterality(source: Dataset) -> str | None:
+    """Laterality (0020,0060) of a series derived from ``source``: the
+    source's own (even empty), else R or L from its Image or Frame
+    Laterality; empty ("unknown") when the source names no body part, so
+    paired parts are not left without one; ``None`` (absent) for a named
+    body part without laterality."""
+    if "Laterality" in source:
+        return str(source.Laterality or "")
+    candidates = [source.get("ImageLaterality")]
+    for shared in source.get("SharedFunctionalGroupsSequence") or []:
+        for anatomy in shared.get("FrameAnatomySequence") or []:
+            candidates.append(anatomy.get("FrameLaterality"))
+    for value in candidates:
+        if str(value or "").strip() in ("R", "L"):
+            return str(value).strip()
+    if not str(source.get("BodyPartExamined", "") or "").strip():
+        return ""
+    return None
 
 
 def check_sources(volume: Volume, sources: Sequence[Dataset]) -> None:

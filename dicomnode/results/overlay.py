@@ -7,7 +7,9 @@ Secondary Capture image. This module turns each heatmap of a
 :class:`~dicomnode.protocol.PipelineResult` into RGB Secondary Capture
 images (highdicom :class:`highdicom.sc.SCImage`): the source image in grey
 with the heatmap blended over it in colour, and a banner burned into the
-pixels that says it is an AI heatmap, not for diagnosis.
+pixels that says it is a heatmap, not for diagnosis. The wording calls it an
+"AI" heatmap only when the pipeline runs a trained model
+(:attr:`~dicomnode.protocol.Algorithm.label`; "Automated" otherwise).
 
 What is drawn
 -------------
@@ -22,7 +24,7 @@ What is drawn
   (R = G = B). Above it, a red-to-yellow ramp is blended with an opacity
   proportional to the heat (:data:`MAX_ALPHA` at heat 1).
 * **Banner.** A black strip *above* the image (no source pixel is hidden)
-  with yellow text: :data:`BANNER_TEXT`, the finding (with its probability
+  with yellow text: :func:`banner_text`, the finding (with its probability
   when the result has that finding), and the pipeline name and version.
 * **Size.** Images narrower than :data:`MIN_COLUMNS` are enlarged by a whole
   factor (nearest neighbour) so the banner text stays legible; Pixel Spacing
@@ -45,9 +47,11 @@ is :func:`~dicomnode.results.uids.derived_uid` of the source series, the
 pipeline name and version, ``"overlay"`` and the finding's code; each
 instance UID derives from that series UID and the source instance (and
 frame), so a re-run of the same pipeline version replaces its earlier
-overlays instead of duplicating them. All overlay series carry the one
-Series Number given; Instance Number is the slice's 1-based index in the
-volume, so a viewer stacks the images in the source's order.
+overlays instead of duplicating them (:func:`overlay_series_uid`). Each
+overlay series has its own Series Number: the one given for the first
+heatmap of the result, plus ``series_number_step`` for each heatmap after
+it. Instance Number is the slice's 1-based index in the volume, so a
+viewer stacks the images in the source's order.
 """
 
 from __future__ import annotations
@@ -56,7 +60,6 @@ import datetime
 import functools
 import logging
 import math
-import re
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
@@ -77,6 +80,7 @@ from dicomnode.protocol import (
     SliceSource,
     Volume,
 )
+from dicomnode.results.common import copy_patient_and_study, series_laterality
 from dicomnode.results.uids import derived_uid
 
 __all__ = [
@@ -86,7 +90,9 @@ __all__ = [
     "MAX_SLICES_PER_HEATMAP",
     "MIN_COLUMNS",
     "PERCENTILE_WINDOW",
+    "banner_text",
     "build_overlays",
+    "overlay_series_uid",
     "select_slices",
 ]
 
@@ -108,8 +114,9 @@ MIN_COLUMNS = 256
 PERCENTILE_WINDOW = (1.0, 99.0)
 """Percentiles of the volume used as the window when the source has none."""
 
-BANNER_TEXT = "AI HEATMAP - NOT FOR DIAGNOSIS"
-"""The first line burned into every overlay."""
+BANNER_TEXT = "{label} HEATMAP - NOT FOR DIAGNOSIS"
+"""The first line burned into every overlay, ``{label}`` the algorithm's label
+in capitals (see :func:`banner_text`)."""
 
 _BANNER_COLOUR = (255, 255, 0)
 _MARGIN = 4
@@ -117,9 +124,6 @@ _MIN_FONT_SIZE = 8
 _SOURCE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
 _LO_MAX = 64
 _ST_MAX = 1024
-_SEXES = frozenset({"M", "F", "O"})
-_DATE = re.compile(r"\d{8}")
-_TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
 
 
 def build_overlays(
@@ -129,6 +133,7 @@ def build_overlays(
     context: ResultContext,
     *,
     series_number: int = 9003,
+    series_number_step: int = 1,
 ) -> list[Dataset]:
     """Build one Secondary Capture overlay per (heatmap, slice with heat).
 
@@ -147,7 +152,10 @@ def build_overlays(
     context : ResultContext
         Pipeline name and version (series description, equipment, UIDs).
     series_number : int
-        Series Number of every overlay series.
+        Series Number of the overlay series of ``result.heatmaps[0]``.
+    series_number_step : int
+        The overlay series of ``result.heatmaps[i]`` has Series Number
+        ``series_number + i * series_number_step``, so every series has its own.
 
     Returns
     -------
@@ -169,21 +177,14 @@ def build_overlays(
     now = datetime.datetime.now()
     window = _PercentileWindow(volume)
     overlays: list[Dataset] = []
-    for heatmap in result.heatmaps:
+    for position, heatmap in enumerate(result.heatmaps):
         heat = _clean_heat(heatmap.array)
         slices = select_slices(heat)
         if not slices:
             LOGGER.debug("heatmap of %s has no heat; no overlay", heatmap.finding.meaning)
             continue
         finding = _finding_of(result, heatmap.finding)
-        series_uid = derived_uid(
-            volume.series_instance_uid,
-            context.pipeline_name,
-            context.pipeline_version,
-            "overlay",
-            heatmap.finding.scheme,
-            heatmap.finding.value,
-        )
+        series_uid = overlay_series_uid(volume, context, heatmap.finding)
         for index in slices:
             overlays.append(
                 _overlay(
@@ -197,7 +198,7 @@ def build_overlays(
                     context,
                     window,
                     series_uid=series_uid,
-                    series_number=series_number,
+                    series_number=series_number + position * series_number_step,
                     now=now,
                 )
             )
@@ -208,6 +209,29 @@ def build_overlays(
             heat.shape[0],
         )
     return overlays
+
+
+def overlay_series_uid(volume: Volume, context: ResultContext, finding: Code) -> str:
+    """Series Instance UID of the overlay series of ``finding``'s heatmap.
+
+    Derived from the source series, the pipeline name and version,
+    ``"overlay"`` and the finding's code, so the report can name a finding's
+    overlays and a re-run replaces them.
+    """
+    return derived_uid(
+        volume.series_instance_uid,
+        context.pipeline_name,
+        context.pipeline_version,
+        "overlay",
+        finding.scheme,
+        finding.value,
+    )
+
+
+def banner_text(context: ResultContext) -> str:
+    """The first banner line: ``AI HEATMAP - NOT FOR DIAGNOSIS`` for a trained
+    model, ``AUTOMATED HEATMAP - NOT FOR DIAGNOSIS`` otherwise."""
+    return BANNER_TEXT.format(label=context.algorithm.label.upper())
 
 
 def select_slices(heat: NDArray[np.floating[Any]]) -> list[int]:
@@ -262,15 +286,16 @@ def _overlay(
         heat = np.repeat(np.repeat(heat, factor, axis=0), factor, axis=1)
     probability = "" if finding is None else f" p={finding.probability:.2f}"
     lines = [
-        BANNER_TEXT,
+        banner_text(context),
         f"{_ascii(concept.meaning)}{probability}",
         f"{_ascii(context.pipeline_name)} {_ascii(context.pipeline_version)}",
     ]
     pixels = np.concatenate([_banner(tuple(lines), grey.shape[1]), _blend(grey, heat)], axis=0)
 
     pipeline = f"{context.pipeline_name} {context.pipeline_version}"
-    description = _series_description(concept.meaning, pipeline)
-    comments = f"AI heatmap of {concept.meaning} ({pipeline}), not for diagnosis."
+    description = _series_description(context.algorithm.label, concept.meaning, pipeline)
+    label = context.algorithm.label
+    comments = f"{label} heatmap of {concept.meaning} ({pipeline}), not for diagnosis."
     if finding is not None:
         comments += f" Probability {finding.probability:.3f}"
         if finding.threshold is not None:
@@ -312,7 +337,7 @@ def _overlay(
     )
     sc.PatientOrientation = orientation or []  # type 2: empty when unknown
     _copy_patient_and_study(source, sc, own_texts)
-    laterality = _laterality(source)
+    laterality = series_laterality(source)
     if laterality is not None:
         sc.Laterality = laterality
     sc.ImageType = ["DERIVED", "SECONDARY"]
@@ -490,35 +515,14 @@ def _clean_heat(array: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
 
 
 def _copy_patient_and_study(source: Dataset, target: Dataset, own_texts: Sequence[str]) -> None:
-    """Patient and study attributes of the source, verbatim, and a character
-    set that can encode them and our own text."""
-    copied: list[str] = []
-    for keyword in (
-        "PatientName",
-        "PatientID",
-        "IssuerOfPatientID",
-        "PatientBirthDate",
-        "PatientSex",
-        "StudyDate",
-        "StudyTime",
-        "AccessionNumber",
-        "ReferringPhysicianName",
-        "StudyID",
-        "StudyDescription",
-        "BodyPartExamined",
-    ):
-        value = source.get(keyword)
-        text = "" if value is None else str(value).strip()
-        if keyword == "PatientSex" and text not in _SEXES:
-            text = ""
-        elif keyword.endswith("Date") and not _DATE.fullmatch(text):
-            text = ""
-        elif keyword.endswith("Time") and not _TIME.fullmatch(text):
-            text = ""
-        if keyword in ("IssuerOfPatientID", "StudyDescription", "BodyPartExamined") and not text:
-            continue  # type 3 here: leave out rather than write empty
-        setattr(target, keyword, text)
-        copied.append(text)
+    """Patient and study attributes of the source (as in every object of the
+    result), its Body Part Examined, and a character set that can encode
+    them and our own text."""
+    copied = copy_patient_and_study(source, target)
+    body_part = str(source.get("BodyPartExamined", "") or "").strip()
+    if body_part:
+        target.BodyPartExamined = body_part
+        copied.append(body_part)
     declared = source.get("SpecificCharacterSet")
     ours_ascii = all(t.isascii() for t in own_texts)
     if ours_ascii and (declared or all(t.isascii() for t in copied)):
@@ -527,25 +531,6 @@ def _copy_patient_and_study(source: Dataset, target: Dataset, own_texts: Sequenc
     else:
         # Values were decoded to str on reading, so UTF-8 carries them all.
         target.SpecificCharacterSet = "ISO_IR 192"
-
-
-def _laterality(source: Dataset) -> str | None:
-    """Laterality of the overlay series: the source's own (even empty), else
-    R or L from its Image or Frame Laterality; empty ("unknown") when the
-    source names no body part, so paired parts are not left without one;
-    ``None`` (absent) for a named body part without laterality."""
-    if "Laterality" in source:
-        return str(source.Laterality or "")
-    candidates = [source.get("ImageLaterality")]
-    for shared in source.get("SharedFunctionalGroupsSequence") or []:
-        for anatomy in shared.get("FrameAnatomySequence") or []:
-            candidates.append(anatomy.get("FrameLaterality"))
-    for value in candidates:
-        if str(value or "").strip() in ("R", "L"):
-            return str(value).strip()
-    if not str(source.get("BodyPartExamined", "") or "").strip():
-        return ""
-    return None
 
 
 def _source_reference(slice_source: SliceSource) -> Dataset:
@@ -606,14 +591,15 @@ def _pixel_spacing(volume: Volume, factor: int) -> tuple[float, float] | None:
     return (volume.spacing[1] / factor, volume.spacing[2] / factor)
 
 
-def _series_description(meaning: str, pipeline: str) -> str:
+def _series_description(label: str, meaning: str, pipeline: str) -> str:
     suffix = f" ({pipeline})"
-    text = f"AI heatmap {meaning}{suffix}"
+    prefix = f"{label} heatmap "
+    text = f"{prefix}{meaning}{suffix}"
     if len(text) <= _LO_MAX:
         return text
-    room = _LO_MAX - len("AI heatmap ") - len(suffix) - 3
+    room = _LO_MAX - len(prefix) - len(suffix) - 3
     if room >= 8:
-        return f"AI heatmap {meaning[:room]}...{suffix}"
+        return f"{prefix}{meaning[:room]}...{suffix}"
     return text[:_LO_MAX]
 
 

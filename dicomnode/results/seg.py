@@ -41,6 +41,7 @@ from .common import (
     check_sources,
     code_string,
     coded,
+    copy_identity,
     limit,
     local_coding_schemes,
     object_uid,
@@ -171,6 +172,7 @@ def build_segmentation(
         ),
         specific_character_set=charset,
     )
+    copy_identity(images[0], seg)
     # highdicom draws a random Dimension Organization UID: derive it like the
     # other UIDs, so a re-run writes the same object
     organization = object_uid(volume, context, "seg", "dimension-organization")

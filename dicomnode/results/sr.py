@@ -7,11 +7,16 @@ The report's construction
   ``dicomnode``, Model Name the pipeline's name; its UID is derived from the
   node and pipeline names.
 * **Procedure reported**: the LOINC "<modality> unspecified body region" code
-  of CID 100 for the source's modality (CT, MR, PET, NM, and XR for
-  CR/DX/MG/RF/XA/IO/PX), else (363679005, SCT, "Imaging procedure"). The
-  node does not know the body region the study was ordered for, and these
-  are the only procedure codes CID 100 has that claim nothing it cannot know.
-* **One group per segment.** With a SEG of several slices: TID 1411
+  of CID 100 for the source's modality (CT, MR, PET, NM), else (363679005,
+  SCT, "Imaging procedure"), projection radiographs included: the LOINC "XR
+  unspecified body region" is missing from the CID 100 that PixelMed's SR
+  validator checks against, which reports it as an error. The node does not
+  know the body region the study was ordered for, and these are the only
+  procedure codes CID 100 has that claim nothing it cannot know.
+* **One group per segment with measurements** (a segment without any, such as
+  ct-lung's body, is described by the SEG alone: its group would hold nothing,
+  and OHIF 3 fails to load a whole report when one group has no coordinates).
+  With a SEG of several slices: TID 1411
   Volumetric ROI group referencing the segment (Referenced Segment, with
   the source series, or the source image when there is one instance). With
   a SEG of one slice (CR, DX): TID 1410 Planar ROI group referencing the
@@ -42,11 +47,14 @@ import logging
 from collections.abc import Sequence
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicomnode.protocol import (
+    Code,
     Finding,
+    Heatmap,
     Measurement,
     PipelineResult,
     ResultContext,
@@ -59,6 +67,7 @@ from .common import (
     algorithm_parameters,
     check_sources,
     coded,
+    copy_identity,
     distinct_sources,
     limit,
     local_coding_schemes,
@@ -69,9 +78,15 @@ from .common import (
     segment_tracking_uid,
     specific_character_set,
 )
+from .overlay import HEAT_THRESHOLD, overlay_series_uid
+from .pmap import map_series_uid
+from .regions import Outline, Point, outline, outlines, peak, whole_image
 from .uids import derived_uid
 
 __all__ = [
+    "ILLUSTRATION",
+    "OUTLINE_TRACKING_IDENTIFIER",
+    "POINT_TRACKING_IDENTIFIER",
     "PROBABILITY",
     "PROBABILITY_UNIT",
     "build_report",
@@ -87,6 +102,19 @@ PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
 PROBABILITY_UNIT = hd.sr.CodedConcept("1", "UCUM", "no units")
 """UCUM unit of a probability (a number from 0 to 1)."""
 
+ILLUSTRATION = hd.sr.CodedConcept("121200", "DCM", "Illustration of ROI")
+"""Concept name of a finding group's reference to its heatmap overlays and map."""
+
+OUTLINE_TRACKING_IDENTIFIER = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
+"""Tracking Identifier of a group placed by an outline: the form OHIF lists as
+a measurement (a closed freehand outline)."""
+
+POINT_TRACKING_IDENTIFIER = "Cornerstone3DTools@^0.1.0:Probe"
+"""Tracking Identifier of a group placed by a point: the form OHIF lists as a
+measurement (a probe)."""
+
+_ANATOMICAL_STRUCTURE = ("SCT", "91723000")
+
 _PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
 _ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
 
@@ -95,7 +123,6 @@ _PROCEDURES = {
     "MR": codes.LN.MRIUnspecifiedBodyRegion,
     "PT": codes.LN.PETUnspecifiedBodyRegion,
     "NM": codes.LN.NMUnspecifiedBodyRegion,
-    **dict.fromkeys(("CR", "DX", "MG", "RF", "XA", "IO", "PX"), codes.LN.XRUnspecifiedBodyRegion),
 }
 
 _Group = (
@@ -139,6 +166,7 @@ def build_report(
     segmentation: Dataset | None,
     *,
     series_number: int = 9002,
+    illustrations: Sequence[Dataset] = (),
 ) -> Dataset | None:
     """Build the TID 1500 measurement report (Comprehensive 3D SR) of ``result``.
 
@@ -159,14 +187,19 @@ def build_report(
         the groups reference; ``None`` when there is none.
     series_number : int
         Series Number of the new SR series.
+    illustrations : sequence of Dataset
+        The heatmap overlays (:func:`~dicomnode.results.overlay.build_overlays`)
+        and parametric maps (:func:`~dicomnode.results.pmap.build_parametric_maps`)
+        built from the same result: they join the evidence, and each
+        finding's group references those of its heatmap.
 
     Returns
     -------
     Dataset or None
         A :class:`highdicom.sr.Comprehensive3DSR` (a pydicom Dataset), not
-        yet written; ``None`` when the result has no segments, measurements
-        or findings. UIDs are derived from the source series and the pipeline
-        name and version.
+        yet written; ``None`` when the result has no measurements or
+        findings (segments alone are in the SEG). UIDs are derived from the
+        source series and the pipeline name and version.
 
     Raises
     ------
@@ -188,12 +221,18 @@ def build_report(
             )
     if segmentation is not None:
         _check_segmentation(segmentation, result)
-    builder = _Builder(result, volume, images, context, segmentation)
-    groups: list[_Group] = [builder.segment_group(segment) for segment in result.segments]
+    builder = _Builder(result, volume, images, context, segmentation, illustrations)
+    measured = {m.segment_label for m in result.measurements}
+    groups: list[_Group] = [
+        builder.segment_group(segment) for segment in result.segments if segment.label in measured
+    ]
     whole = [m for m in result.measurements if m.segment_label is None]
     if whole:
         groups.append(builder.whole_result_group(whole))
     groups += [builder.finding_group(index, f) for index, f in enumerate(result.findings)]
+    if not groups:
+        LOGGER.debug("no segment has measurements and there are no findings: no SR")
+        return None
     observer = hd.sr.ObserverContext(
         observer_type=codes.cid270.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -209,7 +248,11 @@ def build_report(
         imaging_measurements=groups,
     )
     charset = specific_character_set(images[0], result_texts(result, context))
-    evidence = [*images, *([segmentation] if segmentation is not None else [])]
+    evidence = [
+        *images,
+        *([segmentation] if segmentation is not None else []),
+        *illustrations,
+    ]
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report[0],
@@ -219,7 +262,7 @@ def build_report(
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
-        is_final=False,
+        is_final=context.final,  # the rule's result_status, as the ORU says
         is_verified=False,
         series_description=measurements_series_description(context),
         manufacturer_model_name=limit(context.pipeline_name),
@@ -228,6 +271,7 @@ def build_report(
         coding_schemes=local_coding_schemes(result_codes(result)),
         specific_character_set=charset,
     )
+    copy_identity(images[0], sr)
     LOGGER.debug("built SR with %d measurement group(s)", len(groups))
     return sr
 
@@ -252,8 +296,10 @@ class _Builder:
         images: Sequence[Dataset],
         context: ResultContext,
         segmentation: Dataset | None,
+        illustrations: Sequence[Dataset] = (),
     ) -> None:
         self.result = result
+        self.illustrations = illustrations
         self.volume = volume
         self.images = images
         self.context = context
@@ -275,22 +321,74 @@ class _Builder:
             for m in items
         ]
 
+    def image_of(self, index: int) -> hd.sr.SourceImageForRegion:
+        """The source image (and frame) of slice ``index``."""
+        source = self.volume.sources[index]
+        return hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=source.sop_class_uid,
+            referenced_sop_instance_uid=source.sop_instance_uid,
+            referenced_frame_numbers=(
+                [source.frame_number] if source.frame_number is not None else None
+            ),
+        )
+
+    def coordinates(self, place: Outline | Point) -> hd.sr.CoordinatesForMeasurement:
+        """``place`` as an SCOORD on its source image: a closed POLYLINE or a POINT."""
+        return hd.sr.CoordinatesForMeasurement(
+            graphic_type=(
+                hd.sr.GraphicTypeValues.POINT
+                if isinstance(place, Point)
+                else hd.sr.GraphicTypeValues.POLYLINE
+            ),
+            graphic_data=place.points,
+            source_image=self.image_of(place.index),
+        )
+
+    def mask(self, labels: Sequence[int]) -> np.ndarray | None:
+        if self.result.label_map is None or not labels:
+            return None
+        return np.isin(self.result.label_map, list(labels))
+
     def source_images(self) -> list[hd.sr.SourceImageForMeasurementGroup]:
         return [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in self.images]
 
     def segment_group(self, segment: Segment) -> _Group:
+        items = [m for m in self.result.measurements if m.segment_label == segment.label]
+        mask = self.mask([segment.label])
+        place = outline(mask) if mask is not None and items else None
         tracking = hd.sr.TrackingIdentifier(
             uid=segment_tracking_uid(self.volume, self.context, segment.label),
-            identifier=limit(segment.name),
+            identifier=OUTLINE_TRACKING_IDENTIFIER if place is not None else limit(segment.name),
         )
-        sites = (
-            [hd.sr.FindingSite(coded(segment.anatomic_region))]
-            if segment.anatomic_region is not None
-            else None
-        )
-        measurements = self.measurements(
-            [m for m in self.result.measurements if m.segment_label == segment.label]
-        )
+        site = _site(segment)
+        sites = [hd.sr.FindingSite(coded(site))] if site is not None else None
+        measurements = self.measurements(items)
+        group = self._segment_group(segment, tracking, sites, measurements)
+        if place is not None:
+            self.place_measurements(group, place)
+        return group
+
+    def place_measurements(self, group: _Group, place: Outline | Point) -> None:
+        """Nest ``place`` under each of the group's measurements (INFERRED FROM
+        SCOORD), where OHIF looks for a measurement's coordinates. highdicom's
+        ROI group classes refuse measurement coordinates, as the group's
+        region is the ROI; here they are where a viewer places the numbers,
+        besides the region."""
+        for item in group[0].ContentSequence:
+            if item.ValueType == "NUM":
+                coordinates = self.coordinates(place)
+                if "ContentSequence" in item:
+                    item.ContentSequence.append(coordinates)
+                else:
+                    item.ContentSequence = hd.sr.ContentSequence([coordinates])
+
+    def _segment_group(
+        self,
+        segment: Segment,
+        tracking: hd.sr.TrackingIdentifier,
+        sites: list[hd.sr.FindingSite] | None,
+        measurements: list[hd.sr.Measurement],
+    ) -> _Group:
         seg = self.segmentation
         if seg is None:
             return hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -356,22 +454,59 @@ class _Builder:
             ),
         )
 
-    def whole_result_group(
-        self, items: Sequence[Measurement]
-    ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    def whole_result_group(self, items: Sequence[Measurement]) -> _Group:
+        """The group of the measurements of no one segment.
+
+        They are taken to be of the segments that have measurements of their
+        own (ct-lung: both lungs), whose anatomic regions are the group's
+        finding sites. With a SEG of several slices the group is a TID 1411
+        Volumetric ROI group whose region is the outline of those segments
+        on every slice that holds them (Image Region), so it is valid beside
+        the segments' groups; otherwise a TID 1501 group of the source images.
+        """
+        measured = [
+            segment
+            for segment in self.result.segments
+            if any(m.segment_label == segment.label for m in self.result.measurements)
+        ]
+        sites = [
+            hd.sr.FindingSite(coded(site))
+            for site in (_site(segment) for segment in measured)
+            if site is not None
+        ]
+        names = [segment.name for segment in measured]
+        tracking = hd.sr.TrackingIdentifier(
+            uid=object_uid(self.volume, self.context, "sr", "whole-result"),
+            identifier=limit(" + ".join(names) if names else "Whole-result measurements"),
+        )
+        mask = self.mask([segment.label for segment in measured])
+        regions = self.regions(mask) if mask is not None and self.volumetric() else []
+        if regions:
+            return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_regions=regions,
+                finding_sites=sites or None,
+                algorithm_id=self.algorithm(),
+                measurements=self.measurements(items),
+            )
         return hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=object_uid(self.volume, self.context, "sr", "whole-result"),
-                identifier="Whole-result measurements",
-            ),
+            tracking_identifier=tracking,
+            finding_sites=sites or None,
             algorithm_id=self.algorithm(),
             measurements=self.measurements(items),
             source_images=self.source_images(),
         )
 
-    def finding_group(
-        self, index: int, finding: Finding
-    ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    def heatmap_of(self, finding: Finding) -> Heatmap | None:
+        for heatmap in self.result.heatmaps:
+            if (heatmap.finding.scheme, heatmap.finding.value) == (
+                finding.concept.scheme,
+                finding.concept.value,
+            ):
+                return heatmap
+        return None
+
+    def finding_group(self, index: int, finding: Finding) -> _Group:
         extra = {"threshold": f"{finding.threshold:g}"} if finding.threshold is not None else {}
         evaluations = (
             [
@@ -383,21 +518,101 @@ class _Builder:
             if finding.threshold is not None
             else None
         )
-        return hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=object_uid(self.volume, self.context, "sr", "finding", index),
-                identifier=limit(f"Finding: {finding.concept.meaning}"),
-            ),
-            finding_type=coded(finding.concept),
-            algorithm_id=self.algorithm(**extra),
-            measurements=[
-                hd.sr.Measurement(
-                    name=PROBABILITY, value=finding.probability, unit=PROBABILITY_UNIT
-                )
-            ],
-            qualitative_evaluations=evaluations,
-            source_images=self.source_images(),
+        heatmap = self.heatmap_of(finding)
+        place: Outline | Point | None = (
+            peak(heatmap.array, HEAT_THRESHOLD) if heatmap is not None else None
         )
+        if place is None and len(self.volume.sources) == 1:
+            # A finding on a projection image is about the whole image.
+            place = whole_image(self.volume.array.shape)
+        tracking = hd.sr.TrackingIdentifier(
+            uid=object_uid(self.volume, self.context, "sr", "finding", index),
+            identifier=(
+                POINT_TRACKING_IDENTIFIER
+                if isinstance(place, Point)
+                else OUTLINE_TRACKING_IDENTIFIER
+                if place is not None
+                else limit(f"Finding: {finding.concept.meaning}")
+            ),
+        )
+        probability = hd.sr.Measurement(
+            name=PROBABILITY, value=finding.probability, unit=PROBABILITY_UNIT
+        )
+        regions = (
+            self.regions(heatmap.array > HEAT_THRESHOLD)
+            if heatmap is not None and self.volumetric()
+            else []
+        )
+        group: _Group
+        if regions:
+            # Beside the volumetric groups of a SEG's segments: a volumetric
+            # group too, its region the heat above the drawing threshold.
+            group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_regions=regions,
+                finding_type=coded(finding.concept),
+                algorithm_id=self.algorithm(**extra),
+                measurements=[probability],
+                qualitative_evaluations=evaluations,
+            )
+        else:
+            group = hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                finding_type=coded(finding.concept),
+                algorithm_id=self.algorithm(**extra),
+                measurements=[probability],
+                qualitative_evaluations=evaluations,
+                source_images=self.source_images(),
+            )
+        if place is not None:
+            self.place_measurements(group, place)
+        group[0].ContentSequence.extend(self.illustrations_of(finding))
+        return group
+
+    def volumetric(self) -> bool:
+        """Whether the report's segment groups are TID 1411 volumetric groups
+        (a SEG of several slices), which every other group must then match."""
+        return self.segmentation is not None and len(self.volume.sources) > 1
+
+    def regions(self, mask: np.ndarray) -> list[hd.sr.ImageRegion]:
+        """Closed outlines of ``mask`` on every slice that holds it, as Image Regions."""
+        return [
+            hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=item.points,
+                source_image=self.image_of(item.index),
+            )
+            for index in range(mask.shape[0])
+            for item in outlines(mask[index], index)
+        ]
+
+    def illustrations_of(self, finding: Finding) -> list[hd.sr.ImageContentItem]:
+        """IMAGE items (Illustration of ROI) naming the finding's heatmap overlays
+        and parametric map."""
+        series = {
+            overlay_series_uid(self.volume, self.context, finding.concept),
+            map_series_uid(self.volume, self.context, finding.concept),
+        }
+        return [
+            hd.sr.ImageContentItem(
+                name=ILLUSTRATION,
+                referenced_sop_class_uid=str(ds.SOPClassUID),
+                referenced_sop_instance_uid=str(ds.SOPInstanceUID),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+            for ds in self.illustrations
+            if str(ds.SeriesInstanceUID) in series
+        ]
+
+
+def _site(segment: Segment) -> Code | None:
+    """Where a segment is: its anatomic region, or its type when the segment is
+    an anatomical structure (ct-lung's "Right lung")."""
+    if segment.anatomic_region is not None:
+        return segment.anatomic_region
+    if (segment.category.scheme, segment.category.value) == _ANATOMICAL_STRUCTURE:
+        return segment.type
+    return None
 
 
 def _frames_of_segment(segmentation: Dataset, number: int) -> list[int]:

@@ -66,6 +66,8 @@ def _evaluate(rule: Rule, study: StudyInfo, *, is_fallback: bool = False) -> _Ou
                 destinations=rule.destinations,
                 notify=rule.notify,
                 priority=rule.priority,
+                result_status=rule.result_status,
+                notify_after=rule.notify_after,
             )
     explanation = RuleExplanation(
         rule=rule.name, matched=run is not None, reasons=tuple(reasons), is_fallback=is_fallback

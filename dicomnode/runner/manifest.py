@@ -12,7 +12,9 @@ A manifest is a YAML file ``<models_dir>/<name>.yaml``::
     input: {modalities: [CR, DX], size: [224, 224], intensity: "window to [0, 1]"}
     intended_use: Triage of adult frontal chest radiographs; not for diagnosis.
 
-The runner checks the file's SHA-256 before a pipeline may load it.
+The runner checks the file's SHA-256 before a pipeline may load it, and
+``dicomnode config check`` and ``serve`` check it before the node starts
+(:mod:`dicomnode.runner.requirements`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
 from dicomnode.errors import DuplicatePipelineError, PipelineNotFoundError
-from dicomnode.protocol import Pipeline
+from dicomnode.protocol import Algorithm, InputSpec, Pipeline
 
 ENTRY_POINT_GROUP = "dicomnode.pipelines"
 
@@ -95,7 +95,10 @@ class PipelineRegistry:
         ------
         PipelineNotFoundError
             No such pipeline, or the plugin cannot be loaded, or what it builds
-            does not follow the pipeline protocol.
+            does not follow the pipeline protocol: the message names the
+            declaration that is missing or of the wrong type (``input`` must
+            be an :class:`~dicomnode.protocol.InputSpec`, ``algorithm`` an
+            :class:`~dicomnode.protocol.Algorithm`).
         """
         if name not in self._sources:
             known = ", ".join(self.names()) or "none"
@@ -105,6 +108,7 @@ class PipelineRegistry:
             pipeline = loader()()
         except ImportError as exc:
             raise PipelineNotFoundError(f"pipeline {name!r} ({origin}) cannot load: {exc}") from exc
+        _check_declarations(pipeline, name, origin)
         if not isinstance(pipeline, Pipeline):
             raise PipelineNotFoundError(f"{origin} does not follow the pipeline protocol")
         if pipeline.name != name:
@@ -112,3 +116,35 @@ class PipelineRegistry:
                 f"{origin} is registered as {name!r} but calls itself {pipeline.name!r}"
             )
         return pipeline
+
+
+_DECLARATIONS: tuple[tuple[str, type, str], ...] = (
+    ("name", str, "a str"),
+    ("version", str, "a str"),
+    ("input", InputSpec, "a dicomnode.protocol.InputSpec (its input contract)"),
+    ("algorithm", Algorithm, "a dicomnode.protocol.Algorithm (its algorithm family)"),
+)
+
+
+def _check_declarations(pipeline: object, name: str, origin: str) -> None:
+    """Refuse a pipeline whose declarations are missing or of the wrong type."""
+    for attribute, kind, wanted in _DECLARATIONS:
+        if not hasattr(pipeline, attribute):
+            raise PipelineNotFoundError(
+                f"pipeline {name!r} ({origin}) declares no {attribute!r}; it must be {wanted}"
+            )
+        value = getattr(pipeline, attribute)
+        if not isinstance(value, kind):
+            raise PipelineNotFoundError(
+                f"pipeline {name!r} ({origin}): {attribute!r} is {type(value).__name__}, "
+                f"not {wanted}"
+            )
+    for method in ("load", "run"):
+        if not callable(getattr(pipeline, method, None)):
+            raise PipelineNotFoundError(f"pipeline {name!r} ({origin}) has no {method}() method")
+    required = getattr(pipeline, "required_models", ())
+    if not isinstance(required, tuple) or not all(isinstance(m, str) and m for m in required):
+        raise PipelineNotFoundError(
+            f"pipeline {name!r} ({origin}): 'required_models' must be a tuple of manifest "
+            f"names, got {required!r}"
+        )

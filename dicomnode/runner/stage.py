@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from dicomnode.config.destinations import Destination, HL7Destination
 from dicomnode.config.schema import RunnerConfig
 from dicomnode.errors import JobStoreError
 from dicomnode.jobs import Job, SQLiteJobStore
-from dicomnode.protocol import ResultWriter
+from dicomnode.protocol import NotificationTarget, ResultWriter
 from dicomnode.resultfile import remove_staging
 from dicomnode.runner.pool import WorkerPool
 from dicomnode.runner.registry import PipelineRegistry
@@ -57,6 +58,9 @@ class Runner:
         Turns results into DICOM objects, in the worker, after the pipeline.
     node_name : str
         The node's AE title, for the objects' device observer.
+    destinations : mapping of str to Destination
+        The configured destinations: the HL7 ones a run notifies give the
+        headers of the ORU^R01 the writer builds for them.
     log_level : str
         Logging level inside the workers.
     clock : callable
@@ -75,9 +79,11 @@ class Runner:
         writer: ResultWriter | None = None,
         node_name: str = "DICOMNODE",
         preload: tuple[str, ...] = (),
+        destinations: Mapping[str, Destination] | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        self.destinations: Mapping[str, Destination] = destinations or {}
         self.results_root = results_root
         self.outbox_root = outbox_root
         self.clock = clock
@@ -182,6 +188,8 @@ class Runner:
             outbox_dir=None
             if self.outbox_root is None
             else str(self.outbox_root / f"job-{job.id}"),
+            final=job.result_status == "final",
+            notifications=self._notifications(job),
         )
         self.pool.submit(task, self.timeout_for(job.pipeline))
         LOGGER.info(
@@ -193,12 +201,38 @@ class Runner:
             extra=extra,
         )
 
+    def _notifications(self, job: Job) -> tuple[NotificationTarget, ...]:
+        """The HL7 receivers the run notifies, with their message headers; a
+        receiver that already got a result of the same study, series and
+        pipeline gets this one as a correction."""
+        if not job.notify:
+            return ()
+        notified = self.store.notified_before(job.id)
+        targets = []
+        for name in job.notify:
+            destination = self.destinations.get(name)
+            if not isinstance(destination, HL7Destination):
+                continue  # export ends its row DEAD: no message to send
+            targets.append(
+                NotificationTarget(
+                    destination=name,
+                    sending_application=destination.sending_application,
+                    sending_facility=destination.sending_facility,
+                    receiving_application=destination.receiving_application,
+                    receiving_facility=destination.receiving_facility,
+                    correction=name in notified,
+                )
+            )
+        return tuple(targets)
+
     def _record(self, outcome: Outcome) -> None:
         job = self.store.get_job(outcome.job_id)
         extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
         if outcome.ok:
             result_dir = str(self.results_root / f"job-{job.id}")
-            done = self.store.finish_run(job.id, result_dir, outcome.summary, outcome.objects)
+            done = self.store.finish_run(
+                job.id, result_dir, outcome.summary, outcome.objects, outcome.messages
+            )
             LOGGER.info(
                 "job %d: %s finished, now %s", job.id, job.pipeline, done.state, extra=extra
             )

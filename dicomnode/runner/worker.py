@@ -17,16 +17,21 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from dicomnode.errors import InputError, ModelError, RunnerError, VolumeError
+from dicomnode.errors import InputError, ModelError, ResultError, RunnerError, VolumeError
+from dicomnode.logs import SafeFormatter
 from dicomnode.protocol import (
     InputRefused,
     ModelFile,
+    NotificationTarget,
     Pipeline,
     PipelineResult,
     ResultContext,
+    ResultMessage,
+    ResultObject,
     ResultWriter,
 )
 from dicomnode.resultfile import record_timings, save_result
+from dicomnode.runner.contract import check_input
 from dicomnode.runner.manifest import verify_model
 from dicomnode.runner.registry import PipelineRegistry
 from dicomnode.runner.volume import load_series
@@ -36,13 +41,19 @@ LOGGER = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Task:
-    """One pipeline run, as sent to a worker."""
+    """One pipeline run, as sent to a worker.
+
+    ``final`` and ``notifications`` go to the result writer's
+    :class:`~dicomnode.protocol.ResultContext`.
+    """
 
     job_id: int
     pipeline: str
     files: tuple[str, ...]
     result_dir: str
     outbox_dir: str | None = None
+    final: bool = False
+    notifications: tuple[NotificationTarget, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,8 @@ class Outcome:
         Retrying cannot help (bad input, bad model, unknown pipeline).
     traceback : str, optional
         Of the failure.
+    objects, messages : tuples
+        What the result writer made, for the outbox.
     """
 
     job_id: int
@@ -66,7 +79,8 @@ class Outcome:
     summary: str
     permanent: bool = False
     traceback: str | None = None
-    objects: tuple[str, ...] = ()
+    objects: tuple[ResultObject, ...] = ()
+    messages: tuple[ResultMessage, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,12 @@ class Worker:
     def run(self, task: Task) -> Outcome:
         """Run one task; every failure becomes an :class:`Outcome`.
 
+        A failure that the same input would meet again (a series that is no
+        volume, a volume outside the pipeline's input contract, a pipeline's
+        :class:`~dicomnode.protocol.InputRefused`, a bad model, sources the
+        result writer cannot make objects from) is ``permanent``: the run is
+        DEAD at once with its reason. Any other exception may be retried.
+
         The seconds spent loading the volume, in the pipeline, saving the
         result and writing the DICOM objects go to ``result.json``'s
         ``"timings"`` (``load_s``, ``pipeline_s``, ``save_s``, ``write_s``).
@@ -143,19 +163,7 @@ class Worker:
             mark = time.perf_counter()
             volume = load_series([Path(f) for f in task.files])
             timings = {"load_s": time.perf_counter() - mark}
-            spec = pipeline.input
-            if volume.modality not in spec.modalities:
-                raise InputError(
-                    f"{task.pipeline} accepts {', '.join(sorted(spec.modalities))}, "
-                    f"not {volume.modality or 'a series without Modality'}"
-                )
-            slices = volume.array.shape[0]
-            if slices < spec.min_slices or (spec.max_slices and slices > spec.max_slices):
-                raise InputError(
-                    f"{task.pipeline} needs {spec.min_slices}"
-                    f"{f'..{spec.max_slices}' if spec.max_slices else ' or more'} slices, "
-                    f"the series has {slices}"
-                )
+            check_input(pipeline.name, pipeline.input, volume)
             mark = time.perf_counter()
             result = pipeline.run(volume, self.device)
             timings["pipeline_s"] = time.perf_counter() - mark
@@ -173,7 +181,8 @@ class Worker:
                 timings=timings,
             )
             save_s = time.perf_counter() - mark
-            objects: tuple[Path, ...] = ()
+            objects: tuple[ResultObject, ...] = ()
+            messages: tuple[ResultMessage, ...] = ()
             write_s = 0.0
             if self.settings.writer is not None and task.outbox_dir is not None:
                 context = ResultContext(
@@ -184,18 +193,22 @@ class Worker:
                     out_dir=Path(task.outbox_dir),
                     node_name=self.settings.node_name,
                     algorithm=pipeline.algorithm,
+                    final=task.final,
+                    notifications=task.notifications,
                 )
                 mark = time.perf_counter()
-                objects = self.settings.writer.write(result, volume, context)
+                written = self.settings.writer.write(result, volume, context)
+                objects, messages = written.objects, written.messages
                 write_s = time.perf_counter() - mark
             record_timings(result_dir, {"save_s": save_s, "write_s": write_s})
             return Outcome(
                 task.job_id,
                 ok=True,
                 summary=_with_provenance(result.summary or "result saved", result),
-                objects=tuple(str(p) for p in objects),
+                objects=objects,
+                messages=messages,
             )
-        except (VolumeError, ModelError, InputError, RunnerError, InputRefused) as exc:
+        except (VolumeError, ModelError, InputError, RunnerError, InputRefused, ResultError) as exc:
             return Outcome(
                 task.job_id,
                 ok=False,
@@ -222,9 +235,14 @@ def _with_provenance(summary: str, result: PipelineResult) -> str:
 
 def worker_main(conn: Connection, settings: WorkerSettings, log_level: str) -> None:
     """Entry point of a worker process: serve tasks until ``None`` arrives."""
-    logging.basicConfig(
-        level=log_level, format="%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
+    # one line per record, control characters escaped: header values and
+    # pydicom's warnings about them come from what senders sent
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        SafeFormatter("%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s")
     )
+    logging.basicConfig(level=log_level, handlers=[handler])
+    logging.captureWarnings(True)
     if log_level != "DEBUG":
         # highdicom logs every module it copies into a result object at INFO
         logging.getLogger("highdicom").setLevel(logging.WARNING)

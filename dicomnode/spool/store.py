@@ -118,11 +118,20 @@ class Spool:
                         raise
                 _fsync_dir(new.parent)
 
+    def free_bytes(self) -> int:
+        """Free space on the spool's disk, in bytes (as an unprivileged writer sees it)."""
+        stats = os.statvfs(self.tmp_dir)
+        return int(stats.f_bavail * stats.f_frsize)
+
+    def below_floor(self) -> bool:
+        """Whether the disk has less free space than ``min_free_bytes``: every
+        write is refused until space is freed."""
+        return self.min_free_bytes > 0 and self.free_bytes() < self.min_free_bytes
+
     def _check_free_space(self, needed: int) -> None:
         if self.min_free_bytes <= 0:
             return
-        stats = os.statvfs(self.tmp_dir)
-        free = stats.f_bavail * stats.f_frsize
+        free = self.free_bytes()
         if free - needed < self.min_free_bytes:
             raise SpoolWriteError(
                 errno.ENOSPC,

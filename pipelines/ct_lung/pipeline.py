@@ -39,7 +39,7 @@ from .codes import (
 )
 from .segment import Geometry, Segmentation, Settings, segment
 
-__all__ = ["EMPHYSEMA_HU", "CTLungPipeline", "check_input"]
+__all__ = ["CHEST_BODY_PARTS", "EMPHYSEMA_HU", "INPUT", "CTLungPipeline", "check_input"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -50,6 +50,26 @@ _HU_FLOOR = -1024.0  # air; lower values are padding or lossy-compression oversh
 _MIN_IMAGE_SIZE = 16
 
 
+CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "TORAX", "LUNG", "TORSO", "WHOLEBODY"})
+"""Body Part Examined terms of a CT that holds the chest (``CHESTABDPELVIS``,
+``THORAX_ROUTINE`` and the like contain one)."""
+
+INPUT = InputSpec(
+    modalities=frozenset({"CT"}),
+    # fewer slices are a scout, one level or a few slabs: nothing to measure in mL
+    min_slices=16,
+    # an adult chest is 250-400 mm wide: smaller images are a zoomed part of it
+    # (one lung, a vertebra) or no chest at all; larger ones are not a CT
+    field_of_view_mm=(200.0, 800.0),
+    # coarser pixels cannot outline the lungs and airways
+    pixel_spacing_mm=(0.2, 8.0),
+    # thicker or sparser slices are not a volume to measure
+    slice_spacing_mm=(0.3, 10.0),
+    body_parts=CHEST_BODY_PARTS,
+)
+"""The input contract of ``ct-lung``: a CT of a whole adult chest."""
+
+
 class CTLungPipeline:
     """Segment body, right and left lung and airways of a CT; measure the lungs.
 
@@ -57,6 +77,11 @@ class CTLungPipeline:
     bronchi, when found). Measurements per lung and for both lungs: volume
     (mL), mean lung density (HU) and %LAA-950 (percent of lung volume below
     -950 HU).
+
+    Its input contract (:data:`INPUT`, checked by the runner before
+    :meth:`run`): a CT of 16 or more slices, 0.3 to 10 mm apart, with pixels of
+    0.2 to 8 mm and a field of view of 200 to 800 mm across, whose Body Part
+    Examined (when the header gives one) names the chest.
 
     Parameters
     ----------
@@ -66,7 +91,7 @@ class CTLungPipeline:
 
     name: str = "ct-lung"
     version: str = "1.0.0"
-    input: InputSpec = InputSpec(modalities=frozenset({"CT"}), min_slices=1)
+    input: InputSpec = INPUT
     #: thresholds, connected components and morphology: no trained model
     algorithm: Algorithm = Algorithm(family=MORPHOLOGICAL_OPERATIONS_CODE, trained_model=False)
 

@@ -62,7 +62,13 @@ class CXRClassifyPipeline:
 
     name: str = "cxr-classify"
     version: str = "1.0.0"
-    input: InputSpec = InputSpec(modalities=frozenset({"CR", "DX"}), min_slices=1, max_slices=1)
+    #: one frontal chest radiograph; a header that names another body part is refused
+    input: InputSpec = InputSpec(
+        modalities=frozenset({"CR", "DX"}),
+        min_slices=1,
+        max_slices=1,
+        body_parts=frozenset({"CHEST", "THORAX", "TORAX", "LUNG"}),
+    )
     algorithm: Algorithm = Algorithm(family=ARTIFICIAL_INTELLIGENCE_CODE, trained_model=True)
     required_models: tuple[str, ...] = (MODEL_NAME,)
 
@@ -74,17 +80,24 @@ class CXRClassifyPipeline:
         self._labels: tuple[tuple[str, Code, float], ...] = ()
         self._device = torch.device("cpu")
 
-    def load(self, device: str, models: Mapping[str, ModelFile] | None = None) -> None:
-        """Build the network on ``device`` and load the verified weights.
+    def check_setup(self, models: Mapping[str, ModelFile]) -> None:
+        """Check the verified model's manifest without loading its weights.
+
+        Called by ``dicomnode config check`` and before ``serve`` starts.
 
         Raises
         ------
         ValueError
-            If the model is not given, its manifest's labels or input contract
-            are unusable (no labels, indices not 0..n-1, a label without a
-            threshold, an unknown network), or the weights do not fit the
-            network the manifest names.
+            As :meth:`load` does for the manifest: the model is not given, it
+            lists no labels, indices are not 0..n-1, a label has no
+            threshold, or its input contract is unusable.
         """
+        self._manifest(models)
+
+    def _manifest(
+        self, models: Mapping[str, ModelFile] | None
+    ) -> tuple[ModelFile, list[tuple[int, str, Code]], ModelInput]:
+        """The model, its labels in index order and its input contract, checked."""
         if not models or MODEL_NAME not in models:
             raise ValueError(
                 f"{self.name} needs the model {MODEL_NAME!r} (its manifest and weights)"
@@ -109,6 +122,21 @@ class CXRClassifyPipeline:
             spec = ModelInput.from_manifest(raw_input)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from exc
+        return model, labels, spec
+
+    def load(self, device: str, models: Mapping[str, ModelFile] | None = None) -> None:
+        """Build the network on ``device`` and load the verified weights.
+
+        Raises
+        ------
+        ValueError
+            If the model is not given, its manifest's labels or input contract
+            are unusable (no labels, indices not 0..n-1, a label without a
+            threshold, an unknown network), or the weights do not fit the
+            network the manifest names.
+        """
+        model, labels, spec = self._manifest(models)
+        where = f"model {model.name!r} {model.version}"
         network = build_network(spec, len(labels))
         state = torch.load(model.path, map_location="cpu", weights_only=True)
         try:

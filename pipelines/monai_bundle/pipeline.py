@@ -46,6 +46,7 @@ from dicomnode.protocol import (
     InputRefused,
     InputSpec,
     Measurement,
+    ModelFile,
     ModelInfo,
     PipelineResult,
     Segment,
@@ -143,6 +144,29 @@ class MonaiBundlePipeline:
         if self._bundle is None:
             raise RuntimeError("monai-bundle: load() was not called")
         return self._bundle
+
+    def check_setup(self, models: Mapping[str, ModelFile]) -> None:
+        """Check that the bundle folder is set, readable and valid.
+
+        Called by ``dicomnode config check`` and before ``serve`` starts: the
+        bundle is read as :meth:`load` reads it (metadata, inference config,
+        ``network_def``, weights and their declared checksum, the weights
+        fitting the network), on the CPU, and let go.
+
+        Parameters
+        ----------
+        models : mapping
+            Unused: a bundle carries its own weights.
+
+        Raises
+        ------
+        BundleError
+            Naming the setting or the file that is missing or wrong.
+        """
+        if self.bundle_dir is None:
+            raise BundleError(f"no bundle folder: set {SETTING} in the node's YAML")
+        bundle = read_bundle(Path(self.bundle_dir), "cpu")
+        LOGGER.info("monai-bundle: %s %s at %s is valid", bundle.name, bundle.version, bundle.root)
 
     def load(self, device: str) -> None:
         """Read the bundle, verify its weights and load its network on ``device``.

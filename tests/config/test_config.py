@@ -108,3 +108,12 @@ def test_serve_refuses_an_invalid_config(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "x: Extra inputs are not permitted" in result.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_the_example_ties_every_tool_ae_title_to_this_machine():
+    """The DCMTK tools' default AE titles are everyone's: from another host they
+    prove nothing, so the example accepts them only from 127.0.0.1."""
+    senders = load_config(EXAMPLE).ingress.allowed_senders
+    tools = {"STORESCU", "ECHOSCU", "DCMSEND", "DICOMNODE_SCU"}
+    assert tools <= {s.ae_title for s in senders}
+    assert all(s.host == "127.0.0.1" for s in senders if s.ae_title in tools)

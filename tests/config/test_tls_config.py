@@ -120,6 +120,30 @@ def test_the_tls_port_must_not_be_the_node_port(pki: PKI) -> None:
     assert "ingress.tls.port: 11112 is node.port" in found
 
 
+def test_an_empty_tls_key_is_plain_tcp_and_braces_turn_tls_on() -> None:
+    """As the README says: ``tls:`` with only comments under it is null in YAML."""
+    text = """
+destinations:
+  pacs:
+    type: dicom
+    ae_title: PACS
+    host: pacs.example
+    port: 104
+    tls:
+      # ca_file: /etc/dicomnode/tls/hospital-ca.pem
+  ris: {type: hl7, host: ris.example, port: 2575, tls: {}}
+ingress:
+  tls:
+"""
+    settings = parse_config(yaml.safe_load(text))
+    assert settings.ingress.tls is None
+    pacs, ris = settings.destinations["pacs"], settings.destinations["ris"]
+    assert pacs.type == "dicom" and pacs.tls is None
+    assert ris.type == "hl7" and ris.tls is not None
+    assert ris.tls.ca_file is None and ris.tls.check_hostname
+    assert ris.tls.hostname_for(ris.host) == "ris.example"
+
+
 @pytest.mark.parametrize(
     ("tls", "words"),
     [

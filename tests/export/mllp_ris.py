@@ -8,6 +8,8 @@ with hl7apy: ``AA``, ``AE``, ``AR``, ``AA`` for another control ID
 until the test ends or ``hold`` seconds pass). A sequence of answers is used
 in order, one per message received, the last one for every later message:
 ``["none", "AA"]`` leaves the first message unanswered and ACKs the rest.
+``on_message`` is called with each message as it arrives, before the answer
+(a test can look at what the PACS holds at that very moment).
 With ``ssl_context`` the server speaks MLLP over TLS (its listening socket is
 wrapped, so every accepted connection starts with the TLS handshake).
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import ssl
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -31,13 +33,20 @@ ORU_TYPE = "ORU^R01^ORU_R01"
 class RIS:
     """State shared by the server's handler threads."""
 
-    def __init__(self, answer: str | Sequence[str], reason: str, hold: float) -> None:
+    def __init__(
+        self,
+        answer: str | Sequence[str],
+        reason: str,
+        hold: float,
+        on_message: Callable[[str], None] | None = None,
+    ) -> None:
         self.answers = [answer] if isinstance(answer, str) else list(answer)
         if not self.answers:
             raise ValueError("the RIS needs at least one answer")
         self.answer = self.answers[0]
         self.reason = reason
         self.hold = hold
+        self.on_message = on_message
         self.received: list[str] = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -63,6 +72,8 @@ class _Handler(AbstractHandler):  # type: ignore[misc]
 
     def reply(self) -> str:
         ris = self.ris
+        if ris.on_message is not None:
+            ris.on_message(self.incoming_message)
         with ris.lock:
             answer = ris.answer_for(len(ris.received))
             ris.received.append(self.incoming_message)
@@ -101,6 +112,7 @@ def running_ris(
     reason: str = "",
     hold: float = 30.0,
     port: int = 0,
+    on_message: Callable[[str], None] | None = None,
     ssl_context: ssl.SSLContext | None = None,
 ) -> Iterator[RIS]:
     """Run the RIS for the ``with`` block on ``port`` (0: a free one).
@@ -109,7 +121,7 @@ def running_ris(
     order (the last one for every later message). ``ssl_context``: a server
     context for MLLP over TLS.
     """
-    ris = RIS(answer, reason, hold)
+    ris = RIS(answer, reason, hold, on_message)
     server = MLLPServer("127.0.0.1", port, {ORU_TYPE: (_Handler, ris)}, timeout=10)
     if ssl_context is not None:
         server.socket = ssl_context.wrap_socket(server.socket, server_side=True)

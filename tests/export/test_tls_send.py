@@ -21,13 +21,15 @@ from dicomnode.config import ClientTLSConfig
 from dicomnode.errors import HL7ConnectionError, SendError
 from dicomnode.export import SendReport, collect_files, send_files
 from dicomnode.export.hl7 import deliver
+from dicomnode.export.storescu import MAX_CONTEXTS
 from dicomnode.jobs import JobState
 from tests.certs import PKI, Pair, make_pki
 from tests.conftest import open_store
 from tests.export.mllp_ris import running_ris
 from tests.export.test_faults import dicom_destination, hl7_destination, sections, wait_settled
-from tests.export.test_hl7 import _oru
-from tests.helpers import PEER_ENV, free_port, require_tool, storescu, wait_for
+from tests.export.test_storescu import by_sop_uid, many_classes
+from tests.helpers import NODE_AET, PEER_ENV, free_port, require_tool, storescu, wait_for
+from tests.results.oru_messages import oru
 
 pytestmark = pytest.mark.peers
 
@@ -168,6 +170,31 @@ def test_the_hostname_check_can_be_turned_off_but_not_the_chain_check(
         send(series.paths, scp.port, client_tls(pki, check_hostname=False, ca_file=pki.other_ca))
 
 
+def test_every_association_of_a_send_over_128_contexts_speaks_tls(
+    make_settings, start_node, pki, tmp_path
+) -> None:
+    tls = {"certificate": str(pki.server.cert), "private_key": str(pki.server.key)}
+    settings = make_settings(ingress={"tls": tls})  # node.port speaks TLS only
+    start_node(settings)
+    paths = many_classes(tmp_path / "many", MAX_CONTEXTS + 2)
+    report = SendReport()
+    config = client_tls(pki, certificate=None, private_key=None)
+    send_files(
+        collect_files(paths, report),
+        "127.0.0.1",
+        settings.node.port,
+        NODE_AET,
+        "STORESCU",
+        report=report,
+        timeout=10,
+        tls=(config.context(), "127.0.0.1"),
+    )
+    assert report.failed == []
+    assert sorted(report.sent) == sorted(paths)
+    stored = by_sop_uid((settings.storage.spool_path / "studies").rglob("*.dcm"))
+    assert sorted(stored) == sorted(by_sop_uid(iter(paths)))
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dicomnode", *args],
@@ -221,7 +248,7 @@ def ris_context(pki: PKI, own: Pair | None = None) -> ssl.SSLContext:
 
 
 def test_mllp_over_tls_is_delivered_and_acknowledged(pki) -> None:
-    message = _oru()
+    message = oru()
     config = ClientTLSConfig(ca_file=pki.ca)
     with running_ris("AA", ssl_context=ris_context(pki)) as ris:
         ack = deliver(
@@ -235,7 +262,7 @@ def test_mllp_over_tls_refuses_an_untrusted_receiver(pki) -> None:
     with running_ris("AA", ssl_context=ris_context(pki)) as ris:
         config = ClientTLSConfig(ca_file=pki.other_ca)
         with pytest.raises(HL7ConnectionError, match=r"TLS failed.*CERTIFICATE_VERIFY_FAILED"):
-            deliver(_oru(), "127.0.0.1", ris.port, timeout=5, tls=(config.context(), "127.0.0.1"))
+            deliver(oru(), "127.0.0.1", ris.port, timeout=5, tls=(config.context(), "127.0.0.1"))
         assert ris.messages() == []
 
 

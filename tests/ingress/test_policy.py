@@ -36,3 +36,16 @@ def test_title_tied_to_hosts() -> None:
 
 def test_allow_any() -> None:
     assert policy(allow_any=True).accepts("WHOEVER", "192.0.2.1")
+
+
+def test_called_ae_title_defaults_to_the_node_s() -> None:
+    p = SenderPolicy.from_config(IngressConfig(), "DICOMNODE")
+    assert p.serves("DICOMNODE") and p.serves(" DICOMNODE  ")
+    assert not p.serves("WRONGAET") and not p.serves("dicomnode")
+
+
+def test_called_ae_titles_replace_the_node_s() -> None:
+    config = IngressConfig.model_validate({"called_ae_titles": ["AI_CT", "AI_MR"]})
+    p = SenderPolicy.from_config(config, "DICOMNODE")
+    assert p.serves("AI_CT") and p.serves("AI_MR")
+    assert not p.serves("DICOMNODE")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,7 @@ from tests.helpers import (
     store_statuses,
     storescu,
     wait_for,
+    write_config,
 )
 
 pytestmark = pytest.mark.peers
@@ -358,3 +360,25 @@ def test_two_receiving_processes_serve_both_ports(node_process, ct_series, pki, 
     assert result.returncode == 0, result.stderr + node.log()
     assert store_statuses(result.stderr) == ["Success"] * 4
     assert "(DICOM over TLS)" in node.log()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_taken_tls_port_is_named_with_what_to_look_for(tmp_path, pki, processes: int) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        tls_port = holder.getsockname()[1]
+        config = node_config(
+            tmp_path, ingress={"processes": processes, **tls_section(pki, port=tls_port)}
+        )
+        path = write_config(tmp_path / "node.yaml", config)
+        result = subprocess.run(
+            [sys.executable, "-m", "dicomnode", "serve", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{tls_port}" in result.stderr
+    assert "`ss -ltnp` names it" in result.stderr

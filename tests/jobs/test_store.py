@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from dicomnode.errors import IllegalTransitionError, NotFoundError
-from dicomnode.jobs import TRANSITIONS, InstanceRecord, JobState, SQLiteJobStore
+from dicomnode.jobs import TRANSITIONS, InstanceRecord, JobState, RunSpec, SQLiteJobStore
+from dicomnode.protocol import ResultMessage, ResultObject
 
 STUDY = "1.2.826.0.1.1"
 QUIET, MAX_WAIT = 30.0, 600.0
@@ -188,6 +189,221 @@ def test_a_database_from_before_retention_gets_its_columns(tmp_path: Path) -> No
     job = reopened.get_job(job_id)
     assert (job.state, job.purged_at, job.outbox_dir) == (JobState.RECEIVED, None, None)
     assert reopened.expired_studies(10_000.0) == []  # a RECEIVED round is never expired
+
+
+def _run(store: SQLiteJobStore, clock: Clock, sop: str) -> int:
+    """A ct-lung run of one round of the series (RUNNING), with a PACS and a RIS."""
+    round_id = store.record_instance(record(sop, clock.now)).job_id
+    clock.now += QUIET
+    store.complete_due(clock.now, QUIET, MAX_WAIT)
+    spec = RunSpec(
+        "lungs", "ct-lung", "1.2.826.0.1.1.1", ("pacs",), ("ris", "gone"), result_status="final"
+    )
+    (run_id,) = store.route(round_id, [spec], "matched")
+    store.claim_runs(clock.now, 1)
+    return run_id
+
+
+def test_the_outbox_holds_what_the_writer_made(store: SQLiteJobStore, clock: Clock) -> None:
+    """Objects with their UIDs, one message per notify name (none for a name
+    the writer built nothing for); a destination that got a result before
+    makes the next result of the series a correction."""
+    seg = ResultObject("SEG", "1.2.840.10008.5.1.4.1.1.66.4", "9.1", STUDY, "9.2", Path("/o/s"))
+    message = ResultMessage("ris", "DN2-ABCD", "MSH|^~\\&|...", ("9.1",))
+    first = _run(store, clock, "1.1")
+    assert store.get_job(first).result_status == "final"
+    assert store.notified_before(first) == set()
+    store.finish_run(first, "/r", "done", (seg,), (message,))
+    rows = {i.destination: i for i in store.outbox(first)}
+    assert (rows["pacs"].kind, rows["pacs"].sop_instance_uid, rows["pacs"].path) == (
+        "dicom",
+        "9.1",
+        "/o/s",
+    )
+    assert (rows["ris"].body, rows["ris"].refers_to, rows["ris"].path) == (
+        message.body,
+        ("9.1",),
+        "",
+    )
+    assert (rows["gone"].kind, rows["gone"].body) == ("notification", None)
+    store.start_exports()
+    store.record_delivery([rows["ris"].id], "DELIVERED")
+    store.record_delivery([rows["gone"].id], "DEAD", "held back", attempted=False)
+    assert {i.destination: i.attempts for i in store.outbox(first)} == {
+        "pacs": 0,
+        "ris": 1,
+        "gone": 0,
+    }
+    second = _run(store, clock, "1.2")  # the series again, in a new round
+    assert store.notified_before(second) == {"ris"}
+
+
+#: The job store's schema as release 0.1.0 (schema version 3) created it, copied
+#: from dicomnode/jobs/sqlite.py at that release.
+SCHEMA_3 = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    parent_id INTEGER REFERENCES jobs(id),
+    state TEXT NOT NULL,
+    calling_ae TEXT NOT NULL DEFAULT '',
+    opened_at REAL NOT NULL,
+    last_instance_at REAL NOT NULL,
+    instance_count INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    updated_at REAL NOT NULL,
+    pipeline TEXT,
+    series_instance_uid TEXT,
+    rule TEXT,
+    destinations TEXT NOT NULL DEFAULT '[]',
+    notify TEXT NOT NULL DEFAULT '[]',
+    priority INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    traceback TEXT,
+    result_dir TEXT,
+    outbox_dir TEXT,
+    purged_at REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_study_round
+    ON jobs (study_instance_uid, round) WHERE kind = 'study';
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS transitions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    at REAL NOT NULL,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    series_instance_uid TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    calling_ae TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    duplicates INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_instance_uid);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    destination TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'PENDING',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (job_id, destination, path)
+);
+CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS instances_job ON instances (job_id);
+
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_instance_uid, purged_at);
+"""
+
+
+def test_a_database_of_schema_version_3_opens_and_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A file written by the previous release, with a run caught mid-export,
+    opens with typed outbox rows; its notification, queued without a message,
+    ends DEAD with the way out, and a hand retry runs the pipeline again."""
+    path = tmp_path / "jobs.db"
+    old = sqlite3.connect(path)
+    old.executescript(SCHEMA_3)
+    old.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '3')")
+    old.execute(
+        "INSERT INTO jobs (id, kind, study_instance_uid, round, state, opened_at, "
+        "last_instance_at, updated_at) VALUES (1, 'study', ?, 1, 'ROUTED', 1, 1, 1)",
+        (STUDY,),
+    )
+    old.execute(
+        "INSERT INTO jobs (id, kind, study_instance_uid, round, parent_id, state, opened_at, "
+        "last_instance_at, updated_at, pipeline, series_instance_uid, rule, destinations, "
+        "notify, result_dir, outbox_dir) VALUES (2, 'run', ?, 1, 1, 'EXPORTING', 1, 1, 1, "
+        "'ct-lung', '1.2.3', 'lungs', '[\"pacs\"]', '[\"ris\"]', '/r/job-2', '/o/job-2')",
+        (STUDY,),
+    )
+    old.executemany(
+        "INSERT INTO outbox (job_id, destination, kind, path, created_at, updated_at) "
+        "VALUES (2, ?, ?, ?, 1, 1)",
+        [("pacs", "dicom", "/o/job-2/SEG_1.2.3.4.dcm"), ("ris", "notification", "/r/job-2")],
+    )
+    old.commit()
+    old.close()
+
+    store = SQLiteJobStore(path, clock=Clock(1000.0))
+    version = store._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+    assert version.fetchone()[0] == "4"
+    run = store.get_job(2)
+    assert (run.state, run.result_status, run.notify_after) == (
+        JobState.EXPORTING,
+        "preliminary",
+        "delivered",
+    )
+    dicom, notification = store.outbox(2)
+    assert (dicom.kind, dicom.path, dicom.sop_instance_uid, dicom.body) == (
+        "dicom",
+        "/o/job-2/SEG_1.2.3.4.dcm",
+        None,
+        None,
+    )
+    assert (notification.kind, notification.body, notification.refers_to) == (
+        "notification",
+        None,
+        (),
+    )
+    assert [i.id for i in store.due_deliveries(1000.0)] == [dicom.id, notification.id]
+    assert store.notified_before(2) == set()
+    store.record_delivery([dicom.id], "DELIVERED")
+    store.record_delivery([notification.id], "DEAD", "no message was built")
+    (dead,) = store.settle_exports()
+    assert dead.state == JobState.DEAD
+    assert store.retry(2).state == JobState.ROUTED  # a re-run builds the message
+    store.close()
+    assert SQLiteJobStore(path).get_job(2).state == JobState.ROUTED  # opens again as it is
+
+
+def test_conflicting_duplicates_are_counted_per_instance_and_study(tmp_path: Path) -> None:
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    store.record_instance(record("1.1", 100.0))
+    store.record_instance(record("1.2", 100.0))
+    store.record_instance(record("1.1", 101.0))
+    store.record_conflict("1.1")
+    assert (store.duplicates("1.1"), store.conflicts("1.1")) == (1, 1)
+    (study,) = store.studies()
+    assert (study.duplicate_count, study.conflict_count) == (1, 1)
+    with pytest.raises(NotFoundError):
+        store.record_conflict("9.9")
+
+
+def test_a_database_from_before_conflict_counts_gets_its_column(tmp_path: Path) -> None:
+    store = SQLiteJobStore(tmp_path / "jobs.db")
+    store.record_instance(record("1.1", 100.0))
+    store.close()
+    old = sqlite3.connect(tmp_path / "jobs.db")  # as schema version 3 left it
+    old.execute("ALTER TABLE instances DROP COLUMN conflicts")
+    old.commit()
+    old.close()
+    reopened = SQLiteJobStore(tmp_path / "jobs.db")
+    assert reopened.conflicts("1.1") == 0
+    reopened.record_conflict("1.1")
+    assert reopened.studies()[0].conflict_count == 1
 
 
 def _complete_in_process(

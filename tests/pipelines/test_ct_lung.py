@@ -166,7 +166,9 @@ def test_is_a_pipeline() -> None:
     pipeline = CTLungPipeline()
     assert isinstance(pipeline, Pipeline)
     assert (pipeline.name, pipeline.version) == ("ct-lung", "1.0.0")
-    assert pipeline.input.modalities == frozenset({"CT"}) and pipeline.input.min_slices == 1
+    spec = pipeline.input
+    assert spec.modalities == frozenset({"CT"}) and spec.min_slices == 16
+    assert spec.field_of_view_mm == (200.0, 800.0) and "CHEST" in spec.body_parts
 
 
 def test_lung_volumes_match_the_phantom(

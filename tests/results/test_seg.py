@@ -12,7 +12,7 @@ import pytest
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
-from dicomnode.protocol import Code, ModelInfo, PipelineResult, Segment
+from dicomnode.protocol import Code, Measurement, ModelInfo, PipelineResult, Segment
 from dicomnode.results.common import segment_numbers
 from dicomnode.results.seg import build_segmentation
 from dicomnode.synthetic import write_ct_series, write_dx_image, write_enhanced_ct
@@ -398,7 +398,8 @@ def test_non_ascii_labels_on_an_ascii_source(tmp_path: Path) -> None:
     label_map = np.zeros(volume.array.shape, dtype=np.uint8)
     label_map[1, 4:8, 4:8] = 1
     segment = dataclasses.replace(NODULE, label=1, name="Rundherd (Lunge, äußerer Rand)")
-    result = PipelineResult(label_map=label_map, segments=(segment,))
+    volume_ml = Measurement(Code("118565006", "SCT", "Volume"), 0.05, Code("mL", "UCUM", "mL"), 1)
+    result = PipelineResult(label_map=label_map, segments=(segment,), measurements=(volume_ml,))
     case = build_case(series.paths, result, tmp_path / "out", volume=volume, sources=sources)
     assert case.seg_path is not None and case.sr_path is not None
     for path in (case.seg_path, case.sr_path):

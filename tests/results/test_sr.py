@@ -14,7 +14,11 @@ from pydicom.sr.codedict import codes
 
 from dicomnode.protocol import Code, Finding, Measurement, ModelInfo, PipelineResult
 from dicomnode.results.common import segment_numbers
-from dicomnode.results.sr import build_report, procedure_reported
+from dicomnode.results.sr import (
+    OUTLINE_TRACKING_IDENTIFIER,
+    build_report,
+    procedure_reported,
+)
 from dicomnode.synthetic import write_dx_image, write_enhanced_ct
 from pipelines.ct_lung.codes import (
     ANATOMICAL_STRUCTURE,
@@ -26,7 +30,7 @@ from pipelines.ct_lung.codes import (
     VOLUME,
 )
 
-from .helpers import NODE, Case, assert_valid, build_case, load
+from .helpers import NODE, Case, assert_sr_valid, assert_valid, build_case, load, pixelmed
 from .test_seg import NODULE
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -91,9 +95,9 @@ def evidence_uids(sr: Dataset) -> set[str]:
 
 
 @pytest.mark.peers
-def test_report_of_ct_lung_passes_dciodvfy(ct_case: Case) -> None:
+def test_report_of_ct_lung_passes_dciodvfy_and_pixelmed(ct_case: Case) -> None:
     assert ct_case.sr_path is not None
-    warnings = assert_valid(ct_case.sr_path)
+    warnings = assert_sr_valid(ct_case.sr_path)
     # ct-lung's %LAA-950 concept is in its private scheme 99DICOMNODE (see its codes);
     # dciodvfy knows only the standard coding scheme designators.
     assert warnings and all(LOCAL_SCHEME_WARNING in w for w in warnings), warnings
@@ -102,10 +106,18 @@ def test_report_of_ct_lung_passes_dciodvfy(ct_case: Case) -> None:
 def test_one_volumetric_group_per_segment(ct_case: Case) -> None:
     assert ct_case.seg is not None
     report = read(ct_case)
-    groups = groups_of(report).get_volumetric_roi_measurement_groups()
-    assert [g.tracking_identifier for g in groups] == [s.name for s in ct_case.result.segments]
+    groups = groups_of(report).get_volumetric_roi_measurement_groups()[:-1]
+    # one group per segment with measurements (not the body), placed by its outline
+    # in the form OHIF lists
+    measured = [
+        s
+        for s in ct_case.result.segments
+        if any(m.segment_label == s.label for m in ct_case.result.measurements)
+    ]
+    assert [s.label for s in measured] == [RIGHT_LUNG, LEFT_LUNG]
+    assert [g.tracking_identifier for g in groups] == [OUTLINE_TRACKING_IDENTIFIER] * 2
     numbers = segment_numbers(ct_case.result)
-    for group, segment in zip(groups, ct_case.result.segments, strict=True):
+    for group, segment in zip(groups, measured, strict=True):
         assert group.reference_type == codes.DCM.ReferencedSegment
         reference = group.referenced_segment
         assert reference is not None
@@ -119,20 +131,70 @@ def test_one_volumetric_group_per_segment(ct_case: Case) -> None:
         assert group.finding_type is not None
         assert group.finding_type.value == segment.type.value
         assert measurement_values(group) == expected_values(ct_case.result, segment.label)
-    lungs = {g.tracking_identifier: g for g in groups}
+    # an anatomical structure's type is its finding site (OHIF labels by it)
+    assert [[site.value.meaning for site in g.finding_sites] for g in groups] == [
+        [s.type.meaning] for s in measured
+    ]
+    lungs = {g.finding_sites[0].value.meaning: g for g in groups}
     right = measurement_values(lungs[SEGMENTS[RIGHT_LUNG].name])
     assert right[VOLUME.meaning][1] == MILLILITER.value
     assert right[LAA_950.meaning][1] == "%"
-    assert measurement_values(lungs["Body"]) == {}
+
+
+def scoords_of_measurements(group: Group) -> list[Dataset]:
+    """The SCOORD items nested under the group's NUM items (INFERRED FROM)."""
+    return [
+        child
+        for item in group[0].ContentSequence
+        if item.ValueType == "NUM"
+        for child in item.get("ContentSequence", [])
+        if child.ValueType == "SCOORD"
+    ]
+
+
+def test_segment_measurements_are_placed_on_their_key_slice(ct_case: Case) -> None:
+    """Each lung's measurements are INFERRED FROM the lung's closed outline on the
+    slice where it is largest, on that slice's source image (what OHIF needs to
+    list them over the CT)."""
+    assert ct_case.result.label_map is not None
+    report = read(ct_case)
+    groups = groups_of(report).get_volumetric_roi_measurement_groups()
+    by_uid = {g.tracking_uid: g for g in groups}
+    for label in (RIGHT_LUNG, LEFT_LUNG):
+        number = segment_numbers(ct_case.result)[label]
+        group = by_uid[ct_case.seg.SegmentSequence[number - 1].TrackingUID]  # type: ignore[union-attr]
+        scoords = scoords_of_measurements(group)
+        assert len(scoords) == 3  # volume, density, %LAA
+        mask = ct_case.result.label_map == label
+        key = int(np.argmax(mask.sum(axis=(1, 2))))
+        for scoord in scoords:
+            assert scoord.RelationshipType == "INFERRED FROM"
+            assert scoord.GraphicType == "POLYLINE"
+            points = np.asarray(scoord.GraphicData, dtype=float).reshape(-1, 2)
+            assert len(points) >= 4 and tuple(points[0]) == tuple(points[-1])  # closed
+            image = scoord.ContentSequence[0]
+            assert image.RelationshipType == "SELECTED FROM"
+            assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+                ct_case.volume.sources[key].sop_instance_uid
+            )
+            # the outline encloses the segment on that slice: its centre is inside
+            rows, columns = np.nonzero(mask[key])
+            low, high = points.min(axis=0), points.max(axis=0)
+            assert low[0] <= columns.mean() + 0.5 <= high[0]
+            assert low[1] <= rows.mean() + 0.5 <= high[1]
+            assert low[0] >= columns.min() - 0.5 and high[0] <= columns.max() + 1.5
 
 
 def test_whole_result_measurements_group(ct_case: Case) -> None:
-    """ct-lung's both-lungs measurements (segment_label None) form a TID 1501 group
-    whose sources are the source images."""
+    """ct-lung's both-lungs measurements (segment_label None) form a TID 1411 group
+    that names both lungs as finding sites and outlines them on every slice, so it
+    is valid beside the segments' groups (PixelMed)."""
+    assert ct_case.result.label_map is not None
     report = read(ct_case)
-    groups = groups_of(report).get_image_measurement_groups()
-    assert [g.tracking_identifier for g in groups] == ["Whole-result measurements"]
-    group = groups[0]
+    assert groups_of(report).get_image_measurement_groups() == []
+    group = groups_of(report).get_volumetric_roi_measurement_groups()[-1]
+    assert group.tracking_identifier == "Right lung + Left lung"
+    assert [site.value.meaning for site in group.finding_sites] == ["Right lung", "Left lung"]
     values = measurement_values(group)
     assert values == expected_values(ct_case.result, None)
     both = sum(
@@ -141,8 +203,18 @@ def test_whole_result_measurements_group(ct_case: Case) -> None:
         if m.concept == VOLUME and m.segment_label in (RIGHT_LUNG, LEFT_LUNG)
     )
     assert values[VOLUME.meaning][0] == pytest.approx(both)
-    sources = [s.referenced_sop_instance_uid for s in group.source_images]
-    assert sources == [str(ds.SOPInstanceUID) for ds in ct_case.sources]
+    regions = group.roi
+    assert regions is not None
+    lungs = np.isin(ct_case.result.label_map, (RIGHT_LUNG, LEFT_LUNG))
+    slices_with_lungs = {
+        ct_case.volume.sources[i].sop_instance_uid for i in np.flatnonzero(lungs.any(axis=(1, 2)))
+    }
+    outlined = {
+        region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for region in regions
+    }
+    assert outlined == slices_with_lungs
+    assert all(region.GraphicType == "POLYLINE" for region in regions)
 
 
 def test_observer_procedure_and_algorithm(ct_case: Case) -> None:
@@ -215,6 +287,12 @@ def test_refuses_what_does_not_fit(ct_case: Case) -> None:
         build_report(other, ct_case.volume, ct_case.sources, ct_case.context, ct_case.seg)
     nothing = PipelineResult()
     assert build_report(nothing, ct_case.volume, ct_case.sources, ct_case.context, None) is None
+    # segments without measurements are in the SEG alone: no report
+    unmeasured = dataclasses.replace(ct_case.result, measurements=())
+    assert (
+        build_report(unmeasured, ct_case.volume, ct_case.sources, ct_case.context, ct_case.seg)
+        is None
+    )
 
 
 # --- edge cases ------------------------------------------------------------------------------
@@ -233,19 +311,25 @@ def empty_segment_case(ct_case: Case, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.mark.peers
-def test_empty_segment_report_passes_dciodvfy(empty_segment_case: Case) -> None:
+def test_empty_segment_report_passes_dciodvfy_and_pixelmed(empty_segment_case: Case) -> None:
     assert empty_segment_case.sr_path is not None
-    assert_valid(empty_segment_case.sr_path)
+    assert_sr_valid(empty_segment_case.sr_path)
 
 
-def test_empty_segment_has_its_group(empty_segment_case: Case) -> None:
+def test_segments_without_measurements_have_no_group(empty_segment_case: Case) -> None:
+    """A segment without measurements (the body, an empty nodule) is in the SEG only:
+    a group of it would hold nothing, and OHIF 3 refuses a whole report when one
+    group has no coordinates."""
+    assert empty_segment_case.seg is not None
+    described = [str(s.SegmentLabel) for s in empty_segment_case.seg.SegmentSequence]
+    assert described[-1] == "Nodule"
     report = read(empty_segment_case)
     groups = groups_of(report).get_volumetric_roi_measurement_groups()
-    nodule = groups[-1]
-    assert nodule.tracking_identifier == "Nodule"
-    assert nodule.referenced_segment is not None
-    assert nodule.referenced_segment[0].ReferencedSOPSequence[0].ReferencedSegmentNumber == 4
-    assert [s.value.value for s in nodule.finding_sites] == ["39607008"]
+    assert [g.tracking_identifier for g in groups] == [
+        OUTLINE_TRACKING_IDENTIFIER,
+        OUTLINE_TRACKING_IDENTIFIER,
+        "Right lung + Left lung",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -265,9 +349,9 @@ def dx_findings_case(tmp_path_factory: pytest.TempPathFactory) -> Case:
 
 
 @pytest.mark.peers
-def test_findings_report_passes_dciodvfy(dx_findings_case: Case) -> None:
+def test_findings_report_passes_dciodvfy_and_pixelmed(dx_findings_case: Case) -> None:
     assert dx_findings_case.sr_path is not None
-    assert assert_valid(dx_findings_case.sr_path) == []
+    assert assert_sr_valid(dx_findings_case.sr_path) == []
 
 
 def test_findings_become_probabilities_and_evaluations(dx_findings_case: Case) -> None:
@@ -302,7 +386,8 @@ def test_findings_become_probabilities_and_evaluations(dx_findings_case: Case) -
     assert sr.SeriesDescription == "AI measurements (cxr-findings 2.0)"
     assert evidence_uids(sr) == {str(dx_findings_case.sources[0].SOPInstanceUID)}
     procedure = procedure_reported("DX")
-    assert (procedure.value, procedure.scheme_designator) == ("43468-8", "LN")
+    # "XR unspecified body region" is not in the CID 100 PixelMed validates against
+    assert (procedure.value, procedure.scheme_designator) == ("363679005", "SCT")
 
 
 @pytest.fixture(scope="module")
@@ -326,9 +411,9 @@ def dx_segments_case(tmp_path_factory: pytest.TempPathFactory) -> Case:
 
 
 @pytest.mark.peers
-def test_planar_report_passes_dciodvfy(dx_segments_case: Case) -> None:
+def test_planar_report_passes_dciodvfy_and_pixelmed(dx_segments_case: Case) -> None:
     assert dx_segments_case.sr_path is not None and dx_segments_case.seg_path is not None
-    assert assert_valid(dx_segments_case.sr_path) == []
+    assert assert_sr_valid(dx_segments_case.sr_path) == []
     assert assert_valid(dx_segments_case.seg_path) == []
 
 
@@ -337,7 +422,10 @@ def test_single_slice_groups_reference_segmentation_frames(dx_segments_case: Cas
     assert seg is not None
     report = read(dx_segments_case)
     groups = groups_of(report).get_planar_roi_measurement_groups()
-    assert [g.tracking_identifier for g in groups] == ["Right lung", "Left lung"]
+    # the right lung is placed by its outline; the empty left lung has nothing to place
+    assert [g.tracking_identifier for g in groups] == [OUTLINE_TRACKING_IDENTIFIER, "Left lung"]
+    assert len(scoords_of_measurements(groups[0])) == 1
+    assert scoords_of_measurements(groups[1]) == []
     frame_segment = {
         index: int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         for index, item in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1)
@@ -361,7 +449,7 @@ def test_single_slice_groups_reference_segmentation_frames(dx_segments_case: Cas
         for item in procedure
         if item.ConceptNameCodeSequence[0].CodeMeaning == "Procedure reported"
     ]
-    assert codes_reported == ["43468-8"]
+    assert codes_reported == ["363679005"]
 
 
 @pytest.fixture(scope="module")
@@ -372,15 +460,15 @@ def enhanced_case(tmp_path_factory: pytest.TempPathFactory) -> Case:
 
 
 @pytest.mark.peers
-def test_multi_frame_report_passes_dciodvfy(enhanced_case: Case) -> None:
+def test_multi_frame_report_passes_dciodvfy_and_pixelmed(enhanced_case: Case) -> None:
     assert enhanced_case.sr_path is not None
-    assert_valid(enhanced_case.sr_path)
+    assert_sr_valid(enhanced_case.sr_path)
 
 
 def test_multi_frame_report_names_the_source_image(enhanced_case: Case) -> None:
     report = read(enhanced_case)
     source = enhanced_case.sources[0]
-    for group in groups_of(report).get_volumetric_roi_measurement_groups():
+    for group in groups_of(report).get_volumetric_roi_measurement_groups()[:-1]:
         reference = group.referenced_segment
         assert reference is not None
         assert reference[1].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
@@ -391,6 +479,7 @@ def test_multi_frame_report_names_the_source_image(enhanced_case: Case) -> None:
     assert len(evidence_uids(sr)) == 2  # the one source instance and the SEG
 
 
+@pytest.mark.peers
 def test_segments_without_seg_become_plain_groups(ct_case: Case, tmp_path: Path) -> None:
     """Segments and their measurements reported without a SEG to reference."""
     segment = dataclasses.replace(SEGMENTS[RIGHT_LUNG], category=ANATOMICAL_STRUCTURE)
@@ -406,3 +495,5 @@ def test_segments_without_seg_become_plain_groups(ct_case: Case, tmp_path: Path)
     groups = groups_of(report).get_image_measurement_groups()
     assert [g.tracking_identifier for g in groups] == ["Right lung"]
     assert measurement_values(groups[0]) == {"Volume": (12.5, "mL")}
+    errors, _ = pixelmed(path)
+    assert errors == []

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
 import pytest
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.parser import parse_message
 
 from dicomnode.protocol import (
     ARTIFICIAL_INTELLIGENCE_CODE,
@@ -13,9 +16,11 @@ from dicomnode.protocol import (
     Code,
     Finding,
     InputRefused,
+    NotificationTarget,
     PipelineResult,
     ResultContext,
 )
+from dicomnode.results.oru import control_id_for
 from dicomnode.results.writer import DicomResultWriter
 from dicomnode.runner.volume import load_series
 from dicomnode.synthetic import write_ct_series
@@ -41,8 +46,40 @@ def test_writes_an_sr_for_findings_only(tmp_path: Path) -> None:
     written = DicomResultWriter().write(
         RESULT, load_series(series.paths), context(tmp_path, series.paths)
     )
-    assert [p.name.split("_")[0] for p in written] == ["SR"]
-    assert pydicom.dcmread(written[0]).PatientName == "PHANTOM^CT"
+    (report,) = written.objects
+    ds = pydicom.dcmread(report.path)
+    assert ds.PatientName == "PHANTOM^CT"
+    assert (report.kind, report.sop_class_uid, report.sop_instance_uid) == (
+        "SR",
+        ds.SOPClassUID,
+        ds.SOPInstanceUID,
+    )
+    assert (report.study_instance_uid, report.series_instance_uid) == (
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+    )
+    assert written.messages == ()  # nobody to notify
+
+
+def test_the_oru_is_built_with_the_objects_and_names_them(tmp_path: Path) -> None:
+    """One ORU^R01 per notification target, built now: it names the SR the
+    writer wrote, and is sent only once that SR is delivered."""
+    series = write_ct_series(tmp_path / "ct", slices=3, rows=16, columns=16)
+    notified = replace(
+        context(tmp_path, series.paths),
+        final=True,
+        notifications=(NotificationTarget("ris", receiving_application="RIS"),),
+    )
+    written = DicomResultWriter().write(RESULT, load_series(series.paths), notified)
+    (report,) = written.objects
+    (message,) = written.messages
+    assert (message.destination, message.control_id) == ("ris", control_id_for(1, "ris"))
+    assert message.refers_to == (report.sop_instance_uid,)
+    parsed = parse_message(message.body, validation_level=VALIDATION_LEVEL.STRICT)
+    assert parsed.msh.msh_10.to_er7() == message.control_id
+    assert f"{report.sop_instance_uid}^^AP^DICOM" in message.body
+    assert "|F|" in message.body.split("\r")[3]  # OBR-25: the rule says final
+    assert pydicom.dcmread(report.path).PreliminaryFlag == "FINAL"
 
 
 def test_an_ambiguous_patient_name_is_refused(tmp_path: Path) -> None:

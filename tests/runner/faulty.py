@@ -111,3 +111,25 @@ class AlsoThreshold(Threshold):
     """Claims a name another plugin has: the registry must refuse it."""
 
     name = "test-threshold"
+
+
+class NoAlgorithm:
+    """Declares no algorithm family: the registry must refuse to build it."""
+
+    name = "test-no-algorithm"
+    version = "0.1"
+    input = InputSpec(modalities=ANY)
+
+    def load(self, device: str) -> None:
+        pass
+
+    def run(self, volume: Volume, device: str) -> PipelineResult:
+        return PipelineResult()
+
+
+class LooseInput(NoAlgorithm):
+    """Declares its input as a tuple of modalities, not an InputSpec."""
+
+    name = "test-loose-input"
+    input = ("CT",)  # type: ignore[assignment]
+    algorithm = Algorithm(family=MORPHOLOGICAL_OPERATIONS_CODE, trained_model=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,17 @@ def test_invalid_manifest_names_the_field(tmp_path: Path) -> None:
     write_model(tmp_path, b"0.5", sha256="abc")
     with pytest.raises(ModelError, match="sha256"):
         verify_model(tmp_path, "tiny-model")
+
+
+@pytest.mark.parametrize(
+    ("plugin", "words"),
+    [
+        ("NoAlgorithm", "declares no 'algorithm'; it must be a dicomnode.protocol.Algorithm"),
+        ("LooseInput", "'input' is tuple, not a dicomnode.protocol.InputSpec"),
+    ],
+)
+def test_a_pipeline_without_its_declarations_is_refused(plugin: str, words: str) -> None:
+    registry = PipelineRegistry.discover([f"tests.runner.faulty:{plugin}"])
+    name = {"NoAlgorithm": "test-no-algorithm", "LooseInput": "test-loose-input"}[plugin]
+    with pytest.raises(PipelineNotFoundError, match=re.escape(words)):
+        registry.create(name)

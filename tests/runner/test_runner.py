@@ -223,3 +223,65 @@ def test_half_written_results_left_by_a_crash_are_removed_at_start(
     start_node(settings)
     assert [p for p in leftovers if p.exists()] == []
     assert (kept / "result.json").read_text(encoding="utf-8") == "{}"
+
+
+def test_permanent_input_faults_end_dead_after_one_attempt(
+    make_settings, start_node, ct_series, tmp_path
+):
+    """A series without Frame of Reference UID (a real head CT, and a CT series
+    whose FoR was removed) cannot get a SEG; a CT 7.8 mm across is no chest.
+    Each run is DEAD after its first attempt, with the reason, never retried."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    base = runner_settings(make_settings, tmp_path, workers=1)
+    settings = make_settings(
+        assembly={"quiet_seconds": 1.5, "poll_seconds": 0.1},
+        runner={**base.runner.model_dump(mode="json"), "max_attempts": 3},
+        routing={
+            "rules": [
+                rule("no-for", "test-threshold", "no-for"),
+                rule("head", "test-threshold", "head"),
+                rule("tiny", "ct-lung", "tiny"),
+            ]
+        },
+    )
+    start_node(settings)
+    port = settings.node.port
+    store = open_store(settings)
+
+    series = ct_series(slices=4, size=16, name="no-for")
+    for path in series.paths:
+        ds = pydicom.dcmread(path)
+        del ds.FrameOfReferenceUID
+        ds.SeriesDescription = "no-for"
+        ds.save_as(path)
+    assert store_statuses(storescu(series.paths, port).stderr) == ["Success"] * 4
+
+    head = pydicom.dcmread(get_testdata_file("693_J2KI.dcm"))  # CQ500 head CT, no FoR
+    assert "FrameOfReferenceUID" not in head
+    head.decompress()
+    head.SeriesDescription = "head"
+    head_path = tmp_path / "head.dcm"
+    head.save_as(head_path)
+    assert store_statuses(storescu([head_path], port).stderr) == ["Success"]
+
+    tiny = ct_series(slices=5, size=16, name="tiny", spacing=7.8 / 16)
+    for path in tiny.paths:
+        ds = pydicom.dcmread(path)
+        ds.SeriesDescription = "tiny"
+        ds.save_as(path)
+    assert store_statuses(storescu(tiny.paths, port).stderr) == ["Success"] * 5
+
+    for study_uid, words in [
+        (series.study_uid, "no Frame of Reference UID (0020,0052)"),
+        (str(head.StudyInstanceUID), "no Frame of Reference UID (0020,0052)"),
+        (tiny.study_uid, "field of view 7.8 x 7.8 mm"),
+    ]:
+        job = final(store, study_uid)
+        assert job.state == JobState.DEAD, job.reason
+        assert job.attempts == 1, job.reason
+        assert words in (job.reason or ""), job.reason
+        states = [t.to_state for t in store.history(job.id)]
+        assert JobState.FAILED_RETRYABLE not in states, states
+        assert not store.outbox(job.id)

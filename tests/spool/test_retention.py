@@ -13,6 +13,7 @@ from dicomnode.cli import main
 from dicomnode.config import Settings, parse_config
 from dicomnode.errors import ConfigError, PurgedError
 from dicomnode.jobs import InstanceRecord, Job, JobState, RunSpec, SQLiteJobStore
+from dicomnode.protocol import ResultObject
 from dicomnode.service import Node
 from dicomnode.spool import PurgeReport, RetentionSweeper, Spool, purge_study, remove_files
 from dicomnode.synthetic import Series
@@ -20,6 +21,7 @@ from tests.conftest import open_store, wait_for_state
 from tests.helpers import node_config, store_statuses, storescu, wait_for, write_config
 
 STUDY, SERIES = "1.2.826.0.1.3680043.10.1", "1.2.826.0.1.3680043.10.1.1"
+SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 QUIET, MAX_WAIT = 30.0, 3600.0
 DAY = 86400.0
 
@@ -88,6 +90,11 @@ def routed_run(
     )
     (run_id,) = store.route(job_id, [run], "matched lungs → ct-lung")
     return store.get_job(run_id)
+
+
+def seg_object(path: Path | str) -> ResultObject:
+    """The outbox record of a SEG written at ``path``."""
+    return ResultObject("SEG", SEG_CLASS, "1.2.3", STUDY, "1.2.3.9", Path(path))
 
 
 def write_results(tmp_path: Path, spool: Spool, job_id: int) -> tuple[Path, Path, Path]:
@@ -188,7 +195,9 @@ def _to_state(store: SQLiteJobStore, clock: Clock, run: Job, state: JobState) ->
     elif state == JobState.DEAD:
         store.fail_run(run.id, "model refused the input", None, retry_at=None)
     else:
-        store.finish_run(run.id, "/nowhere/results", "done", ("/nowhere/outbox/SEG.dcm",))
+        store.finish_run(
+            run.id, "/nowhere/results", "done", (seg_object("/nowhere/outbox/SEG.dcm"),)
+        )
         if state in (JobState.EXPORTING, JobState.DONE):
             store.start_exports()
         if state == JobState.DONE:
@@ -228,7 +237,7 @@ def test_a_dead_run_loses_its_results_and_cannot_be_retried(
     run = routed_run(spool, store, clock, destinations=("pacs",))
     store.claim_runs(clock.now, 1)
     result_dir, outbox_dir, seg = write_results(tmp_path, spool, run.id)
-    store.finish_run(run.id, str(result_dir), "nodule found", (str(seg),))
+    store.finish_run(run.id, str(result_dir), "nodule found", (seg_object(seg),))
     store.start_exports()
     (item,) = store.outbox(run.id)
     store.record_delivery([item.id], "DEAD", error="association rejected")
@@ -366,7 +375,7 @@ def test_cli_on_a_purged_run(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
     assert main(["studies", "-c", str(config)]) == 0
     (row,) = [line for line in capsys.readouterr().out.splitlines() if STUDY in line]
-    assert row.split()[1:7] == ["-", "0", "0", "0", "1", "ROUTED"]
+    assert row.split()[1:8] == ["-", "0", "0", "0", "0", "1", "ROUTED"]
     assert "1/1 rounds" in row
 
 

@@ -19,7 +19,16 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from tests.helpers import NODE_AET, SCANNER_AET, echo, store_statuses, storescu, wait_for
+from tests.helpers import (
+    NODE_AET,
+    SCANNER_AET,
+    echo,
+    node_config,
+    spool_files,
+    store_statuses,
+    storescu,
+    wait_for,
+)
 
 pytestmark = pytest.mark.peers
 
@@ -190,7 +199,7 @@ def test_dataset_above_the_bound_is_refused_and_not_kept(make_settings, start_no
     result = storescu(big.paths + small.paths, settings.node.port, extra=["--no-halt"])
     assert store_statuses(result.stderr) == ["Refused: OutOfResources", "Success"], result.stderr
     spool = settings.storage.spool_path
-    assert [p.name for p in (spool / "studies").rglob("*.dcm")] == [small.sop_uids[0] + ".dcm"]
+    assert [p.name for p in spool_files(spool)] == [small.sop_uids[0] + ".dcm"]
     assert list((spool / "tmp").iterdir()) == []
 
 
@@ -203,8 +212,6 @@ def test_a_transfer_cut_short_leaves_no_file(node_process, tmp_path, monkeypatch
     from pynetdicom.dimse_primitives import C_STORE
     from pynetdicom.pdu import P_DATA_TF
     from pynetdicom.sop_class import CTImageStorage
-
-    from tests.helpers import node_config
 
     received = tmp_path / "received"
     received.mkdir()
@@ -233,4 +240,4 @@ def test_a_transfer_cut_short_leaves_no_file(node_process, tmp_path, monkeypatch
     wait_for(lambda: list(received.glob("*.dcm")), 10, "the node to start writing the data set")
     assoc.abort()
     wait_for(lambda: not list(received.iterdir()), 10, "the partial file to be removed")
-    assert not list((tmp_path / "data" / "spool" / "studies").rglob("*.dcm"))
+    assert spool_files(tmp_path / "data" / "spool") == []
