@@ -65,7 +65,11 @@ class IngressConfig(_Model):
     max_pdu_size: int = Field(
         default=262144,
         ge=0,
-        description="Largest PDU the node accepts, in bytes; 0 means no limit.",
+        description=(
+            "Largest P-DATA PDU the node advertises and accepts, in bytes; a larger one "
+            "aborts the association. 0 advertises no limit and accepts P-DATA PDUs up to "
+            "max_dataset_size plus 1 MiB."
+        ),
     )
     poll_interval_ms: float = Field(
         default=0.2,

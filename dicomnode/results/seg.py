@@ -12,7 +12,8 @@ frames are matched to it by their source reference alone) keeps one frame per
 segment, empty or not, so the SR can reference every segment's frame.
 
 Identity: the SEG takes study and patient from the source (highdicom copies
-them), lives in a new series ("AI segmentation (NAME VERSION)"), and its
+them), lives in a new series ("<label> segmentation (NAME VERSION)", the label "AI"
+only for a pipeline that runs a trained model, else "Automated"), and its
 Series and SOP Instance UIDs derive from the source series and the pipeline
 name and version, so a re-run replaces it. Equipment: Manufacturer
 ``dicomnode``, Manufacturer's Model Name the pipeline, Software Versions its
@@ -70,7 +71,7 @@ by segment number (cycled): distinct hues that show on grey images."""
 
 
 def segmentation_series_description(context: ResultContext) -> str:
-    """Series Description of the SEG, e.g. ``AI segmentation (ct-lung 1.0.0)``."""
+    """Series Description of the SEG, e.g. ``Automated segmentation (ct-lung 1.0.0)``."""
     return limit(
         f"{context.algorithm.label} segmentation "
         f"({context.pipeline_name} {context.pipeline_version})"

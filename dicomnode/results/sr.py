@@ -25,20 +25,35 @@ The report's construction
   Site, and the same Tracking UID as the segment in the SEG. Without a SEG
   (a result with segments but no label map) such groups are TID 1501 groups
   with the source images as Source of Measurement.
+* **Placing for viewers.** Each measurement of a segment group carries, as
+  INFERRED FROM, the segment's outline (a closed SCOORD POLYLINE) on its key
+  slice (where the segment is largest), referencing that source image, and
+  the group's Tracking Identifier is the form OHIF 3 lists as a measurement
+  (``Cornerstone3DTools@^0.1.0:PlanarFreehandROI``); the Tracking UID is
+  still the segment's.
 * **Whole-result measurements** (``segment_label=None``, e.g. both lungs
-  together): one TID 1501 Measurement and Qualitative Evaluation group
-  without an ROI, its Source of Measurement items naming the source images.
-* **Findings** (classification): one TID 1501 group per finding, with the
-  finding's concept as Finding, its probability as a measurement
-  (122157, DCM, "Probability") in UCUM ``1`` ("no units"), and, when the
-  finding has a decision threshold, a qualitative evaluation: the finding's
-  concept with (52101004, SCT, "Present") or (272519000, SCT, "Absent");
-  the threshold is an algorithm parameter of the group.
+  together): one group named after the segments that have measurements of
+  their own ("Right lung + Left lung"), whose anatomic regions are its
+  finding sites. With a SEG of several slices it is a TID 1411 Volumetric
+  ROI group whose region is those segments' outline on every slice that
+  holds them (valid beside the segment groups); otherwise a TID 1501 group
+  with the source images as Source of Measurement.
+* **Findings** (classification): one group per finding, with the finding's
+  concept as Finding, its probability as a measurement (122157, DCM,
+  "Probability") in UCUM ``1`` ("no units"), and, when the finding has a
+  decision threshold, a qualitative evaluation: the finding's concept with
+  (52101004, SCT, "Present") or (272519000, SCT, "Absent"); the threshold
+  is an algorithm parameter of the group. The probability is placed at its
+  heatmap's peak (a POINT, ``...:Probe``), or by the image's border on a
+  projection image without a heatmap, and the group references its heatmap
+  overlays and parametric map ("Illustration of ROI"). Beside segment
+  groups a finding group is a TID 1411 group whose region is its heat.
 * Every group names the algorithm (TID 4019: pipeline name and version,
   models as parameters).
 
-The SEG (when there is one) and the source images are the report's evidence
-(Current Requested Procedure Evidence Sequence).
+The SEG (when there is one), the heatmap overlays and parametric maps, and
+the source images are the report's evidence (Current Requested Procedure
+Evidence Sequence).
 """
 
 from __future__ import annotations
@@ -133,7 +148,7 @@ _Group = (
 
 
 def measurements_series_description(context: ResultContext) -> str:
-    """Series Description of the SR, e.g. ``AI measurements (ct-lung 1.0.0)``."""
+    """Series Description of the SR, e.g. ``Automated measurements (ct-lung 1.0.0)``."""
     return limit(
         f"{context.algorithm.label} measurements "
         f"({context.pipeline_name} {context.pipeline_version})"

@@ -62,9 +62,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: The mode of every instance file in the spool: read-write for the node's user,
+#: read for its group, nothing for others.
+_FILE_MODE = 0o640
+
+
 def _copy(source: Path, target: Path) -> None:
     """Copy ``source`` to a new file ``target`` (which must not exist), 1 MiB at a time."""
-    with source.open("rb") as src, open(target, "xb") as dst:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+    with source.open("rb") as src, os.fdopen(fd, "wb") as dst:
         shutil.copyfileobj(src, dst, _COPY_CHUNK)
 
 
@@ -168,7 +174,7 @@ class Spool:
         tmp = self.tmp_dir / f"{final.stem}.{os.getpid()}.{secrets.token_hex(6)}.part"
         try:
             self._check_free_space(len(data))
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
             try:
                 view = memoryview(data)
                 while view:
@@ -223,6 +229,9 @@ class Spool:
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                     raise
                 _copy(source, tmp)
+            # patient data: owner and group only, whatever mode the received file had
+            # (pynetdicom's temporary file is 0600) and whatever the umask
+            os.chmod(tmp, _FILE_MODE)
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import subprocess
 import sys
 import tempfile
@@ -117,6 +118,7 @@ def test_store_file_links_a_file_on_the_same_disk(tmp_path: Path) -> None:
     stored = spool.store_file(STUDY, SERIES, SOP, received)
     assert stored.path.read_bytes() == b"received" and stored.size == 8
     assert stored.path.stat().st_ino == received.stat().st_ino  # linked, not copied
+    assert stat.S_IMODE(stored.path.stat().st_mode) == 0o640
     received.unlink()  # pynetdicom removes its file after the handler
     assert stored.path.read_bytes() == b"received"
     assert list(spool.tmp_dir.iterdir()) == []
@@ -130,6 +132,7 @@ def test_store_file_copies_from_another_file_system(tmp_path: Path) -> None:
         received.flush()
         stored = spool.store_file(STUDY, SERIES, SOP, Path(received.name))
         assert stored.path.stat().st_ino != Path(received.name).stat().st_ino
+        assert stat.S_IMODE(stored.path.stat().st_mode) == 0o640
     assert stored.path.read_bytes() == b"x" * 3_000_000
     again = spool.store_file(STUDY, SERIES, SOP, stored.path)
     assert again.existed
