@@ -18,7 +18,7 @@ import os
 import secrets
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,10 +170,8 @@ class Spool:
         SpoolWriteError
             The disk refused the write; no partial file is left behind.
         """
-        final = self.path_for(study_uid, series_uid, sop_uid)
-        tmp = self.tmp_dir / f"{final.stem}.{os.getpid()}.{secrets.token_hex(6)}.part"
-        try:
-            self._check_free_space(len(data))
+
+        def write(tmp: Path) -> None:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
             try:
                 view = memoryview(data)
@@ -183,18 +181,8 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            existed = self._link(tmp, final)
-            os.unlink(tmp)
-            if not existed:
-                _fsync_dir(final.parent)
-        except SpoolWriteError:
-            raise
-        except OSError as exc:
-            self._discard(tmp)
-            raise SpoolWriteError(
-                exc.errno, f"writing to the spool failed: {exc.strerror}"
-            ) from exc
-        return StoredFile(path=final, size=len(data), existed=existed)
+
+        return self._place(study_uid, series_uid, sop_uid, lambda: len(data), write)
 
     def store_file(self, study_uid: str, series_uid: str, sop_uid: str, source: Path) -> StoredFile:
         """Like :meth:`store`, for an instance that is already in a file.
@@ -218,11 +206,8 @@ class Spool:
         SpoolWriteError
             The disk refused the write; no partial file is left behind.
         """
-        final = self.path_for(study_uid, series_uid, sop_uid)
-        tmp = self.tmp_dir / f"{final.stem}.{os.getpid()}.{secrets.token_hex(6)}.part"
-        try:
-            size = source.stat().st_size
-            self._check_free_space(size)
+
+        def write(tmp: Path) -> None:
             try:
                 os.link(source, tmp)
             except OSError as exc:
@@ -237,6 +222,26 @@ class Spool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+        return self._place(study_uid, series_uid, sop_uid, lambda: source.stat().st_size, write)
+
+    def _place(
+        self,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        size: Callable[[], int],
+        write: Callable[[Path], None],
+    ) -> StoredFile:
+        """Check the floor for ``size()`` bytes, let ``write`` make a new fsynced
+        file at a temporary path in ``tmp/``, then link it into its final place
+        (never overwriting) and fsync the folder; nothing is left on failure."""
+        final = self.path_for(study_uid, series_uid, sop_uid)
+        tmp = self.tmp_dir / f"{final.stem}.{os.getpid()}.{secrets.token_hex(6)}.part"
+        try:
+            length = size()
+            self._check_free_space(length)
+            write(tmp)
             existed = self._link(tmp, final)
             os.unlink(tmp)
             if not existed:
@@ -248,7 +253,7 @@ class Spool:
             raise SpoolWriteError(
                 exc.errno, f"writing to the spool failed: {exc.strerror}"
             ) from exc
-        return StoredFile(path=final, size=size, existed=existed)
+        return StoredFile(path=final, size=length, existed=existed)
 
     def _link(self, tmp: Path, final: Path) -> bool:
         """Link ``tmp`` to ``final`` (never overwriting); return whether a file
