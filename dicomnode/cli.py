@@ -383,8 +383,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     index = write_report(evaluation, Path(args.out))
     metrics = evaluation.metrics
     print(
-        f"{args.pipeline}: {metrics['set']['scored']} of {metrics['set']['studies']} "
-        f"studies scored"
+        f"{args.pipeline}: {metrics['set']['scored']} of {metrics['set']['studies']} studies scored"
     )
     for name, entry in metrics["segmentation"].items():
         dice = entry["dice"]
