@@ -271,7 +271,9 @@ def evaluate(
                 }
                 key_slices[(uid, segment.name)] = _key_slice(volume, prediction, reference)
             case["structures"] = structures
-        if uid in labels:
+        # a labels CSV beside reference SEGs is for classifiers: a pipeline that
+        # reports no finding at all is scored on its segments alone
+        if uid in labels and (result.findings or not study.segs):
             findings = []
             for wanted, value in labels[uid]:
                 match = [
@@ -281,7 +283,7 @@ def evaluate(
                 ]
                 if not match:
                     case["error"] = f"the pipeline reported no finding {wanted or ''}".strip()
-                    continue
+                    break
                 finding = match[0]
                 cut = threshold if threshold is not None else finding.threshold
                 findings.append(
@@ -293,6 +295,8 @@ def evaluate(
                     }
                 )
             case["findings"] = findings
+        if "error" in case:
+            continue
         scored.append(case)
     if not cases:
         raise EvaluationError(

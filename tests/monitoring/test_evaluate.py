@@ -215,6 +215,7 @@ def test_evaluate_command_writes_a_report_that_renders(labelled_set, tmp_path):
     page = (out / "index.html").read_text()
     for text in (out / "metrics.json").read_text(), page:
         assert "SECRET" not in text  # study UIDs only, no patient names or IDs
+    assert "Not scored" not in page  # labels.csv is for classifiers, not an error here
     assert page.count("data:image/png;base64,") >= 4  # Dice plot + three worst cases
     try:
         with launch_chromium() as browser:
