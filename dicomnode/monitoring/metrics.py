@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -70,12 +71,15 @@ def segmentation_metrics(
     def scalar(value: object) -> float | None:
         return _finite(float(torch.as_tensor(value).item()))
 
-    values: dict[str, float | None] = {
-        "dice": scalar(dice(pred, ref)),
-        "hd95_mm": scalar(hd95(pred, ref, spacing=spacing)) if both else None,
-        "asd_mm": scalar(asd(pred, ref, spacing=spacing)) if both else None,
-        "surface_dice": scalar(nsd(pred, ref, spacing=spacing)) if both else None,
-    }
+    with warnings.catch_warnings():
+        # MONAI's own surface helpers pass an argument that MONAI has deprecated
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai\.")
+        values: dict[str, float | None] = {
+            "dice": scalar(dice(pred, ref)),
+            "hd95_mm": scalar(hd95(pred, ref, spacing=spacing)) if both else None,
+            "asd_mm": scalar(asd(pred, ref, spacing=spacing)) if both else None,
+            "surface_dice": scalar(nsd(pred, ref, spacing=spacing)) if both else None,
+        }
     predicted_ml = float(prediction.sum()) * voxel_volume_ml
     reference_ml = float(reference.sum()) * voxel_volume_ml
     values["volume_ml"] = predicted_ml
