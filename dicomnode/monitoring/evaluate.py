@@ -238,6 +238,10 @@ def evaluate(
     cases: list[dict[str, Any]] = []
     key_slices: dict[tuple[str, str], KeySlice] = {}
     scored: list[dict[str, Any]] = []
+    names: dict[tuple[str, str], str] = {}  # reference code to the pipeline's structure name
+    missing: list[
+        tuple[dict[str, Any], tuple[str, str], str, tuple[float, float, float], float, Any]
+    ] = []
     for uid, study in sorted(studies.items()):
         if not study.series or not (study.segs or uid in labels):
             continue
@@ -249,17 +253,21 @@ def evaluate(
             check_input(pipeline.name, pipeline.input, volume)
             result = pipeline.run(volume, worker.device)
             result.check_grid(volume)
-        except (DicomNodeError, InputRefused, ValueError) as exc:
+            references = _reference_masks(study.segs, volume) if study.segs else {}
+        except (DicomNodeError, InputRefused) as exc:
             case["error"] = str(exc)
             continue
+        except Exception as exc:  # noqa: BLE001 - one study's failure is reported, not fatal
+            case["error"] = f"{type(exc).__name__}: {exc}"
+            continue
         if study.segs:
-            references = _reference_masks(study.segs, volume)
             structures: dict[str, Any] = {}
             for segment in result.segments:
                 key = (segment.type.value, segment.type.scheme)
                 if key not in references:
                     continue
-                name, reference = references[key]
+                name, reference = references.pop(key)
+                names[key] = segment.name
                 assert result.label_map is not None
                 prediction = result.label_map == segment.label
                 structures[segment.name] = {
@@ -271,6 +279,10 @@ def evaluate(
                 }
                 key_slices[(uid, segment.name)] = _key_slice(volume, prediction, reference)
             case["structures"] = structures
+            for key, (name, reference) in references.items():
+                empty = np.zeros_like(reference)
+                missing.append((case, key, name, volume.spacing, volume.voxel_volume_ml, reference))
+                key_slices[(uid, name)] = _key_slice(volume, empty, reference)
         # a labels CSV beside reference SEGs is for classifiers: a pipeline that
         # reports no finding at all is scored on its segments alone
         if uid in labels and (result.findings or not study.segs):
@@ -298,6 +310,21 @@ def evaluate(
         if "error" in case:
             continue
         scored.append(case)
+    for case, key, name, spacing, voxel_ml, reference in missing:
+        if key not in names:
+            # no study's result has this structure: not something the pipeline makes
+            case.setdefault("unmatched_references", []).append(f"{name} ({key[0]}, {key[1]})")
+            continue
+        # the pipeline makes this structure but found none here: scored as missed
+        case["structures"][names[key]] = {
+            "code": f"{key[0]} ({key[1]})",
+            "reference_segment": name,
+            "missed": True,
+            **segmentation_metrics(
+                np.zeros_like(reference), reference, spacing, voxel_ml, tolerance_mm
+            ),
+        }
+        key_slices[(case["study_uid"], names[key])] = key_slices.pop((case["study_uid"], name))
     if not cases:
         raise EvaluationError(
             f"no study under {root} has a reference SEG or a label; nothing to evaluate"

@@ -78,3 +78,32 @@ def lung_probability(hu: np.ndarray) -> float:
     """A probability that grows with the fraction of lung voxels."""
     fraction = float(lung_truth(hu).mean())
     return float(np.clip(fraction * 8.0, 0.0, 1.0))
+
+
+class MissesSmallLungs(ErodedLungs):
+    """Like :class:`ErodedLungs`, but finds no lungs at all where they are small."""
+
+    name = "test-misses-small-lungs"
+
+    def run(self, volume: Volume, device: str) -> PipelineResult:
+        result = super().run(volume, device)
+        if lung_truth(volume.array).mean() >= SMALL_LUNGS:
+            return result
+        assert result.label_map is not None
+        labels = np.where(result.label_map == 1, 0, result.label_map).astype(np.uint8)
+        return PipelineResult(label_map=labels, segments=result.segments[1:])
+
+
+class FailsOnSmallLungs(ErodedLungs):
+    """Raises where the lungs are small, as a broken model might."""
+
+    name = "test-fails-on-small-lungs"
+
+    def run(self, volume: Volume, device: str) -> PipelineResult:
+        if lung_truth(volume.array).mean() < SMALL_LUNGS:
+            raise RuntimeError("the model fell over")
+        return super().run(volume, device)
+
+
+#: lung fraction below which only the smallest phantom of the test set lies
+SMALL_LUNGS = 0.045

@@ -34,7 +34,10 @@ from tests.monitoring.imperfect import (
 from tests.test_cli import dicomnode
 from tests.viewer import ARTIFACTS, ViewerUnavailable, launch_chromium
 
-PLUGINS = ("tests.monitoring.imperfect:ErodedLungs", "tests.monitoring.imperfect:LungGuess")
+PLUGINS = tuple(
+    f"tests.monitoring.imperfect:{name}"
+    for name in ("ErodedLungs", "LungGuess", "MissesSmallLungs", "FailsOnSmallLungs")
+)
 SLICES, SIZE, THICKNESS = 10, 48, 10.0
 SPACING = 400.0 / SIZE
 LUNG_RADII = [40.0, 45.0, 50.0, 55.0, 60.0, 65.0]
@@ -238,3 +241,41 @@ def test_a_classifier_report_has_roc_and_reliability(labelled_set, tmp_path):
     page = write_report(evaluation, tmp_path / "report").read_text()
     assert 'alt="ROC Pulmonary emphysema"' in page
     assert 'alt="reliability Pulmonary emphysema"' in page
+
+
+def _smallest(labelled_set: dict[str, Any]) -> str:
+    truth = labelled_set["truth"]
+    return min(truth, key=lambda uid: lung_truth(truth[uid]["hu"]).sum())
+
+
+def test_a_structure_the_pipeline_missed_scores_zero_not_nothing(labelled_set):
+    evaluation = evaluate(labelled_set["root"], "test-misses-small-lungs", plugins=PLUGINS)
+    metrics = evaluation.metrics
+    missed = next(c for c in metrics["cases"] if c["study_uid"] == _smallest(labelled_set))
+    lungs = missed["structures"]["lungs"]
+    assert lungs["missed"] is True and lungs["dice"] == 0.0
+    assert lungs["volume_error_pct"] == pytest.approx(-100.0)
+    assert metrics["segmentation"]["lungs"]["dice"]["n"] == 6
+    found = [c["structures"]["lungs"]["dice"] for c in metrics["cases"] if c is not missed]
+    assert metrics["segmentation"]["lungs"]["dice"]["mean"] == pytest.approx(sum(found) / 6)
+
+
+def test_a_study_the_pipeline_fails_on_is_listed_not_fatal(labelled_set, tmp_path):
+    evaluation = evaluate(labelled_set["root"], "test-fails-on-small-lungs", plugins=PLUGINS)
+    metrics = evaluation.metrics
+    assert metrics["set"] == {"studies": 6, "scored": 5, "errors": 1}
+    failed = next(c for c in metrics["cases"] if "error" in c)
+    assert failed["study_uid"] == _smallest(labelled_set)
+    assert failed["error"] == "RuntimeError: the model fell over"
+    assert metrics["segmentation"]["lungs"]["dice"]["n"] == 5
+    page = write_report(evaluation, tmp_path / "report").read_text()
+    assert "Not scored" in page and "the model fell over" in page
+
+
+def test_a_set_without_references_is_refused(tmp_path):
+    write_ct_series(tmp_path / "set" / "ct", slices=4, rows=16, columns=16)
+    result = dicomnode(
+        "evaluate", str(tmp_path / "set"), "--pipeline", "ct-lung", "--out", str(tmp_path / "r")
+    )
+    assert result.returncode == 1
+    assert "has a reference SEG or a label; nothing to evaluate" in result.stderr
