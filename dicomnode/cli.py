@@ -361,6 +361,41 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if replayed else 1
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a pipeline on a labelled set and write the report."""
+    from dicomnode.config.schema import RunnerConfig
+    from dicomnode.monitoring.evaluate import evaluate
+    from dicomnode.monitoring.report import write_report
+    from dicomnode.runner.stage import pipeline_options
+
+    settings = _load(args.config) if args.config else None
+    runner = settings.runner if settings is not None else RunnerConfig()
+    evaluation = evaluate(
+        Path(args.set),
+        args.pipeline,
+        labels_csv=Path(args.labels) if args.labels else None,
+        plugins=tuple(runner.plugins),
+        models_dir=runner.models_dir,
+        options=pipeline_options(runner),
+        tolerance_mm=args.tolerance,
+        threshold=args.threshold,
+    )
+    index = write_report(evaluation, Path(args.out))
+    metrics = evaluation.metrics
+    print(
+        f"{args.pipeline}: {metrics['set']['scored']} of {metrics['set']['studies']} studies scored"
+    )
+    for name, entry in metrics["segmentation"].items():
+        dice = entry["dice"]
+        ci = f" (95 % CI {dice['ci95'][0]:.3f} to {dice['ci95'][1]:.3f})" if dice["ci95"] else ""
+        print(f"  {name}: mean Dice {dice['mean']:.3f}{ci}, n={dice['n']}")
+    for name, entry in metrics["classification"].items():
+        auc = entry["auc"]["value"]
+        print(f"  {name}: AUC {'-' if auc is None else f'{auc:.3f}'}, n={entry['n']}")
+    print(f"report: {index}")
+    return 0 if metrics["set"]["scored"] else 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a pipeline offline on a folder, as the node's workers do."""
     from dicomnode.config.schema import RunnerConfig
@@ -602,6 +637,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-dicom", action="store_true", help="save the result only, no SEG/SR/overlay objects"
     )
     run.set_defaults(func=cmd_run)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="score a pipeline on a labelled set (reference SEGs or labels.csv)"
+    )
+    evaluate.add_argument("set", metavar="SET", help="a folder of DICOM studies with references")
+    evaluate.add_argument("--pipeline", required=True)
+    evaluate.add_argument("--out", required=True, metavar="DIR", help="where the report goes")
+    evaluate.add_argument(
+        "--labels", metavar="CSV", help="labels per study (default: SET/labels.csv if present)"
+    )
+    evaluate.add_argument(
+        "--tolerance", type=float, default=2.0, help="surface Dice tolerance in mm (default 2)"
+    )
+    evaluate.add_argument(
+        "--threshold", type=float, help="decision threshold (default: the pipeline's own)"
+    )
+    evaluate.add_argument("-c", "--config", help="take runner settings from this YAML file")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     route = sub.add_parser("route", help="routing tools")
     route_sub = route.add_subparsers(dest="route_command", required=True)
