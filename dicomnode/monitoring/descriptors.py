@@ -88,7 +88,11 @@ def describe_input(volume: Volume, first_file: Path | None = None) -> dict[str, 
     for keyword in CATEGORICAL:
         value = header.get(keyword, volume.attributes.get(keyword))
         if value is not None:
-            text = "\\".join(str(v) for v in value) if isinstance(value, MultiValue | list | tuple) else str(value)
+            text = (
+                "\\".join(str(v) for v in value)
+                if isinstance(value, MultiValue | list | tuple)
+                else str(value)
+            )
             if text.strip():
                 found[keyword] = text.strip()
     for keyword in NUMERIC_HEADERS:

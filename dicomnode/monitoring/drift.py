@@ -7,7 +7,8 @@ or those between ``reference_from`` and ``reference_to``):
 
 - a numeric descriptor (kVp, slice thickness, pixel spacing, intensity mean
   and spread, segment volumes, finding probabilities) by its population
-  stability index over ten bins cut at the reference's deciles and by a
+  stability index (over ten bins cut at the reference's deciles, or over its
+  values when it has few) and by a
   two-sample Kolmogorov-Smirnov test; it has moved when the PSI is above
   ``psi_threshold`` *and* the KS p-value below ``ks_p_threshold`` (either alone
   is too easily moved by chance in windows of a few dozen runs);
@@ -107,20 +108,17 @@ def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
-def _bin_index(edges: np.ndarray[Any, np.dtype[np.float64]], values: np.ndarray[Any, Any]) -> Any:
-    """Bins: below the reference's minimum, one per interval between the
-    reference's distinct deciles (the last one closed), above its maximum."""
-    inner = max(len(edges) - 1, 1)
-    index = np.searchsorted(edges, values, side="right")  # 1..len(edges) inside
-    inside = np.minimum(index, inner)
-    return np.where(values < edges[0], 0, np.where(values > edges[-1], inner + 1, inside))
+DISCRETE_VALUES = 10
+"""A numeric descriptor with at most this many distinct reference values
+(slice thickness, kVp) is binned by value, not by deciles."""
 
 
 def numeric_psi(reference: Sequence[float], recent: Sequence[float]) -> float:
-    """PSI of a numeric descriptor over bins cut at the reference's deciles.
+    """PSI of a numeric descriptor.
 
-    The bins are: below the reference's minimum, one per interval between its
-    distinct deciles (so a constant reference has one bin), above its maximum.
+    When the reference has at most :data:`DISCRETE_VALUES` distinct values the
+    bins are those values and one for any other value; otherwise they are cut
+    at the reference's nine inner deciles (ten bins, the outer two open).
 
     Parameters
     ----------
@@ -133,10 +131,25 @@ def numeric_psi(reference: Sequence[float], recent: Sequence[float]) -> float:
     """
     ref = np.asarray(reference, dtype=np.float64)
     new = np.asarray(recent, dtype=np.float64)
-    edges = np.unique(np.quantile(ref, np.linspace(0.0, 1.0, 11)))
-    bins = max(len(edges) - 1, 1) + 2
-    expected = np.bincount(_bin_index(edges, ref), minlength=bins)
-    actual = np.bincount(_bin_index(edges, new), minlength=bins)
+    values = np.unique(ref)
+    if len(values) <= DISCRETE_VALUES:
+        other = len(values)
+
+        def index(x: np.ndarray[Any, np.dtype[np.float64]]) -> Any:
+            at = np.searchsorted(values, x)
+            found = (at < len(values)) & (values[np.minimum(at, other - 1)] == x)
+            return np.where(found, at, other)
+
+        bins = other + 1
+    else:
+        edges = np.quantile(ref, np.linspace(0.1, 0.9, 9))
+
+        def index(x: np.ndarray[Any, np.dtype[np.float64]]) -> Any:
+            return np.searchsorted(edges, x, side="right")
+
+        bins = len(edges) + 1
+    expected = np.bincount(index(ref), minlength=bins)
+    actual = np.bincount(index(new), minlength=bins)
     return psi(expected.tolist(), actual.tolist())
 
 
