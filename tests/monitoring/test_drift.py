@@ -8,7 +8,7 @@ import math
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pydicom
@@ -42,7 +42,7 @@ PIPELINE = "test-threshold"
 WINDOWS = MonitoringConfig(reference_runs=30, recent_runs=30, min_runs=20)
 
 
-# --- PSI and KS against direct computations -----------------------------------------------------
+# --- PSI and KS against direct computations ---
 
 
 def test_psi_of_a_constant_reference_against_a_half_moved_window() -> None:
@@ -77,7 +77,7 @@ def test_ks_p_value_of_two_separate_samples_is_the_exact_one() -> None:
     assert ks_p_value([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
 
 
-# --- shifted windows ---------------------------------------------------------------------------
+# --- shifted windows ---
 
 
 def header_file(folder: Path, manufacturer: str, thickness: float) -> Path:
@@ -179,11 +179,11 @@ def test_too_few_runs_are_not_compared_and_the_recent_window_skips_reference_run
     assert check_pipeline(store, PIPELINE, days, store._now()).recent_runs == 10
 
 
-# --- the webhook ---------------------------------------------------------------------------------
+# --- the webhook ---
 
 
 class Receiver(BaseHTTPRequestHandler):
-    bodies: list[dict[str, Any]] = []
+    bodies: ClassVar[list[dict[str, Any]]] = []
 
     def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
@@ -225,7 +225,7 @@ def test_an_alert_is_posted_to_the_webhook_and_a_dead_webhook_is_only_logged(
     assert any("not delivered to the webhook" in r.getMessage() for r in caplog.records)
 
 
-# --- config and CLI --------------------------------------------------------------------------------
+# --- config and CLI ---
 
 
 @pytest.mark.parametrize(
@@ -271,7 +271,7 @@ def test_the_drift_command_prints_the_latest_comparison(
     assert f"{PIPELINE}: 30 reference runs, 30 recent runs: input.Manufacturer" in text
 
 
-# --- descriptors of real runs --------------------------------------------------------------------
+# --- descriptors of real runs ---
 
 
 @pytest.mark.peers
