@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ from dicomnode.cli import main
 from dicomnode.config import MonitoringConfig, parse_config
 from dicomnode.errors import ConfigError
 from dicomnode.jobs import JobState, SQLiteJobStore
-from dicomnode.monitoring.descriptors import CT_HU_EDGES, describe
+from dicomnode.monitoring.descriptors import CT_HU_EDGES, describe, describe_input
 from dicomnode.monitoring.drift import (
     PSI_FLOOR,
     DriftMonitor,
@@ -77,6 +78,22 @@ def test_ks_p_value_of_two_separate_samples_is_the_exact_one() -> None:
     assert ks_p_value([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
 
 
+def test_the_ct_histogram_matches_a_direct_count(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    array = rng.normal(0.0, 900.0, size=(4, 16, 16)).astype(np.float32)
+    array[0, 0, :6] = [-1000.0, -1000.5, 1999.9, 2000.0, -999.9, 5000.0]  # edges and beyond
+    volume = phantom_volume(array, 1.0)
+    histogram = describe_input(volume)["histogram"]
+    edges = np.asarray(CT_HU_EDGES)
+    direct = [
+        np.count_nonzero(array < edges[0]),
+        *(np.count_nonzero((array >= lo) & (array < hi)) for lo, hi in itertools.pairwise(edges)),
+        np.count_nonzero(array >= edges[-1]),
+    ]
+    assert histogram == [round(c / array.size, 6) for c in direct]
+    assert describe_input(volume)["intensity_mean"] == pytest.approx(float(array.mean()), rel=1e-6)
+
+
 # --- shifted windows ---
 
 
@@ -99,7 +116,12 @@ def run_document(rng: np.random.Generator, header: Path, thickness: float, offse
     body = (yy - 8) ** 2 + (xx - 8) ** 2 < radius**2
     array[:, body] = rng.normal(40.0, 20.0, size=(4, int(body.sum())))
     array += np.float32(offset)
-    volume = Volume(
+    volume = phantom_volume(array, thickness)
+    return describe(volume, Threshold().run(volume, "cpu"), header)
+
+
+def phantom_volume(array: np.ndarray[Any, Any], thickness: float) -> Volume:
+    return Volume(
         array=array,
         spacing=(thickness, 0.7, 0.7),
         origin=(0.0, 0.0, 0.0),
@@ -110,9 +132,8 @@ def run_document(rng: np.random.Generator, header: Path, thickness: float, offse
         study_instance_uid="1.2.3",
         series_instance_uid="1.2.3.4",
         frame_of_reference_uid="1.2.3.5",
-        sources=tuple(SliceSource(f"1.2.3.4.{i}", CT_IMAGE) for i in range(4)),
+        sources=tuple(SliceSource(f"1.2.3.4.{i}", CT_IMAGE) for i in range(array.shape[0])),
     )
-    return describe(volume, Threshold().run(volume, "cpu"), header)
 
 
 def fill(
