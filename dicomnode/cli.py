@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import ssl
@@ -15,6 +16,7 @@ from dicomnode import __version__
 from dicomnode.config import Settings, load_config
 from dicomnode.errors import ConfigError, DicomNodeError, SendError
 from dicomnode.jobs import JobState, OutboxItem, SQLiteJobStore
+from dicomnode.monitoring.drift import check_pipeline
 
 CONFIG_ENV = "DICOMNODE_CONFIG"
 
@@ -240,6 +242,50 @@ def cmd_studies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift(args: argparse.Namespace) -> int:
+    """Print the latest drift comparison of every pipeline with descriptors."""
+    settings = _load(args.config)
+    store = _open_store(settings)
+    try:
+        reports = [
+            check_pipeline(store, pipeline, settings.monitoring, time.time())
+            for pipeline in store.descriptor_pipelines()
+        ]
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], indent=2))
+        return 0
+    if not reports:
+        print("no runs with descriptors yet")
+        return 0
+    for report in reports:
+        if not report.compared:
+            print(
+                f"{report.pipeline}: not compared, {report.reference_runs} reference and "
+                f"{report.recent_runs} recent runs (monitoring.min_runs is "
+                f"{settings.monitoring.min_runs})"
+            )
+            continue
+        moved = ", ".join(c.descriptor for c in report.drifted) or "nothing moved"
+        print(
+            f"{report.pipeline}: {report.reference_runs} reference runs, "
+            f"{report.recent_runs} recent runs: {moved}"
+        )
+        rows = [
+            [
+                c.descriptor,
+                c.kind,
+                f"{c.psi:.3f}",
+                "-" if c.p_value is None else f"{c.p_value:.2g}",
+                "DRIFT" if c.drifted else "ok",
+            ]
+            for c in report.comparisons
+        ]
+        print(_table(["DESCRIPTOR", "KIND", "PSI", "KS P", ""], rows))
+    return 0
+
+
 def _job_id(text: str) -> int:
     if not text.isdigit():
         raise DicomNodeError(f"a job id is a number, got {text!r}")
@@ -442,6 +488,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             writer=None if args.no_dicom else DicomResultWriter(),
             node_name=node_name,
             options=options,
+            descriptors=False,
         )
     )
     out = Path(args.out)
@@ -692,6 +739,11 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--state", choices=[s.value for s in JobState])
     jobs.add_argument("--study", metavar="STUDY_UID")
     jobs.set_defaults(func=cmd_jobs)
+
+    drift = sub.add_parser("drift", help="compare each pipeline's recent runs with its reference")
+    with_config(drift)
+    drift.add_argument("--json", action="store_true", help="print JSON")
+    drift.set_defaults(func=cmd_drift)
     return parser
 
 

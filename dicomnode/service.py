@@ -33,6 +33,7 @@ from dicomnode.ingress import IngressServer, StoreHandler, recover_spool
 from dicomnode.ingress.server import in_use_hint
 from dicomnode.jobs import SQLiteJobStore
 from dicomnode.logs import PeerNoiseFilter, SafeFormatter
+from dicomnode.monitoring.drift import DriftMonitor
 from dicomnode.results.writer import DicomResultWriter
 from dicomnode.routing.stage import CompletionPolicy, Router
 from dicomnode.runner.stage import Runner
@@ -243,6 +244,7 @@ class Node:
         self.runner: Runner | None = None
         self.dispatcher: Dispatcher | None = None
         self.retention: RetentionSweeper | None = None
+        self.drift: DriftMonitor | None = None
         self._children: list[BaseProcess] = []
         self._mp = multiprocessing.get_context("spawn")
         self._ready: Any = None
@@ -375,6 +377,7 @@ class Node:
                 writer=DicomResultWriter(),
                 node_name=self.settings.node.ae_title,
                 destinations=self.settings.destinations,
+                descriptors=self.settings.monitoring.enabled,
                 preload=tuple(
                     dict.fromkeys(
                         rule.pipeline
@@ -392,6 +395,9 @@ class Node:
         self.dispatcher.start()
         self.retention = RetentionSweeper(self.settings.storage, self.spool, self.store)
         self.retention.start()
+        if self.settings.monitoring.enabled:
+            self.drift = DriftMonitor(self.settings.monitoring, self.store, time.time)
+            self.drift.start()
 
     def supervise(self) -> None:
         """Restart receiving processes that died (called periodically)."""
@@ -416,6 +422,9 @@ class Node:
                 child.kill()
                 child.join()
         self._children = []
+        if self.drift is not None:
+            self.drift.stop()
+            self.drift = None
         if self.retention is not None:
             self.retention.stop()
             self.retention = None

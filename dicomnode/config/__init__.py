@@ -1,6 +1,7 @@
 """The node's YAML configuration: schema, loading and checking."""
 
 from dicomnode.config.loader import load_config, parse_config
+from dicomnode.config.monitoring import MonitoringConfig
 from dicomnode.config.schema import (
     AssemblyConfig,
     DatabaseConfig,
@@ -19,6 +20,7 @@ __all__ = [
     "DatabaseConfig",
     "IngressConfig",
     "LoggingConfig",
+    "MonitoringConfig",
     "NodeConfig",
     "SenderConfig",
     "ServerTLSConfig",

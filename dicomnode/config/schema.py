@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dicomnode.config.destinations import Destination, ExportConfig
+from dicomnode.config.monitoring import MonitoringConfig
 from dicomnode.config.rules import RoutingConfig
 from dicomnode.config.tls import ServerTLSConfig
 from dicomnode.config.types import AETitle, IPAddress
@@ -283,6 +284,7 @@ class Settings(_Model):
     runner: RunnerConfig = RunnerConfig()
     destinations: dict[str, Destination] = Field(default_factory=dict)
     export: ExportConfig = ExportConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @model_validator(mode="before")
     @classmethod

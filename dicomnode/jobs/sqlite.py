@@ -32,7 +32,7 @@ from dicomnode.jobs.models import (
 from dicomnode.jobs.states import JobState, check_transition
 from dicomnode.protocol import ResultMessage, ResultObject
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -117,6 +117,14 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS instances_job ON instances (job_id);
+CREATE TABLE IF NOT EXISTS descriptors (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL,
+    pipeline TEXT NOT NULL,
+    at REAL NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS descriptors_pipeline ON descriptors (pipeline, at);
 """
 
 #: Indexes on columns an upgrade may have only just added.
@@ -1232,6 +1240,76 @@ class SQLiteJobStore:
             ).rowcount
             cur.execute(f"UPDATE jobs SET purged_at = ? WHERE id IN ({_marks(ids)})", (now, *ids))
         return int(deleted)
+
+    def record_descriptors(self, job_id: int, pipeline: str, document: str) -> None:
+        """Keep a run's descriptors (a JSON document) for drift checks (schema
+        version 5), stamped with the current time.
+
+        Parameters
+        ----------
+        job_id : int
+            The run they describe.
+        pipeline : str
+            The pipeline that ran.
+        document : str
+            JSON text.
+        """
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO descriptors (job_id, pipeline, at, json) VALUES (?, ?, ?, ?)",
+                (job_id, pipeline, self._now(), document),
+            )
+
+    def descriptor_pipelines(self) -> list[str]:
+        """The pipelines that have recorded descriptors, by name."""
+        rows = self._read("SELECT DISTINCT pipeline FROM descriptors ORDER BY pipeline")
+        return [str(r["pipeline"]) for r in rows]
+
+    def descriptors(
+        self,
+        pipeline: str,
+        *,
+        first: int | None = None,
+        last: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        after_id: int = 0,
+    ) -> list[tuple[int, int, float, str]]:
+        """Recorded descriptors of ``pipeline``, oldest first.
+
+        Parameters
+        ----------
+        pipeline : str
+            Whose runs.
+        first, last : int, optional
+            Only the oldest / newest this many rows.
+        since, until : float, optional
+            Only rows recorded at or after / before these times (epoch seconds).
+        after_id : int
+            Only rows after this row id.
+
+        Returns
+        -------
+        list of (row id, job id, recorded at, JSON text)
+        """
+        sql = "SELECT id, job_id, at, json FROM descriptors WHERE pipeline = ? AND id > ?"
+        params: list[object] = [pipeline, after_id]
+        if since is not None:
+            sql += " AND at >= ?"
+            params.append(since)
+        if until is not None:
+            sql += " AND at < ?"
+            params.append(until)
+        if last is not None:
+            sql = f"SELECT * FROM ({sql} ORDER BY at DESC, id DESC LIMIT ?) ORDER BY at, id"
+            params.append(last)
+        else:
+            sql += " ORDER BY at, id"
+            if first is not None:
+                sql += " LIMIT ?"
+                params.append(first)
+        rows = self._read(sql, tuple(params))
+        return [(int(r["id"]), int(r["job_id"]), float(r["at"]), str(r["json"])) for r in rows]
 
     def close(self) -> None:
         """See :meth:`dicomnode.jobs.store.JobStore.close`."""

@@ -63,6 +63,9 @@ class Runner:
         headers of the ORU^R01 the writer builds for them.
     log_level : str
         Logging level inside the workers.
+    descriptors : bool
+        Describe each run's input and output and keep the descriptors in the
+        store for drift checks.
     clock : callable
         Seconds since the epoch.
     """
@@ -80,6 +83,7 @@ class Runner:
         node_name: str = "DICOMNODE",
         preload: tuple[str, ...] = (),
         destinations: Mapping[str, Destination] | None = None,
+        descriptors: bool = True,
     ) -> None:
         self.config = config
         self.store = store
@@ -99,6 +103,7 @@ class Runner:
                 preload=tuple(n for n in preload if n in self.registry),
                 node_name=node_name,
                 options=pipeline_options(config),
+                descriptors=descriptors,
             ),
             log_level=log_level,
         )
@@ -236,6 +241,11 @@ class Runner:
             LOGGER.info(
                 "job %d: %s finished, now %s", job.id, job.pipeline, done.state, extra=extra
             )
+            if outcome.descriptors is not None:
+                try:
+                    self.store.record_descriptors(job.id, job.pipeline or "", outcome.descriptors)
+                except JobStoreError as exc:  # monitoring must not hold up delivery
+                    LOGGER.warning("job %d: descriptors not kept: %s", job.id, exc, extra=extra)
             return
         pipeline = job.pipeline or ""
         attempts_left = self.max_attempts_for(pipeline) - job.attempts

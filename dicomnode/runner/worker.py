@@ -19,6 +19,7 @@ from pathlib import Path
 
 from dicomnode.errors import InputError, ModelError, ResultError, RunnerError, VolumeError
 from dicomnode.logs import SafeFormatter
+from dicomnode.monitoring.descriptors import describe
 from dicomnode.protocol import (
     InputRefused,
     ModelFile,
@@ -29,6 +30,7 @@ from dicomnode.protocol import (
     ResultMessage,
     ResultObject,
     ResultWriter,
+    Volume,
 )
 from dicomnode.resultfile import record_timings, save_result
 from dicomnode.runner.contract import check_input
@@ -81,6 +83,8 @@ class Outcome:
     traceback: str | None = None
     objects: tuple[ResultObject, ...] = ()
     messages: tuple[ResultMessage, ...] = ()
+    descriptors: str | None = None
+    """The run's input and output descriptors (JSON), for drift checks."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,8 @@ class WorkerSettings:
     options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     """Per-pipeline options (pipeline name to options), given to a pipeline's
     ``configure(options)`` before ``load``, e.g. ``monai-bundle``'s ``bundle``."""
+    descriptors: bool = True
+    """Describe each run's input and output for drift checks (``monitoring.enabled``)."""
 
 
 def resolve_device(requested: str) -> str:
@@ -207,6 +213,7 @@ class Worker:
                 summary=_with_provenance(result.summary or "result saved", result),
                 objects=objects,
                 messages=messages,
+                descriptors=self._describe(task, volume, result),
             )
         except (VolumeError, ModelError, InputError, RunnerError, InputRefused, ResultError) as exc:
             return Outcome(
@@ -223,6 +230,22 @@ class Worker:
                 summary=f"{type(exc).__name__}: {exc}",
                 traceback=traceback.format_exc(),
             )
+
+    def _describe(self, task: Task, volume: Volume, result: PipelineResult) -> str | None:
+        """The run's descriptors, or ``None`` when they are off or cannot be
+        made: describing never fails a run."""
+        if not self.settings.descriptors:
+            return None
+        try:
+            return describe(volume, result, Path(task.files[0]) if task.files else None)
+        except Exception as exc:  # noqa: BLE001 - monitoring must not fail the run
+            LOGGER.warning(
+                "job %d: no descriptors for drift checks: %s: %s",
+                task.job_id,
+                type(exc).__name__,
+                exc,
+            )
+            return None
 
 
 def _with_provenance(summary: str, result: PipelineResult) -> str:

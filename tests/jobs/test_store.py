@@ -349,7 +349,13 @@ def test_a_database_of_schema_version_3_opens_and_is_upgraded_in_place(tmp_path:
 
     store = SQLiteJobStore(path, clock=Clock(1000.0))
     version = store._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version.fetchone()[0] == "4"
+    assert version.fetchone()[0] == "5"
+    assert store.descriptors("ct-lung") == []  # the descriptors table came with version 5
+    store.record_descriptors(2, "ct-lung", '{"input": {}}')
+    assert [(job, text) for _, job, _, text in store.descriptors("ct-lung")] == [
+        (2, '{"input": {}}')
+    ]
+    assert store.descriptor_pipelines() == ["ct-lung"]
     run = store.get_job(2)
     assert (run.state, run.result_status, run.notify_after) == (
         JobState.EXPORTING,
@@ -377,6 +383,25 @@ def test_a_database_of_schema_version_3_opens_and_is_upgraded_in_place(tmp_path:
     assert store.retry(2).state == JobState.ROUTED  # a re-run builds the message
     store.close()
     assert SQLiteJobStore(path).get_job(2).state == JobState.ROUTED  # opens again as it is
+
+
+def test_descriptors_come_back_by_window(tmp_path: Path) -> None:
+    clock = Clock(1000.0)
+    store = SQLiteJobStore(tmp_path / "jobs.db", clock=clock)
+    for job in range(1, 7):
+        store.record_descriptors(job, "ct-lung" if job % 3 else "cxr", f'{{"n": {job}}}')
+        clock.now += 10
+
+    def jobs(**window: object) -> list[int]:
+        return [job for _, job, _, _ in store.descriptors("ct-lung", **window)]  # type: ignore[arg-type]
+
+    assert jobs() == [1, 2, 4, 5]
+    assert jobs(first=2) == [1, 2]
+    assert jobs(last=2) == [4, 5]
+    assert jobs(since=1030.0) == [4, 5]
+    assert jobs(since=1000.0, until=1030.0) == [1, 2]
+    assert store.descriptors("ct-lung", first=1)[0][3] == '{"n": 1}'
+    assert store.descriptor_pipelines() == ["ct-lung", "cxr"]
 
 
 def test_conflicting_duplicates_are_counted_per_instance_and_study(tmp_path: Path) -> None:
