@@ -10,10 +10,12 @@ from pydantic import ValidationError
 
 from dicomnode.config.schema import Settings
 from dicomnode.errors import ConfigError
+from dicomnode.logs import escape
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(top level)"
+    # keys are the file's own text: a newline in one must not split the problem
+    return ".".join(escape(part) for part in loc) or "(top level)"
 
 
 def _describe(error: Any) -> str:

@@ -67,6 +67,14 @@ def test_every_error_is_reported_at_once() -> None:
     assert paths == ["node.ae_title", "node.port", "storage.min_free_mb"]
 
 
+def test_a_key_with_a_newline_stays_on_its_problem_s_line() -> None:
+    """Found by fuzzing (tests/fuzz): a key is the file's own text, and a
+    newline in it split the problem naming it over two lines."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"node": {"port\nstorage": 1}})
+    assert caught.value.problems == ["node.port\\nstorage: Extra inputs are not permitted (got 1)"]
+
+
 def test_top_level_must_be_a_mapping() -> None:
     assert problems(["node"])[0].startswith("(top level)")
 
