@@ -19,9 +19,20 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 
 
 def _describe(error: Any) -> str:
-    path = _field_path(tuple(error.get("loc", ())))
-    message = str(error.get("msg", "invalid"))
+    loc = tuple(error.get("loc", ()))
     value = error.get("input")
+    if error.get("type") == "invalid_key" or (
+        loc[-1:] == ("[key]",) and not isinstance(value, str)
+    ):
+        # pydantic's path ends in the key, which YAML read as a boolean or a
+        # number (False shows as 0): name the mapping it is in, and the key
+        parent = loc[:-2] if loc[-1:] == ("[key]",) else loc[:-1]
+        return (
+            f"{_field_path(parent)}: the key {escape(repr(value))} is not text; YAML reads an "
+            "unquoted yes, no, true, false or number as such, so quote the key"
+        )
+    path = _field_path(loc)
+    message = str(error.get("msg", "invalid"))
     if error.get("type") != "missing" and isinstance(value, str | int | float | bool):
         return f"{path}: {message} (got {value!r})"
     return f"{path}: {message}"

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode.config import IngressConfig, NodeConfig
@@ -72,6 +72,10 @@ class IngressServer:
         self._server: Any = None
         self._stopped = threading.Event()
 
+        # pynetdicom's own handlers of received DIMSE messages only log them
+        # (at DEBUG), and one that raises on a command set lacking an element
+        # keeps every later handler, the node's _on_dimse_recv, from running
+        _config.LOG_HANDLER_LEVEL = "none"
         ae = AE(ae_title=node.ae_title)
         self.contexts = supported_contexts()
         ae.supported_contexts = self.contexts
@@ -124,6 +128,28 @@ class IngressServer:
         """
         event.assoc.dul._run_loop_delay = self.config.poll_interval_ms / 1000.0
 
+    def _on_dimse_recv(self, event: Any) -> None:
+        """``evt.EVT_DIMSE_RECV``: abort the association on a message pynetdicom
+        would drop without an answer: a request whose command set lacks an
+        element needed to answer it (Message ID, Affected SOP Instance UID,
+        Priority), or a response to a request the node never sent. Dropped,
+        the sender would wait for a status that never comes, and the
+        association would hold one of the node's slots until it timed out."""
+        try:
+            primitive = event.message.message_to_primitive()
+        except Exception:  # noqa: BLE001 - pynetdicom itself aborts on these
+            return
+        if primitive.is_valid_request:
+            return
+        missing = [name for name in primitive.REQUEST_KEYWORDS if getattr(primitive, name) is None]
+        LOGGER.warning(
+            "aborted the association from %s: a %s message %s",
+            escape(str(event.assoc.requestor.ae_title).strip()),
+            primitive.msg_type,
+            f"without {', '.join(missing)}" if missing else "that answers no request",
+        )
+        event.assoc.abort(block=False)
+
     def _on_established(self, event: Any) -> None:
         LOGGER.info(
             "association from %s at %s established",
@@ -137,6 +163,7 @@ class IngressServer:
             (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_DIMSE_RECV, self._on_dimse_recv),
             (evt.EVT_C_ECHO, self.handler.on_c_echo),
             (evt.EVT_C_STORE, self.handler.on_c_store),
         ]

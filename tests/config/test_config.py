@@ -75,6 +75,22 @@ def test_a_key_with_a_newline_stays_on_its_problem_s_line() -> None:
     assert caught.value.problems == ["node.port\\nstorage: Extra inputs are not permitted (got 1)"]
 
 
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({False: {}}, "(top level): the key False is not text"),
+        ({"node": {1: 2}}, "node: the key 1 is not text"),
+        ({"destinations": {True: {"type": "folder", "path": "x"}}}, "destinations: the key True"),
+    ],
+)
+def test_a_key_yaml_read_as_no_text_is_named_as_written(data: object, problem: str) -> None:
+    """Found by fuzzing (tests/fuzz): an unquoted ``no:`` is the key False, and
+    the problem named it ``0``, a path that is nowhere in the file."""
+    (found,) = problems(data)
+    assert found.startswith(problem), found
+    assert "quote the key" in found
+
+
 def test_top_level_must_be_a_mapping() -> None:
     assert problems(["node"])[0].startswith("(top level)")
 

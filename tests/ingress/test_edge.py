@@ -7,6 +7,7 @@ newline in a UID) the PDUs are written by hand (:mod:`tests.ingress.rawscu`).
 from __future__ import annotations
 
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,13 @@ from tests.helpers import (
     storescu,
     wait_for,
 )
-from tests.ingress.rawscu import RawAssociation, Rejection, implicit_le, store_request
+from tests.ingress.rawscu import (
+    RawAssociation,
+    Rejection,
+    command_set,
+    implicit_le,
+    store_request,
+)
 
 pytestmark = pytest.mark.peers
 
@@ -188,3 +195,39 @@ def test_starting_below_the_disk_floor_says_so(node_process, tmp_path):
     assert "0xA700" in line
     assert echo(node.port)
     wait_for(lambda: "C-ECHO from SCANNER answered" in node.log(), 10, "the C-ECHO warning")
+
+
+@pytest.mark.parametrize(
+    "left_out",
+    [0x0110, 0x1000],
+    ids=["message-id", "affected-sop-instance-uid"],
+)
+def test_a_c_store_lacking_a_command_element_is_aborted_not_left_waiting(
+    make_settings, start_node, ct_series, left_out
+):
+    """Found by fuzzing (tests/fuzz): pynetdicom drops a C-STORE-RQ whose
+    command set lacks an element it needs to answer, without a word; the
+    sender waited for a status that never came and the association held one of
+    the node's slots until it timed out. Now: A-ABORT at once."""
+    settings = make_settings()
+    start_node(settings)
+    ds = ct_dataset(ct_series, size=16)
+    whole = store_request(CT, ds.SOPInstanceUID.encode())
+    fields = []
+    offset = 12  # after the group length
+    while offset < len(whole):
+        _, element, length = struct.unpack_from("<HHL", whole, offset)
+        if element != left_out:
+            fields.append((element, whole[offset + 8 : offset + 8 + length]))
+        offset += 8 + length
+    assoc = RawAssociation(settings.node.port, SCANNER_AET, NODE_AET, CT)
+    assoc.sock.settimeout(10)  # far more than an answer takes; less than the timeouts
+    try:
+        assoc.send_pdv(command_set(fields), command=True, last=True)
+        assoc.send_dataset(implicit_le(ds))
+        kind, _ = assoc.read_pdu()
+    finally:
+        assoc.close()
+    assert kind == 0x07, f"expected A-ABORT, got PDU type {kind:#x}"
+    assert spool_files(settings) == []
+    assert echo(settings.node.port)
