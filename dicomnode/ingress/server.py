@@ -41,6 +41,34 @@ def _reuse_port_server(reuse: bool) -> type[_NodeAssociationServer]:
     return type("NodeAssociationServer", (_NodeAssociationServer,), {"reuse_port": reuse})
 
 
+def _guard_dimse_decoding(assoc: Any) -> None:
+    """Abort the association when pynetdicom cannot decode a command set.
+
+    pynetdicom decodes DIMSE messages in the thread that runs the association's
+    state machine; a command set without a Command Field, with one it does not
+    know, or without a Command Data Set Type raises there, and the exception
+    ends that thread: the sender's connection is dropped without an A-ABORT and
+    a traceback is printed outside the node's log. Caught here instead: one
+    WARNING line, and an A-ABORT (source: service provider).
+    """
+    dimse = assoc.dimse
+    receive = dimse.receive_primitive
+
+    def receive_or_abort(primitive: Any) -> None:
+        try:
+            receive(primitive)
+        except Exception as exc:  # noqa: BLE001 - whatever the peer's bytes cause
+            dimse.message = None
+            LOGGER.warning(
+                "aborted the association from %s: a command set pynetdicom cannot decode (%s)",
+                escape(str(assoc.requestor.ae_title).strip()),
+                escape(f"{type(exc).__name__}: {exc}", 200),
+            )
+            assoc.acse.send_abort(0x02)
+
+    dimse.receive_primitive = receive_or_abort
+
+
 class IngressServer:
     """C-ECHO and C-STORE SCP.
 
@@ -127,24 +155,49 @@ class IngressServer:
         receive rate, since every C-STORE waits on it more than once.
         """
         event.assoc.dul._run_loop_delay = self.config.poll_interval_ms / 1000.0
+        _guard_dimse_decoding(event.assoc)
 
     def _on_dimse_recv(self, event: Any) -> None:
         """``evt.EVT_DIMSE_RECV``: abort the association on a message pynetdicom
         would drop without an answer: a request whose command set lacks an
-        element needed to answer it (Message ID, Affected SOP Instance UID,
-        Priority), or a response to a request the node never sent. Dropped,
-        the sender would wait for a status that never comes, and the
-        association would hold one of the node's slots until it timed out."""
+        element needed to answer it (Message ID, Affected SOP Instance UID),
+        or a response to a request the node never sent. Dropped, the sender
+        would wait for a status that never comes, and the association would
+        hold one of the node's slots until it timed out. Also on a request
+        whose Affected SOP Class UID is not the abstract syntax of the
+        presentation context it came on (PS3.7 9.1.1.1), which pynetdicom
+        would hand to the service of the class it names."""
         try:
             primitive = event.message.message_to_primitive()
         except Exception:  # noqa: BLE001 - pynetdicom itself aborts on these
             return
+        calling_ae = escape(str(event.assoc.requestor.ae_title).strip())
         if primitive.is_valid_request:
+            # pynetdicom picks the service by the command's SOP Class, not by
+            # the presentation context: a C-STORE-RQ naming Verification on a
+            # CT context would be answered by the C-ECHO handler, Success
+            context_id = event.message.context_id
+            negotiated = {
+                str(cx.abstract_syntax)
+                for cx in event.assoc.accepted_contexts
+                if cx.context_id == context_id
+            }
+            named = str(getattr(primitive, "AffectedSOPClassUID", None) or "")
+            if named and named not in negotiated:
+                LOGGER.warning(
+                    "aborted the association from %s: a %s request for SOP class %s on a "
+                    "presentation context for %s",
+                    calling_ae,
+                    primitive.msg_type,
+                    escape(named, 64),
+                    ", ".join(sorted(negotiated)) or "nothing",
+                )
+                event.assoc.abort(block=False)
             return
         missing = [name for name in primitive.REQUEST_KEYWORDS if getattr(primitive, name) is None]
         LOGGER.warning(
             "aborted the association from %s: a %s message %s",
-            escape(str(event.assoc.requestor.ae_title).strip()),
+            calling_ae,
             primitive.msg_type,
             f"without {', '.join(missing)}" if missing else "that answers no request",
         )

@@ -198,32 +198,54 @@ def test_starting_below_the_disk_floor_says_so(node_process, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "left_out",
-    [0x0110, 0x1000],
-    ids=["message-id", "affected-sop-instance-uid"],
+    "changes",
+    [
+        {0x0110: None},
+        {0x1000: None},
+        {0x0100: None},
+        {0x0100: struct.pack("<H", 0x1234)},
+        {0x0800: None},
+        {0x0100: struct.pack("<H", 0x8001), 0x0900: struct.pack("<H", 0)},
+        {0x0002: b"1.2.840.10008.1.1"},
+    ],
+    ids=[
+        "no-message-id",
+        "no-affected-sop-instance-uid",
+        "no-command-field",
+        "unknown-command-field",
+        "no-command-data-set-type",
+        "a-response-to-nothing",
+        "verification-class-on-a-ct-context",
+    ],
 )
-def test_a_c_store_lacking_a_command_element_is_aborted_not_left_waiting(
-    make_settings, start_node, ct_series, left_out
+def test_a_command_set_pynetdicom_cannot_serve_is_aborted(
+    make_settings, start_node, ct_series, changes
 ):
-    """Found by fuzzing (tests/fuzz): pynetdicom drops a C-STORE-RQ whose
-    command set lacks an element it needs to answer, without a word; the
-    sender waited for a status that never came and the association held one of
-    the node's slots until it timed out. Now: A-ABORT at once."""
+    """Found by fuzzing (tests/fuzz). pynetdicom drops a C-STORE-RQ whose
+    command set lacks an element it needs to answer, or a response to nothing,
+    without a word: the sender waited for a status that never came and the
+    association held one of the node's slots until it timed out. A command set
+    it cannot decode at all (no or an unknown Command Field, no Command Data
+    Set Type) ended its thread: the connection dropped without an A-ABORT and
+    a traceback went past the node's log. A C-STORE-RQ naming the Verification
+    SOP Class on a CT context went to the C-ECHO handler and got Success,
+    nothing stored. Now each is an A-ABORT at once, and one log line."""
     settings = make_settings()
     start_node(settings)
     ds = ct_dataset(ct_series, size=16)
     whole = store_request(CT, ds.SOPInstanceUID.encode())
-    fields = []
+    fields: dict[int, bytes | None] = {}
     offset = 12  # after the group length
     while offset < len(whole):
         _, element, length = struct.unpack_from("<HHL", whole, offset)
-        if element != left_out:
-            fields.append((element, whole[offset + 8 : offset + 8 + length]))
+        fields[element] = whole[offset + 8 : offset + 8 + length]
         offset += 8 + length
+    fields.update(changes)
+    command = command_set(sorted((e, v) for e, v in fields.items() if v is not None))
     assoc = RawAssociation(settings.node.port, SCANNER_AET, NODE_AET, CT)
     assoc.sock.settimeout(10)  # far more than an answer takes; less than the timeouts
     try:
-        assoc.send_pdv(command_set(fields), command=True, last=True)
+        assoc.send_pdv(command, command=True, last=True)
         assoc.send_dataset(implicit_le(ds))
         kind, _ = assoc.read_pdu()
     finally:
