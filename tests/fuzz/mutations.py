@@ -27,7 +27,7 @@ VRS = st.sampled_from([b"SQ", b"UN", b"OB", b"OW", b"UT", b"LO", b"US", b"ui", b
 
 
 @st.composite
-def _mutation(draw: st.DrawFn, data: bytearray) -> str:
+def mutation(draw: st.DrawFn, data: bytearray) -> str:
     """Apply one mutation to ``data`` in place; return its name."""
     size = len(data)
     kind = draw(
@@ -87,7 +87,7 @@ def broken_datasets(draw: st.DrawFn, max_mutations: int = 4) -> Broken:
     to be in another transfer syntax than it is encoded in."""
     seed = draw(st.sampled_from(seeds()))
     data = bytearray(seed.data)
-    applied = [draw(_mutation(data)) for _ in range(draw(st.integers(1, max_mutations)))]
+    applied = [draw(mutation(data)) for _ in range(draw(st.integers(1, max_mutations)))]
     syntax = seed.syntax
     if draw(st.integers(0, 9)) == 0:
         syntax = draw(st.sampled_from(SYNTAXES))
