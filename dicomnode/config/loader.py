@@ -103,4 +103,11 @@ def load_config(path: str | Path) -> Settings:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{file}: not valid YAML", [str(exc)]) from exc
+    except (ValueError, RecursionError) as exc:
+        # PyYAML builds some values with Python and lets its errors through:
+        # a date that is no date (2024-13-01), an escape past U+10FFFF, an
+        # integer of more than 4,300 digits; and nesting too deep to compose
+        raise ConfigError(
+            f"{file}: not valid YAML", [escape(f"{type(exc).__name__}: {exc}", 200)]
+        ) from exc
     return parse_config(data, str(file))

@@ -195,6 +195,13 @@ def _walk(data: memoryview, *, implicit: bool, big_endian: bool) -> None:
             raise IncompleteDatasetError(
                 f"unexpected delimiter ({group:04X},{element:04X}) at byte {pos}"
             )
+        if group == 0x0002 and len(stack) == 1:
+            # the node writes the data set after its own File Meta Information:
+            # pydicom would read this element as part of that header
+            raise IncompleteDatasetError(
+                f"a File Meta Information element ({group:04X},{element:04X}) at byte {pos}: "
+                "it belongs in a file's header, not in a data set"
+            )
         if frame.implicit:
             vr = b""
             length = u32.unpack_from(data, pos + 4)[0]

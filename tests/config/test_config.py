@@ -91,6 +91,32 @@ def test_a_key_yaml_read_as_no_text_is_named_as_written(data: object, problem: s
     assert "quote the key" in found
 
 
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("storage:\n  data_dir: 2024-13-01\n", "month must be in 1..12"),
+        ('node: "\\U00110000"\n', "chr() arg not in range"),
+        ("node: " + "[" * 3000 + "]" * 3000 + "\n", "RecursionError"),
+        ("node:\n  port: " + "9" * 5000 + "\n", "Exceeds the limit"),
+    ],
+    ids=["no-date", "escape-past-unicode", "too-deep", "too-many-digits"],
+)
+def test_yaml_that_pyyaml_fails_on_in_python_is_not_valid_yaml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, reason: str
+) -> None:
+    """Found by fuzzing (tests/fuzz): PyYAML lets a ValueError or a
+    RecursionError through for these, and `dicomnode config check` printed a
+    traceback."""
+    path = tmp_path / "node.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML") as caught:
+        load_config(path)
+    assert reason in caught.value.problems[0]
+    assert main(["config", "check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "not valid YAML" in err and "Traceback" not in err
+
+
 def test_top_level_must_be_a_mapping() -> None:
     assert problems(["node"])[0].startswith("(top level)")
 

@@ -94,11 +94,28 @@ def _one(annotation: Any, depth: int) -> st.SearchStrategy[Any]:
     return JUNK
 
 
+#: Names that refer to each other (rules to destinations, rule to rule), from
+#: few enough choices that they meet: duplicates, missing ones, wrong kinds.
+NAMES = st.sampled_from(["pacs", "ris", "out", "nowhere"])
+#: Fields whose values are such names, by model and field.
+REFERENCES: dict[tuple[str, str], st.SearchStrategy[Any]] = {
+    ("Rule", "name"): st.sampled_from(["a", "b", "fallback"]),
+    ("Rule", "pipeline"): st.sampled_from(["ct-lung", "cxr-classify", "qa-archive"]),
+    ("Rule", "destinations"): st.lists(NAMES, max_size=3),
+    ("Rule", "notify"): st.lists(NAMES, max_size=2),
+    ("Settings", "destinations"): st.dictionaries(
+        NAMES, st.deferred(lambda: _one(DESTINATION, 1)), max_size=3
+    ),
+}
+
+
 def documents_for(model: type[BaseModel], depth: int = 0) -> st.SearchStrategy[dict[Any, Any]]:
     """A mapping for ``model``: any subset of its keys, sometimes a key it
     does not have."""
     fields = {
         name: st.deferred(lambda f=field: values_for(f.annotation, depth))
+        if (model.__name__, name) not in REFERENCES
+        else st.one_of(REFERENCES[(model.__name__, name)], values_for(field.annotation, depth))
         for name, field in model.model_fields.items()
     }
     known = st.fixed_dictionaries({}, optional=fields)
@@ -109,6 +126,8 @@ def documents_for(model: type[BaseModel], depth: int = 0) -> st.SearchStrategy[d
     extra = st.one_of(nothing, nothing, nothing, nothing, nothing, nothing, nothing, unknown)
     return st.builds(lambda a, b: {**b, **a}, known, extra)
 
+
+DESTINATION = typing.get_args(Settings.model_fields["destinations"].annotation)[1]
 
 #: A whole configuration document.
 SETTINGS_DOCUMENTS = documents_for(Settings)

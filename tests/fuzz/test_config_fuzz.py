@@ -107,8 +107,8 @@ def _texts(document: dict[Any, Any], data: st.DataObject) -> None:
     path = _write(text[:at] + insert + text[at + cut :])
     try:
         parsed = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        parsed = None
+    except (yaml.YAMLError, ValueError, RecursionError):
+        parsed = None  # the loader must say "not valid YAML"
     _load(path, parsed)
     _check_command(path)
 

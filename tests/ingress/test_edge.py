@@ -253,3 +253,27 @@ def test_a_command_set_pynetdicom_cannot_serve_is_aborted(
     assert kind == 0x07, f"expected A-ABORT, got PDU type {kind:#x}"
     assert spool_files(settings) == []
     assert echo(settings.node.port)
+
+
+def test_a_data_set_led_by_a_file_meta_element_is_refused_and_nothing_kept(
+    make_settings, start_node, ct_series
+):
+    """Found by fuzzing (tests/fuzz): a data set whose first element is in
+    group 0002 (here Specific Character Set's bytes under tag (0002,0000)) was
+    answered Success and stored as a file pydicom cannot open: its File Meta
+    Information reader takes the element for part of the header."""
+    settings = make_settings()
+    start_node(settings)
+    ds = ct_dataset(ct_series, size=16)
+    data = implicit_le(ds)
+    assert data[:4] == struct.pack("<HH", 0x0008, 0x0005)
+    assoc = RawAssociation(settings.node.port, SCANNER_AET, NODE_AET, CT)
+    try:
+        status = assoc.store(
+            store_request(CT, ds.SOPInstanceUID.encode()),
+            struct.pack("<HH", 0x0002, 0x0000) + data[4:],
+        )
+        assert status == 0xC210, hex(status)
+        assert spool_files(settings) == []
+    finally:
+        assoc.release()

@@ -190,3 +190,19 @@ def test_a_delimiter_with_a_length_is_refused() -> None:
         check_complete(
             sequence + b"\x00\x00\x00\x00" + end[:4] + b"\x01\x00\x00\x00", ExplicitVRLittleEndian
         )
+
+
+def test_a_file_meta_element_in_the_data_set_is_refused() -> None:
+    """Found by fuzzing (tests/fuzz): a data set led by a group 0002 element
+    was stored after the node's own File Meta Information, where pydicom reads
+    it as part of that header: the stored file did not open."""
+    ds = pydicom.Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.PatientID = "42"
+    data = encode(ds, ImplicitVRLittleEndian)
+    check_complete(data, ImplicitVRLittleEndian)
+    led_by_meta = struct.pack("<HH", 0x0002, 0x0000) + data[4:]
+    with pytest.raises(
+        IncompleteDatasetError, match=r"File Meta Information element \(0002,0000\)"
+    ):
+        check_complete(led_by_meta, ImplicitVRLittleEndian)
