@@ -32,7 +32,8 @@ def _describe(error: Any) -> str:
             "unquoted yes, no, true, false or number as such, so quote the key"
         )
     path = _field_path(loc)
-    message = str(error.get("msg", "invalid"))
+    # pydantic puts some inputs into its message (a discriminator's value)
+    message = escape(error.get("msg", "invalid"), 1000)
     if error.get("type") != "missing" and isinstance(value, str | int | float | bool):
         return f"{path}: {message} (got {value!r})"
     return f"{path}: {message}"

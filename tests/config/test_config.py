@@ -73,6 +73,11 @@ def test_a_key_with_a_newline_stays_on_its_problem_s_line() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config({"node": {"port\nstorage": 1}})
     assert caught.value.problems == ["node.port\\nstorage: Extra inputs are not permitted (got 1)"]
+    # pydantic quotes a destination's type in its message
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"destinations": {"pacs": {"type": "\n"}}})
+    (problem,) = caught.value.problems
+    assert problem.startswith("destinations.pacs: Input tag '\\n' found using 'type'"), problem
 
 
 @pytest.mark.parametrize(
