@@ -8,7 +8,7 @@ TORCH_VERSION := 2.13.0
 CONFIG ?= deploy/dicomnode.example.yaml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint peers ohif ohif-dist bench clean
+.PHONY: run test fuzz lint peers ohif ohif-dist bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,21 @@ lint: $(STAMP)
 
 test: peers ohif $(STAMP) lint
 	$(VENV)/bin/pytest
+
+# The property-based tests of tests/fuzz, longer than in `make test`: fresh random
+# examples, round after round, for FUZZ_SECONDS per target (three targets), under
+# coverage; prints what each target tried and which lines of the fuzzed code ran.
+FUZZ_SECONDS ?= 60
+FUZZ_COVERED := dicomnode/ingress/integrity.py,dicomnode/ingress/handler.py,$\
+	dicomnode/ingress/server.py,dicomnode/config/*.py
+
+fuzz: peers $(STAMP)
+	mkdir -p .cache
+	COVERAGE_FILE=.cache/fuzz.coverage HYPOTHESIS_PROFILE=fuzz \
+	    DICOMNODE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(VENV)/bin/coverage run --branch \
+	    --concurrency=thread --include='$(FUZZ_COVERED)' -m pytest -p no:cacheprovider \
+	    -W ignore::UserWarning tests/fuzz
+	COVERAGE_FILE=.cache/fuzz.coverage $(VENV)/bin/coverage report --show-missing
 
 bench: peers $(STAMP)
 	$(PY) bench/ingest.py

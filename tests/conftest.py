@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from dicomnode.config import Settings, parse_config
 from dicomnode.jobs import SQLiteJobStore
 from dicomnode.service import Node
 from dicomnode.synthetic import Series, write_ct_series
 from tests.helpers import NodeProcess, node_config, wait_for, write_config
+
+# Property-based tests (tests/fuzz). "ci", the default: derandomized (the same
+# examples on every run), no per-example deadline (a loaded 2-core machine is
+# slow; the tests bound their own time where a hang is the fault), no example
+# database. "fuzz" (make fuzz): fresh random examples on every round.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "fuzz",
+    derandomize=False,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

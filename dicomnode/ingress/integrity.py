@@ -33,6 +33,14 @@ PIXEL_DATA = 0x7FE00010
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
+#: Every VR of PS3.5 table 6.2-1: pydicom reads an element of any other VR
+#: but cannot convert its value, and stops reading a dataset at it.
+_KNOWN_VRS = _LONG_VRS | frozenset(
+    {
+        b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO",
+        b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+    }
+)  # fmt: skip
 #: Deepest nesting of sequences the walk follows (pydicom gives up far earlier).
 MAX_DEPTH = 1000
 
@@ -162,6 +170,7 @@ def _walk(data: memoryview, *, implicit: bool, big_endian: bool) -> None:
             length = u32.unpack_from(data, pos + 4)[0]
             pos += 8
             if tag == SEQUENCE_DELIMITER and frame.end is None:
+                _check_delimiter_length(length, pos - 8)
                 stack.pop()
                 continue
             if tag != ITEM:
@@ -182,12 +191,20 @@ def _walk(data: memoryview, *, implicit: bool, big_endian: bool) -> None:
             continue
         # an element of a dataset
         if tag == ITEM_DELIMITER and frame.end is None and len(stack) > 1:
+            _check_delimiter_length(u32.unpack_from(data, pos + 4)[0], pos)
             pos += 8
             stack.pop()
             continue
         if group == 0xFFFE:
             raise IncompleteDatasetError(
                 f"unexpected delimiter ({group:04X},{element:04X}) at byte {pos}"
+            )
+        if group == 0x0002 and len(stack) == 1:
+            # the node writes the data set after its own File Meta Information:
+            # pydicom would read this element as part of that header
+            raise IncompleteDatasetError(
+                f"a File Meta Information element ({group:04X},{element:04X}) at byte {pos}: "
+                "it belongs in a file's header, not in a data set"
             )
         if frame.implicit:
             vr = b""
@@ -198,6 +215,11 @@ def _walk(data: memoryview, *, implicit: bool, big_endian: bool) -> None:
             if not _looks_like_vr(vr):
                 raise IncompleteDatasetError(
                     f"element ({group:04X},{element:04X}) at byte {pos} has no valid VR"
+                )
+            if vr not in _KNOWN_VRS:
+                raise IncompleteDatasetError(
+                    f"element ({group:04X},{element:04X}) at byte {pos} has an unknown "
+                    f"VR {vr.decode()}"
                 )
             if vr in _LONG_VRS:
                 if pos + 12 > limit:
@@ -213,7 +235,11 @@ def _walk(data: memoryview, *, implicit: bool, big_endian: bool) -> None:
         if length == UNDEFINED:
             if tag == PIXEL_DATA and vr != b"UN":
                 _push(stack, _Frame("fragments", None, frame.implicit))
-            elif vr in (b"SQ", b""):
+            elif vr == b"SQ" or (vr == b"" and _dictionary_vr(tag) in (None, "SQ")):
+                # implicit VR: pydicom reads an undefined length element as a
+                # sequence unless the dictionary gives it another VR; then it
+                # reads its value up to the first sequence delimiter, wherever
+                # that is, so such an element is refused below
                 _push(stack, _Frame("items", None, frame.implicit))
             elif vr == b"UN":
                 # PS3.5 6.2.2: a UN of undefined length holds an implicit VR
@@ -221,8 +247,8 @@ def _walk(data: memoryview, *, implicit: bool, big_endian: bool) -> None:
                 _push(stack, _Frame("items", None, True))
             else:
                 raise IncompleteDatasetError(
-                    f"element ({group:04X},{element:04X}) of VR {vr.decode()} "
-                    "has an undefined length"
+                    f"element ({group:04X},{element:04X}) of VR "
+                    f"{vr.decode() or _dictionary_vr(tag)} has an undefined length"
                 )
             continue
         if pos + length > limit:
@@ -231,8 +257,17 @@ def _walk(data: memoryview, *, implicit: bool, big_endian: bool) -> None:
                 f"{limit - pos} remain"
             )
         if vr == b"SQ" or (vr == b"" and _is_sequence(tag)):
+            # walked item by item; the frame ends where the sequence does
             _push(stack, _Frame("items", pos + length, frame.implicit))
+            continue
         pos += length
+
+
+def _check_delimiter_length(length: int, pos: int) -> None:
+    """A delimiter's length is zero (PS3.5 7.5); pydicom reads the bytes of
+    any other as the start of the next element."""
+    if length != 0:
+        raise IncompleteDatasetError(f"a delimiter at byte {pos} has length {length}, not 0")
 
 
 def _push(stack: list[_Frame], frame: _Frame) -> None:
@@ -242,7 +277,12 @@ def _push(stack: list[_Frame], frame: _Frame) -> None:
 
 
 def _is_sequence(tag: int) -> bool:
+    return _dictionary_vr(tag) == "SQ"
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    """The VR pydicom's dictionary gives ``tag``, or ``None`` when it has none."""
     try:
-        return bool(dictionary_VR(tag) == "SQ")
+        return str(dictionary_VR(tag))
     except KeyError:
-        return False
+        return None

@@ -113,6 +113,34 @@ def in_use_hint(exc: OSError) -> str:
     )
 
 
+def _guard_dimse_decoding(assoc: Any) -> None:
+    """Abort the association when pynetdicom cannot decode a command set.
+
+    pynetdicom decodes DIMSE messages in the thread that runs the association's
+    state machine; a command set without a Command Field, with one it does not
+    know, or without a Command Data Set Type raises there, and the exception
+    ends that thread: the sender's connection is dropped without an A-ABORT and
+    a traceback is printed outside the node's log. Caught here instead: one
+    WARNING line, and an A-ABORT (source: service provider).
+    """
+    dimse = assoc.dimse
+    receive = dimse.receive_primitive
+
+    def receive_or_abort(primitive: Any) -> None:
+        try:
+            receive(primitive)
+        except Exception as exc:  # noqa: BLE001 - whatever the peer's bytes cause
+            dimse.message = None
+            LOGGER.warning(
+                "aborted the association from %s: a command set pynetdicom cannot decode (%s)",
+                escape(str(assoc.requestor.ae_title).strip()),
+                escape(f"{type(exc).__name__}: {exc}", 200),
+            )
+            assoc.acse.send_abort(0x02)
+
+    dimse.receive_primitive = receive_or_abort
+
+
 class IngressServer:
     """C-ECHO and C-STORE SCP, on one port or two (plain TCP and TLS).
 
@@ -150,6 +178,10 @@ class IngressServer:
         self._listeners = listeners(node, ingress)
         self._stopped = threading.Event()
 
+        # pynetdicom's own handlers of received DIMSE messages only log them
+        # (at DEBUG), and one that raises on a command set lacking an element
+        # keeps every later handler, the node's _on_dimse_recv, from running
+        _config.LOG_HANDLER_LEVEL = "none"
         ae = AE(ae_title=node.ae_title)
         self.contexts = supported_contexts()
         ae.supported_contexts = self.contexts
@@ -217,6 +249,53 @@ class IngressServer:
         receive rate, since every C-STORE waits on it more than once.
         """
         event.assoc.dul._run_loop_delay = self.config.poll_interval_ms / 1000.0
+        _guard_dimse_decoding(event.assoc)
+
+    def _on_dimse_recv(self, event: Any) -> None:
+        """``evt.EVT_DIMSE_RECV``: abort the association on a message pynetdicom
+        would drop without an answer: a request whose command set lacks an
+        element needed to answer it (Message ID, Affected SOP Instance UID),
+        or a response to a request the node never sent. Dropped, the sender
+        would wait for a status that never comes, and the association would
+        hold one of the node's slots until it timed out. Also on a request
+        whose Affected SOP Class UID is not the abstract syntax of the
+        presentation context it came on (PS3.7 9.1.1.1), which pynetdicom
+        would hand to the service of the class it names."""
+        try:
+            primitive = event.message.message_to_primitive()
+        except Exception:  # noqa: BLE001 - pynetdicom itself aborts on these
+            return
+        calling_ae = escape(str(event.assoc.requestor.ae_title).strip())
+        if primitive.is_valid_request:
+            # pynetdicom picks the service by the command's SOP Class, not by
+            # the presentation context: a C-STORE-RQ naming Verification on a
+            # CT context would be answered by the C-ECHO handler, Success
+            context_id = event.message.context_id
+            negotiated = {
+                str(cx.abstract_syntax)
+                for cx in event.assoc.accepted_contexts
+                if cx.context_id == context_id
+            }
+            named = str(getattr(primitive, "AffectedSOPClassUID", None) or "")
+            if named and named not in negotiated:
+                LOGGER.warning(
+                    "aborted the association from %s: a %s request for SOP class %s on a "
+                    "presentation context for %s",
+                    calling_ae,
+                    primitive.msg_type,
+                    escape(named, 64),
+                    ", ".join(sorted(negotiated)) or "nothing",
+                )
+                event.assoc.abort(block=False)
+            return
+        missing = [name for name in primitive.REQUEST_KEYWORDS if getattr(primitive, name) is None]
+        LOGGER.warning(
+            "aborted the association from %s: a %s message %s",
+            calling_ae,
+            primitive.msg_type,
+            f"without {', '.join(missing)}" if missing else "that answers no request",
+        )
+        event.assoc.abort(block=False)
 
     def _on_c_store(self, event: Any) -> int:
         """``evt.EVT_C_STORE``: refuse a dataset above ``max_dataset_size``,
@@ -247,6 +326,7 @@ class IngressServer:
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_ABORTED, discard_partial_dataset),
             (evt.EVT_RELEASED, discard_partial_dataset),
+            (evt.EVT_DIMSE_RECV, self._on_dimse_recv),
             (evt.EVT_C_ECHO, self.handler.on_c_echo),
             (evt.EVT_C_STORE, self._on_c_store),
         ]

@@ -67,6 +67,61 @@ def test_every_error_is_reported_at_once() -> None:
     assert paths == ["node.ae_title", "node.port", "storage.min_free_mb"]
 
 
+def test_a_key_with_a_newline_stays_on_its_problem_s_line() -> None:
+    """Found by fuzzing (tests/fuzz): a key is the file's own text, and a
+    newline in it split the problem naming it over two lines."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"node": {"port\nstorage": 1}})
+    assert caught.value.problems == ["node.port\\nstorage: Extra inputs are not permitted (got 1)"]
+    # pydantic quotes a destination's type in its message
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"destinations": {"pacs": {"type": "\n"}}})
+    (problem,) = caught.value.problems
+    assert problem.startswith("destinations.pacs: Input tag '\\n' found using 'type'"), problem
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({False: {}}, "(top level): the key False is not text"),
+        ({"node": {1: 2}}, "node: the key 1 is not text"),
+        ({"destinations": {True: {"type": "folder", "path": "x"}}}, "destinations: the key True"),
+    ],
+)
+def test_a_key_yaml_read_as_no_text_is_named_as_written(data: object, problem: str) -> None:
+    """Found by fuzzing (tests/fuzz): an unquoted ``no:`` is the key False, and
+    the problem named it ``0``, a path that is nowhere in the file."""
+    (found,) = problems(data)
+    assert found.startswith(problem), found
+    assert "quote the key" in found
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("storage:\n  data_dir: 2024-13-01\n", "month must be in 1..12"),
+        ('node: "\\U00110000"\n', "chr() arg not in range"),
+        ("node: " + "[" * 3000 + "]" * 3000 + "\n", "RecursionError"),
+        ("node:\n  port: " + "9" * 5000 + "\n", "Exceeds the limit"),
+    ],
+    ids=["no-date", "escape-past-unicode", "too-deep", "too-many-digits"],
+)
+def test_yaml_that_pyyaml_fails_on_in_python_is_not_valid_yaml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, reason: str
+) -> None:
+    """Found by fuzzing (tests/fuzz): PyYAML lets a ValueError or a
+    RecursionError through for these, and `dicomnode config check` printed a
+    traceback."""
+    path = tmp_path / "node.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML") as caught:
+        load_config(path)
+    assert reason in caught.value.problems[0]
+    assert main(["config", "check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "not valid YAML" in err and "Traceback" not in err
+
+
 def test_top_level_must_be_a_mapping() -> None:
     assert problems(["node"])[0].startswith("(top level)")
 

@@ -7,6 +7,7 @@ newline in a UID) the PDUs are written by hand (:mod:`tests.ingress.rawscu`).
 from __future__ import annotations
 
 import re
+import struct
 import subprocess
 import sys
 
@@ -26,7 +27,13 @@ from tests.helpers import (
     storescu,
     wait_for,
 )
-from tests.ingress.rawscu import RawAssociation, Rejection, implicit_le, store_request
+from tests.ingress.rawscu import (
+    RawAssociation,
+    Rejection,
+    command_set,
+    implicit_le,
+    store_request,
+)
 
 pytestmark = pytest.mark.peers
 
@@ -184,3 +191,85 @@ def test_starting_below_the_disk_floor_says_so(node_process, tmp_path):
     assert "0xA700" in line
     assert echo(node.port)
     wait_for(lambda: "C-ECHO from SCANNER answered" in node.log(), 10, "the C-ECHO warning")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {0x0110: None},
+        {0x1000: None},
+        {0x0100: None},
+        {0x0100: struct.pack("<H", 0x1234)},
+        {0x0800: None},
+        {0x0100: struct.pack("<H", 0x8001), 0x0900: struct.pack("<H", 0)},
+        {0x0002: b"1.2.840.10008.1.1"},
+    ],
+    ids=[
+        "no-message-id",
+        "no-affected-sop-instance-uid",
+        "no-command-field",
+        "unknown-command-field",
+        "no-command-data-set-type",
+        "a-response-to-nothing",
+        "verification-class-on-a-ct-context",
+    ],
+)
+def test_a_command_set_pynetdicom_cannot_serve_is_aborted(
+    make_settings, start_node, ct_series, changes
+):
+    """Found by fuzzing (tests/fuzz). pynetdicom drops a C-STORE-RQ whose
+    command set lacks an element it needs to answer, or a response to nothing,
+    without a word: the sender waited for a status that never came and the
+    association held one of the node's slots until it timed out. A command set
+    it cannot decode at all (no or an unknown Command Field, no Command Data
+    Set Type) ended its thread: the connection dropped without an A-ABORT and
+    a traceback went past the node's log. A C-STORE-RQ naming the Verification
+    SOP Class on a CT context went to the C-ECHO handler and got Success,
+    nothing stored. Now each is an A-ABORT at once, and one log line."""
+    settings = make_settings()
+    start_node(settings)
+    ds = ct_dataset(ct_series, size=16)
+    whole = store_request(CT, ds.SOPInstanceUID.encode())
+    fields: dict[int, bytes | None] = {}
+    offset = 12  # after the group length
+    while offset < len(whole):
+        _, element, length = struct.unpack_from("<HHL", whole, offset)
+        fields[element] = whole[offset + 8 : offset + 8 + length]
+        offset += 8 + length
+    fields.update(changes)
+    command = command_set(sorted((e, v) for e, v in fields.items() if v is not None))
+    assoc = RawAssociation(settings.node.port, SCANNER_AET, NODE_AET, CT)
+    assoc.sock.settimeout(10)  # far more than an answer takes; less than the timeouts
+    try:
+        assoc.send_pdv(command, command=True, last=True)
+        assoc.send_dataset(implicit_le(ds))
+        kind, _ = assoc.read_pdu()
+    finally:
+        assoc.close()
+    assert kind == 0x07, f"expected A-ABORT, got PDU type {kind:#x}"
+    assert spool_files(settings) == []
+    assert echo(settings.node.port)
+
+
+def test_a_data_set_led_by_a_file_meta_element_is_refused_and_nothing_kept(
+    make_settings, start_node, ct_series
+):
+    """Found by fuzzing (tests/fuzz): a data set whose first element is in
+    group 0002 (here Specific Character Set's bytes under tag (0002,0000)) was
+    answered Success and stored as a file pydicom cannot open: its File Meta
+    Information reader takes the element for part of the header."""
+    settings = make_settings()
+    start_node(settings)
+    ds = ct_dataset(ct_series, size=16)
+    data = implicit_le(ds)
+    assert data[:4] == struct.pack("<HH", 0x0008, 0x0005)
+    assoc = RawAssociation(settings.node.port, SCANNER_AET, NODE_AET, CT)
+    try:
+        status = assoc.store(
+            store_request(CT, ds.SOPInstanceUID.encode()),
+            struct.pack("<HH", 0x0002, 0x0000) + data[4:],
+        )
+        assert status == 0xC210, hex(status)
+        assert spool_files(settings) == []
+    finally:
+        assoc.release()
