@@ -247,7 +247,7 @@ def test_a_command_set_pynetdicom_cannot_serve_is_aborted(
     finally:
         assoc.close()
     assert kind == 0x07, f"expected A-ABORT, got PDU type {kind:#x}"
-    assert spool_files(settings) == []
+    assert spool_files(settings.storage.spool_path) == []
     assert echo(settings.node.port)
 
 
@@ -270,6 +270,6 @@ def test_a_data_set_led_by_a_file_meta_element_is_refused_and_nothing_kept(
             struct.pack("<HH", 0x0002, 0x0000) + data[4:],
         )
         assert status == 0xC210, hex(status)
-        assert spool_files(settings) == []
+        assert spool_files(settings.storage.spool_path) == []
     finally:
         assoc.release()
