@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +172,17 @@ def test_a_second_node_on_the_same_data_dir_or_port_refuses_to_start(node_proces
     )
     result = dicomnode("serve", "-c", str(same_port))
     assert result.returncode == 1 and "cannot listen" in result.stderr
+
+
+def test_ctrl_c_stops_the_node_and_its_workers_quietly(node_process, tmp_path):
+    """Ctrl-C in a terminal sends SIGINT to the whole process group: the node
+    shuts down, and its pipeline workers leave it to the node instead of dying
+    with a KeyboardInterrupt traceback."""
+    config = node_config(tmp_path)
+    config["runner"] = {"enabled": True, "device": "cpu", "threads": 1, "workers": 1}
+    node = node_process(config, preexec=os.setsid)
+    wait_for(lambda: "ready on cpu" in node.log(), 60, "the worker to start")
+    assert node.proc is not None
+    os.killpg(node.proc.pid, signal.SIGINT)
+    assert node.proc.wait(timeout=60) == 0, node.log()
+    assert "Traceback" not in node.log() and "KeyboardInterrupt" not in node.log()

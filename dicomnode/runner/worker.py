@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import traceback
 from collections.abc import Mapping
@@ -258,6 +259,9 @@ def _with_provenance(summary: str, result: PipelineResult) -> str:
 
 def worker_main(conn: Connection, settings: WorkerSettings, log_level: str) -> None:
     """Entry point of a worker process: serve tasks until ``None`` arrives."""
+    # Ctrl-C in a terminal reaches the whole process group: the node stops its
+    # workers itself (``None``, then a join), so a worker does not die of it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # one line per record, control characters escaped: header values and
     # pydicom's warnings about them come from what senders sent
     handler = logging.StreamHandler()
