@@ -203,11 +203,15 @@ def test_ohif_shows_the_findings_of_a_radiograph(ohif: OhifHarness, tmp_path: Pa
     result_series = {
         str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID) for p in written
     }
-    # open_study waits for a slice number ("I: n"), which OHIF does not print for a DX
+    # open_study waits for a slice number ("I: n"), which OHIF does not print for a DX;
+    # its window ("W: n L: n") is printed once the radiograph is drawn. Opening the SR
+    # before that lets the radiograph's late first draw take the viewport back.
     page.page.goto(f"{ohif.server.url}/viewer?StudyInstanceUIDs={series.study_uid}")
     page.wait(
-        """(n) => document.querySelectorAll('[data-cy^="study-browser-thumbnail"]').length >= n""",
-        "the radiograph's study",
+        """(n) => document.querySelectorAll('[data-cy^="study-browser-thumbnail"]').length >= n
+            && /W:\\s*-?\\d/.test(document.querySelector(
+               '[data-cy="viewport-overlay-bottom-left"]')?.textContent || '')""",
+        "the radiograph's study and its image",
         1 + len(result_series),
     )
     page.open_sr()
