@@ -39,8 +39,21 @@ def _files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.dcm"))
 
 
-def measure(mode: str, folder: Path, out: Path, threads: int) -> dict[str, float]:
-    """Run one measurement in this process; return its figures."""
+def _device(name: str) -> str:
+    """``auto`` is CUDA when there is a device, else the CPU (as ``runner.device: auto``)."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def measure(mode: str, folder: Path, out: Path, threads: int, device: str) -> dict[str, float]:
+    """Run one measurement in this process; return its figures.
+
+    On CUDA the pipeline runs once untimed first (a worker keeps its pipeline warm, so the
+    first call's kernel selection and allocations are not part of a study's turnaround).
+    """
     import torch
 
     from dicomnode.protocol import SliceSource, Volume
@@ -55,8 +68,10 @@ def measure(mode: str, folder: Path, out: Path, threads: int) -> dict[str, float
         volume = load_series(files)
         return {"seconds": time.perf_counter() - start, "voxels": float(volume.array.size)}
     if mode == "node":
-        worker = Worker(WorkerSettings("cpu", threads, (), "models"))
+        worker = Worker(WorkerSettings(device, threads, (), "models"))
         worker.pipeline(PIPELINE)  # loaded once per worker, as in the node
+        if device != "cpu":
+            worker.run(Task(0, PIPELINE, tuple(map(str, files)), str(out / "warm-up")))
         start = time.perf_counter()
         outcome = worker.run(Task(0, PIPELINE, tuple(map(str, files)), str(out)))
         if not outcome.ok:
@@ -89,13 +104,15 @@ def measure(mode: str, folder: Path, out: Path, threads: int) -> dict[str, float
         sources=tuple(SliceSource(str(i), "1.2") for i in range(slices)),
     )
     pipeline = PipelineRegistry.discover().create(PIPELINE)
-    pipeline.load("cpu")
+    pipeline.load(device)
+    if device != "cpu":
+        pipeline.run(volume, device)
     start = time.perf_counter()
-    pipeline.run(volume, "cpu")
+    pipeline.run(volume, device)
     return {"seconds": time.perf_counter() - start}
 
 
-def child(mode: str, folder: Path, out: Path, threads: int) -> dict[str, float]:
+def child(mode: str, folder: Path, out: Path, threads: int, device: str) -> dict[str, float]:
     result = subprocess.run(
         [
             sys.executable,
@@ -108,6 +125,8 @@ def child(mode: str, folder: Path, out: Path, threads: int) -> dict[str, float]:
             str(out),
             "--threads",
             str(threads),
+            "--device",
+            device,
         ],
         capture_output=True,
         text=True,
@@ -125,12 +144,15 @@ def main() -> int:
     parser.add_argument(
         "--threads", type=int, default=2, help="torch threads (2 is best on 2 cores)"
     )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda, or auto (CUDA when present); default cpu"
+    )
     parser.add_argument("--child", choices=["load", "node", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        figures = measure(args.child, args.folder, args.out, args.threads)
+        figures = measure(args.child, args.folder, args.out, args.threads, _device(args.device))
         figures["peak_mib"] = _peak_mib()
         print(json.dumps(figures))
         return 0
@@ -150,10 +172,11 @@ def main() -> int:
         )
         print(
             f"series: {args.slices} slices of {args.size}x{args.size} written in "
-            f"{time.perf_counter() - start:.1f} s; torch threads: {args.threads}"
+            f"{time.perf_counter() - start:.1f} s; torch threads: {args.threads}; "
+            f"device: {_device(args.device)}"
         )
         figures = {
-            mode: child(mode, folder, Path(tmp) / f"out-{mode}", args.threads)
+            mode: child(mode, folder, Path(tmp) / f"out-{mode}", args.threads, args.device)
             for mode in ("load", "node", "bare")
         }
     print(f"{'measurement':<34}{'seconds':>10}{'peak MiB':>12}")
