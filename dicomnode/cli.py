@@ -68,7 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dicomnode.service import Node, configure_logging
 
     settings = _load(args.config)
-    configure_logging(settings.logging.level)
+    configure_logging(settings.logging.level, settings.logging.format)
     problems = setup_problems(settings)
     if problems:
         raise ConfigError(

@@ -92,6 +92,11 @@ class WorkerPool:
         """The device the workers run on."""
         return self._slots[0].device if self._slots else self.settings.device
 
+    def alive(self) -> bool:
+        """Whether every worker process runs (``False`` before start). A worker
+        that died is replaced at the runner's next poll."""
+        return bool(self._slots) and all(slot.process.is_alive() for slot in self._slots)
+
     def idle(self) -> int:
         """How many workers are free."""
         return sum(1 for slot in self._slots if slot.task is None)
