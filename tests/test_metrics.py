@@ -11,8 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicomnode.jobs import JobState, SQLiteJobStore
@@ -28,6 +30,7 @@ from tests.helpers import (
     storescu,
     wait_for,
 )
+from tests.test_cli import dicomnode
 
 pytestmark = [pytest.mark.peers]
 
@@ -176,6 +179,19 @@ def test_a_push_moves_the_counters_by_what_was_pushed(
     assert value(found, "dicomnode_jobs", kind="run", state="DONE") >= 1
     # the second and third studies are too small for ct-lung: their runs are DEAD
     assert sum(v for (name, _), v in found.items() if name == "dicomnode_jobs") >= 6
+
+    # the admin's preview of the study's result, from the node's job store
+    shown = dicomnode(
+        "preview",
+        first.study_uid,
+        "-c",
+        str(tmp_path / "node0.yaml"),
+        "-o",
+        str(tmp_path / "p.png"),
+    )
+    assert shown.returncode == 0, shown.stderr
+    image = np.asarray(Image.open(tmp_path / "p.png"))
+    assert image.shape == (64, 64, 3) and (image[..., 0] != image[..., 2]).any()
 
     status, content_type, body = get(f"http://127.0.0.1:{port}/healthz")
     assert (status, content_type) == (200, "application/json")
