@@ -256,6 +256,8 @@ class Node:
         self.drift: DriftMonitor | None = None
         self.metrics: NodeMetrics | None = None
         self.ops: OpsServer | None = None
+        #: (PROMETHEUS_MULTIPROC_DIR before this node set it,), or None when it did not
+        self._multiprocess_env: tuple[str | None] | None = None
         self._children: list[BaseProcess] = []
         self._mp = multiprocessing.get_context("spawn")
         self._ready: Any = None
@@ -429,6 +431,7 @@ class Node:
             multiprocess_dir = node_metrics.prepare_multiprocess_dir(
                 self.settings.storage.data_dir / "run" / "metrics"
             )
+            self._multiprocess_env = (os.environ.get(node_metrics.MULTIPROCESS_ENV),)
             os.environ[node_metrics.MULTIPROCESS_ENV] = str(multiprocess_dir)
         metrics = NodeMetrics(multiprocess_dir)
         metrics.watch(
@@ -506,6 +509,13 @@ class Node:
                 child.kill()
                 child.join()
         self._children = []
+        if self._multiprocess_env is not None:
+            (before,) = self._multiprocess_env
+            if before is None:
+                os.environ.pop(node_metrics.MULTIPROCESS_ENV, None)
+            else:
+                os.environ[node_metrics.MULTIPROCESS_ENV] = before
+            self._multiprocess_env = None
         if self.drift is not None:
             self.drift.stop()
             self.drift = None

@@ -255,3 +255,66 @@ def test_receiving_processes_add_up(
         10,
         "every association to be counted closed",
     )
+
+
+@pytest.mark.slow
+def test_export_attempts_and_hl7_ack_codes_per_destination(
+    make_settings: Callable[..., Any],
+    start_node: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """A RIS that rejects (AR) the first ORU and accepts (AA) it again: two
+    attempts and one failure to the RIS, one ACK of each code; the folder got
+    its objects in one attempt. Read through the node's own exposition, as a
+    web app mounts it."""
+    from tests.export.mllp_ris import running_ris
+
+    with running_ris(["AR", "AA"]) as ris:
+        settings = make_settings(
+            assembly={"quiet_seconds": 1, "poll_seconds": 0.1},
+            runner={"enabled": True, "device": "cpu", "threads": 1, "poll_seconds": 0.1},
+            routing={
+                "rules": [
+                    {
+                        "name": "ct",
+                        "pipeline": "ct-lung",
+                        "destinations": ["disk"],
+                        "notify": ["ris"],
+                    }
+                ]
+            },
+            destinations={
+                "disk": {"type": "folder", "path": str(tmp_path / "disk")},
+                "ris": {"type": "hl7", "host": "127.0.0.1", "port": ris.port, "timeout_seconds": 3},
+            },
+            export={"poll_seconds": 0.1, "backoff_seconds": 0.2, "max_backoff_seconds": 0.5},
+        )
+        node = start_node(settings)
+        series = write_ct_series(tmp_path / "ct", slices=20, rows=64, columns=64)
+        assert storescu(series.paths, settings.node.port).returncode == 0
+        store = SQLiteJobStore(settings.database_path)
+
+        def settled() -> bool:
+            runs = [j for j in store.jobs(study_instance_uid=series.study_uid) if j.kind == "run"]
+            return bool(runs) and runs[0].state in (JobState.DONE, JobState.DEAD)
+
+        wait_for(settled, 180, "the run's export to settle", interval=0.2)
+        assert len(ris.messages()) == 2
+
+    body, content_type = node.metrics.exposition(None)
+    assert content_type.startswith("text/plain; version=0.0.4")
+    found = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert value(found, "dicomnode_hl7_acks_total", destination="ris", code="AR") == 1
+    assert value(found, "dicomnode_hl7_acks_total", destination="ris", code="AA") == 1
+    assert value(found, "dicomnode_export_attempts_total", destination="ris") == 2
+    assert value(found, "dicomnode_export_failures_total", destination="ris") == 1
+    assert value(found, "dicomnode_export_attempts_total", destination="disk") == 1
+    assert value(found, "dicomnode_export_failures_total", destination="disk") == 0
+    assert value(found, "dicomnode_export_items_total", destination="disk", outcome="delivered") > 0
+    # OpenMetrics when the scraper asks for it
+    body, content_type = node.metrics.exposition("application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.rstrip().endswith(b"# EOF")

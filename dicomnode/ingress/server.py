@@ -346,6 +346,12 @@ class IngressServer:
         if self.metrics is not None:
             self.metrics.closed(id(event.assoc))
 
+    def _on_closed(self, event: Any) -> None:
+        """``evt.EVT_CONN_CLOSE``: the connection ended, however it ended (a
+        peer that drops the connection sends neither A-RELEASE nor A-ABORT)."""
+        if self.metrics is not None:
+            self.metrics.closed(id(event.assoc))
+
     def alive(self) -> bool:
         """Whether every listener's serving thread runs (``False`` before start)."""
         return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
@@ -358,6 +364,7 @@ class IngressServer:
             (evt.EVT_ESTABLISHED, self._on_established),
             (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_RELEASED, self._on_ended),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_DIMSE_RECV, self._on_dimse_recv),
             (evt.EVT_C_ECHO, self.handler.on_c_echo),
             (evt.EVT_C_STORE, self._on_c_store),
