@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
 import logging
 import multiprocessing
 import os
@@ -18,10 +19,11 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom import config as pydicom_config
 
@@ -232,6 +234,15 @@ def reclaim_orphans(settings: Settings, timeout: float = 10.0) -> list[int]:
             ", ".join(str(pid) for pid, _ in killed),
         )
     return [pid for pid, _ in killed]
+
+
+class _Running(Protocol):
+    def alive(self) -> bool: ...
+
+
+def _alive(stage: _Running | None) -> bool:
+    """Whether a stage was started and its threads (and processes) run."""
+    return stage is not None and stage.alive()
 
 
 class Node:
@@ -463,22 +474,25 @@ class Node:
         """Whether the node can take and process studies now (``/readyz``):
         the job store answers, the spool's disk is above its floor, and every
         part's threads and processes run. See :mod:`dicomnode.health`."""
-        parts: dict[str, Any] = {}
-        if self.settings.ingress.processes == 1:
-            ingress = self.ingress
-            parts["ingress"] = lambda: ingress is not None and ingress.alive()
-        else:
-            children = list(self._children)
-            parts["ingress"] = lambda: bool(children) and all(c.is_alive() for c in children)
-        for name in ("assembler", "router", "runner", "dispatcher"):
-            stage = getattr(self, name)
-            if name == "runner" and not self.settings.runner.enabled:
-                continue
-            parts[name] = (lambda s: lambda: s is not None and bool(s.alive()))(stage)
+        parts: dict[str, Callable[[], bool]] = {"ingress": self._ingress_alive}
+        stages: dict[str, _Running | None] = {
+            "assembler": self.assembler,
+            "router": self.router,
+            "dispatcher": self.dispatcher,
+        }
+        if self.settings.runner.enabled:
+            stages["runner"] = self.runner
+        for name, stage in stages.items():
+            parts[name] = functools.partial(_alive, stage)
         if self.settings.storage.retention_days is not None:
-            retention = self.retention
-            parts["retention"] = lambda: retention is not None and retention.running
+            parts["retention"] = lambda: self.retention is not None and self.retention.running
         return readiness(self.store, self.spool, parts)
+
+    def _ingress_alive(self) -> bool:
+        if self.settings.ingress.processes == 1:
+            return self.ingress is not None and self.ingress.alive()
+        children = list(self._children)
+        return bool(children) and all(child.is_alive() for child in children)
 
     def supervise(self) -> None:
         """Restart receiving processes that died (called periodically)."""
