@@ -123,11 +123,22 @@ class WorkerPool:
             self._slots[self._slots.index(slot)] = fresh
 
     def poll(self) -> list[Outcome]:
-        """Collect finished tasks, and fail those whose worker died or hung."""
+        """Collect finished tasks, fail those whose worker died or hung, and
+        replace workers that died while idle."""
         finished: list[Outcome] = []
         for slot in list(self._slots):
             task = slot.task
             if task is None:
+                if not slot.process.is_alive():
+                    # died while idle (the kernel's OOM killer, a signal): a task
+                    # sent to it would meet a broken pipe
+                    slot.process.join(timeout=1)
+                    LOGGER.error(
+                        "runner-%d: the idle worker exited (%s); starting a new worker",
+                        slot.index,
+                        slot.process.exitcode,
+                    )
+                    self._replace(slot)
                 continue
             outcome: Outcome | None = None
             replace = False
