@@ -93,13 +93,13 @@ class IngressMetrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.instances = Counter(
             "dicomnode_instances_received",
-            "Instances stored (answered Success), per calling AE title.",
+            "Instances answered Success (an identical resend included), per calling AE title.",
             ["calling_ae"],
             registry=registry,
         )
         self.bytes = Counter(
             "dicomnode_bytes_received",
-            "Dataset bytes of the instances stored, per calling AE title.",
+            "Dataset bytes of the instances answered Success, per calling AE title.",
             ["calling_ae"],
             registry=registry,
         )
