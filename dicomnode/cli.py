@@ -68,7 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dicomnode.service import Node, configure_logging
 
     settings = _load(args.config)
-    configure_logging(settings.logging.level)
+    configure_logging(settings.logging.level, settings.logging.format)
     problems = setup_problems(settings)
     if problems:
         raise ConfigError(
@@ -614,6 +614,36 @@ def cmd_route_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    """Write a PNG preview of a study's (or a result folder's) result."""
+    from dicomnode.preview import render_job_preview, render_preview, study_runs
+
+    if args.outbox is not None:
+        if args.sources is None:
+            raise DicomNodeError("--outbox needs --sources (the run's input series)")
+        source = Path(args.sources)
+        files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+        result = Path(args.result) if args.result else None
+        data = render_preview(Path(args.outbox), files, result_dir=result)
+    else:
+        if args.study is None and args.job is None:
+            raise DicomNodeError("give a STUDY_UID, --job ID, or --outbox DIR --sources DIR")
+        store = _open_store(_load(args.config))
+        try:
+            job_id = args.job
+            if job_id is None:
+                runs = study_runs(store, args.study)
+                if not runs:
+                    raise DicomNodeError(f"study {args.study} has no run with written results")
+                job_id = runs[0].id
+            data = render_job_preview(store, job_id)
+        finally:
+            store.close()
+    Path(args.out).write_bytes(data)
+    print(f"wrote {args.out} ({len(data)} bytes)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dicomnode``."""
     parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
@@ -739,6 +769,22 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--state", choices=[s.value for s in JobState])
     jobs.add_argument("--study", metavar="STUDY_UID")
     jobs.set_defaults(func=cmd_jobs)
+
+    preview = sub.add_parser(
+        "preview", help="a PNG of a result's key slice: segments or heatmap over the image"
+    )
+    preview.add_argument("study", nargs="?", metavar="STUDY_UID", help="its newest run's result")
+    preview.add_argument("--job", type=int, metavar="ID", help="this run's result instead")
+    preview.add_argument("-o", "--out", required=True, metavar="FILE", help="the PNG to write")
+    preview.add_argument("-c", "--config", help="the node's YAML file (for its job store)")
+    preview.add_argument(
+        "--outbox", metavar="DIR", help="a folder of result objects (e.g. `run --out`'s dicom/)"
+    )
+    preview.add_argument("--sources", metavar="PATH", help="with --outbox: the input series")
+    preview.add_argument(
+        "--result", metavar="DIR", help="with --outbox: the result folder (a radiograph's heat)"
+    )
+    preview.set_defaults(func=cmd_preview)
 
     drift = sub.add_parser("drift", help="compare each pipeline's recent runs with its reference")
     with_config(drift)

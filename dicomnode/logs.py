@@ -11,7 +11,9 @@ record.
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import UTC, datetime
 
 #: Longest value :func:`escape` keeps, in characters.
 MAX_VALUE = 128
@@ -80,6 +82,60 @@ class SafeFormatter(logging.Formatter):
     @staticmethod
     def _continuation(text: str) -> str:
         return "\n".join(CONTINUATION + _escape_text(line) for line in text.splitlines())
+
+
+#: The ``extra=`` keys of the node's records that JSON lines carry as fields.
+CONTEXT_FIELDS = ("study_uid", "job_id")
+
+
+class JsonFormatter(SafeFormatter):
+    """One JSON object per line, for log collectors.
+
+    Fields: ``time`` (ISO 8601, UTC, milliseconds), ``level``, ``process``,
+    ``logger``, ``message``, the context the record carries (``study_uid``,
+    ``job_id``) and, with an exception, ``exception`` (its traceback). The
+    message and the traceback are escaped as :class:`SafeFormatter` escapes
+    them (the traceback's lines marked with :data:`CONTINUATION`, joined by a
+    newline that JSON writes as ``\\n``), and the object is written with
+    ``ensure_ascii``, so a line holds no raw control character or line
+    separator whatever a sender sent. Only the record's own message goes out:
+    the node keeps patient data out of its messages, and no field is added
+    from the datasets.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON."""
+        record.message = _escape_text(record.getMessage())
+        document: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "process": record.processName,
+            "logger": record.name,
+            "message": record.message,
+        }
+        for name in CONTEXT_FIELDS:
+            value = record.__dict__.get(name)
+            if isinstance(value, int | float | bool):
+                document[name] = value
+            elif value is not None:
+                document[name] = escape(value)
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            document["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(document, ensure_ascii=True)
+
+
+#: The text format of the console log.
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
+
+
+def formatter(style: str) -> logging.Formatter:
+    """The formatter of ``logging.format``: ``json`` (:class:`JsonFormatter`)
+    or ``text`` (:class:`SafeFormatter` with :data:`TEXT_FORMAT`)."""
+    if style == "json":
+        return JsonFormatter()
+    return SafeFormatter(TEXT_FORMAT)
 
 
 class PeerNoiseFilter(logging.Filter):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
 import logging
 import multiprocessing
 import os
@@ -18,21 +19,26 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom import config as pydicom_config
 
+from dicomnode import metrics as node_metrics
 from dicomnode.assembly import Assembler
 from dicomnode.config import Settings
+from dicomnode.endpoints import OpsServer
 from dicomnode.errors import DicomNodeError, StartupError
 from dicomnode.export.dispatcher import Dispatcher
+from dicomnode.health import Health, readiness
 from dicomnode.ingress import IngressServer, StoreHandler, recover_spool
 from dicomnode.ingress.server import in_use_hint
 from dicomnode.jobs import SQLiteJobStore
-from dicomnode.logs import PeerNoiseFilter, SafeFormatter
+from dicomnode.logs import TEXT_FORMAT, PeerNoiseFilter, formatter
+from dicomnode.metrics import IngressMetrics, NodeCollector, NodeMetrics
 from dicomnode.monitoring.drift import DriftMonitor
 from dicomnode.results.writer import DicomResultWriter
 from dicomnode.routing.stage import CompletionPolicy, Router
@@ -41,11 +47,14 @@ from dicomnode.spool import RetentionSweeper, Spool
 
 LOGGER = logging.getLogger(__name__)
 
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s"
+LOG_FORMAT = TEXT_FORMAT
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, style: str = "text") -> None:
     """Console logging for ``serve`` and its receiving processes.
+
+    ``style`` is ``logging.format``: ``text`` lines, or ``json`` (one object
+    per line, :class:`~dicomnode.logs.JsonFormatter`).
 
     Every record is one line with control characters escaped
     (:class:`~dicomnode.logs.SafeFormatter`): a value from the wire cannot
@@ -59,7 +68,7 @@ def configure_logging(level: str) -> None:
     line without its traceback (:class:`~dicomnode.logs.PeerNoiseFilter`).
     """
     handler = logging.StreamHandler()
-    handler.setFormatter(SafeFormatter(LOG_FORMAT))
+    handler.setFormatter(formatter(style))
     debug = level == "DEBUG"
     if not debug:
         handler.addFilter(PeerNoiseFilter())
@@ -143,7 +152,7 @@ def _run_file(settings: Settings, index: int) -> Path:
 
 def _ingress_child(settings: Settings, ready: Any, index: int, parent_pid: int) -> None:
     """Entry point of one receiving process."""
-    configure_logging(settings.logging.level)
+    configure_logging(settings.logging.level, settings.logging.format)
     _die_with_parent(parent_pid)
     run_file = _run_file(settings, index)
     start = _process_start(os.getpid())
@@ -164,6 +173,8 @@ def _ingress_child(settings: Settings, ready: Any, index: int, parent_pid: int) 
             settings.ingress,
             StoreHandler(build_spool(settings), store),
             reuse_port=True,
+            # multiprocess mode: the values go to files under PROMETHEUS_MULTIPROC_DIR
+            metrics=IngressMetrics(None),
         )
         server.start()
     except (OSError, DicomNodeError) as exc:
@@ -225,6 +236,15 @@ def reclaim_orphans(settings: Settings, timeout: float = 10.0) -> list[int]:
     return [pid for pid, _ in killed]
 
 
+class _Running(Protocol):
+    def alive(self) -> bool: ...
+
+
+def _alive(stage: _Running | None) -> bool:
+    """Whether a stage was started and its threads (and processes) run."""
+    return stage is not None and stage.alive()
+
+
 class Node:
     """The running node.
 
@@ -245,6 +265,10 @@ class Node:
         self.dispatcher: Dispatcher | None = None
         self.retention: RetentionSweeper | None = None
         self.drift: DriftMonitor | None = None
+        self.metrics: NodeMetrics | None = None
+        self.ops: OpsServer | None = None
+        #: (PROMETHEUS_MULTIPROC_DIR before this node set it,), or None when it did not
+        self._multiprocess_env: tuple[str | None] | None = None
         self._children: list[BaseProcess] = []
         self._mp = multiprocessing.get_context("spawn")
         self._ready: Any = None
@@ -326,9 +350,14 @@ class Node:
         self._check_disk_floor(self.spool)
         recover_spool(self.spool, self.store)
         processes = self.settings.ingress.processes
+        self.metrics = self._build_metrics()
+        self._start_ops()  # first: /readyz says what is not running yet
         if processes == 1:
             self.ingress = IngressServer(
-                self.settings.node, self.settings.ingress, StoreHandler(self.spool, self.store)
+                self.settings.node,
+                self.settings.ingress,
+                StoreHandler(self.spool, self.store),
+                metrics=self.metrics.ingress,
             )
             try:
                 self.ingress.start()
@@ -378,6 +407,8 @@ class Node:
                 node_name=self.settings.node.ae_title,
                 destinations=self.settings.destinations,
                 descriptors=self.settings.monitoring.enabled,
+                metrics=self.metrics.runs,
+                log_format=self.settings.logging.format,
                 preload=tuple(
                     dict.fromkeys(
                         rule.pipeline
@@ -391,13 +422,77 @@ class Node:
                 self.stop()
                 raise StartupError(f"the pipeline runner cannot start: {exc}") from exc
             self.runner = runner
-        self.dispatcher = Dispatcher(self.settings, self.store)
+        self.dispatcher = Dispatcher(self.settings, self.store, metrics=self.metrics.export)
         self.dispatcher.start()
         self.retention = RetentionSweeper(self.settings.storage, self.spool, self.store)
         self.retention.start()
         if self.settings.monitoring.enabled:
             self.drift = DriftMonitor(self.settings.monitoring, self.store, time.time)
             self.drift.start()
+
+    # -- metrics and health ---------------------------------------------
+
+    def _build_metrics(self) -> NodeMetrics:
+        """The node's metrics. With several receiving processes their values
+        go through prometheus_client's multiprocess mode (see
+        :mod:`dicomnode.metrics`): the directory is emptied and named in the
+        environment the receiving processes inherit."""
+        multiprocess_dir = None
+        if self.settings.ingress.processes > 1:
+            multiprocess_dir = node_metrics.prepare_multiprocess_dir(
+                self.settings.storage.data_dir / "run" / "metrics"
+            )
+            self._multiprocess_env = (os.environ.get(node_metrics.MULTIPROCESS_ENV),)
+            os.environ[node_metrics.MULTIPROCESS_ENV] = str(multiprocess_dir)
+        metrics = NodeMetrics(multiprocess_dir)
+        metrics.watch(
+            NodeCollector(
+                store=self.store,
+                free_bytes=self.spool.free_bytes if self.spool is not None else None,
+                drift=lambda: self.drift,
+            )
+        )
+        return metrics
+
+    def _start_ops(self) -> None:
+        """Serve /metrics, /healthz and /readyz when ``metrics.enabled``."""
+        config = self.settings.metrics
+        if not config.enabled or self.metrics is None:
+            return
+        ops = OpsServer(config.host, config.port, self.metrics.exposition, self.readiness)
+        try:
+            ops.start()
+        except OSError as exc:
+            self.stop()
+            raise StartupError(
+                f"metrics: cannot listen on {config.host}:{config.port}: "
+                f"{exc.strerror}{in_use_hint(exc)}"
+            ) from exc
+        self.ops = ops
+
+    def readiness(self) -> Health:
+        """Whether the node can take and process studies now (``/readyz``):
+        the job store answers, the spool's disk is above its floor, and every
+        part's threads and processes run. See :mod:`dicomnode.health`."""
+        parts: dict[str, Callable[[], bool]] = {"ingress": self._ingress_alive}
+        stages: dict[str, _Running | None] = {
+            "assembler": self.assembler,
+            "router": self.router,
+            "dispatcher": self.dispatcher,
+        }
+        if self.settings.runner.enabled:
+            stages["runner"] = self.runner
+        for name, stage in stages.items():
+            parts[name] = functools.partial(_alive, stage)
+        if self.settings.storage.retention_days is not None:
+            parts["retention"] = lambda: self.retention is not None and self.retention.running
+        return readiness(self.store, self.spool, parts)
+
+    def _ingress_alive(self) -> bool:
+        if self.settings.ingress.processes == 1:
+            return self.ingress is not None and self.ingress.alive()
+        children = list(self._children)
+        return bool(children) and all(child.is_alive() for child in children)
 
     def supervise(self) -> None:
         """Restart receiving processes that died (called periodically)."""
@@ -406,11 +501,17 @@ class Node:
                 LOGGER.error(
                     "receiving process %s exited with %s; restarting", child.name, child.exitcode
                 )
+                directory = os.environ.get(node_metrics.MULTIPROCESS_ENV)
+                if directory and child.pid is not None:
+                    node_metrics.forget_process(Path(directory), child.pid)
                 self._children[index] = self._start_child(index)
 
     def stop(self) -> None:
         """Stop accepting, finish in-flight stores, stop assembly, close the store."""
         self._stop.set()
+        if self.ops is not None:
+            self.ops.stop()
+            self.ops = None
         grace = self.settings.ingress.shutdown_grace_seconds
         for child in self._children:
             if child.is_alive() and child.pid is not None:
@@ -422,6 +523,13 @@ class Node:
                 child.kill()
                 child.join()
         self._children = []
+        if self._multiprocess_env is not None:
+            (before,) = self._multiprocess_env
+            if before is None:
+                os.environ.pop(node_metrics.MULTIPROCESS_ENV, None)
+            else:
+                os.environ[node_metrics.MULTIPROCESS_ENV] = before
+            self._multiprocess_env = None
         if self.drift is not None:
             self.drift.stop()
             self.drift = None

@@ -57,3 +57,38 @@ def test_pynetdicom_s_refusal_of_a_message_is_one_line() -> None:
         ("Invalid 'Affected SOP Instance UID' value", (), True),
     )
     assert lines == ["ERROR pynetdicom.dimse: Invalid 'Affected SOP Instance UID' value"]
+
+
+def test_json_lines_are_one_object_each_with_the_wire_value_escaped() -> None:
+    """``logging.format: json``: a sender's newline, line separator or escape
+    sequence, in the message or a traceback, leaves one parseable line per
+    record whose message reads as the text line's would."""
+    import json
+
+    from dicomnode.logs import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("tests.json")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("from %s", "EVIL\nINFO forged\u2028\x1b[31m", extra={"job_id": 7})
+        try:
+            raise ValueError("bad\nvalue")
+        except ValueError:
+            logger.exception("failed", extra={"study_uid": "1.2\n3"})
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["message"] == "from EVIL\\nINFO forged\\u2028\\x1b[31m"
+    assert (first["level"], first["logger"], first["job_id"]) == ("WARNING", "tests.json", 7)
+    assert second["study_uid"] == "1.2\\n3"
+    assert all(line.startswith(CONTINUATION) for line in second["exception"].split("\n"))
+    # as in a text line: the exception's own newline starts a marked line
+    assert second["exception"].endswith("ValueError: bad\n" + CONTINUATION + "value")
+    assert all(ch.isascii() and ch.isprintable() for ch in stream.getvalue().replace("\n", ""))

@@ -87,6 +87,10 @@ class Assembler:
         if pending is not None:
             LOGGER.info("resuming assembly: next study due in %.1f s", pending - self.clock())
 
+    def alive(self) -> bool:
+        """Whether its periodic check is scheduled and running."""
+        return self._scheduler is not None and bool(self._scheduler.running)
+
     def stop(self) -> None:
         """Stop the scheduler, waiting for a check in progress."""
         if self._scheduler is not None:

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dicomnode.config.destinations import Destination, ExportConfig
+from dicomnode.config.metrics import MetricsConfig
 from dicomnode.config.monitoring import MonitoringConfig
 from dicomnode.config.rules import RoutingConfig
 from dicomnode.config.tls import ServerTLSConfig
@@ -229,6 +230,10 @@ class LoggingConfig(_Model):
     """Console logging of ``serve``."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: one escaped line per record; json: one JSON object per line.",
+    )
 
 
 class PipelineSettings(_Model):
@@ -285,6 +290,7 @@ class Settings(_Model):
     destinations: dict[str, Destination] = Field(default_factory=dict)
     export: ExportConfig = ExportConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="before")
     @classmethod

@@ -46,7 +46,7 @@ from dicomnode.config.destinations import (
     HL7Destination,
 )
 from dicomnode.config.schema import Settings
-from dicomnode.errors import ExportError, HL7Error, JobStoreError, SendError
+from dicomnode.errors import ExportError, HL7Error, HL7NackError, JobStoreError, SendError
 from dicomnode.export.hl7 import deliver
 from dicomnode.export.storescu import (
     FailureKind,
@@ -58,6 +58,7 @@ from dicomnode.export.storescu import (
     status_category,
 )
 from dicomnode.jobs import Job, OutboxItem, SQLiteJobStore
+from dicomnode.metrics import ExportMetrics
 
 LOGGER = logging.getLogger(__name__)
 
@@ -144,12 +145,20 @@ class Dispatcher:
         The job store.
     clock : callable
         Seconds since the epoch.
+    metrics : ExportMetrics, optional
+        Counts attempts, failures and HL7 ACK codes per destination.
     """
 
     def __init__(
-        self, settings: Settings, store: SQLiteJobStore, clock: Callable[[], float] = time.time
+        self,
+        settings: Settings,
+        store: SQLiteJobStore,
+        clock: Callable[[], float] = time.time,
+        *,
+        metrics: ExportMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.config: ExportConfig = settings.export
         self.store = store
         self.clock = clock
@@ -259,10 +268,14 @@ class Dispatcher:
             elif isinstance(target, DicomDestination):
                 outcome = self._to_dicom(target, items)
             else:
-                outcome = self._to_hl7(target, items)
+                outcome = self._to_hl7(target, items, destination)
         except (OSError, ExportError) as exc:
             outcome = Delivery([], ids, [], f"{type(exc).__name__}: {exc}")
         attempts = max(i.attempts for i in items) + 1
+        if self.metrics is not None:
+            self.metrics.attempted(
+                destination, len(outcome.delivered), len(outcome.retry), len(outcome.dead)
+            )
         if outcome.delivered:
             self.store.record_delivery(outcome.delivered, "DELIVERED")
         if outcome.dead:
@@ -341,8 +354,7 @@ class Dispatcher:
             (dead if permanent(failure) else retry).append(by_path[str(failure.path)])
         return Delivery(delivered, retry, dead, "; ".join(sorted(set(errors))))
 
-    @staticmethod
-    def _to_hl7(target: HL7Destination, items: list[OutboxItem]) -> Delivery:
+    def _to_hl7(self, target: HL7Destination, items: list[OutboxItem], name: str) -> Delivery:
         """Send each notification's message as it was built when the results
         were written: a retry sends the very same message (same MSH-10)."""
         delivered: list[int] = []
@@ -359,7 +371,7 @@ class Dispatcher:
                 dead.append(item.id)
                 continue
             try:
-                deliver(
+                ack = deliver(
                     item.body,
                     target.host,
                     target.port,
@@ -367,12 +379,16 @@ class Dispatcher:
                     tls=_tls_args(target, target.host),
                 )
             except HL7Error as exc:
+                if isinstance(exc, HL7NackError) and self.metrics is not None:
+                    self.metrics.ack(name, exc.code)
                 errors.append(str(exc))
                 (dead if exc.permanent else retry).append(item.id)
             except OSError as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 retry.append(item.id)
             else:
+                if self.metrics is not None:
+                    self.metrics.ack(name, ack.code)
                 delivered.append(item.id)
         return Delivery(delivered, retry, dead, "; ".join(errors))
 
@@ -396,6 +412,10 @@ class Dispatcher:
                 # logged with its traceback; the rows stay PENDING and are tried again.
                 LOGGER.exception("export: unexpected error; the next poll tries again")
             self._stop.wait(self.config.poll_seconds)
+
+    def alive(self) -> bool:
+        """Whether the delivery thread runs."""
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         """Stop after the delivery in progress."""

@@ -17,7 +17,7 @@ from pynetdicom import AE, _config, evt
 from dicomnode.config import IngressConfig, NodeConfig
 from dicomnode.errors import StartupError
 from dicomnode.ingress.contexts import supported_contexts
-from dicomnode.ingress.handler import OUT_OF_RESOURCES, StoreHandler
+from dicomnode.ingress.handler import OUT_OF_RESOURCES, SUCCESS, StoreHandler
 from dicomnode.ingress.policy import SenderPolicy
 from dicomnode.ingress.transport import (
     MAX_CONTROL_PDU_LENGTH,
@@ -27,6 +27,7 @@ from dicomnode.ingress.transport import (
     server_class,
 )
 from dicomnode.logs import escape
+from dicomnode.metrics import IngressMetrics
 
 LOGGER = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ class IngressServer:
         Saves and records each instance.
     reuse_port : bool
         Set SO_REUSEPORT so several processes can share the port.
+    metrics : IngressMetrics, optional
+        Counts instances, bytes, C-STORE statuses and associations.
 
     Raises
     ------
@@ -168,8 +171,10 @@ class IngressServer:
         handler: StoreHandler,
         *,
         reuse_port: bool = False,
+        metrics: IngressMetrics | None = None,
     ) -> None:
         self.node = node
+        self.metrics = metrics
         self.config = ingress
         self.handler = handler
         self.policy = SenderPolicy.from_config(ingress, node.ae_title)
@@ -177,6 +182,7 @@ class IngressServer:
         self._servers: list[Any] = []
         self._listeners = listeners(node, ingress)
         self._stopped = threading.Event()
+        self._threads: list[threading.Thread] = []
 
         # pynetdicom's own handlers of received DIMSE messages only log them
         # (at DEBUG), and one that raises on a command set lacking an element
@@ -231,6 +237,8 @@ class IngressServer:
             )
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)
             event.assoc.kill()
+            if self.metrics is not None:
+                self.metrics.refuse("calling_ae_not_allowed")
         elif not self.policy.serves(called_ae):
             LOGGER.warning(
                 "rejected association from AE %s at %s: called AE title %s is not served here",
@@ -240,6 +248,8 @@ class IngressServer:
             )
             event.assoc.acse.send_reject(0x01, 0x01, 0x07)
             event.assoc.kill()
+            if self.metrics is not None:
+                self.metrics.refuse("called_ae_not_served")
 
     def _on_open(self, event: Any) -> None:
         """``evt.EVT_CONN_OPEN``: set the association's network poll interval.
@@ -299,8 +309,17 @@ class IngressServer:
 
     def _on_c_store(self, event: Any) -> int:
         """``evt.EVT_C_STORE``: refuse a dataset above ``max_dataset_size``,
-        hand the rest to the store handler."""
+        hand the rest to the store handler; count the answer."""
         size = dataset_size(Path(event.dataset_path))
+        status = self._store(event, size)
+        if self.metrics is not None:
+            self.metrics.responded(status)
+            if status == SUCCESS:
+                calling_ae = escape(str(event.assoc.requestor.ae_title).strip())
+                self.metrics.stored(calling_ae, size)
+        return status
+
+    def _store(self, event: Any, size: int) -> int:
         if size > self.config.max_dataset_size:
             LOGGER.warning(
                 "refused a %d-byte dataset from %s: above max_dataset_size (%d bytes)",
@@ -312,11 +331,30 @@ class IngressServer:
         return self.handler.on_c_store(event)
 
     def _on_established(self, event: Any) -> None:
+        if self.metrics is not None:
+            self.metrics.opened(id(event.assoc))
         LOGGER.info(
             "association from %s at %s established",
             escape(str(event.assoc.requestor.ae_title).strip()),
             event.assoc.requestor.address,
         )
+
+    def _on_ended(self, event: Any) -> None:
+        """``evt.EVT_RELEASED`` / ``evt.EVT_ABORTED``: drop a dataset half
+        received, count the association closed."""
+        discard_partial_dataset(event)
+        if self.metrics is not None:
+            self.metrics.closed(id(event.assoc))
+
+    def _on_closed(self, event: Any) -> None:
+        """``evt.EVT_CONN_CLOSE``: the connection ended, however it ended (a
+        peer that drops the connection sends neither A-RELEASE nor A-ABORT)."""
+        if self.metrics is not None:
+            self.metrics.closed(id(event.assoc))
+
+    def alive(self) -> bool:
+        """Whether every listener's serving thread runs (``False`` before start)."""
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
 
     def start(self) -> None:
         """Bind and serve in a background thread."""
@@ -324,8 +362,9 @@ class IngressServer:
             (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
-            (evt.EVT_ABORTED, discard_partial_dataset),
-            (evt.EVT_RELEASED, discard_partial_dataset),
+            (evt.EVT_ABORTED, self._on_ended),
+            (evt.EVT_RELEASED, self._on_ended),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_DIMSE_RECV, self._on_dimse_recv),
             (evt.EVT_C_ECHO, self.handler.on_c_echo),
             (evt.EVT_C_STORE, self._on_c_store),
@@ -358,6 +397,7 @@ class IngressServer:
                 target=server.serve_forever, name=f"dicomnode-ingress-{port}", daemon=True
             )
             thread.start()
+            self._threads.append(thread)
             self.ae._servers.append(server)
             self._servers.append(server)
             LOGGER.info(
@@ -396,3 +436,4 @@ class IngressServer:
         if left:
             LOGGER.warning("aborted %d association(s) still open after the grace period", len(left))
         self._servers = []
+        self._threads = []

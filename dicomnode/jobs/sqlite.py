@@ -1260,6 +1260,17 @@ class SQLiteJobStore:
                 (job_id, pipeline, self._now(), document),
             )
 
+    def state_counts(self) -> dict[tuple[str, str], int]:
+        """How many jobs are in each state, by kind (``study`` or ``run``).
+
+        Returns
+        -------
+        dict of (kind, state) to int
+            Only the pairs that have jobs.
+        """
+        rows = self._read("SELECT kind, state, COUNT(*) AS n FROM jobs GROUP BY kind, state")
+        return {(str(r["kind"]), str(r["state"])): int(r["n"]) for r in rows}
+
     def descriptor_pipelines(self) -> list[str]:
         """The pipelines that have recorded descriptors, by name."""
         rows = self._read("SELECT DISTINCT pipeline FROM descriptors ORDER BY pipeline")

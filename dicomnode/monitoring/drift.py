@@ -427,6 +427,12 @@ class DriftMonitor:
                     self._alert(report)
             return reports
 
+    def moved(self) -> dict[str, tuple[str, ...]]:
+        """Per pipeline, the descriptors that moved at its latest check (for
+        the metrics; empty tuples for pipelines that did not drift)."""
+        latest = dict(self.latest)
+        return {name: tuple(c.descriptor for c in r.drifted) for name, r in latest.items()}
+
     def _alert(self, report: PipelineDrift) -> None:
         for moved in report.drifted:
             LOGGER.warning(

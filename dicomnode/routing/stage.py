@@ -78,6 +78,10 @@ class Router:
         """Route now, then every ``poll_seconds``."""
         self._scheduler = every(self.poll_seconds, self.run_once, self.JOB_ID)
 
+    def alive(self) -> bool:
+        """Whether its periodic check is scheduled and running."""
+        return self._scheduler is not None and bool(self._scheduler.running)
+
     def stop(self) -> None:
         """Stop routing, waiting for a pass in progress."""
         if self._scheduler is not None:

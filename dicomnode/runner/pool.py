@@ -92,6 +92,11 @@ class WorkerPool:
         """The device the workers run on."""
         return self._slots[0].device if self._slots else self.settings.device
 
+    def alive(self) -> bool:
+        """Whether every worker process runs (``False`` before start). A worker
+        that died is replaced at the runner's next poll."""
+        return bool(self._slots) and all(slot.process.is_alive() for slot in self._slots)
+
     def idle(self) -> int:
         """How many workers are free."""
         return sum(1 for slot in self._slots if slot.task is None)
@@ -118,11 +123,22 @@ class WorkerPool:
             self._slots[self._slots.index(slot)] = fresh
 
     def poll(self) -> list[Outcome]:
-        """Collect finished tasks, and fail those whose worker died or hung."""
+        """Collect finished tasks, fail those whose worker died or hung, and
+        replace workers that died while idle."""
         finished: list[Outcome] = []
         for slot in list(self._slots):
             task = slot.task
             if task is None:
+                if not slot.process.is_alive():
+                    # died while idle (the kernel's OOM killer, a signal): a task
+                    # sent to it would meet a broken pipe
+                    slot.process.join(timeout=1)
+                    LOGGER.error(
+                        "runner-%d: the idle worker exited (%s); starting a new worker",
+                        slot.index,
+                        slot.process.exitcode,
+                    )
+                    self._replace(slot)
                 continue
             outcome: Outcome | None = None
             replace = False

@@ -19,6 +19,7 @@ from dicomnode.config.destinations import Destination, HL7Destination
 from dicomnode.config.schema import RunnerConfig
 from dicomnode.errors import JobStoreError
 from dicomnode.jobs import Job, SQLiteJobStore
+from dicomnode.metrics import RunMetrics
 from dicomnode.protocol import NotificationTarget, ResultWriter
 from dicomnode.resultfile import remove_staging
 from dicomnode.runner.pool import WorkerPool
@@ -68,6 +69,10 @@ class Runner:
         store for drift checks.
     clock : callable
         Seconds since the epoch.
+    metrics : RunMetrics, optional
+        Records each run's duration and the worker's per-step timings.
+    log_format : str
+        ``text`` or ``json`` log lines inside the workers.
     """
 
     def __init__(
@@ -84,8 +89,12 @@ class Runner:
         preload: tuple[str, ...] = (),
         destinations: Mapping[str, Destination] | None = None,
         descriptors: bool = True,
+        metrics: RunMetrics | None = None,
+        log_format: str = "text",
     ) -> None:
         self.config = config
+        self.metrics = metrics
+        self._started: dict[int, float] = {}
         self.store = store
         self.destinations: Mapping[str, Destination] = destinations or {}
         self.results_root = results_root
@@ -104,6 +113,7 @@ class Runner:
                 node_name=node_name,
                 options=pipeline_options(config),
                 descriptors=descriptors,
+                log_format=log_format,
             ),
             log_level=log_level,
         )
@@ -197,6 +207,7 @@ class Runner:
             notifications=self._notifications(job),
         )
         self.pool.submit(task, self.timeout_for(job.pipeline))
+        self._started[job.id] = time.monotonic()
         LOGGER.info(
             "job %d: running %s on %d instance(s) (attempt %d)",
             job.id,
@@ -230,6 +241,12 @@ class Runner:
             )
         return tuple(targets)
 
+    def _measure(self, outcome: Outcome, pipeline: str, verdict: str) -> None:
+        started = self._started.pop(outcome.job_id, None)
+        if self.metrics is not None and started is not None:
+            seconds = time.monotonic() - started
+            self.metrics.finished(pipeline, verdict, seconds, outcome.timings)
+
     def _record(self, outcome: Outcome) -> None:
         job = self.store.get_job(outcome.job_id)
         extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
@@ -238,6 +255,7 @@ class Runner:
             done = self.store.finish_run(
                 job.id, result_dir, outcome.summary, outcome.objects, outcome.messages
             )
+            self._measure(outcome, job.pipeline or "", "ok")
             LOGGER.info(
                 "job %d: %s finished, now %s", job.id, job.pipeline, done.state, extra=extra
             )
@@ -251,6 +269,7 @@ class Runner:
         attempts_left = self.max_attempts_for(pipeline) - job.attempts
         if outcome.permanent or attempts_left <= 0:
             self.store.fail_run(job.id, outcome.summary, outcome.traceback, None)
+            self._measure(outcome, pipeline, "dead")
             LOGGER.error(
                 "job %d: %s failed, DEAD after %d attempt(s): %s",
                 job.id,
@@ -262,6 +281,7 @@ class Runner:
             return
         delay = self.config.retry_backoff_seconds * (2 ** max(0, job.attempts - 1))
         self.store.fail_run(job.id, outcome.summary, outcome.traceback, self.clock() + delay)
+        self._measure(outcome, pipeline, "retry")
         LOGGER.warning(
             "job %d: %s failed (attempt %d), retrying in %.0f s: %s",
             job.id,
@@ -271,6 +291,10 @@ class Runner:
             outcome.summary,
             extra=extra,
         )
+
+    def alive(self) -> bool:
+        """Whether the polling thread and every worker process run."""
+        return self._thread is not None and self._thread.is_alive() and self.pool.alive()
 
     def stop(self) -> None:
         """Stop polling and the workers; runs in flight become FAILED_RETRYABLE."""

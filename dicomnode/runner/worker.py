@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from dicomnode.errors import InputError, ModelError, ResultError, RunnerError, VolumeError
-from dicomnode.logs import SafeFormatter
+from dicomnode.logs import formatter
 from dicomnode.monitoring.descriptors import describe
 from dicomnode.protocol import (
     InputRefused,
@@ -86,6 +86,9 @@ class Outcome:
     messages: tuple[ResultMessage, ...] = ()
     descriptors: str | None = None
     """The run's input and output descriptors (JSON), for drift checks."""
+    timings: Mapping[str, float] = field(default_factory=dict)
+    """Seconds per step of a successful run (``load_s``, ``pipeline_s``,
+    ``save_s``, ``write_s``), as in ``result.json``, for the metrics."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,8 @@ class WorkerSettings:
     ``configure(options)`` before ``load``, e.g. ``monai-bundle``'s ``bundle``."""
     descriptors: bool = True
     """Describe each run's input and output for drift checks (``monitoring.enabled``)."""
+    log_format: str = "text"
+    """``logging.format``: ``text`` or ``json`` lines from the worker."""
 
 
 def resolve_device(requested: str) -> str:
@@ -215,6 +220,7 @@ class Worker:
                 objects=objects,
                 messages=messages,
                 descriptors=self._describe(task, volume, result),
+                timings={**timings, "save_s": save_s, "write_s": write_s},
             )
         except (VolumeError, ModelError, InputError, RunnerError, InputRefused, ResultError) as exc:
             return Outcome(
@@ -265,9 +271,7 @@ def worker_main(conn: Connection, settings: WorkerSettings, log_level: str) -> N
     # one line per record, control characters escaped: header values and
     # pydicom's warnings about them come from what senders sent
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        SafeFormatter("%(asctime)s %(levelname)-7s %(processName)s %(name)s: %(message)s")
-    )
+    handler.setFormatter(formatter(settings.log_format))
     logging.basicConfig(level=log_level, handlers=[handler])
     logging.captureWarnings(True)
     if log_level != "DEBUG":
