@@ -25,6 +25,7 @@ class _Outcome:
     rule: Rule
     explanation: RuleExplanation
     run: PlannedRun | None
+    shadow: PlannedRun | None = None
 
 
 def _evaluate(rule: Rule, study: StudyInfo, *, is_fallback: bool = False) -> _Outcome:
@@ -68,11 +69,25 @@ def _evaluate(rule: Rule, study: StudyInfo, *, is_fallback: bool = False) -> _Ou
                 priority=rule.priority,
                 result_status=rule.result_status,
                 notify_after=rule.notify_after,
+                out_of_range=rule.out_of_range,
             )
+    shadow: PlannedRun | None = None
+    if run is not None and rule.shadow is not None:
+        # the candidate: same series, nothing delivered
+        shadow = PlannedRun(
+            rule=rule.name,
+            pipeline=rule.shadow.pipeline,
+            series_instance_uid=run.series_instance_uid,
+            priority=rule.priority,
+            result_status=rule.result_status,
+            shadow=True,
+            out_of_range=rule.out_of_range,
+        )
+        reasons.append(f"shadow: {rule.shadow.pipeline} runs beside it, delivering nothing")
     explanation = RuleExplanation(
         rule=rule.name, matched=run is not None, reasons=tuple(reasons), is_fallback=is_fallback
     )
-    return _Outcome(rule, explanation, run)
+    return _Outcome(rule, explanation, run, shadow)
 
 
 def _outcomes(study: StudyInfo, routing: RoutingConfig) -> list[_Outcome]:
@@ -98,6 +113,10 @@ def route(study: StudyInfo, routing: RoutingConfig) -> RoutingDecision:
     routing : RoutingConfig
         The validated rules.
 
+    A rule with a ``shadow`` candidate gives a second run, right after its
+    own: the candidate on the same series, with no destinations and nothing
+    to notify.
+
     Returns
     -------
     RoutingDecision
@@ -106,7 +125,7 @@ def route(study: StudyInfo, routing: RoutingConfig) -> RoutingDecision:
         be discarded.
     """
     outcomes = _outcomes(study, routing)
-    runs = [o.run for o in outcomes if o.run is not None]
+    runs = [run for o in outcomes for run in (o.run, o.shadow) if run is not None]
     runs.sort(key=lambda run: -run.priority)  # stable: configuration order among equals
     return RoutingDecision(
         study_instance_uid=study.study_instance_uid,
