@@ -120,7 +120,9 @@ class DilatedLungs(ErodedLungs):
         labels = np.zeros(volume.array.shape, dtype=np.uint8)
         labels[dilated(volume.array > -500)] = 2
         labels[dilated(lung_truth(volume.array))] = 1
-        return PipelineResult(label_map=labels, segments=ErodedLungs.run(self, volume, device).segments)
+        return PipelineResult(
+            label_map=labels, segments=ErodedLungs.run(self, volume, device).segments
+        )
 
 
 class ThinSlicesOnly(ErodedLungs):
