@@ -599,22 +599,40 @@ class _Builder:
         return group
 
     def out_of_range_group(self, reasons: Sequence[str]) -> _Group:
-        """The flag of an input outside the pipeline's validated range: a TID
-        1501 group whose finding is :data:`INPUT_OUT_OF_RANGE`, evaluated
-        Present, with the reasons as a Comment (TEXT) and the source images as
-        Source of Measurement."""
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=object_uid(self.volume, self.context, "sr", "input-range"),
-                identifier="Input range check",
-            ),
-            finding_type=coded(INPUT_OUT_OF_RANGE),
-            algorithm_id=self.algorithm(),
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(name=coded(INPUT_OUT_OF_RANGE), value=_PRESENT)
-            ],
-            source_images=self.source_images(),
+        """The flag of an input outside the pipeline's validated range: a group
+        whose finding is :data:`INPUT_OUT_OF_RANGE`, evaluated Present, with
+        the reasons as a Comment (TEXT). Beside the TID 1411 groups of a SEG
+        of several slices it is a TID 1411 group too, its region the border
+        of the middle slice (the flag is about the whole input); otherwise a
+        TID 1501 group with the source images as Source of Measurement."""
+        tracking = hd.sr.TrackingIdentifier(
+            uid=object_uid(self.volume, self.context, "sr", "input-range"),
+            identifier="Input range check",
         )
+        evaluations = [hd.sr.QualitativeEvaluation(name=coded(INPUT_OUT_OF_RANGE), value=_PRESENT)]
+        group: _Group
+        if self.volumetric():
+            middle = len(self.volume.sources) // 2
+            region = hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=whole_image(self.volume.array.shape).points,
+                source_image=self.image_of(middle),
+            )
+            group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_regions=[region],
+                finding_type=coded(INPUT_OUT_OF_RANGE),
+                algorithm_id=self.algorithm(),
+                qualitative_evaluations=evaluations,
+            )
+        else:
+            group = hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                finding_type=coded(INPUT_OUT_OF_RANGE),
+                algorithm_id=self.algorithm(),
+                qualitative_evaluations=evaluations,
+                source_images=self.source_images(),
+            )
         text = "Input outside the validated range: " + "; ".join(reasons)
         group[0].ContentSequence.append(
             hd.sr.TextContentItem(

@@ -430,3 +430,33 @@ def test_promote_rewrites_the_rule_keeps_a_backup_and_records_it(tmp_path, capsy
     before = path.read_text()
     assert main(["shadow", "promote", "lungs", "-c", str(path)]) != 0
     assert path.read_text() == before
+
+
+@pytest.mark.peers
+@pytest.mark.slow
+def test_the_flag_beside_ct_lung_segment_groups_is_a_valid_sr(tmp_path) -> None:
+    """Beside TID 1411 segment groups the flag is a TID 1411 group too: PixelMed
+    checks all groups of a report against one template."""
+    import dataclasses
+
+    from dicomnode.results.writer import DicomResultWriter
+    from dicomnode.synthetic import write_ct_series
+    from pipelines.ct_lung import CTLungPipeline
+    from tests.results.helpers import assert_valid, context, load
+
+    series = write_ct_series(tmp_path / "ct", slices=24, rows=64, columns=64)
+    volume, _ = load(series.paths)
+    result = CTLungPipeline().run(volume, "cpu")
+    reason = "slice thickness 5 mm, validated on 0.5 to 3 mm"
+    ctx = dataclasses.replace(context(series.paths, tmp_path / "out"), out_of_range=(reason,))
+    written = DicomResultWriter().write(result, volume, ctx)
+    (sr_path,) = [o.path for o in written.objects if o.kind == "SR"]
+    errors, _ = pixelmed(sr_path)
+    assert errors == []
+    assert_valid(sr_path)
+    texts = [
+        str(i.TextValue) for i in _content_items(pydicom.dcmread(sr_path)) if i.ValueType == "TEXT"
+    ]
+    assert any(reason in t for t in texts)
+    (message,) = written.messages if written.messages else (None,)
+    assert message is None  # no HL7 receiver in this context
