@@ -73,12 +73,13 @@ def _evaluate(rule: Rule, study: StudyInfo, *, is_fallback: bool = False) -> _Ou
             )
     shadow: PlannedRun | None = None
     if run is not None and rule.shadow is not None:
-        # the candidate: same series, nothing delivered
+        # the candidate: same series, nothing delivered, queued behind every
+        # production run of the rule's priority so that it never delays one
         shadow = PlannedRun(
             rule=rule.name,
             pipeline=rule.shadow.pipeline,
             series_instance_uid=run.series_instance_uid,
-            priority=rule.priority,
+            priority=rule.priority - 1,
             result_status=rule.result_status,
             shadow=True,
             out_of_range=rule.out_of_range,
@@ -113,20 +114,22 @@ def route(study: StudyInfo, routing: RoutingConfig) -> RoutingDecision:
     routing : RoutingConfig
         The validated rules.
 
-    A rule with a ``shadow`` candidate gives a second run, right after its
-    own: the candidate on the same series, with no destinations and nothing
-    to notify.
+    A rule with a ``shadow`` candidate gives a second run: the candidate on
+    the same series, with no destinations, nothing to notify, and a priority
+    one below the rule's (it never delays a production run).
 
     Returns
     -------
     RoutingDecision
-        The runs, highest priority first (configuration order among equals),
+        The runs, highest priority first (configuration order among equals,
+        production runs before shadow runs),
         and one explanation per rule checked. No runs means the study is to
         be discarded.
     """
     outcomes = _outcomes(study, routing)
     runs = [run for o in outcomes for run in (o.run, o.shadow) if run is not None]
-    runs.sort(key=lambda run: -run.priority)  # stable: configuration order among equals
+    # stable: configuration order among equals, shadow runs after production ones
+    runs.sort(key=lambda run: (-run.priority, run.shadow))
     return RoutingDecision(
         study_instance_uid=study.study_instance_uid,
         runs=tuple(runs),
