@@ -17,6 +17,7 @@ from dicomnode.config import Settings, load_config
 from dicomnode.errors import ConfigError, DicomNodeError, SendError
 from dicomnode.jobs import JobState, OutboxItem, SQLiteJobStore
 from dicomnode.monitoring.drift import check_pipeline
+from dicomnode.monitoring.shadow import summarize
 
 CONFIG_ENV = "DICOMNODE_CONFIG"
 
@@ -644,6 +645,131 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _num(value: object, digits: int = 3) -> str:
+    return "-" if not isinstance(value, int | float) else f"{value:.{digits}f}"
+
+
+def cmd_shadow_report(args: argparse.Namespace) -> int:
+    """Print how far each rule's shadow candidate agrees with its pipeline."""
+    settings = _load(args.config)
+    store = _open_store(settings)
+    try:
+        summaries = summarize(store.agreements(args.rule))
+        promotions = store.promotions()
+    finally:
+        store.close()
+    if args.rule is not None:
+        promotions = [p for p in promotions if p["rule"] == args.rule]
+    if args.json:
+        document = {"pairs": [s.as_dict() for s in summaries], "promotions": promotions}
+        print(json.dumps(document, indent=2))
+        return 0
+    if not summaries:
+        print("no shadow comparisons yet")
+    for summary in summaries:
+        print(
+            f"rule {summary.rule}: {summary.production} (production) vs {summary.candidate} "
+            f"(candidate), {summary.studies} studies, last {_fmt_time(summary.last_at)}"
+        )
+        if summary.structures:
+            rows = [
+                [name, str(v["n"]), _num(v["mean_dice"]), _num(v["min_dice"]), _num(v["max_dice"])]
+                for name, v in summary.structures.items()
+            ]
+            print(_table(["STRUCTURE", "N", "MEAN DICE", "MIN", "MAX"], rows))
+        if summary.findings:
+            rows = [
+                [
+                    name,
+                    str(v["n"]),
+                    _num(v["agreement"]),
+                    _num(v["mean_difference"]),
+                    _num(v["mean_abs_difference"]),
+                ]
+                for name, v in summary.findings.items()
+            ]
+            print(_table(["FINDING", "N", "AGREEMENT", "MEAN DIFF", "MEAN |DIFF|"], rows))
+    for promotion in promotions:
+        print(
+            f"promoted {_fmt_time(float(str(promotion['at'])))}: rule {promotion['rule']} "
+            f"{promotion['from_pipeline']} -> {promotion['to_pipeline']} by "
+            f"{promotion['by_user']} (backup {promotion['backup_path']})"
+        )
+    return 0
+
+
+def cmd_shadow_promote(args: argparse.Namespace) -> int:
+    """Make a rule's shadow candidate its pipeline (YAML rewritten, backup kept,
+    promotion recorded in the job store)."""
+    from dicomnode.config.promote import promote_candidate
+
+    chosen = args.config or os.environ.get(CONFIG_ENV)
+    if not chosen:
+        raise ConfigError(f"no configuration file: pass -c FILE or set {CONFIG_ENV}")
+    settings = _load(chosen)
+    store = _open_store(settings)
+    try:
+        summaries = [s.as_dict() for s in summarize(store.agreements(args.rule))]
+        promotion = promote_candidate(Path(chosen), args.rule)
+        store.record_promotion(
+            promotion.rule,
+            promotion.from_pipeline,
+            promotion.to_pipeline,
+            str(promotion.config_path.resolve()),
+            str(promotion.backup_path.resolve()),
+            os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid()),
+            json.dumps(summaries),
+        )
+    finally:
+        store.close()
+    print(
+        f"rule {promotion.rule}: {promotion.to_pipeline} replaces {promotion.from_pipeline} "
+        f"in {promotion.config_path} (backup: {promotion.backup_path}); restart the node "
+        "to apply it"
+    )
+    return 0
+
+
+def cmd_corrections(args: argparse.Namespace) -> int:
+    """List the radiologists' corrections received and their scores."""
+    settings = _load(args.config)
+    store = _open_store(settings)
+    try:
+        rows = store.corrections()
+    finally:
+        store.close()
+    for row in rows:
+        row["scores"] = json.loads(str(row["scores"])) if row["scores"] else None
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no corrections received")
+        return 0
+    table = []
+    for row in rows:
+        scores = row["scores"] if isinstance(row["scores"], dict) else {}
+        segments = scores.get("segments", {})
+        table.append(
+            [
+                str(row["id"]),
+                _fmt_time(float(str(row["received_at"]))),
+                str(row["job_id"]),
+                str(row["pipeline"]),
+                str(row["matched_by"]),
+                str(row["state"]),
+                "; ".join(
+                    f"{name} Dice {_num(v.get('dice'))} "
+                    f"dV {_num(v.get('volume_difference_ml'), 1)} ml"
+                    for name, v in segments.items()
+                )
+                or str(row["reason"] or ""),
+            ]
+        )
+    print(_table(["ID", "RECEIVED", "JOB", "PIPELINE", "MATCHED BY", "STATE", "SCORES"], table))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dicomnode``."""
     parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
@@ -790,6 +916,29 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(drift)
     drift.add_argument("--json", action="store_true", help="print JSON")
     drift.set_defaults(func=cmd_drift)
+
+    shadow = sub.add_parser("shadow", help="shadow mode: candidate pipelines beside production")
+    shadow_sub = shadow.add_subparsers(dest="shadow_command", required=True)
+    shadow_report = shadow_sub.add_parser(
+        "report", help="agreement of each rule's candidate with its pipeline"
+    )
+    with_config(shadow_report)
+    shadow_report.add_argument("--rule", help="only this rule")
+    shadow_report.add_argument("--json", action="store_true", help="print JSON")
+    shadow_report.set_defaults(func=cmd_shadow_report)
+    promote = shadow_sub.add_parser(
+        "promote", help="make a rule's candidate its pipeline (rewrites the YAML, keeps a backup)"
+    )
+    with_config(promote)
+    promote.add_argument("rule", help="the rule's name")
+    promote.set_defaults(func=cmd_shadow_promote)
+
+    corrections = sub.add_parser(
+        "corrections", help="radiologists' corrected SEGs received, scored against the node's"
+    )
+    with_config(corrections)
+    corrections.add_argument("--json", action="store_true", help="print JSON")
+    corrections.set_defaults(func=cmd_corrections)
     return parser
 
 

@@ -314,6 +314,53 @@ Range = tuple[float, float]
 
 
 @dataclass(frozen=True)
+class ValidatedRange:
+    """The inputs a pipeline was validated on: its input range.
+
+    Unlike the contract (:class:`InputSpec`), a study outside this range is
+    one the pipeline can run on but was not shown to work for (a 5 mm slice
+    where it was validated on 0.5 to 3 mm). Each routing rule says what such
+    a study gets (``out_of_range``): ``flag`` (the result says so, in the SR
+    and the ORU) or ``refuse`` (no result, the reason recorded). Bounds are
+    inclusive; ``None`` means "not checked". A header without the value
+    checked is reported as outside the range (nothing shows it is inside).
+
+    Attributes
+    ----------
+    slice_thickness_mm : (float, float), optional
+        Slice Thickness (0018,0050).
+    pixel_spacing_mm : (float, float), optional
+        In-plane pixel spacing, both directions.
+    slice_spacing_mm : (float, float), optional
+        Distance between slices (volumes of more than one slice).
+    kvp : (float, float), optional
+        KVP (0018,0060), for CT.
+    slices : (int, int), optional
+        Number of slices.
+    """
+
+    slice_thickness_mm: Range | None = None
+    pixel_spacing_mm: Range | None = None
+    slice_spacing_mm: Range | None = None
+    kvp: Range | None = None
+    slices: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("slice_thickness_mm", "pixel_spacing_mm", "slice_spacing_mm", "kvp", "slices"):
+            bounds = getattr(self, name)
+            if bounds is not None and not 0 < bounds[0] <= bounds[1]:
+                raise ValueError(
+                    f"ValidatedRange.{name} must be (least, greatest) with "
+                    f"0 < least <= greatest, got {bounds}"
+                )
+
+    @property
+    def empty(self) -> bool:
+        """Whether nothing is checked."""
+        return self == ValidatedRange()
+
+
+@dataclass(frozen=True)
 class InputSpec:
     """What a pipeline needs from its input series: its input contract.
 
@@ -343,6 +390,9 @@ class InputSpec:
         them once upper-cased and stripped of everything but letters (so
         ``Chest_Routine`` and ``CHESTABDPELVIS`` are a chest); a header without
         one is accepted. Empty: any body part.
+    validated : ValidatedRange
+        The narrower range the pipeline was validated on; outside it a
+        result is flagged or refused as the rule says (not checked when empty).
     """
 
     modalities: frozenset[str]
@@ -352,6 +402,7 @@ class InputSpec:
     pixel_spacing_mm: Range | None = None
     slice_spacing_mm: Range | None = None
     body_parts: frozenset[str] = frozenset()
+    validated: ValidatedRange = field(default_factory=ValidatedRange)
 
     def __post_init__(self) -> None:
         if not self.modalities or any(m != m.upper() or not m for m in self.modalities):
@@ -459,6 +510,12 @@ class ResultContext:
         the SR is PRELIMINARY and the ORU's status P.
     notifications : tuple of NotificationTarget
         The HL7 receivers to build an ORU^R01 for.
+    out_of_range : tuple of str
+        Why the input is outside the pipeline's validated range (one phrase
+        each), when it is and the rule flags rather than refuses: the SR and
+        the ORU say so. Empty: inside the range (or none declared).
+    shadow : bool
+        A candidate's run in shadow mode: its objects are kept, never sent.
     """
 
     job_id: int
@@ -470,6 +527,8 @@ class ResultContext:
     algorithm: Algorithm
     final: bool = False
     notifications: tuple[NotificationTarget, ...] = ()
+    out_of_range: tuple[str, ...] = ()
+    shadow: bool = False
 
 
 @dataclass(frozen=True)

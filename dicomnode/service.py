@@ -39,7 +39,9 @@ from dicomnode.ingress.server import in_use_hint
 from dicomnode.jobs import SQLiteJobStore
 from dicomnode.logs import TEXT_FORMAT, PeerNoiseFilter, formatter
 from dicomnode.metrics import IngressMetrics, NodeCollector, NodeMetrics
+from dicomnode.monitoring.corrections import CorrectionScorer
 from dicomnode.monitoring.drift import DriftMonitor
+from dicomnode.monitoring.shadow import ShadowMonitor
 from dicomnode.results.writer import DicomResultWriter
 from dicomnode.routing.stage import CompletionPolicy, Router
 from dicomnode.runner.stage import Runner
@@ -269,6 +271,7 @@ class Node:
         self.ops: OpsServer | None = None
         #: (PROMETHEUS_MULTIPROC_DIR before this node set it,), or None when it did not
         self._multiprocess_env: tuple[str | None] | None = None
+        self.agreement: list[ShadowMonitor | CorrectionScorer] = []
         self._children: list[BaseProcess] = []
         self._mp = multiprocessing.get_context("spawn")
         self._ready: Any = None
@@ -429,6 +432,15 @@ class Node:
         if self.settings.monitoring.enabled:
             self.drift = DriftMonitor(self.settings.monitoring, self.store, time.time)
             self.drift.start()
+            self._start_agreement(self.store)
+
+    def _start_agreement(self, store: SQLiteJobStore) -> None:
+        """Start comparing shadow runs with production runs and scoring
+        radiologists' corrections (``monitoring.poll_seconds``)."""
+        poll = self.settings.monitoring.poll_seconds
+        self.agreement = [ShadowMonitor(store, poll), CorrectionScorer(store, poll)]
+        for monitor in self.agreement:
+            monitor.start()
 
     # -- metrics and health ---------------------------------------------
 
@@ -533,6 +545,9 @@ class Node:
         if self.drift is not None:
             self.drift.stop()
             self.drift = None
+        for monitor in self.agreement:
+            monitor.stop()
+        self.agreement = []
         if self.retention is not None:
             self.retention.stop()
             self.retention = None

@@ -36,6 +36,12 @@ class MonitoringConfig(BaseModel):
         default=None, pattern=r"^https?://", description="POSTed a JSON alert when set."
     )
     webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    poll_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often finished shadow runs are compared with their production runs "
+        "and received corrections are scored.",
+    )
 
     @model_validator(mode="after")
     def _windows(self) -> MonitoringConfig:

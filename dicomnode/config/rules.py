@@ -26,6 +26,8 @@ expression is an error naming its field path, e.g.
           completion: {quiet_seconds: 60}
           result_status: preliminary   # or final, only for verified results
           notify_after: delivered      # or written
+          shadow: {pipeline: ct-lung-v2}   # a candidate run beside, never delivered
+          out_of_range: flag           # or refuse: outside the validated input range
       fallback:
         name: fallback
         pipeline: qa-archive
@@ -320,6 +322,24 @@ class CompletionOverride(_Model):
         return self
 
 
+class ShadowCandidate(_Model):
+    """A candidate pipeline run in shadow mode beside the rule's pipeline.
+
+    It runs on the same series of every study the rule matches; its results
+    are written and kept (marked shadow) but never delivered: no DICOM
+    export, no HL7. How far it agrees with the production pipeline
+    accumulates per rule (``dicomnode shadow report``).
+
+    Attributes
+    ----------
+    pipeline : str
+        The candidate pipeline (another pipeline, or the same one installed
+        under another name with another model or manifest version).
+    """
+
+    pipeline: Name
+
+
 def _unique_names(values: tuple[str, ...]) -> tuple[str, ...]:
     seen: set[str] = set()
     for value in values:
@@ -363,6 +383,13 @@ class Rule(_Model):
         When the notification (ORU) is sent: ``delivered`` (the default) once
         the objects it names reached every one of ``destinations`` (never if
         they end DEAD); ``written`` as soon as the results are written.
+    shadow : ShadowCandidate, optional
+        A candidate pipeline to run beside ``pipeline`` without delivering
+        anything, for comparison (shadow mode).
+    out_of_range : {"flag", "refuse"}
+        What a study outside the pipeline's validated input range gets:
+        ``flag`` (the default) runs it and says so in the SR and the ORU;
+        ``refuse`` ends the run without a result, with the reason.
     """
 
     name: Name
@@ -383,6 +410,21 @@ class Rule(_Model):
         description="Send the ORU once the objects it names are delivered (default), or as "
         "soon as they are written.",
     )
+    shadow: ShadowCandidate | None = None
+    out_of_range: Literal["flag", "refuse"] = Field(
+        default="flag",
+        description="flag (run, and say so in the SR and ORU; the default) or refuse a study "
+        "outside the pipeline's validated input range.",
+    )
+
+    @model_validator(mode="after")
+    def _candidate_differs(self) -> Rule:
+        if self.shadow is not None and self.shadow.pipeline == self.pipeline:
+            raise ValueError(
+                f"shadow.pipeline: the candidate must differ from the rule's pipeline "
+                f"({self.pipeline!r})"
+            )
+        return self
 
 
 def _check_fallback(value: object, handler: ValidatorFunctionWrapHandler) -> object:

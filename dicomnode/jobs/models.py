@@ -58,7 +58,10 @@ class Job:
     instances, a run's results and objects); the row and its history stay.
 
     A run's ``result_status`` (``preliminary`` or ``final``) and
-    ``notify_after`` (``delivered`` or ``written``) come from its rule.
+    ``notify_after`` (``delivered`` or ``written``) come from its rule, and so
+    do ``shadow`` (a candidate pipeline's run beside the production one: its
+    results are kept, never delivered) and ``out_of_range`` (``flag`` or
+    ``refuse``: what a study outside the pipeline's validated range gets).
     """
 
     id: int
@@ -87,6 +90,8 @@ class Job:
     purged_at: float | None = None
     result_status: str = "preliminary"
     notify_after: str = "delivered"
+    shadow: bool = False
+    out_of_range: str = "flag"
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,10 @@ class RunSpec:
     priority: int = 0
     result_status: str = "preliminary"
     notify_after: str = "delivered"
+    shadow: bool = False
+    """A candidate's run in shadow mode: no destinations, no notifications."""
+    out_of_range: str = "flag"
+    """``flag`` or ``refuse`` a study outside the pipeline's validated range."""
 
 
 @dataclass(frozen=True)

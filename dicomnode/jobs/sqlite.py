@@ -32,7 +32,7 @@ from dicomnode.jobs.models import (
 from dicomnode.jobs.states import JobState, check_transition
 from dicomnode.protocol import ResultMessage, ResultObject
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -127,6 +127,62 @@ CREATE TABLE IF NOT EXISTS descriptors (
 CREATE INDEX IF NOT EXISTS descriptors_pipeline ON descriptors (pipeline, at);
 """
 
+# -- schema version 6: shadow mode, radiologists' corrections, input range --
+#: Run columns: ``shadow`` (1 for a candidate pipeline's run beside the
+#: production one, never delivered) and ``out_of_range`` (``flag`` or
+#: ``refuse``, from the rule).
+_ADDED_JOB_COLUMNS_V6 = {
+    "shadow": "INTEGER NOT NULL DEFAULT 0",
+    "out_of_range": "TEXT NOT NULL DEFAULT 'flag'",
+}
+#: Tables: the agreement of each shadow run with its production run, the
+#: corrected SEGs received (scored against the node's SEG), and every
+#: promotion of a candidate pipeline (the audit record of ``shadow promote``).
+_SCHEMA_V6 = """
+CREATE TABLE IF NOT EXISTS shadow_agreement (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    rule TEXT NOT NULL,
+    production_pipeline TEXT NOT NULL,
+    candidate_pipeline TEXT NOT NULL,
+    production_job_id INTEGER NOT NULL,
+    shadow_job_id INTEGER NOT NULL UNIQUE,
+    study_instance_uid TEXT NOT NULL,
+    at REAL NOT NULL,
+    json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS shadow_agreement_pair
+    ON shadow_agreement (rule, production_pipeline, candidate_pipeline);
+CREATE TABLE IF NOT EXISTS corrections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sop_instance_uid TEXT NOT NULL UNIQUE,
+    series_instance_uid TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    round_job_id INTEGER NOT NULL,
+    job_id INTEGER NOT NULL,
+    pipeline TEXT NOT NULL,
+    seg_sop_instance_uid TEXT NOT NULL,
+    seg_path TEXT NOT NULL,
+    matched_by TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'PENDING',
+    scores TEXT,
+    reason TEXT,
+    received_at REAL NOT NULL,
+    scored_at REAL
+);
+CREATE TABLE IF NOT EXISTS promotions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    rule TEXT NOT NULL,
+    from_pipeline TEXT NOT NULL,
+    to_pipeline TEXT NOT NULL,
+    config_path TEXT NOT NULL,
+    backup_path TEXT NOT NULL,
+    by_user TEXT NOT NULL,
+    agreement TEXT NOT NULL
+);
+"""
+
 #: Indexes on columns an upgrade may have only just added.
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_instance_uid, purged_at);
@@ -136,7 +192,7 @@ _JOB_COLUMNS = (
     "id, kind, study_instance_uid, round, parent_id, state, calling_ae, opened_at, "
     "last_instance_at, instance_count, attempts, reason, updated_at, pipeline, "
     "series_instance_uid, rule, destinations, notify, priority, next_attempt_at, traceback, "
-    "result_dir, outbox_dir, purged_at, result_status, notify_after"
+    "result_dir, outbox_dir, purged_at, result_status, notify_after, shadow, out_of_range"
 )
 #: Columns added after schema version 1, with their definitions (for upgrades).
 #: ``outbox_dir`` and ``purged_at`` came with retention (version 3),
@@ -212,6 +268,8 @@ def _job(row: sqlite3.Row) -> Job:
         purged_at=row["purged_at"],
         result_status=row["result_status"],
         notify_after=row["notify_after"],
+        shadow=bool(row["shadow"]),
+        out_of_range=row["out_of_range"],
     )
 
 
@@ -278,11 +336,13 @@ class SQLiteJobStore:
                 ("jobs", _ADDED_JOB_COLUMNS),
                 ("outbox", _ADDED_OUTBOX_COLUMNS),
                 ("instances", _ADDED_INSTANCE_COLUMNS),
+                ("jobs", _ADDED_JOB_COLUMNS_V6),
             ):
                 present = {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}
                 for column, definition in added.items():
                     if column not in present:
                         self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            self._conn.executescript(_SCHEMA_V6)
             self._conn.executescript(_INDEXES)
         with self._write() as cur:
             cur.execute(
@@ -707,8 +767,8 @@ class SQLiteJobStore:
                     "INSERT INTO jobs (kind, study_instance_uid, round, parent_id, state, "
                     "calling_ae, opened_at, last_instance_at, instance_count, updated_at, "
                     "pipeline, series_instance_uid, rule, destinations, notify, priority, "
-                    "result_status, notify_after) "
-                    "VALUES ('run', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "result_status, notify_after, shadow, out_of_range) "
+                    "VALUES ('run', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         row["study_instance_uid"],
                         row["round"],
@@ -727,11 +787,19 @@ class SQLiteJobStore:
                         run.priority,
                         run.result_status,
                         run.notify_after,
+                        int(run.shadow),
+                        run.out_of_range,
                     ),
                 )
                 run_id = int(cur.lastrowid or 0)
+                role = " (shadow)" if run.shadow else ""
                 self._add_transition(
-                    cur, run_id, None, JobState.ROUTED, now, f"rule {run.rule}: {run.pipeline}"
+                    cur,
+                    run_id,
+                    None,
+                    JobState.ROUTED,
+                    now,
+                    f"rule {run.rule}: {run.pipeline}{role}",
                 )
                 created.append(run_id)
         return created
@@ -783,9 +851,13 @@ class SQLiteJobStore:
         """
         now = self._now()
         with self._write() as cur:
-            row = _job_row(cur, job_id, "state, destinations, notify")
+            row = _job_row(cur, job_id, "state, destinations, notify, shadow")
             current = JobState(row["state"])
             check_transition(current, JobState.RESULTS_WRITTEN)
+            if row["shadow"]:  # a candidate's results are kept, never delivered
+                messages, shadow_only = (), True
+            else:
+                shadow_only = False
             folders = {str(Path(item.path).parent) for item in objects}
             outbox_dir = folders.pop() if len(folders) == 1 else None
             cur.execute(
@@ -794,8 +866,8 @@ class SQLiteJobStore:
                 (str(JobState.RESULTS_WRITTEN), now, summary, result_dir, outbox_dir, job_id),
             )
             self._add_transition(cur, job_id, current, JobState.RESULTS_WRITTEN, now, summary)
-            destinations = json.loads(row["destinations"])
-            notify = json.loads(row["notify"])
+            destinations = [] if shadow_only else json.loads(row["destinations"])
+            notify = [] if shadow_only else json.loads(row["notify"])
             built = {message.destination: message for message in messages}
             cur.execute("DELETE FROM outbox WHERE job_id = ?", (job_id,))
             rows: list[tuple[object, ...]] = [
@@ -836,7 +908,11 @@ class SQLiteJobStore:
                 [(job_id, *values, now, now) for values in rows],
             )
             if not rows:
-                reason = "no destinations configured"
+                reason = (
+                    "shadow run: results kept, not delivered"
+                    if shadow_only
+                    else "no destinations configured"
+                )
                 cur.execute(
                     "UPDATE jobs SET state = ?, updated_at = ? WHERE id = ?",
                     (str(JobState.DONE), now, job_id),
@@ -1321,6 +1397,168 @@ class SQLiteJobStore:
                 params.append(first)
         rows = self._read(sql, tuple(params))
         return [(int(r["id"]), int(r["job_id"]), float(r["at"]), str(r["json"])) for r in rows]
+
+    # -- shadow mode, corrections, promotions (schema version 6) ----------
+
+    def shadow_pairs(self) -> list[tuple[Job, Job]]:
+        """Shadow runs with results whose agreement is not recorded yet, each
+        with its production run (same round, rule and series) once that has
+        results too, oldest first.
+
+        Returns
+        -------
+        list of (production Job, shadow Job)
+        """
+        rows = self._read(
+            "SELECT p.id AS production, s.id AS shadow FROM jobs s JOIN jobs p "
+            "ON p.parent_id = s.parent_id AND p.rule = s.rule AND p.kind = 'run' "
+            "AND p.shadow = 0 AND p.series_instance_uid IS s.series_instance_uid "
+            "WHERE s.kind = 'run' AND s.shadow = 1 AND s.result_dir IS NOT NULL "
+            "AND p.result_dir IS NOT NULL AND s.purged_at IS NULL AND p.purged_at IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM shadow_agreement a WHERE a.shadow_job_id = s.id) "
+            "ORDER BY s.id"
+        )
+        return [(self.get_job(r["production"]), self.get_job(r["shadow"])) for r in rows]
+
+    def record_agreement(self, production: Job, shadow: Job, document: str) -> None:
+        """Keep the agreement of a shadow run with its production run (JSON);
+        a second record for the same shadow run is ignored."""
+        with self._write() as cur:
+            cur.execute(
+                "INSERT OR IGNORE INTO shadow_agreement (rule, production_pipeline, "
+                "candidate_pipeline, production_job_id, shadow_job_id, study_instance_uid, at, "
+                "json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    shadow.rule or "",
+                    production.pipeline or "",
+                    shadow.pipeline or "",
+                    production.id,
+                    shadow.id,
+                    shadow.study_instance_uid,
+                    self._now(),
+                    document,
+                ),
+            )
+
+    def agreements(self, rule: str | None = None) -> list[dict[str, object]]:
+        """Recorded agreements (oldest first), each a dict of the row's columns."""
+        where, params = ("WHERE rule = ?", (rule,)) if rule is not None else ("", ())
+        rows = self._read(f"SELECT * FROM shadow_agreement {where} ORDER BY id", params)
+        return [dict(row) for row in rows]
+
+    def record_promotion(
+        self,
+        rule: str,
+        from_pipeline: str,
+        to_pipeline: str,
+        config_path: str,
+        backup_path: str,
+        by_user: str,
+        agreement: str,
+    ) -> int:
+        """Record that ``rule``'s candidate was promoted; return the row id."""
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO promotions (at, rule, from_pipeline, to_pipeline, config_path, "
+                "backup_path, by_user, agreement) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self._now(),
+                    rule,
+                    from_pipeline,
+                    to_pipeline,
+                    config_path,
+                    backup_path,
+                    by_user,
+                    agreement,
+                ),
+            )
+            return int(cur.lastrowid or 0)
+
+    def promotions(self) -> list[dict[str, object]]:
+        """Every recorded promotion, oldest first (dicts of the row's columns)."""
+        return [dict(row) for row in self._read("SELECT * FROM promotions ORDER BY id")]
+
+    def written_segmentations(
+        self, sop_instance_uids: Sequence[str], series_instance_uids: Sequence[str]
+    ) -> list[dict[str, object]]:
+        """SEGs the node wrote (its outbox) with one of these SOP Instance UIDs
+        or in one of these series, newest run first.
+
+        Returns
+        -------
+        list of dict
+            ``job_id``, ``pipeline``, ``source_series`` (the run's input
+            series), ``sop_instance_uid``, ``series_instance_uid``, ``path``.
+        """
+        sops, series = list(sop_instance_uids), list(series_instance_uids)
+        if not sops and not series:
+            return []
+        rows = self._read(
+            "SELECT DISTINCT o.job_id, j.pipeline, j.series_instance_uid AS source_series, "
+            "o.sop_instance_uid, o.series_instance_uid, o.path FROM outbox o "
+            "JOIN jobs j ON j.id = o.job_id WHERE o.kind = 'dicom' "
+            "AND o.sop_class_uid = '1.2.840.10008.5.1.4.1.1.66.4' "
+            f"AND (o.sop_instance_uid IN ({_marks(sops) or 'NULL'}) "
+            f"OR o.series_instance_uid IN ({_marks(series) or 'NULL'})) ORDER BY o.job_id DESC",
+            (*sops, *series),
+        )
+        return [dict(row) for row in rows]
+
+    def record_correction(
+        self,
+        *,
+        sop_instance_uid: str,
+        series_instance_uid: str,
+        study_instance_uid: str,
+        path: str,
+        round_job_id: int,
+        job_id: int,
+        pipeline: str,
+        seg_sop_instance_uid: str,
+        seg_path: str,
+        matched_by: str,
+    ) -> bool:
+        """Record a received SEG that corrects one the node wrote (PENDING
+        scoring); return whether it was new."""
+        with self._write() as cur:
+            cur.execute(
+                "INSERT OR IGNORE INTO corrections (sop_instance_uid, series_instance_uid, "
+                "study_instance_uid, path, round_job_id, job_id, pipeline, "
+                "seg_sop_instance_uid, seg_path, matched_by, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sop_instance_uid,
+                    series_instance_uid,
+                    study_instance_uid,
+                    path,
+                    round_job_id,
+                    job_id,
+                    pipeline,
+                    seg_sop_instance_uid,
+                    seg_path,
+                    matched_by,
+                    self._now(),
+                ),
+            )
+            return cur.rowcount == 1
+
+    def corrections(self, *, pending: bool = False) -> list[dict[str, object]]:
+        """Recorded corrections, oldest first (only PENDING ones with ``pending``)."""
+        where = "WHERE state = 'PENDING'" if pending else ""
+        return [dict(r) for r in self._read(f"SELECT * FROM corrections {where} ORDER BY id")]
+
+    def score_correction(
+        self, correction_id: int, state: str, scores: str | None, reason: str | None
+    ) -> None:
+        """Record a correction's scores (``SCORED``) or why it has none (``FAILED``)."""
+        if state not in ("SCORED", "FAILED"):
+            raise ValueError(f"unknown correction state {state!r}")
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE corrections SET state = ?, scores = ?, reason = ?, scored_at = ? "
+                "WHERE id = ?",
+                (state, scores, reason, self._now(), correction_id),
+            )
 
     def close(self) -> None:
         """See :meth:`dicomnode.jobs.store.JobStore.close`."""

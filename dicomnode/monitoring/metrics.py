@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 __all__ = [
     "bootstrap_ci",
     "classification_metrics",
+    "dice",
     "roc_band",
     "segmentation_metrics",
 ]
@@ -24,6 +25,35 @@ BOOTSTRAP_RESAMPLES = 1000
 def _finite(value: float) -> float | None:
     """``value``, or ``None`` where it is NaN or infinite (an empty mask)."""
     return float(value) if math.isfinite(value) else None
+
+
+def dice(prediction: NDArray[np.bool_], reference: NDArray[np.bool_]) -> float:
+    """The Dice coefficient of two masks of one structure (MONAI's ``DiceMetric``).
+
+    Parameters
+    ----------
+    prediction, reference : ndarray of bool
+        Masks of the same shape.
+
+    Returns
+    -------
+    float
+        ``2 |A and B| / (|A| + |B|)``; 1.0 when both masks are empty (they agree).
+
+    Raises
+    ------
+    ValueError
+        The masks differ in shape.
+    """
+    import torch
+    from monai.metrics.meandice import DiceMetric
+
+    if prediction.shape != reference.shape:
+        raise ValueError(f"masks of shapes {prediction.shape} and {reference.shape}")
+    pred = torch.from_numpy(prediction.astype(np.float32))[None, None]
+    ref = torch.from_numpy(reference.astype(np.float32))[None, None]
+    metric = DiceMetric(include_background=True, reduction="none", ignore_empty=False)
+    return float(torch.as_tensor(metric(pred, ref)).item())
 
 
 def segmentation_metrics(

@@ -22,6 +22,9 @@ The message
          OBR-24 RAD, OBR-25 the result status, OBR-27.6 priority S/R
     NTE  provenance: pipeline name/version, every model's name, version, SHA-256,
          and what the status means (not verified / corrects an earlier result)
+    NTE  only for an input outside the pipeline's validated range (the rule flags
+         it): NTE-1 2, NTE-3 "Input outside the validated range of the
+         pipeline: <reasons>"
     TQ1  TQ1-9 priority S^Stat^HL70485 when a finding is positive, else R^Routine
     OBX  TX   the summary: line breaks become repetitions (TX's hard line break),
               and so do cuts between sentences that keep each line <= 199 characters
@@ -79,6 +82,7 @@ from dicomnode.protocol import (
 
 __all__ = [
     "HL7_VERSION",
+    "OUT_OF_RANGE_NOTE",
     "PatientContext",
     "abnormal",
     "build_messages",
@@ -457,6 +461,11 @@ def build_oru(
     nte.nte_1 = "1"
     nte.nte_2 = "O"
     nte.nte_3 = escape(_provenance(result, context, patient.study_description, status))
+    if context.out_of_range:
+        flag = order.add_segment("NTE")
+        flag.nte_1 = "2"
+        flag.nte_2 = "O"
+        flag.nte_3 = escape(OUT_OF_RANGE_NOTE + "; ".join(context.out_of_range))
 
     timing = order.add_group("ORU_R01_TIMING_QTY")
     tq1 = timing.add_segment("TQ1")
@@ -563,6 +572,10 @@ def build_messages(
         )
         messages.append(ResultMessage(target.destination, control_id, body, refers_to))
     return tuple(messages)
+
+
+OUT_OF_RANGE_NOTE = "Input outside the validated range of the pipeline: "
+"""How the ORU's second NTE begins, for a result of an input outside the range."""
 
 
 def _provenance(

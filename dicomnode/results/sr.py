@@ -99,7 +99,9 @@ from .regions import Outline, Point, outline, outlines, peak, whole_image
 from .uids import derived_uid
 
 __all__ = [
+    "COMMENT",
     "ILLUSTRATION",
+    "INPUT_OUT_OF_RANGE",
     "OUTLINE_TRACKING_IDENTIFIER",
     "POINT_TRACKING_IDENTIFIER",
     "PROBABILITY",
@@ -129,6 +131,14 @@ POINT_TRACKING_IDENTIFIER = "Cornerstone3DTools@^0.1.0:Probe"
 measurement (a probe)."""
 
 _ANATOMICAL_STRUCTURE = ("SCT", "91723000")
+
+INPUT_OUT_OF_RANGE = Code("INPUTRANGE", "99DICOMNODE", "Input outside the validated range")
+"""Finding of the group that flags an input outside the pipeline's validated range."""
+
+COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
+"""Concept name of the TEXT item giving why the input is outside the range."""
+
+_TEXT_LIMIT = 1024
 
 _PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
 _ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
@@ -223,7 +233,7 @@ def build_report(
         not match ``volume.sources``, the SEG does not hold the result's
         segments, or highdicom refuses the inputs.
     """
-    if not (result.segments or result.measurements or result.findings):
+    if not (result.segments or result.measurements or result.findings or context.out_of_range):
         return None
     check_sources(volume, sources)
     images = distinct_sources(sources)
@@ -245,6 +255,8 @@ def build_report(
     if whole:
         groups.append(builder.whole_result_group(whole))
     groups += [builder.finding_group(index, f) for index, f in enumerate(result.findings)]
+    if context.out_of_range:
+        groups.append(builder.out_of_range_group(context.out_of_range))
     if not groups:
         LOGGER.debug("no segment has measurements and there are no findings: no SR")
         return None
@@ -283,7 +295,9 @@ def build_report(
         manufacturer_model_name=limit(context.pipeline_name),
         software_versions=limit(context.pipeline_version),
         device_serial_number=limit(context.node_name),
-        coding_schemes=local_coding_schemes(result_codes(result)),
+        coding_schemes=local_coding_schemes(
+            [*result_codes(result), *([INPUT_OUT_OF_RANGE] if context.out_of_range else [])]
+        ),
         specific_character_set=charset,
     )
     copy_identity(images[0], sr)
@@ -582,6 +596,51 @@ class _Builder:
         if place is not None:
             self.place_measurements(group, place)
         group[0].ContentSequence.extend(self.illustrations_of(finding))
+        return group
+
+    def out_of_range_group(self, reasons: Sequence[str]) -> _Group:
+        """The flag of an input outside the pipeline's validated range: a group
+        whose finding is :data:`INPUT_OUT_OF_RANGE`, evaluated Present, with
+        the reasons as a Comment (TEXT). Beside the TID 1411 groups of a SEG
+        of several slices it is a TID 1411 group too, its region the border
+        of the middle slice (the flag is about the whole input); otherwise a
+        TID 1501 group with the source images as Source of Measurement."""
+        tracking = hd.sr.TrackingIdentifier(
+            uid=object_uid(self.volume, self.context, "sr", "input-range"),
+            identifier="Input range check",
+        )
+        evaluations = [hd.sr.QualitativeEvaluation(name=coded(INPUT_OUT_OF_RANGE), value=_PRESENT)]
+        group: _Group
+        if self.volumetric():
+            middle = len(self.volume.sources) // 2
+            region = hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=whole_image(self.volume.array.shape).points,
+                source_image=self.image_of(middle),
+            )
+            group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                referenced_regions=[region],
+                finding_type=coded(INPUT_OUT_OF_RANGE),
+                algorithm_id=self.algorithm(),
+                qualitative_evaluations=evaluations,
+            )
+        else:
+            group = hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tracking,
+                finding_type=coded(INPUT_OUT_OF_RANGE),
+                algorithm_id=self.algorithm(),
+                qualitative_evaluations=evaluations,
+                source_images=self.source_images(),
+            )
+        text = "Input outside the validated range: " + "; ".join(reasons)
+        group[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=COMMENT,
+                value=text[:_TEXT_LIMIT],
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
         return group
 
     def volumetric(self) -> bool:

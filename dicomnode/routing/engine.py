@@ -25,6 +25,7 @@ class _Outcome:
     rule: Rule
     explanation: RuleExplanation
     run: PlannedRun | None
+    shadow: PlannedRun | None = None
 
 
 def _evaluate(rule: Rule, study: StudyInfo, *, is_fallback: bool = False) -> _Outcome:
@@ -68,11 +69,26 @@ def _evaluate(rule: Rule, study: StudyInfo, *, is_fallback: bool = False) -> _Ou
                 priority=rule.priority,
                 result_status=rule.result_status,
                 notify_after=rule.notify_after,
+                out_of_range=rule.out_of_range,
             )
+    shadow: PlannedRun | None = None
+    if run is not None and rule.shadow is not None:
+        # the candidate: same series, nothing delivered, queued behind every
+        # production run of the rule's priority so that it never delays one
+        shadow = PlannedRun(
+            rule=rule.name,
+            pipeline=rule.shadow.pipeline,
+            series_instance_uid=run.series_instance_uid,
+            priority=rule.priority - 1,
+            result_status=rule.result_status,
+            shadow=True,
+            out_of_range=rule.out_of_range,
+        )
+        reasons.append(f"shadow: {rule.shadow.pipeline} runs beside it, delivering nothing")
     explanation = RuleExplanation(
         rule=rule.name, matched=run is not None, reasons=tuple(reasons), is_fallback=is_fallback
     )
-    return _Outcome(rule, explanation, run)
+    return _Outcome(rule, explanation, run, shadow)
 
 
 def _outcomes(study: StudyInfo, routing: RoutingConfig) -> list[_Outcome]:
@@ -98,16 +114,22 @@ def route(study: StudyInfo, routing: RoutingConfig) -> RoutingDecision:
     routing : RoutingConfig
         The validated rules.
 
+    A rule with a ``shadow`` candidate gives a second run: the candidate on
+    the same series, with no destinations, nothing to notify, and a priority
+    one below the rule's (it never delays a production run).
+
     Returns
     -------
     RoutingDecision
-        The runs, highest priority first (configuration order among equals),
+        The runs, highest priority first (configuration order among equals,
+        production runs before shadow runs),
         and one explanation per rule checked. No runs means the study is to
         be discarded.
     """
     outcomes = _outcomes(study, routing)
-    runs = [o.run for o in outcomes if o.run is not None]
-    runs.sort(key=lambda run: -run.priority)  # stable: configuration order among equals
+    runs = [run for o in outcomes for run in (o.run, o.shadow) if run is not None]
+    # stable: configuration order among equals, shadow runs after production ones
+    runs.sort(key=lambda run: (-run.priority, run.shadow))
     return RoutingDecision(
         study_instance_uid=study.study_instance_uid,
         runs=tuple(runs),

@@ -14,8 +14,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicomnode.config.rules import RoutingConfig
 from dicomnode.errors import IllegalTransitionError
-from dicomnode.jobs import Job, JobState, RunSpec, SQLiteJobStore
+from dicomnode.jobs import InstanceRecord, Job, JobState, RunSpec, SQLiteJobStore
 from dicomnode.routing import completion_for, describe_study, route
+from dicomnode.routing.corrections import SEGMENTATION_STORAGE, find_correction
 from dicomnode.scheduling import every
 
 LOGGER = logging.getLogger(__name__)
@@ -42,18 +43,65 @@ class Router:
         self.poll_seconds = poll_seconds
         self._scheduler: BackgroundScheduler | None = None
 
+    def corrections(self, job: Job, records: list[InstanceRecord]) -> set[str]:
+        """Record the round's SEGs that correct a SEG the node wrote (see
+        :mod:`dicomnode.routing.corrections`); return their SOP Instance UIDs,
+        which are kept out of routing."""
+        found: set[str] = set()
+        for record in records:
+            if record.sop_class_uid != SEGMENTATION_STORAGE:
+                continue
+            correction = find_correction(Path(record.path), self.store.written_segmentations)
+            if correction is None:
+                continue
+            found.add(record.sop_instance_uid)
+            new = self.store.record_correction(
+                sop_instance_uid=record.sop_instance_uid,
+                series_instance_uid=record.series_instance_uid,
+                study_instance_uid=record.study_instance_uid,
+                path=record.path,
+                round_job_id=job.id,
+                job_id=correction.job_id,
+                pipeline=correction.pipeline,
+                seg_sop_instance_uid=correction.seg_sop_instance_uid,
+                seg_path=correction.seg_path,
+                matched_by=correction.matched_by,
+            )
+            if new:
+                LOGGER.info(
+                    "job %d: a corrected SEG of job %d's result arrived (matched by %s); "
+                    "kept for scoring, not routed",
+                    job.id,
+                    correction.job_id,
+                    correction.matched_by,
+                    extra={"study_uid": job.study_instance_uid, "job_id": job.id},
+                )
+        return found
+
     def route_round(self, job: Job) -> list[int]:
-        """Route one COMPLETE round; return the run job ids it created."""
-        paths = [Path(r.path) for r in self.store.instances_of(job.id)]
+        """Route one COMPLETE round; return the run job ids it created.
+
+        Received SEGs that correct one the node wrote are recorded as
+        corrections and left out: they never reach a pipeline."""
+        records = self.store.instances_of(job.id)
+        corrected = self.corrections(job, records)
+        paths = [Path(r.path) for r in records if r.sop_instance_uid not in corrected]
         studies = [s for s in describe_study(paths, job.calling_ae) if s.study_instance_uid]
         extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
         runs: list[RunSpec] = []
-        reason = "no rule matched"
+        reason = (
+            f"{len(corrected)} corrected SEG(s) of the node's results: scored, not routed"
+            if corrected
+            else "no rule matched"
+        )
         for study in studies:
             decision = route(study, self.config)
             runs.extend(decision.runs)
             if decision.runs:
-                rules = ", ".join(f"{r.rule} → {r.pipeline}" for r in decision.runs)
+                rules = ", ".join(
+                    f"{r.rule} → {r.pipeline}{' (shadow)' if r.shadow else ''}"
+                    for r in decision.runs
+                )
                 reason = ("fallback: " if decision.used_fallback else "matched ") + rules
         try:
             created = self.store.route(job.id, runs, reason)
@@ -62,7 +110,7 @@ class Router:
         if created:
             LOGGER.info("job %d routed: %s", job.id, reason, extra=extra)
         else:
-            LOGGER.info("job %d discarded: no rule matched", job.id, extra=extra)
+            LOGGER.info("job %d discarded: %s", job.id, reason, extra=extra)
         return created
 
     def run_once(self) -> int:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import re
 
-from dicomnode.protocol import InputRefused, InputSpec, Range, Volume
+from dicomnode.protocol import InputRefused, InputSpec, Range, ValidatedRange, Volume
 
-__all__ = ["check_input", "contract_problems", "normalized_body_part"]
+__all__ = ["check_input", "contract_problems", "normalized_body_part", "range_problems"]
 
 _NOT_LETTERS = re.compile(r"[^A-Z]+")
 
@@ -113,3 +113,75 @@ def contract_problems(spec: InputSpec, volume: Volume) -> list[str]:
         )
         problems.append(f"{slices} slice(s), not {wanted}")
     return problems
+
+
+def _number(volume: Volume, keyword: str) -> float | None:
+    text = volume.attributes.get(keyword, "").split("\\")[0].strip()
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+def _outside(name: str, value: float | None, bounds: Range | None, unit: str) -> str | None:
+    if bounds is None:
+        return None
+    wanted = f"{bounds[0]:g} to {bounds[1]:g}{unit}"
+    if value is None:
+        return f"no {name} in the header (validated on {wanted})"
+    if _within(value, bounds):
+        return None
+    return f"{name} {value:.3g}{unit}, validated on {wanted}"
+
+
+def range_problems(validated: ValidatedRange, volume: Volume) -> list[str]:
+    """Every way ``volume`` is outside the range its pipeline was validated on.
+
+    Parameters
+    ----------
+    validated : ValidatedRange
+        The pipeline's declared validated range (``InputSpec.validated``).
+    volume : Volume
+        The loaded input series (already inside the contract).
+
+    Returns
+    -------
+    list of str
+        One phrase each, e.g. ``slice thickness 5 mm, validated on 0.5 to 3
+        mm``; empty when the volume is inside the range or none is declared.
+    """
+    if validated.empty:
+        return []
+    slices = volume.array.shape[0]
+    slice_spacing, row_spacing, column_spacing = volume.spacing
+    pixels_known = volume.attributes.get("PixelSpacingSource") != "none"
+    found = [
+        _outside(
+            "slice thickness",
+            _number(volume, "SliceThickness"),
+            validated.slice_thickness_mm,
+            " mm",
+        ),
+        _outside("kVp", _number(volume, "KVP"), validated.kvp, ""),
+    ]
+    if validated.pixel_spacing_mm is not None:
+        outside = [
+            s for s in (row_spacing, column_spacing) if not _within(s, validated.pixel_spacing_mm)
+        ]
+        spacing = None if not pixels_known else outside[0] if outside else row_spacing
+        found.append(_outside("pixel spacing", spacing, validated.pixel_spacing_mm, " mm"))
+    if validated.slice_spacing_mm is not None and slices > 1:
+        known = volume.attributes.get("SliceSpacingSource") != "none"
+        found.append(
+            _outside(
+                "slice spacing",
+                slice_spacing if known else None,
+                validated.slice_spacing_mm,
+                " mm",
+            )
+        )
+    if validated.slices is not None and not validated.slices[0] <= slices <= validated.slices[1]:
+        found.append(
+            f"{slices} slice(s), validated on {validated.slices[0]} to {validated.slices[1]}"
+        )
+    return [problem for problem in found if problem is not None]

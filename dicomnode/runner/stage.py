@@ -200,22 +200,31 @@ class Runner:
             pipeline=job.pipeline,
             files=files,
             result_dir=str(self.results_root / f"job-{job.id}"),
-            outbox_dir=None
-            if self.outbox_root is None
-            else str(self.outbox_root / f"job-{job.id}"),
+            outbox_dir=self._outbox_dir(job),
             final=job.result_status == "final",
-            notifications=self._notifications(job),
+            notifications=() if job.shadow else self._notifications(job),
+            out_of_range=job.out_of_range,
+            shadow=job.shadow,
         )
         self.pool.submit(task, self.timeout_for(job.pipeline))
         self._started[job.id] = time.monotonic()
         LOGGER.info(
-            "job %d: running %s on %d instance(s) (attempt %d)",
+            "job %d: running %s%s on %d instance(s) (attempt %d)",
             job.id,
             job.pipeline,
+            " (shadow)" if job.shadow else "",
             len(files),
             job.attempts,
             extra=extra,
         )
+
+    def _outbox_dir(self, job: Job) -> str | None:
+        """Where the run's objects go: ``<outbox_root>/job-<id>``, or for a
+        shadow run (kept, never delivered) ``<outbox_root>/shadow/job-<id>``."""
+        if self.outbox_root is None:
+            return None
+        root = self.outbox_root / "shadow" if job.shadow else self.outbox_root
+        return str(root / f"job-{job.id}")
 
     def _notifications(self, job: Job) -> tuple[NotificationTarget, ...]:
         """The HL7 receivers the run notifies, with their message headers; a

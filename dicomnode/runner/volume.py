@@ -114,6 +114,8 @@ ATTRIBUTE_KEYWORDS = (
     "WindowCenter",
     "WindowWidth",
     "VOILUTFunction",
+    "SliceThickness",
+    "KVP",
 )
 """Header values copied into ``Volume.attributes`` when present (never patient data)."""
 

@@ -34,7 +34,7 @@ from dicomnode.protocol import (
     Volume,
 )
 from dicomnode.resultfile import record_timings, save_result
-from dicomnode.runner.contract import check_input
+from dicomnode.runner.contract import check_input, range_problems
 from dicomnode.runner.manifest import verify_model
 from dicomnode.runner.registry import PipelineRegistry
 from dicomnode.runner.volume import load_series
@@ -47,7 +47,9 @@ class Task:
     """One pipeline run, as sent to a worker.
 
     ``final`` and ``notifications`` go to the result writer's
-    :class:`~dicomnode.protocol.ResultContext`.
+    :class:`~dicomnode.protocol.ResultContext`; ``out_of_range`` (``flag``
+    or ``refuse``, from the rule) says what a volume outside the pipeline's
+    validated range gets; ``shadow`` marks a candidate's run in shadow mode.
     """
 
     job_id: int
@@ -57,6 +59,8 @@ class Task:
     outbox_dir: str | None = None
     final: bool = False
     notifications: tuple[NotificationTarget, ...] = ()
+    out_of_range: str = "flag"
+    shadow: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,8 @@ class Worker:
         """Run one task; every failure becomes an :class:`Outcome`.
 
         A failure that the same input would meet again (a series that is no
-        volume, a volume outside the pipeline's input contract, a pipeline's
+        volume, a volume outside the pipeline's input contract, or outside
+        its validated range where the rule refuses such input, a pipeline's
         :class:`~dicomnode.protocol.InputRefused`, a bad model, sources the
         result writer cannot make objects from) is ``permanent``: the run is
         DEAD at once with its reason. Any other exception may be retried.
@@ -176,6 +181,12 @@ class Worker:
             volume = load_series([Path(f) for f in task.files])
             timings = {"load_s": time.perf_counter() - mark}
             check_input(pipeline.name, pipeline.input, volume)
+            outside = tuple(range_problems(pipeline.input.validated, volume))
+            if outside and task.out_of_range == "refuse":
+                raise InputRefused(
+                    f"input outside the validated range of {pipeline.name}: "
+                    f"{'; '.join(outside)} (the rule's out_of_range is refuse: no result)"
+                )
             mark = time.perf_counter()
             result = pipeline.run(volume, self.device)
             timings["pipeline_s"] = time.perf_counter() - mark
@@ -207,16 +218,21 @@ class Worker:
                     algorithm=pipeline.algorithm,
                     final=task.final,
                     notifications=task.notifications,
+                    out_of_range=outside,
+                    shadow=task.shadow,
                 )
                 mark = time.perf_counter()
                 written = self.settings.writer.write(result, volume, context)
                 objects, messages = written.objects, written.messages
                 write_s = time.perf_counter() - mark
             record_timings(result_dir, {"save_s": save_s, "write_s": write_s})
+            summary = result.summary or "result saved"
+            if outside:
+                summary += f" (input outside the validated range: {'; '.join(outside)})"
             return Outcome(
                 task.job_id,
                 ok=True,
-                summary=_with_provenance(result.summary or "result saved", result),
+                summary=_with_provenance(summary, result),
                 objects=objects,
                 messages=messages,
                 descriptors=self._describe(task, volume, result),

@@ -349,7 +349,10 @@ def test_a_database_of_schema_version_3_opens_and_is_upgraded_in_place(tmp_path:
 
     store = SQLiteJobStore(path, clock=Clock(1000.0))
     version = store._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version.fetchone()[0] == "5"
+    assert version.fetchone()[0] == "6"
+    # version 6: an old run is a production run that flags out-of-range input
+    assert (store.get_job(2).shadow, store.get_job(2).out_of_range) == (False, "flag")
+    assert store.agreements() == [] and store.corrections() == [] and store.promotions() == []
     assert store.descriptors("ct-lung") == []  # the descriptors table came with version 5
     store.record_descriptors(2, "ct-lung", '{"input": {}}')
     assert [(job, text) for _, job, _, text in store.descriptors("ct-lung")] == [

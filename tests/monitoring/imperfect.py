@@ -18,6 +18,7 @@ from dicomnode.protocol import (
     InputSpec,
     PipelineResult,
     Segment,
+    ValidatedRange,
     Volume,
 )
 
@@ -107,3 +108,27 @@ class FailsOnSmallLungs(ErodedLungs):
 
 #: lung fraction below which only the smallest phantom of the test set lies
 SMALL_LUNGS = 0.045
+
+
+class DilatedLungs(ErodedLungs):
+    """The candidate beside :class:`ErodedLungs` in shadow tests: the same
+    segments, its lungs dilated by one pixel instead of eroded."""
+
+    name = "test-dilated-lungs"
+
+    def run(self, volume: Volume, device: str) -> PipelineResult:
+        labels = np.zeros(volume.array.shape, dtype=np.uint8)
+        labels[dilated(volume.array > -500)] = 2
+        labels[dilated(lung_truth(volume.array))] = 1
+        return PipelineResult(
+            label_map=labels, segments=ErodedLungs.run(self, volume, device).segments
+        )
+
+
+class ThinSlicesOnly(ErodedLungs):
+    """:class:`ErodedLungs` declaring it was validated on slices 0.5 to 3 mm thick."""
+
+    name = "test-thin-slices"
+    input = InputSpec(
+        modalities=frozenset({"CT"}), validated=ValidatedRange(slice_thickness_mm=(0.5, 3.0))
+    )

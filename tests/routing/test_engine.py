@@ -356,3 +356,26 @@ def test_completion_uses_the_fallback_only_when_nothing_matched() -> None:
 def test_route_is_pure(study: StudyInfo) -> None:
     config = routing([CT_LUNG, CT_ANY, CXR_RULE], FALLBACK)
     assert route(study, config) == route(study, config)
+
+
+def test_a_shadow_candidate_runs_on_the_same_series_delivering_nothing() -> None:
+    rule = {**CT_LUNG, "shadow": {"pipeline": "ct-lung-v2"}, "out_of_range": "refuse"}
+    decision = route(CHEST_CT, routing([rule, {**CT_ANY, "priority": 4}]))
+    assert [(r.pipeline, r.shadow, r.priority) for r in decision.runs] == [
+        ("ct-lung", False, 5),
+        ("qa", False, 4),
+        ("ct-lung-v2", True, 4),  # behind every production run of its priority
+    ]
+    production, _, shadow = decision.runs
+    assert shadow.series_instance_uid == production.series_instance_uid == "1.2.3.1"
+    assert (shadow.destinations, shadow.notify) == ((), ())
+    assert production.destinations == ("pacs",) and production.notify == ("ris",)
+    assert production.out_of_range == shadow.out_of_range == "refuse"
+    assert "shadow: ct-lung-v2" in explain_text(decision)
+
+
+def test_a_candidate_that_is_the_rules_own_pipeline_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"shadow\.pipeline"):
+        routing([{**CT_LUNG, "shadow": {"pipeline": "ct-lung"}}])
+    with pytest.raises(ValueError, match="out_of_range"):
+        routing([{**CT_LUNG, "out_of_range": "ignore"}])

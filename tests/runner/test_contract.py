@@ -131,3 +131,28 @@ def test_dicomnode_run_says_why(tmp_path: Path) -> None:
     assert "ct-lung refuses this series: field of view 7.8 x 7.8 mm" in result.stderr
     assert not (tmp_path / "out").exists()
     assert series.paths
+
+
+def test_the_validated_range_names_each_value_outside_it(tmp_path: Path) -> None:
+    from dicomnode.protocol import ValidatedRange
+    from dicomnode.runner.contract import range_problems
+
+    series = write_ct_series(tmp_path / "thick", slices=6, rows=32, columns=32, slice_thickness=5.0)
+    volume = load_series(series.paths)
+    inside = ValidatedRange(slice_thickness_mm=(4.0, 6.0), slices=(1, 10))
+    assert range_problems(inside, volume) == []
+    assert range_problems(ValidatedRange(), volume) == []
+    outside = ValidatedRange(slice_thickness_mm=(0.5, 3.0), slices=(16, 1000), kvp=(80, 140))
+    problems = range_problems(outside, volume)
+    assert problems[0] == "slice thickness 5 mm, validated on 0.5 to 3 mm"
+    assert "6 slice(s), validated on 16 to 1000" in problems
+    assert len(problems) == 2  # the phantom's 120 kVp is inside
+    assert range_problems(ValidatedRange(kvp=(80, 100)), volume) == [
+        "kVp 120, validated on 80 to 100"
+    ]
+    del volume.attributes["KVP"]  # a header without the value is not shown to be inside
+    assert range_problems(ValidatedRange(kvp=(80, 140)), volume) == [
+        "no kVp in the header (validated on 80 to 140)"
+    ]
+    with pytest.raises(ValueError, match="slices"):
+        ValidatedRange(slices=(5, 2))
