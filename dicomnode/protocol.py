@@ -197,6 +197,10 @@ class ModelFile:
         Per-label decision thresholds, by label name (classifiers).
     extra : mapping of str to object
         The manifest's ``input`` contract and anything else it declares.
+    files : tuple of Path
+        The model's further files (the manifest's ``files``), each checked
+        against its own SHA-256 like ``path``: a model that is a folder (an
+        nnU-Net trained-model folder's plans, dataset.json and folds).
     """
 
     name: str
@@ -206,6 +210,7 @@ class ModelFile:
     labels: tuple[tuple[int, str, Code], ...] = ()
     thresholds: Mapping[str, float] = field(default_factory=dict)
     extra: Mapping[str, object] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()
 
     @property
     def info(self) -> ModelInfo:
