@@ -279,7 +279,7 @@ def test_a_pushed_ct_gives_a_seg_on_the_right_slices_a_valid_sr_and_an_oru(
     from tests.results.helpers import assert_sr_valid, assert_valid
 
     models = tmp_path / "models"
-    write_manifest(models)
+    write_manifest(models, spacing=(2.5, 10.0, 10.0))  # the series' spacing: exact labels
     series = write_ct_series(tmp_path / "ct", slices=16, rows=40, columns=40)
     with_bright_block(series, range(3, 9))
     orthanc = Orthanc(tmp_path / "orthanc")
@@ -315,7 +315,6 @@ def test_a_pushed_ct_gives_a_seg_on_the_right_slices_a_valid_sr_and_an_oru(
 
             run = wait_for(finished, 180, "the nnunet run to finish", interval=0.3)
             assert run.state == JobState.DONE, run.reason
-            assert "nnU-Net tiny 0.1.0" in (run.reason or "")
             wait_for(lambda: ris.received, 30, "the ORU at the RIS", interval=0.2)
             instances = orthanc.get("/instances")
             files: dict[str, Path] = {}
@@ -334,6 +333,12 @@ def test_a_pushed_ct_gives_a_seg_on_the_right_slices_a_valid_sr_and_an_oru(
     seg = pydicom.dcmread(files["SEG"])
     assert seg.StudyInstanceUID == series.study_uid
     labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
+    algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "nnunet"
+    checkpoint = models / FOLDER / "fold_0" / "checkpoint_final.pth"
+    assert sha256(checkpoint) in str(algorithm.AlgorithmParameters)
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+    assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"  # AI
     assert sorted(labels.values()) == ["bone", "liver"]
     # every frame lies on its source slice and holds exactly what the model makes of it
     volume = load_series(series.paths)
