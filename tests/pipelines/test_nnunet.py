@@ -363,3 +363,31 @@ def test_a_pushed_ct_gives_a_seg_on_the_right_slices_a_valid_sr_and_an_oru(
     assert seen == {"liver": set(range(3, 9)), "bone": set(range(3, 9))}
     oru = ris.received[0].replace("\n", "\r")
     assert "liver" in oru
+
+
+def test_config_check_names_a_wrong_hash_and_bad_settings(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from dicomnode.config.schema import RunnerConfig
+    from dicomnode.runner.requirements import pipeline_setup_problems
+    from dicomnode.runner.stage import pipeline_options
+
+    write_manifest(tmp_path)
+    config = RunnerConfig.model_validate(
+        {"pipelines": {"nnunet": {"nnunet": {"model": "tiny", "folds": [0]}}}}
+    )
+    options = pipeline_options(config)["nnunet"]
+    assert pipeline_setup_problems(NnUNetPipeline(), dict(options), tmp_path) == []
+    (tmp_path / FOLDER / "dataset.json").write_text("{}")
+    (problem,) = pipeline_setup_problems(NnUNetPipeline(), dict(options), tmp_path)
+    assert "model 'tiny' 0.1.0: weights file dataset.json has SHA-256" in problem
+    (problem,) = pipeline_setup_problems(NnUNetPipeline(), {}, tmp_path)
+    assert "runner.pipelines.nnunet.nnunet.model" in problem
+    with pytest.raises(ValidationError, match="folds"):
+        RunnerConfig.model_validate(
+            {"pipelines": {"nnunet": {"nnunet": {"model": "t", "folds": ["x"]}}}}
+        )
+    with pytest.raises(ValidationError, match="extra"):
+        RunnerConfig.model_validate(
+            {"pipelines": {"nnunet": {"nnunet": {"model": "t", "step": 1}}}}
+        )
