@@ -9,12 +9,14 @@ A code map is a YAML file::
         type: {value: "367643001", scheme: SCT, meaning: Cyst}
         region: {value: "64033007", scheme: SCT, meaning: Kidney}
 
-``type`` is required, ``category`` defaults to Anatomical Structure, ``region``
-is optional. The map shipped with the pipeline (:data:`TOTALSEGMENTATOR`)
-covers TotalSegmentator's structures where a code is certain. A label the map
-does not hold is never given an invented code: it becomes a segment named as
-dataset.json names it, with category and type Tissue (:data:`UNMAPPED`), and
-its description says so.
+``type`` is required, ``category`` defaults to Anatomical Structure,
+``region`` is optional, and ``laterality`` (``left`` or ``right``) gives the
+side of a paired structure (of the region when there is one). The map shipped
+with the pipeline (:data:`TOTALSEGMENTATOR`) covers TotalSegmentator's
+structures where a code is certain. A label the map does not hold is never
+given an invented code: it becomes a segment named as dataset.json names it,
+with category and type Tissue (:data:`UNMAPPED`), and the run's summary lists
+it as not coded.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dicomnode.protocol import Code, InputRefused
 
 __all__ = [
     "ANATOMICAL_STRUCTURE",
+    "SIDES",
     "TISSUE",
     "TOTALSEGMENTATOR",
     "UNMAPPED",
@@ -44,6 +47,7 @@ TOTALSEGMENTATOR = Path(__file__).with_name("totalsegmentator.yaml")
 
 ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
 TISSUE = Code("85756007", "SCT", "Tissue")
+SIDES = {"left": Code("7771000", "SCT", "Left"), "right": Code("24028007", "SCT", "Right")}
 
 
 class CodeMapError(InputRefused):
@@ -56,12 +60,13 @@ class CodeMapError(InputRefused):
 
 @dataclass(frozen=True)
 class Meaning:
-    """What one label is: category, type, optional anatomic region."""
+    """What one label is: category, type, optional anatomic region and side."""
 
     category: Code
     type: Code
     region: Code | None = None
     mapped: bool = True
+    laterality: Code | None = None
 
 
 UNMAPPED = Meaning(TISSUE, TISSUE, None, mapped=False)
@@ -119,9 +124,12 @@ def read_code_map(path: Path) -> CodeMap:
         where = f"nnunet code map {path}: labels.{name}"
         if not isinstance(entry, Mapping) or "type" not in entry:
             raise CodeMapError(f"{where}: needs a 'type' code")
-        extra = sorted(set(entry) - {"type", "category", "region"})
+        extra = sorted(set(entry) - {"type", "category", "region", "laterality"})
         if extra:
             raise CodeMapError(f"{where}: unknown key(s) {', '.join(map(str, extra))}")
+        side = entry.get("laterality")
+        if side is not None and side not in SIDES:
+            raise CodeMapError(f"{where}.laterality: must be left or right, got {side!r}")
         labels[str(name)] = Meaning(
             category=(
                 _code(entry["category"], f"{where}.category")
@@ -130,5 +138,6 @@ def read_code_map(path: Path) -> CodeMap:
             ),
             type=_code(entry["type"], f"{where}.type"),
             region=_code(entry["region"], f"{where}.region") if "region" in entry else None,
+            laterality=SIDES[side] if side is not None else None,
         )
     return CodeMap(path, labels)

@@ -241,7 +241,16 @@ class NnUNetPipeline:
             meaning = self._codes.meaning(name)
             if not meaning.mapped:
                 uncoded.append(name)
-            segments.append(Segment(value, name, meaning.category, meaning.type, meaning.region))
+            segments.append(
+                Segment(
+                    value,
+                    name,
+                    meaning.category,
+                    meaning.type,
+                    meaning.region,
+                    laterality=meaning.laterality,
+                )
+            )
             ml = voxels * volume.voxel_volume_ml
             measurements.append(Measurement(VOLUME, ml, MILLILITER, value))
             found.append(f"{name} {ml:.1f} mL")

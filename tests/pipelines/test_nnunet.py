@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from dicomnode.errors import ModelError
 from dicomnode.jobs import JobState
-from dicomnode.protocol import InputRefused, Volume
+from dicomnode.protocol import InputRefused, Measurement, Volume
 from dicomnode.runner.manifest import verify_model
 from dicomnode.runner.volume import load_series
 from dicomnode.synthetic import Series, write_ct_series, write_oblique_ct_series
@@ -259,6 +259,15 @@ def test_the_shipped_code_map_is_valid_and_a_broken_one_is_named(tmp_path: Path)
 # --- through the node: storescu in, SEG + SR in Orthanc, ORU at the RIS -------------------------
 
 
+def walk(dataset: Any) -> list[Any]:
+    """Every content item of an SR, depth first."""
+    items = []
+    for item in dataset.get("ContentSequence", []):
+        items.append(item)
+        items.extend(walk(item))
+    return items
+
+
 def nnunet_plugins() -> list[str]:
     """The pipeline as a plugin where the installed package does not declare it yet."""
     installed = {e.name for e in entry_points(group="dicomnode.pipelines")}
@@ -279,7 +288,9 @@ def test_a_pushed_ct_gives_a_seg_on_the_right_slices_a_valid_sr_and_an_oru(
     from tests.results.helpers import assert_sr_valid, assert_valid
 
     models = tmp_path / "models"
-    write_manifest(models, spacing=(2.5, 10.0, 10.0))  # the series' spacing: exact labels
+    # at the series' spacing (exact labels); a paired structure, so the side is coded
+    labels = {"background": 0, "kidney_left": 1, "bone": 2}
+    write_manifest(models, spacing=(2.5, 10.0, 10.0), labels=labels)
     series = write_ct_series(tmp_path / "ct", slices=16, rows=40, columns=40)
     with_bright_block(series, range(3, 9))
     orthanc = Orthanc(tmp_path / "orthanc")
@@ -332,25 +343,37 @@ def test_a_pushed_ct_gives_a_seg_on_the_right_slices_a_valid_sr_and_an_oru(
     assert_sr_valid(files["SR"])
     seg = pydicom.dcmread(files["SEG"])
     assert seg.StudyInstanceUID == series.study_uid
-    labels = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
+    numbers = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
+    kidney = next(s for s in seg.SegmentSequence if s.SegmentLabel == "kidney_left")
+    kidney_type = kidney.SegmentedPropertyTypeCodeSequence[0]
+    assert kidney_type.CodeValue == "64033007"
+    assert kidney_type.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "7771000"
+    sr = pydicom.dcmread(files["SR"])
+    sides = [
+        (str(item.ConceptNameCodeSequence[0].CodeValue), str(item.ConceptCodeSequence[0].CodeValue))
+        for item in walk(sr)
+        if item.get("ValueType") == "CODE"
+        and item.ConceptNameCodeSequence[0].CodeValue == "272741003"
+    ]
+    assert ("272741003", "7771000") in sides, "the finding site's laterality: Left"
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert algorithm.AlgorithmName == "nnunet"
     checkpoint = models / FOLDER / "fold_0" / "checkpoint_final.pth"
     assert sha256(checkpoint) in str(algorithm.AlgorithmParameters)
     assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
     assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"  # AI
-    assert sorted(labels.values()) == ["bone", "liver"]
+    assert sorted(numbers.values()) == ["bone", "kidney_left"]
     # every frame lies on its source slice and holds exactly what the model makes of it
     volume = load_series(series.paths)
     expected = expected_labels(volume.array)
     index = {s.sop_instance_uid: i for i, s in enumerate(volume.sources)}
     frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), 40, 40)
-    seen: dict[str, set[int]] = {"liver": set(), "bone": set()}
+    seen: dict[str, set[int]] = {"kidney_left": set(), "bone": set()}
     for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
         source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        name = labels[number]
-        value = {"liver": 1, "bone": 2}[name]
+        name = numbers[number]
+        value = labels[name]
         slice_index = index[source]
         assert np.array_equal(frame.astype(bool), expected[slice_index] == value), (
             name,
@@ -360,9 +383,9 @@ def test_a_pushed_ct_gives_a_seg_on_the_right_slices_a_valid_sr_and_an_oru(
         source_ds = pydicom.dcmread(series.paths[series.sop_uids.index(source)])
         assert position == pytest.approx([float(v) for v in source_ds.ImagePositionPatient])
         seen[name].add(slice_index)
-    assert seen == {"liver": set(range(3, 9)), "bone": set(range(3, 9))}
+    assert seen == {"kidney_left": set(range(3, 9)), "bone": set(range(3, 9))}
     oru = ris.received[0].replace("\n", "\r")
-    assert "liver" in oru
+    assert "kidney_left" in oru
 
 
 def test_config_check_names_a_wrong_hash_and_bad_settings(tmp_path: Path) -> None:
@@ -391,3 +414,52 @@ def test_config_check_names_a_wrong_hash_and_bad_settings(tmp_path: Path) -> Non
         RunnerConfig.model_validate(
             {"pipelines": {"nnunet": {"nnunet": {"model": "t", "step": 1}}}}
         )
+
+
+@pytest.mark.peers
+def test_the_side_of_a_structure_and_of_a_region_are_valid_in_seg_and_sr(
+    tmp_path: Path, ct: tuple[Series, Volume]
+) -> None:
+    """``laterality`` modifies the type (kidney_left) or, with a region, the region
+    (kidney_cyst_left); dciodvfy and PixelMed accept both."""
+    from dicomnode.protocol import PipelineResult, Segment
+    from dicomnode.results.common import sources_in_volume_order
+    from dicomnode.results.seg import build_segmentation
+    from dicomnode.results.sr import build_report
+    from pipelines.nnunet.pipeline import MILLILITER, VOLUME
+    from tests.results.helpers import assert_sr_valid, assert_valid, context, save
+
+    series, volume = ct
+    codes = read_code_map(TOTALSEGMENTATOR)
+    labels = expected_labels(volume.array)
+    segments = []
+    for value, name in ((1, "kidney_left"), (2, "kidney_cyst_right")):
+        meaning = codes.meaning(name)
+        segments.append(
+            Segment(value, name, meaning.category, meaning.type, meaning.region,
+                    laterality=meaning.laterality)
+        )  # fmt: skip
+    result = PipelineResult(
+        label_map=labels,
+        segments=tuple(segments),
+        measurements=tuple(Measurement(VOLUME, 1.0, MILLILITER, v) for v in (1, 2)),
+        summary="sides",
+    )
+    sources = sources_in_volume_order(volume, [pydicom.dcmread(p) for p in series.paths])
+    ctx = context(series.paths, tmp_path / "out", "nnunet", "1.0.0")
+    seg = build_segmentation(result, volume, sources, ctx)
+    assert seg is not None
+    report = build_report(result, volume, sources, ctx, seg)
+    assert report is not None
+    assert_valid(save(seg, tmp_path / "out" / "seg.dcm"))
+    assert_sr_valid(save(report, tmp_path / "out" / "sr.dcm"))
+    kidney, cyst = seg.SegmentSequence
+    modifier = kidney.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence
+    assert modifier[0].CodeValue == "7771000"
+    region = cyst.AnatomicRegionSequence[0]
+    assert (region.CodeValue, region.AnatomicRegionModifierSequence[0].CodeValue) == (
+        "64033007", "24028007",
+    )  # fmt: skip
+    assert (
+        "SegmentedPropertyTypeModifierCodeSequence" not in cyst.SegmentedPropertyTypeCodeSequence[0]
+    )
