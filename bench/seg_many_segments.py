@@ -4,7 +4,8 @@ A 64-slice CT of 256 x 256 pixels with ``--segments`` labels (default 100),
 each a block a few slices thick at its own place, so every segment is present
 on a handful of slices as real organ labels are. Builds the SEG as the node
 does (BINARY, frames without the segment left out) and the SR beside it, and
-prints the seconds, frames and file size.
+prints the seconds, frames, file size and (when dciodvfy is installed)
+its error count.
 
     PYTHONPATH=. python bench/seg_many_segments.py [--segments 100]
 """
@@ -12,6 +13,8 @@ prints the seconds, frames and file size.
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -65,11 +68,16 @@ def main() -> None:
         report = build_report(result, volume, sources, ctx, seg)
         sr_s = time.perf_counter() - start
         path = save(seg, Path(tmp) / "out" / "seg.dcm")
+        checked = ""
+        if shutil.which("dciodvfy"):
+            out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+            errors = [x for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
+            checked = f", dciodvfy: {len(errors)} error(s)"
         print(
             f"{len(present)} segments on {args.slices} x {args.size} x {args.size}: "
             f"SEG {seg_s:.2f} s ({int(seg.NumberOfFrames)} frames, "
             f"{path.stat().st_size / 1e6:.1f} MB), SR {sr_s:.2f} s"
-            f" ({'built' if report is not None else 'none'})"
+            f" ({'built' if report is not None else 'none'}){checked}"
         )
 
 
