@@ -186,9 +186,15 @@ class NnUNetPipeline:
                 str(folder.root), use_folds=folder.folds, checkpoint_name=folder.checkpoint
             )
         except (KeyError, RuntimeError, ValueError, OSError) as exc:
+            hint = (
+                " (the installed torchvision is not built for this torch: nnU-Net's trainer "
+                "lookup imports it; install the torchvision of this torch build)"
+                if "torchvision" in str(exc)
+                else ""
+            )
             raise InputRefused(
                 f"nnunet: model {model.name!r} {model.version}: nnU-Net cannot load "
-                f"{folder.root}: {type(exc).__name__}: {exc}"
+                f"{folder.root}: {type(exc).__name__}: {exc}{hint}"
             ) from exc
         self._predictor, self._folder, self._model, self._device = predictor, folder, model, device
         LOGGER.info(
