@@ -463,3 +463,24 @@ def test_the_side_of_a_structure_and_of_a_region_are_valid_in_seg_and_sr(
     assert (
         "SegmentedPropertyTypeModifierCodeSequence" not in cyst.SegmentedPropertyTypeCodeSequence[0]
     )
+
+
+def test_the_manifest_helper_writes_a_manifest_that_verifies(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipelines.nnunet.manifest import main
+
+    root = write_model_folder(tmp_path / FOLDER, folds=(0, 2))
+    argv = [str(tmp_path), str(root), "--name", "tiny", "--version", "1.0",
+            "--intended-use", "Tests: only."]  # fmt: skip
+    assert main(argv) == 0
+    (tmp_path / "tiny.yaml").write_text(capsys.readouterr().out)
+    model = verify_model(tmp_path, "tiny")
+    assert model.path == (root / "fold_0" / "checkpoint_final.pth").resolve()
+    assert {p.name for p in model.files} == {"plans.json", "dataset.json", "checkpoint_final.pth"}
+    pipeline = NnUNetPipeline()
+    pipeline.configure({"model": "tiny"})
+    pipeline.check_setup({"tiny": model})
+    (root / "plans.json").unlink()
+    assert main(argv) == 2
+    assert "no plans.json" in capsys.readouterr().err
