@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
+# the torchvision of that torch: nnunetv2 needs timm, timm needs torchvision, and an
+# unpinned torchvision would bring another torch
+TORCHVISION_VERSION := 0.28.0
 CONFIG ?= deploy/dicomnode.example.yaml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -17,8 +20,8 @@ $(PY):
 # torch first, pinned: that exact version is the local CPU build; the package
 # itself declares a compatible range so GPU sites bring their own build.
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install --quiet "torch==$(TORCH_VERSION)"
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet "torch==$(TORCH_VERSION)" "torchvision==$(TORCHVISION_VERSION)"
+	$(PIP) install --quiet -e ".[test,nnunet]"
 	touch $(STAMP)
 
 run: $(STAMP)

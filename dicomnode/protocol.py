@@ -116,7 +116,13 @@ class Volume:
 
 @dataclass(frozen=True)
 class Segment:
-    """The meaning of one label value in a label map."""
+    """The meaning of one label value in a label map.
+
+    ``laterality`` (SNOMED CT Left 7771000 or Right 24028007) is the side of a
+    paired structure: of ``anatomic_region`` when there is one (a cyst of the
+    left kidney), else of ``type`` (the left kidney). The SEG writes it as the
+    region's or type's modifier, the SR as its finding site's laterality.
+    """
 
     label: int
     name: str
@@ -124,6 +130,7 @@ class Segment:
     type: Code
     anatomic_region: Code | None = None
     color: tuple[int, int, int] | None = None  # recommended display RGB
+    laterality: Code | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.label <= 255:
@@ -197,6 +204,10 @@ class ModelFile:
         Per-label decision thresholds, by label name (classifiers).
     extra : mapping of str to object
         The manifest's ``input`` contract and anything else it declares.
+    files : tuple of Path
+        The model's further files (the manifest's ``files``), each checked
+        against its own SHA-256 like ``path``: a model that is a folder (an
+        nnU-Net trained-model folder's plans, dataset.json and folds).
     """
 
     name: str
@@ -206,6 +217,7 @@ class ModelFile:
     labels: tuple[tuple[int, str, Code], ...] = ()
     thresholds: Mapping[str, float] = field(default_factory=dict)
     extra: Mapping[str, object] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()
 
     @property
     def info(self) -> ModelInfo:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from dicomnode.config.destinations import Destination, ExportConfig
 from dicomnode.config.metrics import MetricsConfig
 from dicomnode.config.monitoring import MonitoringConfig
+from dicomnode.config.nnunet import NnUNetSettings
 from dicomnode.config.rules import RoutingConfig
 from dicomnode.config.tls import ServerTLSConfig
 from dicomnode.config.types import AETitle, IPAddress
@@ -243,6 +244,9 @@ class PipelineSettings(_Model):
     max_attempts: int | None = Field(default=None, ge=1)
     bundle: Path | None = Field(
         default=None, description="For monai-bundle: the MONAI bundle folder to run."
+    )
+    nnunet: NnUNetSettings | None = Field(
+        default=None, description="For nnunet: the trained-model folder's manifest and options."
     )
 
 

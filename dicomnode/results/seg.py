@@ -168,7 +168,12 @@ def build_segmentation(
         coding_schemes=local_coding_schemes(
             code
             for segment in result.segments
-            for code in (segment.category, segment.type, segment.anatomic_region)
+            for code in (
+                segment.category,
+                segment.type,
+                segment.anatomic_region,
+                segment.laterality,
+            )
             if code is not None
         ),
         specific_character_set=charset,
@@ -236,7 +241,7 @@ def _description(
     context: ResultContext,
 ) -> hd.seg.SegmentDescription:
     rgb = segment.color or DEFAULT_COLORS[(number - 1) % len(DEFAULT_COLORS)]
-    return hd.seg.SegmentDescription(
+    description = hd.seg.SegmentDescription(
         segment_number=number,
         segment_label=limit(segment.name),
         segmented_property_category=coded(segment.category),
@@ -250,3 +255,13 @@ def _description(
         ),
         display_color=hd.color.CIELabColor.from_rgb(*rgb),
     )
+    if segment.laterality is not None:
+        # the side modifies the region the segment lies in, else what it is
+        if segment.anatomic_region is not None:
+            description.AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [
+                coded(segment.laterality)
+            ]
+        else:
+            item = description.SegmentedPropertyTypeCodeSequence[0]
+            item.SegmentedPropertyTypeModifierCodeSequence = [coded(segment.laterality)]
+    return description

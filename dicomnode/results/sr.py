@@ -389,8 +389,8 @@ class _Builder:
             uid=segment_tracking_uid(self.volume, self.context, segment.label),
             identifier=OUTLINE_TRACKING_IDENTIFIER if place is not None else limit(segment.name),
         )
-        site = _site(segment)
-        sites = [hd.sr.FindingSite(coded(site))] if site is not None else None
+        site = _finding_site(segment)
+        sites = [site] if site is not None else None
         measurements = self.measurements(items)
         group = self._segment_group(segment, tracking, sites, measurements)
         if place is not None:
@@ -499,9 +499,7 @@ class _Builder:
             if any(m.segment_label == segment.label for m in self.result.measurements)
         ]
         sites = [
-            hd.sr.FindingSite(coded(site))
-            for site in (_site(segment) for segment in measured)
-            if site is not None
+            site for site in (_finding_site(segment) for segment in measured) if site is not None
         ]
         names = [segment.name for segment in measured]
         tracking = hd.sr.TrackingIdentifier(
@@ -677,6 +675,15 @@ class _Builder:
             for ds in self.illustrations
             if str(ds.SeriesInstanceUID) in series
         ]
+
+
+def _finding_site(segment: Segment) -> hd.sr.FindingSite | None:
+    """The segment's finding site (:func:`_site`) with its laterality, if any."""
+    site = _site(segment)
+    if site is None:
+        return None
+    side = coded(segment.laterality) if segment.laterality is not None else None
+    return hd.sr.FindingSite(coded(site), laterality=side)
 
 
 def _site(segment: Segment) -> Code | None:

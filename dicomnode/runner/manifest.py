@@ -12,6 +12,12 @@ A manifest is a YAML file ``<models_dir>/<name>.yaml``::
     input: {modalities: [CR, DX], size: [224, 224], intensity: "window to [0, 1]"}
     intended_use: Triage of adult frontal chest radiographs; not for diagnosis.
 
+A model made of several files (an nnU-Net trained-model folder) lists the
+others under ``files``, each with its own SHA-256::
+
+    files:
+      - {file: Dataset291/nnUNetTrainer__nnUNetPlans__3d_fullres/plans.json, sha256: 9c0e...}
+
 The runner checks the file's SHA-256 before a pipeline may load it, and
 ``dicomnode config check`` and ``serve`` check it before the node starts
 (:mod:`dicomnode.runner.requirements`).
@@ -51,6 +57,13 @@ class LabelSpec(_Model):
     threshold: float | None = Field(default=None, ge=0, le=1)
 
 
+class FileSpec(_Model):
+    """A further file of the model and its SHA-256."""
+
+    file: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+
+
 class ModelManifest(_Model):
     """The schema of a manifest file."""
 
@@ -61,6 +74,7 @@ class ModelManifest(_Model):
     labels: tuple[LabelSpec, ...] = ()
     input: dict[str, Any] = Field(default_factory=dict)
     intended_use: str = Field(min_length=1)
+    files: tuple[FileSpec, ...] = ()
 
 
 def sha256_of(path: Path) -> str:
@@ -103,7 +117,8 @@ def verify_model(models_dir: Path, name: str) -> ModelFile:
     ------
     ModelError
         The manifest is missing or invalid, names another model, or the
-        weights file is missing or has another SHA-256 than declared.
+        weights file or one of its further ``files`` is missing or has another
+        SHA-256 than declared.
     """
     path = models_dir / f"{name}.yaml"
     if not path.is_file():
@@ -111,23 +126,15 @@ def verify_model(models_dir: Path, name: str) -> ModelFile:
     manifest = read_manifest(path)
     if manifest.name != name:
         raise ModelError(f"model {name!r}: manifest {path} declares name {manifest.name!r}")
-    weights = (path.parent / manifest.file).resolve()
-    if not weights.is_file():
-        raise ModelError(
-            f"model {name!r} {manifest.version}: weights file {weights} is missing "
-            "(weights are never downloaded; see models/README.md)"
-        )
-    actual = sha256_of(weights)
-    if actual.lower() != manifest.sha256.lower():
-        raise ModelError(
-            f"model {name!r} {manifest.version}: weights file {weights.name} has SHA-256 "
-            f"{actual[:16]}..., the manifest expects {manifest.sha256.lower()[:16]}...: "
-            "refusing to load it"
-        )
+    weights = _verified(path.parent, manifest.file, manifest.sha256, name, manifest.version)
+    files = tuple(
+        _verified(path.parent, item.file, item.sha256, name, manifest.version)
+        for item in manifest.files
+    )
     return ModelFile(
         name=manifest.name,
         version=manifest.version,
-        sha256=actual,
+        sha256=manifest.sha256.lower(),
         path=weights,
         labels=tuple(
             (label.index, label.name, Code(label.code.value, label.code.scheme, label.code.meaning))
@@ -137,4 +144,23 @@ def verify_model(models_dir: Path, name: str) -> ModelFile:
             label.name: label.threshold for label in manifest.labels if label.threshold is not None
         },
         extra={"input": dict(manifest.input), "intended_use": manifest.intended_use},
+        files=files,
     )
+
+
+def _verified(folder: Path, file: str, sha256: str, name: str, version: str) -> Path:
+    """``folder / file``, resolved, once its SHA-256 is ``sha256``."""
+    weights = (folder / file).resolve()
+    if not weights.is_file():
+        raise ModelError(
+            f"model {name!r} {version}: weights file {weights} is missing "
+            "(weights are never downloaded; see models/README.md)"
+        )
+    actual = sha256_of(weights)
+    if actual.lower() != sha256.lower():
+        raise ModelError(
+            f"model {name!r} {version}: weights file {weights.name} has SHA-256 "
+            f"{actual[:16]}..., the manifest expects {sha256.lower()[:16]}...: "
+            "refusing to load it"
+        )
+    return weights

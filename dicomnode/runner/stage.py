@@ -33,12 +33,18 @@ def pipeline_options(config: RunnerConfig) -> dict[str, dict[str, object]]:
     """Options the workers pass to pipelines' ``configure``, by pipeline name.
 
     From ``runner.pipelines.<name>``: ``bundle`` (an absolute path, so a
-    relative one means relative to the directory the node starts in).
+    relative one means relative to the directory the node starts in), and the
+    ``nnunet`` settings (its ``code_map`` made absolute likewise).
     """
     options: dict[str, dict[str, object]] = {}
     for name, settings in config.pipelines.items():
         if settings.bundle is not None:
             options.setdefault(name, {})["bundle"] = str(settings.bundle.resolve())
+        if settings.nnunet is not None:
+            nnunet = settings.nnunet.model_dump()
+            if settings.nnunet.code_map is not None:
+                nnunet["code_map"] = str(settings.nnunet.code_map.resolve())
+            options.setdefault(name, {}).update(nnunet)
     return options
 
 
