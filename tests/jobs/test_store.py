@@ -349,7 +349,7 @@ def test_a_database_of_schema_version_3_opens_and_is_upgraded_in_place(tmp_path:
 
     store = SQLiteJobStore(path, clock=Clock(1000.0))
     version = store._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version.fetchone()[0] == "5"
+    assert version.fetchone()[0] == "6"
     assert store.descriptors("ct-lung") == []  # the descriptors table came with version 5
     store.record_descriptors(2, "ct-lung", '{"input": {}}')
     assert [(job, text) for _, job, _, text in store.descriptors("ct-lung")] == [
@@ -357,6 +357,7 @@ def test_a_database_of_schema_version_3_opens_and_is_upgraded_in_place(tmp_path:
     ]
     assert store.descriptor_pipelines() == ["ct-lung"]
     run = store.get_job(2)
+    assert (run.claimed_by, run.lease_until, run.queued_at) == (None, None, None)  # version 6
     assert (run.state, run.result_status, run.notify_after) == (
         JobState.EXPORTING,
         "preliminary",
