@@ -274,3 +274,33 @@ def test_a_broker_that_restarts_empty_loses_and_duplicates_nothing(
     runs = site.wait_done(5)
     assert all(job.attempts == 1 for job in runs)
     site.assert_one_result_each(studies)
+
+
+def test_a_paused_worker_that_resumes_after_the_rerun_delivers_nothing_twice(
+    site: Site, ct_series: Callable[..., Any], tmp_path: Path
+) -> None:
+    """At least once: the first worker, stopped past its lease (a long pause, a
+    partition), comes back after the run was re-run and delivered elsewhere;
+    its outcome is not recorded and nothing is delivered again."""
+    gate = tmp_path / "gate-w1"
+    paused = site.worker("w1", gate)
+    studies = site.push(ct_series, 1)
+    (held,) = wait_for(running_on(site, 1), 90, "the run RUNNING on w1")
+    assert held.claimed_by == "w1"
+    paused.signal_group(signal.SIGSTOP)
+    site.worker("w2", None)
+    (run,) = site.wait_done(1)
+    assert run.claimed_by == "w2"
+    gate.touch()
+    paused.signal_group(signal.SIGCONT)
+    wait_for(
+        lambda: (
+            f"job {run.id}: w1 lost its lease" in paused.log()
+            or f"job {run.id}: outcome not recorded" in paused.log()
+        ),
+        90,
+        "w1 to find that it lost the run",
+    )
+    assert f"job {run.id}: {PIPELINE} finished" not in paused.log()
+    assert site.store.get_job(run.id).state == JobState.DONE
+    site.assert_one_result_each(studies)
