@@ -92,11 +92,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     configure_logging(settings.logging.level)
     pipelines = tuple(dict.fromkeys(p.strip() for p in args.pipelines.split(",") if p.strip()))
+    name = args.name or f"dicomnode-{os.getpid()}@{socket.gethostname()}"
+    worker = build_celery_worker(settings, pipelines, name)
     problems = served_problems(settings, pipelines)
     if problems:
         raise ConfigError("the worker cannot start", problems)
-    name = args.name or f"dicomnode-{os.getpid()}@{socket.gethostname()}"
-    worker = build_celery_worker(settings, pipelines, name)
     worker.start_pools()
     worker.run()
     return 0
