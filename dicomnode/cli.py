@@ -118,6 +118,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             "note: runner.enabled is false: the models and bundles of the routed pipelines "
             "are checked where they run"
         )
+    elif settings.runner.executor == "celery":
+        print(
+            "note: runner.executor is celery: each dicomnode worker checks the models and "
+            "bundles of the pipelines it serves when it starts"
+        )
     print(f"{args.file}: OK")
     return 0
 
