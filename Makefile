@@ -30,16 +30,19 @@ run: $(STAMP)
 
 # The real peers the tests start on loopback: DCMTK, Orthanc (with its DICOMweb
 # plugin), dicom3tools, PixelMed's SR validator, openssl (the TLS tests' certificates),
-# and Chromium with npm for the viewer test.
+# redis-server (the Celery broker of runner.executor: celery), and Chromium with npm for
+# the viewer test.
 peers:
 	@if ! command -v storescu >/dev/null || ! command -v dcmsend >/dev/null \
 	    || ! [ -x /usr/sbin/Orthanc ] || ! command -v dciodvfy >/dev/null \
 	    || ! [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
 	    || ! command -v DicomSRValidator >/dev/null \
-	    || ! command -v chromium >/dev/null || ! command -v openssl >/dev/null; then \
+	    || ! command -v chromium >/dev/null || ! command -v openssl >/dev/null \
+	    || ! command -v redis-server >/dev/null; then \
 	    $(SUDO) apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-	        dcmtk orthanc orthanc-dicomweb dicom3tools pixelmed-apps chromium openssl; \
+	        dcmtk orthanc orthanc-dicomweb dicom3tools pixelmed-apps chromium openssl \
+	        redis-server; \
 	fi
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq npm; }

@@ -83,6 +83,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a Celery worker for some pipelines until SIGTERM (``runner.executor: celery``)."""
+    import socket
+
+    from dicomnode.runner.requirements import served_problems
+    from dicomnode.service import build_celery_worker, configure_logging
+
+    settings = _load(args.config)
+    configure_logging(settings.logging.level)
+    pipelines = tuple(dict.fromkeys(p.strip() for p in args.pipelines.split(",") if p.strip()))
+    name = args.name or f"dicomnode-{os.getpid()}@{socket.gethostname()}"
+    worker = build_celery_worker(settings, pipelines, name)
+    problems = served_problems(settings, pipelines)
+    if problems:
+        raise ConfigError("the worker cannot start", problems)
+    worker.start_pools()
+    worker.run()
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     """Validate a configuration file, and that every pipeline its rules route to
     is installed and has what it needs (model manifests and weights, a bundle)."""
@@ -98,6 +118,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(
             "note: runner.enabled is false: the models and bundles of the routed pipelines "
             "are checked where they run"
+        )
+    elif settings.runner.executor == "celery":
+        print(
+            "note: runner.executor is celery: each dicomnode worker checks the models and "
+            "bundles of the pipelines it serves when it starts"
         )
     print(f"{args.file}: OK")
     return 0
@@ -782,6 +807,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the node")
     with_config(serve)
     serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser(
+        "worker", help="run pipelines for the node as a Celery worker (runner.executor: celery)"
+    )
+    with_config(worker)
+    worker.add_argument(
+        "--pipelines",
+        required=True,
+        metavar="NAME[,NAME...]",
+        help="the pipelines this worker serves (it consumes their queues dicomnode.<name>)",
+    )
+    worker.add_argument(
+        "--name",
+        metavar="NAME",
+        help="the worker's name, unique among the workers (default: dicomnode-<pid>@<host>)",
+    )
+    worker.set_defaults(func=cmd_worker)
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)

@@ -18,7 +18,8 @@ boundary (``dicomnode.ingress``, ``dicomnode.export``).
     ├── ResultError              result objects cannot be made from this input (permanent)
     ├── JobStoreError            the durable job store
     │   ├── IllegalTransitionError
-    │   │   └── PurgedError      the job's files were removed by retention
+    │   │   ├── PurgedError      the job's files were removed by retention
+    │   │   └── LeaseLostError   a run's outcome from one that no longer holds the run
     │   └── NotFoundError
     ├── ExportError              delivery to a peer
     │   ├── SendError            association refused or peer unreachable
@@ -112,6 +113,12 @@ class IllegalTransitionError(JobStoreError):
 class PurgedError(IllegalTransitionError):
     """The job's instances and results were removed by retention
     (``storage.retention_days``), so it cannot be retried or replayed."""
+
+
+class LeaseLostError(IllegalTransitionError):
+    """An outcome of a run came from one that does not hold the run (any more):
+    its lease expired and the run was reclaimed, or the run already recorded
+    an outcome. Nothing was recorded; the holder's outcome counts."""
 
 
 class NotFoundError(JobStoreError, LookupError):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydicom import config as pydicom_config
 
@@ -31,7 +31,7 @@ from dicomnode import metrics as node_metrics
 from dicomnode.assembly import Assembler
 from dicomnode.config import Settings
 from dicomnode.endpoints import OpsServer
-from dicomnode.errors import DicomNodeError, StartupError
+from dicomnode.errors import ConfigError, DicomNodeError, StartupError
 from dicomnode.export.dispatcher import Dispatcher
 from dicomnode.health import Health, readiness
 from dicomnode.ingress import IngressServer, StoreHandler, recover_spool
@@ -44,8 +44,13 @@ from dicomnode.monitoring.drift import DriftMonitor
 from dicomnode.monitoring.shadow import ShadowMonitor
 from dicomnode.results.writer import DicomResultWriter
 from dicomnode.routing.stage import CompletionPolicy, Router
-from dicomnode.runner.stage import Runner
+from dicomnode.runner.stage import Runner, pipeline_options
+from dicomnode.runner.worker import WorkerSettings
 from dicomnode.spool import RetentionSweeper, Spool
+
+if TYPE_CHECKING:  # Celery is imported only when runner.executor is celery
+    from dicomnode.runner.celery_worker import CeleryWorker
+    from dicomnode.runner.remote import RemoteRunner
 
 LOGGER = logging.getLogger(__name__)
 
@@ -247,6 +252,54 @@ def _alive(stage: _Running | None) -> bool:
     return stage is not None and stage.alive()
 
 
+# -- runs on Celery workers (runner.executor: celery) ------------------------
+
+
+def shared_results_root(settings: Settings) -> Path:
+    """Where Celery workers save results: under the spool, which every host mounts."""
+    return settings.storage.spool_path / "results"
+
+
+def build_celery_worker(settings: Settings, pipelines: tuple[str, ...], name: str) -> CeleryWorker:
+    """A ``dicomnode worker`` for ``pipelines``, wired as the node's runner is:
+    the same job store, the spool for inputs and outputs, the DICOM result
+    writer, the destinations' HL7 headers.
+
+    Raises
+    ------
+    ConfigError
+        ``runner.executor`` is not ``celery``.
+    """
+    from dicomnode.runner.celery_worker import CeleryWorker
+
+    runner = settings.runner
+    if runner.executor != "celery" or runner.celery is None:
+        raise ConfigError(
+            "runner.executor: must be celery (with runner.celery.broker) for dicomnode worker"
+        )
+    return CeleryWorker(
+        runner,
+        build_store(settings),
+        pipelines,
+        name,
+        WorkerSettings(
+            device=runner.device,
+            threads=runner.threads,
+            plugins=tuple(runner.plugins),
+            models_dir=str(runner.models_dir.resolve()),
+            writer=DicomResultWriter(),
+            preload=pipelines,
+            node_name=settings.node.ae_title,
+            options=pipeline_options(runner),
+            descriptors=settings.monitoring.enabled,
+        ),
+        results_root=shared_results_root(settings),
+        outbox_root=settings.storage.spool_path / "outbox",
+        destinations=settings.destinations,
+        log_level=settings.logging.level,
+    )
+
+
 class Node:
     """The running node.
 
@@ -264,6 +317,7 @@ class Node:
         self.assembler: Assembler | None = None
         self.router: Router | None = None
         self.runner: Runner | None = None
+        self.remote: RemoteRunner | None = None
         self.dispatcher: Dispatcher | None = None
         self.retention: RetentionSweeper | None = None
         self.drift: DriftMonitor | None = None
@@ -399,7 +453,14 @@ class Node:
         self.assembler.start()
         self.router = Router(routing, self.store, poll_seconds=assembly.poll_seconds)
         self.router.start()
-        if self.settings.runner.enabled:
+        if self.settings.runner.enabled and self.settings.runner.executor == "celery":
+            from dicomnode.runner.remote import RemoteRunner
+
+            self.remote = RemoteRunner(
+                self.settings.runner, self.store, results_root=shared_results_root(self.settings)
+            )
+            self.remote.start()
+        elif self.settings.runner.enabled:
             runner = Runner(
                 self.settings.runner,
                 self.store,
@@ -493,7 +554,8 @@ class Node:
             "dispatcher": self.dispatcher,
         }
         if self.settings.runner.enabled:
-            stages["runner"] = self.runner
+            celery = self.settings.runner.executor == "celery"
+            stages["runner"] = self.remote if celery else self.runner
         for name, stage in stages.items():
             parts[name] = functools.partial(_alive, stage)
         if self.settings.storage.retention_days is not None:
@@ -566,6 +628,9 @@ class Node:
         if self.runner is not None:
             self.runner.stop()
             self.runner = None
+        if self.remote is not None:
+            self.remote.stop()
+            self.remote = None
         if self.store is not None:
             self.store.close()
             self.store = None

@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from dicomnode.config.destinations import Destination, ExportConfig
+from dicomnode.config.executor import CeleryConfig
 from dicomnode.config.metrics import MetricsConfig
 from dicomnode.config.monitoring import MonitoringConfig
 from dicomnode.config.nnunet import NnUNetSettings
@@ -278,6 +279,23 @@ class RunnerConfig(_Model):
         description="Extra pipelines as 'module:attribute', besides installed entry points.",
     )
     pipelines: dict[str, PipelineSettings] = Field(default_factory=dict)
+    executor: Literal["local", "celery"] = Field(
+        default="local",
+        description=(
+            "local: worker processes of this node; celery: Celery workers (dicomnode worker) "
+            "on the broker of runner.celery, one queue per pipeline."
+        ),
+    )
+    celery: CeleryConfig | None = Field(default=None, validate_default=True)
+
+    @field_validator("celery")
+    @classmethod
+    def _celery_needs_a_broker(
+        cls, value: CeleryConfig | None, info: ValidationInfo
+    ) -> CeleryConfig | None:
+        if value is None and info.data.get("executor") == "celery":
+            raise ValueError("required with executor celery (broker: redis://HOST:6379/0)")
+        return value
 
 
 class Settings(_Model):

@@ -92,6 +92,12 @@ class Job:
     notify_after: str = "delivered"
     shadow: bool = False
     out_of_range: str = "flag"
+    claimed_by: str | None = None
+    """The worker that holds a RUNNING run (``runner.executor: celery``)."""
+    lease_until: float | None = None
+    """Until when the worker's claim holds unless renewed; past it the run is reclaimed."""
+    queued_at: float | None = None
+    """When the run was last sent to its pipeline's queue (``celery``)."""
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,10 @@ from dicomnode.jobs.models import (
     Study,
     Transition,
 )
-from dicomnode.jobs.states import JobState, check_transition
+from dicomnode.jobs.states import JobState, check_holder, check_transition
 from dicomnode.protocol import ResultMessage, ResultObject
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -192,7 +192,8 @@ _JOB_COLUMNS = (
     "id, kind, study_instance_uid, round, parent_id, state, calling_ae, opened_at, "
     "last_instance_at, instance_count, attempts, reason, updated_at, pipeline, "
     "series_instance_uid, rule, destinations, notify, priority, next_attempt_at, traceback, "
-    "result_dir, outbox_dir, purged_at, result_status, notify_after, shadow, out_of_range"
+    "result_dir, outbox_dir, purged_at, result_status, notify_after, shadow, out_of_range, "
+    "claimed_by, lease_until, queued_at"
 )
 #: Columns added after schema version 1, with their definitions (for upgrades).
 #: ``outbox_dir`` and ``purged_at`` came with retention (version 3),
@@ -226,6 +227,14 @@ _OUTBOX_COLUMNS = (
     "id, job_id, destination, kind, path, state, attempts, next_attempt_at, last_error, "
     "sop_class_uid, sop_instance_uid, study_instance_uid, series_instance_uid, body, refers_to"
 )
+#: Job columns added in schema version 7, for runs executed by workers elsewhere
+#: (``runner.executor: celery``): the worker holding a RUNNING run and until when
+#: (its lease), and when the run was last sent to its pipeline's queue.
+_ADDED_LEASE_COLUMNS = {
+    "claimed_by": "TEXT",
+    "lease_until": "REAL",
+    "queued_at": "REAL",
+}
 #: Columns of ``instances`` added in schema version 4: ``conflicts`` counts the
 #: re-sent copies whose content differed from the kept one.
 _ADDED_INSTANCE_COLUMNS = {"conflicts": "INTEGER NOT NULL DEFAULT 0"}
@@ -270,6 +279,9 @@ def _job(row: sqlite3.Row) -> Job:
         notify_after=row["notify_after"],
         shadow=bool(row["shadow"]),
         out_of_range=row["out_of_range"],
+        claimed_by=row["claimed_by"],
+        lease_until=row["lease_until"],
+        queued_at=row["queued_at"],
     )
 
 
@@ -337,6 +349,7 @@ class SQLiteJobStore:
                 ("outbox", _ADDED_OUTBOX_COLUMNS),
                 ("instances", _ADDED_INSTANCE_COLUMNS),
                 ("jobs", _ADDED_JOB_COLUMNS_V6),
+                ("jobs", _ADDED_LEASE_COLUMNS),
             ):
                 present = {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}
                 for column, definition in added.items():
@@ -823,7 +836,8 @@ class SQLiteJobStore:
                 current = JobState(row["state"])
                 cur.execute(
                     "UPDATE jobs SET state = ?, updated_at = ?, attempts = attempts + 1, "
-                    "reason = NULL WHERE id = ?",
+                    "reason = NULL, claimed_by = NULL, lease_until = NULL, queued_at = NULL "
+                    "WHERE id = ?",
                     (str(JobState.RUNNING), now, row["id"]),
                 )
                 self._add_transition(cur, row["id"], current, JobState.RUNNING, now, None)
@@ -837,9 +851,17 @@ class SQLiteJobStore:
         summary: str,
         objects: Sequence[ResultObject] = (),
         messages: Sequence[ResultMessage] = (),
+        *,
+        claimant: str | None = None,
     ) -> Job:
         """RUNNING → RESULTS_WRITTEN with the run's outbox, in one transaction;
         on to DONE when the run has nowhere to deliver to.
+
+        Only a RUNNING run takes a result, and a run a worker claimed only
+        from that worker (``claimant``): a second completion of the same run,
+        or one from a worker whose lease was lost, raises
+        :class:`~dicomnode.errors.LeaseLostError` and queues nothing, so a run
+        executed twice is delivered once.
 
         Each object goes to each of the run's ``destinations`` (one row per
         object and destination, with its UIDs), each of ``notify`` gets one
@@ -851,8 +873,11 @@ class SQLiteJobStore:
         """
         now = self._now()
         with self._write() as cur:
-            row = _job_row(cur, job_id, "state, destinations, notify, shadow")
+            row = _job_row(
+                cur, job_id, "state, destinations, notify, shadow, claimed_by, lease_until"
+            )
             current = JobState(row["state"])
+            check_holder(job_id, current, row["claimed_by"], row["lease_until"], claimant=claimant)
             check_transition(current, JobState.RESULTS_WRITTEN)
             if row["shadow"]:  # a candidate's results are kept, never delivered
                 messages, shadow_only = (), True
@@ -862,7 +887,8 @@ class SQLiteJobStore:
             outbox_dir = folders.pop() if len(folders) == 1 else None
             cur.execute(
                 "UPDATE jobs SET state = ?, updated_at = ?, reason = ?, result_dir = ?, "
-                "outbox_dir = ?, traceback = NULL, next_attempt_at = NULL WHERE id = ?",
+                "outbox_dir = ?, traceback = NULL, next_attempt_at = NULL, lease_until = NULL "
+                "WHERE id = ?",
                 (str(JobState.RESULTS_WRITTEN), now, summary, result_dir, outbox_dir, job_id),
             )
             self._add_transition(cur, job_id, current, JobState.RESULTS_WRITTEN, now, summary)
@@ -944,19 +970,45 @@ class SQLiteJobStore:
         return {str(r["destination"]) for r in rows}
 
     def fail_run(
-        self, job_id: int, reason: str, traceback: str | None, retry_at: float | None
+        self,
+        job_id: int,
+        reason: str,
+        traceback: str | None,
+        retry_at: float | None,
+        *,
+        claimant: str | None = None,
+        expired_at: float | None = None,
     ) -> Job:
         """RUNNING → FAILED_RETRYABLE (due again at ``retry_at``) or, when
-        ``retry_at`` is ``None``, → DEAD. The traceback is kept on the job."""
+        ``retry_at`` is ``None``, → DEAD. The traceback is kept on the job.
+
+        As for :meth:`finish_run`, a run a worker claimed takes the failure
+        from that worker (``claimant``) only; with ``expired_at`` (a reclaim
+        of a run whose worker stopped renewing) only if the lease ran out
+        before then.
+
+        Raises
+        ------
+        LeaseLostError
+            The run is not RUNNING, not held by ``claimant``, or still leased.
+        """
         now = self._now()
         target = JobState.DEAD if retry_at is None else JobState.FAILED_RETRYABLE
         with self._write() as cur:
-            row = _job_row(cur, job_id, "state")
+            row = _job_row(cur, job_id, "state, claimed_by, lease_until")
             current = JobState(row["state"])
+            check_holder(
+                job_id,
+                current,
+                row["claimed_by"],
+                row["lease_until"],
+                claimant=claimant,
+                expired_at=expired_at,
+            )
             check_transition(current, target)
             cur.execute(
                 "UPDATE jobs SET state = ?, updated_at = ?, reason = ?, traceback = ?, "
-                "next_attempt_at = ? WHERE id = ?",
+                "next_attempt_at = ?, lease_until = NULL WHERE id = ?",
                 (str(target), now, reason, traceback, retry_at, job_id),
             )
             self._add_transition(cur, job_id, current, target, now, reason)
@@ -968,6 +1020,83 @@ class SQLiteJobStore:
             f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE job_id = ? ORDER BY id", (job_id,)
         )
         return [_outbox_item(row) for row in rows]
+
+    # -- runs on workers elsewhere: queue and leases (schema version 6) ----
+
+    def runs_to_queue(self, now: float, requeue_after: float, limit: int) -> list[Job]:
+        """Runs to send to their pipeline's queue, highest priority first: ROUTED,
+        or FAILED_RETRYABLE and due, and not sent yet, or sent ``requeue_after``
+        seconds ago or more without a worker claiming them (the message was
+        lost, e.g. with a broker that restarted empty)."""
+        rows = self._read(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE kind = 'run' AND (state = ? "
+            "OR (state = ? AND COALESCE(next_attempt_at, 0) <= ?)) "
+            "AND (queued_at IS NULL OR queued_at + ? <= ?) "
+            "ORDER BY priority DESC, id LIMIT ?",
+            (
+                str(JobState.ROUTED),
+                str(JobState.FAILED_RETRYABLE),
+                now,
+                requeue_after,
+                now,
+                limit,
+            ),
+        )
+        return [_job(row) for row in rows]
+
+    def mark_queued(self, job_id: int, now: float) -> None:
+        """Record that the run was sent to its queue at ``now``."""
+        with self._write() as cur:
+            cur.execute("UPDATE jobs SET queued_at = ? WHERE id = ?", (now, job_id))
+
+    def claim_run(self, job_id: int, claimant: str, now: float, lease_seconds: float) -> Job | None:
+        """A worker's claim of the run a message named: ROUTED, or
+        FAILED_RETRYABLE and due, → RUNNING, held by ``claimant`` until
+        ``now + lease_seconds``, attempts counted. Return the run, or ``None``
+        when it is not there to claim (another worker holds it, it finished,
+        it is waiting out its backoff, or it is no run): a message delivered
+        twice then does nothing.
+        """
+        with self._write() as cur:
+            row = cur.execute(
+                "SELECT state, next_attempt_at, purged_at FROM jobs WHERE id = ? AND kind = 'run'",
+                (job_id,),
+            ).fetchone()
+            if row is None or row["purged_at"] is not None:
+                return None
+            current = JobState(row["state"])
+            due = current == JobState.ROUTED or (
+                current == JobState.FAILED_RETRYABLE and (row["next_attempt_at"] or 0) <= now
+            )
+            if not due:
+                return None
+            check_transition(current, JobState.RUNNING)
+            cur.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, attempts = attempts + 1, "
+                "reason = NULL, claimed_by = ?, lease_until = ?, queued_at = NULL WHERE id = ?",
+                (str(JobState.RUNNING), now, claimant, now + lease_seconds, job_id),
+            )
+            self._add_transition(cur, job_id, current, JobState.RUNNING, now, f"on {claimant}")
+        return self.get_job(job_id)
+
+    def renew_lease(self, job_id: int, claimant: str, until: float) -> bool:
+        """Extend ``claimant``'s lease of a RUNNING run to ``until``; ``False``
+        when it no longer holds the run (reclaimed after its lease expired)."""
+        with self._write() as cur:
+            cur.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = ? AND claimed_by = ?",
+                (until, job_id, str(JobState.RUNNING), claimant),
+            )
+            return cur.rowcount == 1
+
+    def expired_leases(self, now: float) -> list[Job]:
+        """RUNNING runs whose worker's lease ran out before ``now``."""
+        rows = self._read(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE kind = 'run' AND state = ? "
+            "AND claimed_by IS NOT NULL AND lease_until < ? ORDER BY id",
+            (str(JobState.RUNNING), now),
+        )
+        return [_job(row) for row in rows]
 
     # -- export ----------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from dicomnode.errors import IllegalTransitionError
+from dicomnode.errors import IllegalTransitionError, LeaseLostError
 
 
 class JobState(StrEnum):
@@ -55,3 +55,38 @@ def check_transition(current: JobState, target: JobState) -> None:
         raise IllegalTransitionError(
             f"a job in {current} cannot move to {target} (allowed: {allowed})"
         )
+
+
+def check_holder(
+    job_id: int,
+    current: JobState,
+    holder: str | None,
+    lease_until: float | None,
+    *,
+    claimant: str | None,
+    expired_at: float | None = None,
+) -> None:
+    """Raise unless ``claimant`` may record the outcome of run ``job_id``.
+
+    A claim of a run records one outcome: only a RUNNING run takes one, so a
+    second completion of the same run (a task executed twice, at least once
+    delivery) is refused even where :data:`TRANSITIONS` has the move (DONE →
+    RESULTS_WRITTEN is a replay of its deliveries, not a new result). A run a
+    worker claimed (``holder``) takes outcomes from that worker only; the
+    local runner (``claimant`` ``None``) claims without a name. With
+    ``expired_at`` (a reclaim), the lease must have run out before that time.
+
+    Raises
+    ------
+    LeaseLostError
+        The run is not RUNNING, is held by another, or its lease is still live.
+    """
+    if current != JobState.RUNNING:
+        raise LeaseLostError(f"run {job_id} is {current}: its outcome was already recorded")
+    if claimant is not None and holder != claimant:
+        raise LeaseLostError(
+            f"run {job_id} is held by {holder or 'nobody'}, not {claimant}: its lease was "
+            "lost and the run reclaimed"
+        )
+    if expired_at is not None and (lease_until is None or lease_until >= expired_at):
+        raise LeaseLostError(f"run {job_id}: the lease of {holder} has not expired")

@@ -109,8 +109,11 @@ class JobStore(Protocol):
         summary: str,
         objects: Sequence[ResultObject] = (),
         messages: Sequence[ResultMessage] = (),
+        *,
+        claimant: str | None = None,
     ) -> Job:
-        """RUNNING → RESULTS_WRITTEN with its outbox rows (→ DONE with nowhere to deliver)."""
+        """RUNNING → RESULTS_WRITTEN with its outbox rows (→ DONE with nowhere to
+        deliver), from the run's holder only (a second completion is refused)."""
         ...
 
     def notified_before(self, job_id: int) -> set[str]:
@@ -119,9 +122,37 @@ class JobStore(Protocol):
         ...
 
     def fail_run(
-        self, job_id: int, reason: str, traceback: str | None, retry_at: float | None
+        self,
+        job_id: int,
+        reason: str,
+        traceback: str | None,
+        retry_at: float | None,
+        *,
+        claimant: str | None = None,
+        expired_at: float | None = None,
     ) -> Job:
-        """RUNNING → FAILED_RETRYABLE (``retry_at``) or DEAD (``None``)."""
+        """RUNNING → FAILED_RETRYABLE (``retry_at``) or DEAD (``None``), from the
+        run's holder only (or, with ``expired_at``, once its lease ran out)."""
+        ...
+
+    def runs_to_queue(self, now: float, requeue_after: float, limit: int) -> list[Job]:
+        """Due runs not sent to their queue yet (or sent long ago, unclaimed)."""
+        ...
+
+    def mark_queued(self, job_id: int, now: float) -> None:
+        """Record that the run was sent to its queue."""
+        ...
+
+    def claim_run(self, job_id: int, claimant: str, now: float, lease_seconds: float) -> Job | None:
+        """A worker's leased claim of one due run, or ``None`` when it is not due."""
+        ...
+
+    def renew_lease(self, job_id: int, claimant: str, until: float) -> bool:
+        """Extend a held lease; ``False`` when the claimant lost the run."""
+        ...
+
+    def expired_leases(self, now: float) -> list[Job]:
+        """RUNNING runs whose lease ran out."""
         ...
 
     def requeue_orphans(self, reason: str) -> list[int]:

@@ -23,7 +23,7 @@ from dicomnode.runner.manifest import verify_model
 from dicomnode.runner.registry import PipelineRegistry
 from dicomnode.runner.stage import pipeline_options
 
-__all__ = ["pipeline_setup_problems", "routed_rules", "setup_problems"]
+__all__ = ["pipeline_setup_problems", "routed_rules", "served_problems", "setup_problems"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def setup_problems(settings: Settings) -> list[str]:
     'cxr-classify': model 'cxr-classify': no manifest at models/cxr-classify.yaml``.
     A pipeline that is not installed is named whatever the runner settings;
     models and setup are checked only when ``runner.enabled`` (pipelines run
-    in this node).
+    in this node: ``runner.executor: local``; Celery workers check theirs
+    with :func:`served_problems`).
 
     Raises
     ------
@@ -117,11 +118,47 @@ def setup_problems(settings: Settings) -> list[str]:
             else:
                 checked[name] = (
                     pipeline_setup_problems(pipeline, options.get(name, {}), models_dir)
-                    if settings.runner.enabled
+                    if settings.runner.enabled and settings.runner.executor == "local"
                     else []
                 )
         problems.extend(
             f"{path} (rule {rule.name!r}): pipeline {name!r}: {problem}"
             for problem in checked[name]
+        )
+    return problems
+
+
+def served_problems(settings: Settings, pipelines: tuple[str, ...]) -> list[str]:
+    """What the pipelines a Celery worker serves lack to run on its host, one
+    line each, naming the pipeline (empty: nothing).
+
+    Raises
+    ------
+    PipelineNotFoundError
+        A ``runner.plugins`` entry cannot be imported.
+    DuplicatePipelineError
+        Two plugins claim one name.
+    """
+    registry = PipelineRegistry.discover(settings.runner.plugins)
+    installed = ", ".join(registry.names()) or "none"
+    options = pipeline_options(settings.runner)
+    models_dir = settings.runner.models_dir.resolve()
+    if not pipelines:
+        return ["--pipelines: name at least one pipeline"]
+    problems: list[str] = []
+    for name in pipelines:
+        if name not in registry:
+            problems.append(
+                f"--pipelines: no pipeline {name!r} is installed (installed: {installed})"
+            )
+            continue
+        try:
+            pipeline = registry.create(name)
+        except PipelineNotFoundError as exc:
+            problems.append(f"pipeline {name!r}: {exc}")
+            continue
+        problems.extend(
+            f"pipeline {name!r}: {problem}"
+            for problem in pipeline_setup_problems(pipeline, options.get(name, {}), models_dir)
         )
     return problems

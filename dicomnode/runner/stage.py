@@ -1,10 +1,11 @@
 """The runner stage: ROUTED runs → worker processes → RESULTS_WRITTEN.
 
 It claims runs from the job store, hands them to the worker pool with the
-pipeline's timeout, and records each outcome: success moves the run on, a
-failure becomes FAILED_RETRYABLE (retried with exponential backoff) until
-``max_attempts``, then DEAD; a failure that retrying cannot fix (unknown
-pipeline, bad model, a series that is not a valid volume) is DEAD at once.
+pipeline's timeout, and records each outcome (:func:`~dicomnode.runner.runs.record_outcome`,
+as Celery workers do): success moves the run on, a failure becomes
+FAILED_RETRYABLE (retried with exponential backoff) until ``max_attempts``,
+then DEAD; a failure that retrying cannot fix (unknown pipeline, bad model, a
+series that is not a valid volume) is DEAD at once.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from dicomnode.config.destinations import Destination, HL7Destination
+from dicomnode.config.destinations import Destination
 from dicomnode.config.schema import RunnerConfig
-from dicomnode.errors import JobStoreError
+from dicomnode.errors import InputError, JobStoreError
 from dicomnode.jobs import Job, SQLiteJobStore
 from dicomnode.metrics import RunMetrics
-from dicomnode.protocol import NotificationTarget, ResultWriter
+from dicomnode.protocol import ResultWriter
 from dicomnode.resultfile import remove_staging
 from dicomnode.runner.pool import WorkerPool
 from dicomnode.runner.registry import PipelineRegistry
-from dicomnode.runner.worker import Outcome, Task, WorkerSettings
+from dicomnode.runner.runs import build_task, max_attempts_for, record_outcome, timeout_for
+from dicomnode.runner.worker import Outcome, WorkerSettings
 
 LOGGER = logging.getLogger(__name__)
 
@@ -100,7 +102,8 @@ class Runner:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self._started: dict[int, float] = {}
+        #: run id -> (monotonic start, pipeline) of the runs in the workers
+        self._started: dict[int, tuple[float, str]] = {}
         self.store = store
         self.destinations: Mapping[str, Destination] = destinations or {}
         self.results_root = results_root
@@ -128,17 +131,11 @@ class Runner:
 
     def timeout_for(self, pipeline: str) -> float:
         """The pipeline's timeout in seconds."""
-        override = self.config.pipelines.get(pipeline)
-        if override is not None and override.timeout_seconds is not None:
-            return override.timeout_seconds
-        return self.config.timeout_seconds
+        return timeout_for(self.config, pipeline)
 
     def max_attempts_for(self, pipeline: str) -> int:
         """How many times the pipeline is tried before the run is DEAD."""
-        override = self.config.pipelines.get(pipeline)
-        if override is not None and override.max_attempts is not None:
-            return override.max_attempts
-        return self.config.max_attempts
+        return max_attempts_for(self.config, pipeline)
 
     def start(self) -> None:
         """Remove what a stopped node left half-written, requeue runs it left
@@ -181,131 +178,54 @@ class Runner:
                 self._dispatch(job)
 
     def _dispatch(self, job: Job) -> None:
-        assert job.pipeline is not None and job.parent_id is not None
+        assert job.pipeline is not None
         extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
         if job.pipeline not in self.registry:
             known = ", ".join(self.registry.names()) or "none"
-            self.store.fail_run(
-                job.id,
-                f"pipeline {job.pipeline!r} is not installed (installed: {known})",
-                None,
-                None,
+            self._record(
+                Outcome(
+                    job.id,
+                    ok=False,
+                    summary=f"pipeline {job.pipeline!r} is not installed (installed: {known})",
+                    permanent=True,
+                )
             )
-            LOGGER.error("job %d: pipeline %s is not installed", job.id, job.pipeline, extra=extra)
             return
-        files = tuple(
-            record.path
-            for record in self.store.instances_of(job.parent_id)
-            if record.series_instance_uid == job.series_instance_uid
-        )
-        if not files:
-            self.store.fail_run(job.id, "the input series has no instances", None, None)
+        try:
+            task = build_task(
+                self.store,
+                job,
+                results_root=self.results_root,
+                outbox_root=self.outbox_root,
+                destinations=self.destinations,
+            )
+        except InputError as exc:
+            self._record(Outcome(job.id, ok=False, summary=str(exc), permanent=True))
             return
-        task = Task(
-            job_id=job.id,
-            pipeline=job.pipeline,
-            files=files,
-            result_dir=str(self.results_root / f"job-{job.id}"),
-            outbox_dir=self._outbox_dir(job),
-            final=job.result_status == "final",
-            notifications=() if job.shadow else self._notifications(job),
-            out_of_range=job.out_of_range,
-            shadow=job.shadow,
-        )
         self.pool.submit(task, self.timeout_for(job.pipeline))
-        self._started[job.id] = time.monotonic()
+        self._started[job.id] = (time.monotonic(), job.pipeline)
         LOGGER.info(
             "job %d: running %s%s on %d instance(s) (attempt %d)",
             job.id,
             job.pipeline,
             " (shadow)" if job.shadow else "",
-            len(files),
+            len(task.files),
             job.attempts,
             extra=extra,
         )
-
-    def _outbox_dir(self, job: Job) -> str | None:
-        """Where the run's objects go: ``<outbox_root>/job-<id>``, or for a
-        shadow run (kept, never delivered) ``<outbox_root>/shadow/job-<id>``."""
-        if self.outbox_root is None:
-            return None
-        root = self.outbox_root / "shadow" if job.shadow else self.outbox_root
-        return str(root / f"job-{job.id}")
-
-    def _notifications(self, job: Job) -> tuple[NotificationTarget, ...]:
-        """The HL7 receivers the run notifies, with their message headers; a
-        receiver that already got a result of the same study, series and
-        pipeline gets this one as a correction."""
-        if not job.notify:
-            return ()
-        notified = self.store.notified_before(job.id)
-        targets = []
-        for name in job.notify:
-            destination = self.destinations.get(name)
-            if not isinstance(destination, HL7Destination):
-                continue  # export ends its row DEAD: no message to send
-            targets.append(
-                NotificationTarget(
-                    destination=name,
-                    sending_application=destination.sending_application,
-                    sending_facility=destination.sending_facility,
-                    receiving_application=destination.receiving_application,
-                    receiving_facility=destination.receiving_facility,
-                    correction=name in notified,
-                )
-            )
-        return tuple(targets)
-
-    def _measure(self, outcome: Outcome, pipeline: str, verdict: str) -> None:
-        started = self._started.pop(outcome.job_id, None)
-        if self.metrics is not None and started is not None:
-            seconds = time.monotonic() - started
-            self.metrics.finished(pipeline, verdict, seconds, outcome.timings)
 
     def _record(self, outcome: Outcome) -> None:
-        job = self.store.get_job(outcome.job_id)
-        extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
-        if outcome.ok:
-            result_dir = str(self.results_root / f"job-{job.id}")
-            done = self.store.finish_run(
-                job.id, result_dir, outcome.summary, outcome.objects, outcome.messages
-            )
-            self._measure(outcome, job.pipeline or "", "ok")
-            LOGGER.info(
-                "job %d: %s finished, now %s", job.id, job.pipeline, done.state, extra=extra
-            )
-            if outcome.descriptors is not None:
-                try:
-                    self.store.record_descriptors(job.id, job.pipeline or "", outcome.descriptors)
-                except JobStoreError as exc:  # monitoring must not hold up delivery
-                    LOGGER.warning("job %d: descriptors not kept: %s", job.id, exc, extra=extra)
-            return
-        pipeline = job.pipeline or ""
-        attempts_left = self.max_attempts_for(pipeline) - job.attempts
-        if outcome.permanent or attempts_left <= 0:
-            self.store.fail_run(job.id, outcome.summary, outcome.traceback, None)
-            self._measure(outcome, pipeline, "dead")
-            LOGGER.error(
-                "job %d: %s failed, DEAD after %d attempt(s): %s",
-                job.id,
-                pipeline,
-                job.attempts,
-                outcome.summary,
-                extra=extra,
-            )
-            return
-        delay = self.config.retry_backoff_seconds * (2 ** max(0, job.attempts - 1))
-        self.store.fail_run(job.id, outcome.summary, outcome.traceback, self.clock() + delay)
-        self._measure(outcome, pipeline, "retry")
-        LOGGER.warning(
-            "job %d: %s failed (attempt %d), retrying in %.0f s: %s",
-            job.id,
-            pipeline,
-            job.attempts,
-            delay,
-            outcome.summary,
-            extra=extra,
+        verdict = record_outcome(
+            self.store,
+            self.config,
+            outcome,
+            results_root=self.results_root,
+            clock=self.clock,
         )
+        started = self._started.pop(outcome.job_id, None)
+        if self.metrics is not None and started is not None:
+            seconds, pipeline = time.monotonic() - started[0], started[1]
+            self.metrics.finished(pipeline, verdict, seconds, outcome.timings)
 
     def alive(self) -> bool:
         """Whether the polling thread and every worker process run."""

@@ -133,3 +133,25 @@ class LooseInput(NoAlgorithm):
     name = "test-loose-input"
     input = ("CT",)  # type: ignore[assignment]
     algorithm = Algorithm(family=MORPHOLOGICAL_OPERATIONS_CODE, trained_model=False)
+
+
+#: The file :class:`Gated` waits for, when this variable names one.
+GATE_ENV = "DICOMNODE_TEST_GATE"
+
+
+class Gated(Threshold):
+    """:class:`Threshold` that first waits until the file ``$DICOMNODE_TEST_GATE``
+    exists (when the variable is set): a run that stays RUNNING until a test
+    opens the gate, with no sleep to guess."""
+
+    name = "test-gated"
+
+    def run(self, volume: Volume, device: str) -> PipelineResult:
+        gate = os.environ.get(GATE_ENV)
+        if gate:
+            deadline = time.monotonic() + 600
+            while not os.path.exists(gate):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the gate {gate} stayed closed")
+                time.sleep(0.05)
+        return super().run(volume, device)
