@@ -25,7 +25,7 @@ from tests.runner.faulty import GATE_ENV
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
 PIPELINE = "test-gated"
-LEASE = 4.0
+LEASE = 8.0
 
 
 class WorkerProcess:
@@ -205,6 +205,20 @@ def running_on(site: Site, count: int) -> Callable[[], list[Job] | None]:
     return check
 
 
+def two_waiting_in_the_queue(site: Site) -> Callable[[], bool]:
+    """Four runs: two RUNNING, two ROUTED and sent to the queue. A run in any
+    other state (reclaimed, say) fails at once, naming every run's state."""
+
+    def check() -> bool:
+        runs = site.runs()
+        seen = [(j.id, str(j.state), j.claimed_by, j.queued_at, j.attempts) for j in runs]
+        assert all(j.state in (JobState.ROUTED, JobState.RUNNING) for j in runs), seen
+        waiting = [j for j in runs if j.state == JobState.ROUTED]
+        return len(runs) == 4 and len(waiting) == 2 and all(j.queued_at for j in waiting)
+
+    return check
+
+
 def test_a_burst_spreads_over_two_workers_and_each_study_gets_one_result(
     site: Site, ct_series: Callable[..., Any], tmp_path: Path
 ) -> None:
@@ -252,11 +266,7 @@ def test_a_broker_that_restarts_empty_loses_and_duplicates_nothing(
     studies = site.push(ct_series, 4)
     # two runs on the workers, two more sent and waiting in Redis's queue
     wait_for(running_on(site, 2), 90, "one run RUNNING on each worker")
-    wait_for(
-        lambda: sum(job.queued_at is not None for job in site.runs()) == 2,
-        30,
-        "two runs sent to the queue",
-    )
+    wait_for(two_waiting_in_the_queue(site), 60, "two runs sent to the queue")
     site.redis.stop()  # the queued messages are gone with it
     gate.touch()  # the two running finish and are delivered without the broker
     wait_for(
