@@ -235,10 +235,12 @@ class IngressServer:
             LOGGER.warning(
                 "rejected association from AE %s at %s: not allowed", escape(calling_ae), host
             )
-            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-            event.assoc.kill()
+            # counted before the reject goes out: once the sender has its
+            # answer, whoever reads the metrics must find it counted
             if self.metrics is not None:
                 self.metrics.refuse("calling_ae_not_allowed")
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+            event.assoc.kill()
         elif not self.policy.serves(called_ae):
             LOGGER.warning(
                 "rejected association from AE %s at %s: called AE title %s is not served here",
@@ -246,10 +248,10 @@ class IngressServer:
                 host,
                 escape(called_ae),
             )
-            event.assoc.acse.send_reject(0x01, 0x01, 0x07)
-            event.assoc.kill()
             if self.metrics is not None:
                 self.metrics.refuse("called_ae_not_served")
+            event.assoc.acse.send_reject(0x01, 0x01, 0x07)
+            event.assoc.kill()
 
     def _on_open(self, event: Any) -> None:
         """``evt.EVT_CONN_OPEN``: set the association's network poll interval.
