@@ -46,6 +46,31 @@ class StudySummary(_Model):
     last_received_at: float
     held: bool = Field(description="Whether a job of the study is held.")
     purged_rounds: int
+    purged_at: float | None = Field(default=None, description="When retention last purged it.")
+    duplicate_count: int = Field(default=0, description="Copies received again.")
+    conflict_count: int = Field(
+        default=0, description="Duplicates whose content differed from the copy kept."
+    )
+
+
+class JobRow(_Model):
+    """One job in a listing: a study round or a pipeline run."""
+
+    id: int
+    kind: str
+    study_instance_uid: str
+    round: int
+    state: str
+    pipeline: str | None
+    rule: str | None
+    calling_ae: str
+    instance_count: int
+    attempts: int
+    opened_at: float
+    updated_at: float
+    reason: str | None
+    held: bool
+    purged: bool
 
 
 class TransitionRow(_Model):
@@ -164,6 +189,10 @@ class RouteExplanation(_Model):
     runs: list[PlannedRunRow]
     rules: list[RuleCheck]
     text: str = Field(description="The same, as the lines `route explain` prints.")
+    series_count: int = Field(default=0, description="Series of the study routing saw.")
+    round_count: int | None = Field(default=None, description="Rounds the study has.")
+    round_state: str | None = Field(default=None, description="The explained round's state.")
+    round_instances: int | None = Field(default=None, description="Instances in that round.")
 
 
 class DryRunRow(_Model):

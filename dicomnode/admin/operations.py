@@ -30,6 +30,7 @@ from dicomnode.admin.models import (
     DeliveryRow,
     DestinationTest,
     DryRunRow,
+    JobRow,
     PlannedRunRow,
     ReloadResult,
     RoundDetail,
@@ -111,7 +112,7 @@ def audit_row(record: AuditRecord) -> AuditRow:
 
 
 def _explanation(
-    decision: RoutingDecision, round_number: int | None, calling_ae: str
+    decision: RoutingDecision, round_number: int | None, calling_ae: str, series_count: int
 ) -> RouteExplanation:
     return RouteExplanation(
         study_instance_uid=decision.study_instance_uid,
@@ -138,7 +139,20 @@ def _explanation(
             for e in decision.explanations
         ],
         text=explain_text(decision),
+        series_count=series_count,
     )
+
+
+def explain_files(
+    paths: list[Path], routing: RoutingConfig, calling_ae: str = ""
+) -> list[RouteExplanation]:
+    """Where the studies in some files would be routed under ``routing``
+    (no job store needed)."""
+    return [
+        _explanation(route(study, routing), None, calling_ae, len(study.series))
+        for study in describe_study(paths, calling_ae)
+        if study.study_instance_uid
+    ]
 
 
 class Admin:
@@ -240,6 +254,9 @@ class Admin:
             last_received_at=study.last_received_at,
             held=any(j.held_at is not None for j in jobs),
             purged_rounds=study.purged_rounds,
+            purged_at=study.purged_at,
+            duplicate_count=study.duplicate_count,
+            conflict_count=study.conflict_count,
         )
 
     def studies(self, query: StudyFilter | None = None) -> list[StudySummary]:
@@ -320,6 +337,44 @@ class Admin:
             history=steps,
             deliveries=[delivery_row(item) for item in self.store.outbox(job.id)],
         )
+
+    def jobs(
+        self,
+        *,
+        state: str | None = None,
+        study_uid: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[JobRow]:
+        """Jobs, newest first; ``since``: updated at or after that time."""
+        found = []
+        for job in self.store.jobs(
+            study_instance_uid=study_uid, state=None if state is None else JobState(state)
+        ):
+            if since is not None and job.updated_at < since:
+                continue
+            found.append(
+                JobRow(
+                    id=job.id,
+                    kind=job.kind,
+                    study_instance_uid=job.study_instance_uid,
+                    round=job.round,
+                    state=str(job.state),
+                    pipeline=job.pipeline,
+                    rule=job.rule,
+                    calling_ae=job.calling_ae,
+                    instance_count=job.instance_count,
+                    attempts=job.attempts,
+                    opened_at=job.opened_at,
+                    updated_at=job.updated_at,
+                    reason=job.reason,
+                    held=job.held_at is not None,
+                    purged=job.purged_at is not None,
+                )
+            )
+            if len(found) >= limit:
+                break
+        return found
 
     def job(self, job_id: int) -> RunDetail:
         """One job with its history and deliveries.
@@ -630,17 +685,19 @@ class Admin:
         if not studies:
             raise NotFoundError(f"study {study_uid}: its instances cannot be read")
         decision = route(studies[0], routing or self.settings.routing)
-        return _explanation(decision, chosen.round, ae)
+        return _explanation(decision, chosen.round, ae, len(studies[0].series)).model_copy(
+            update={
+                "round_count": len(rounds),
+                "round_state": str(chosen.state),
+                "round_instances": chosen.instance_count,
+            }
+        )
 
     def explain_files(
         self, paths: list[Path], calling_ae: str = "", routing: RoutingConfig | None = None
     ) -> list[RouteExplanation]:
         """Where the studies in some files would be routed."""
-        return [
-            _explanation(route(study, routing or self.settings.routing), None, calling_ae)
-            for study in describe_study(paths, calling_ae)
-            if study.study_instance_uid
-        ]
+        return explain_files(paths, routing or self.settings.routing, calling_ae)
 
     def dry_run(self, routing: RoutingConfig | None = None, last: int = 20) -> list[DryRunRow]:
         """Route the last ``last`` received rounds again under ``routing`` (default:
@@ -673,7 +730,9 @@ class Admin:
                 ]
                 if studies:
                     decision = route(studies[0], routing or self.settings.routing)
-                    explanation = _explanation(decision, job.round, job.calling_ae)
+                    explanation = _explanation(
+                        decision, job.round, job.calling_ae, len(studies[0].series)
+                    )
                     after = sorted({run.rule for run in decision.runs})
                 else:
                     note = "its instances cannot be read"
