@@ -923,7 +923,10 @@ class SQLiteJobStore:
         now = self._now()
         with self._write() as cur:
             row = _job_row(
-                cur, job_id, "state, destinations, notify, shadow, claimed_by, lease_until"
+                cur,
+                job_id,
+                "state, destinations, notify, shadow, claimed_by, lease_until, "
+                "study_instance_uid, pipeline",
             )
             current = JobState(row["state"])
             check_holder(job_id, current, row["claimed_by"], row["lease_until"], claimant=claimant)
@@ -945,6 +948,25 @@ class SQLiteJobStore:
             notify = [] if shadow_only else json.loads(row["notify"])
             built = {message.destination: message for message in messages}
             cur.execute("DELETE FROM outbox WHERE job_id = ?", (job_id,))
+            self._insert_audit(
+                cur,
+                now,
+                AuditEntry(
+                    AuditEvent.RESULTS_WRITTEN,
+                    claimant or "node",
+                    action=str(row["pipeline"] or ""),
+                    target=f"job {job_id}",
+                    study_instance_uid=row["study_instance_uid"],
+                    detail={
+                        "objects": [
+                            {"type": item.kind, "sop_instance_uid": item.sop_instance_uid}
+                            for item in objects
+                        ],
+                        "messages": len(messages),
+                        "shadow": bool(row["shadow"]),
+                    },
+                ),
+            )
             rows: list[tuple[object, ...]] = [
                 (
                     destination,
