@@ -21,6 +21,9 @@ from dicomnode.config.destinations import DicomDestination, FolderDestination, H
 
 def echo_dicom(target: DicomDestination, calling_ae: str) -> tuple[bool, str]:
     """C-ECHO a DICOM destination; return whether it answered Success, and what happened."""
+    reached, why = _tcp(target.host, target.port, target.timeout_seconds)
+    if not reached:
+        return False, why
     ae = AE(ae_title=target.calling_ae_title or calling_ae)
     ae.add_requested_context(Verification)
     ae.acse_timeout = target.timeout_seconds
@@ -38,9 +41,9 @@ def echo_dicom(target: DicomDestination, calling_ae: str) -> tuple[bool, str]:
         if assoc.is_rejected:
             return False, "association rejected by the peer (is our AE title allowed there?)"
         if assoc.is_aborted:
-            return False, "association aborted by the peer"
+            return False, "association aborted by the peer (does it speak DICOM there?)"
         if not assoc.is_established:
-            return False, "no association: connection refused or no answer in time"
+            return False, "no association: the peer did not answer the request in time"
         status = assoc.send_c_echo()
         if status is None or "Status" not in status:
             return False, "no C-ECHO response in time"
@@ -54,8 +57,20 @@ def echo_dicom(target: DicomDestination, calling_ae: str) -> tuple[bool, str]:
         ae.shutdown()
 
 
+def _tcp(host: str, port: int, timeout: float) -> tuple[bool, str]:
+    """Whether anything accepts a TCP connection there (closed again at once)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, "connected"
+    except TimeoutError:
+        return False, f"cannot connect to {host}:{port}: no answer within {timeout:g} s"
+    except OSError as exc:
+        return False, f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+
+
 def connect_hl7(target: HL7Destination) -> tuple[bool, str]:
     """Open (and close) a connection to an HL7 destination's MLLP port; nothing is sent."""
+    where = f"{target.host}:{target.port}"
     try:
         with socket.create_connection(
             (target.host, target.port), timeout=target.timeout_seconds
@@ -69,9 +84,9 @@ def connect_hl7(target: HL7Destination) -> tuple[bool, str]:
     except ssl.SSLError as exc:
         return False, f"TLS handshake failed: {exc.reason or exc}"
     except TimeoutError:
-        return False, f"no answer within {target.timeout_seconds:g} s"
+        return False, f"cannot connect to {where}: no answer within {target.timeout_seconds:g} s"
     except OSError as exc:
-        return False, f"cannot connect: {exc.strerror or exc}"
+        return False, f"cannot connect to {where}: {exc.strerror or exc}"
     except ValueError as exc:
         return False, f"tls: {exc}"
 
