@@ -327,3 +327,117 @@ def test_a_pushed_ct_gives_a_seg_on_the_right_slices_a_valid_sr_and_an_oru(
         seen[name].add(slice_index)
     assert seen["dense"] == set(range(3, 7))
     assert "liver" in oru and "OBR" in oru
+
+
+def walk(dataset: Any) -> list[Any]:
+    """Every content item of an SR, depth first."""
+    items = []
+    for item in dataset.get("ContentSequence", []):
+        items.append(item)
+        items.extend(walk(item))
+    return items
+
+
+@pytest.mark.peers
+@pytest.mark.slow
+def test_a_detection_becomes_a_planar_group_with_scoord3d_and_an_outline_and_an_oru_finding(
+    make_settings: Any, start_node: Any, tmp_path: Path
+) -> None:
+    """The detector boxes the voxels above 500 HU (slices 3-6, rows 8-9,
+    columns 6-7); its low-score box is below the card's threshold and is not
+    reported."""
+    from tests.pipelines.exported_models import Detector, detection_card
+    from tests.results.helpers import assert_sr_valid
+
+    series = write_ct_series(tmp_path / "ct", slices=12, rows=32, columns=32)
+    with_bright_block(series, range(3, 7))
+    write_model(tmp_path / "models", "torchscript", detection_card(), network=Detector())
+    files, oru = run_through_node(make_settings, start_node, tmp_path, series, "torchscript")
+    assert sorted(files) == ["SR"]
+    assert_sr_valid(files["SR"])
+    sr = pydicom.dcmread(files["SR"])
+    volume = load_series(series.paths)
+    hu = volume.array
+    found = np.argwhere(hu > 500)
+    (s0, r0, c0), (s1, r1, c1) = found.min(0), found.max(0) + 1
+    middle = (s0 + s1) // 2
+    groups = [
+        item for item in walk(sr)
+        if item.get("ValueType") == "CONTAINER"
+        and item.ConceptNameCodeSequence[0].CodeValue == "125007"
+    ]  # fmt: skip
+    (group,) = groups
+    items = walk(group)
+    scoord3d = [i for i in items if i.get("ValueType") == "SCOORD3D"]
+    scoord = [i for i in items if i.get("ValueType") == "SCOORD"]
+    (region,) = scoord3d
+    # the outline, nested under each measurement (where viewers look for it)
+    assert len(scoord) == 3 and len({tuple(i.GraphicData) for i in scoord}) == 1
+    outline = scoord[0]
+    assert region.GraphicType == "POLYLINE" and outline.GraphicType == "POLYLINE"
+    assert region.ReferencedFrameOfReferenceUID == volume.frame_of_reference_uid
+    # the outline: the box's rows and columns on its central slice's image
+    points = np.asarray(outline.GraphicData, dtype=float).reshape(-1, 2)
+    assert points.min(0).tolist() == [c0, r0] and points.max(0).tolist() == [c1, r1]
+    image = outline.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert image == volume.sources[middle].sop_instance_uid
+    # the same rectangle in patient coordinates, in that slice's plane
+    source = pydicom.dcmread(series.paths[series.sop_uids.index(image)])
+    position = np.asarray(source.ImagePositionPatient, dtype=float)
+    rowdir = np.asarray(source.ImageOrientationPatient[:3], dtype=float)
+    coldir = np.asarray(source.ImageOrientationPatient[3:], dtype=float)
+    dy, dx = (float(v) for v in source.PixelSpacing)
+    corners = np.asarray(region.GraphicData, dtype=float).reshape(-1, 3)
+    expected = [position + (c - 0.5) * dx * rowdir + (r - 0.5) * dy * coldir
+                for c, r in points]  # fmt: skip
+    assert np.allclose(corners, expected, atol=1e-3)
+    names = {
+        str(i.ConceptNameCodeSequence[0].CodeMeaning): i
+        for i in items if i.get("ValueType") == "NUM"
+    }  # fmt: skip
+    score = names["Probability"].MeasuredValueSequence[0].NumericValue
+    assert float(score) == pytest.approx(0.9, abs=1e-6)
+    assert float(names["Long Axis"].MeasuredValueSequence[0].NumericValue) == pytest.approx(
+        max((r1 - r0) * dy, (c1 - c0) * dx), rel=1e-3
+    )
+    finding = next(
+        i for i in items
+        if i.get("ValueType") == "CODE" and i.ConceptNameCodeSequence[0].CodeValue == "121071"
+    )  # fmt: skip
+    assert finding.ConceptCodeSequence[0].CodeValue == "27925004"
+    segments = oru.split("\r")
+    nodule = [s for s in segments if s.startswith("OBX") and "27925004" in s]
+    assert len(nodule) == 1 and "|D1|0.9|" in nodule[0] and nodule[0].split("|")[8] == "A"
+    box = next(s for s in segments if s.startswith("OBX") and "BOX^Bounding box" in s)
+    assert f"central slice {middle + 1} of 12" in box and "|D1|" in box
+    assert "S^Stat^HL70485" in oru
+
+
+@pytest.mark.parametrize(
+    ("orientation", "spacing"),
+    [("LPS", None), ("RAS", None), ("SAR", None), ("RAS", [6.25, 6.25, 2.5])],
+)
+def test_a_box_goes_back_to_the_volumes_grid_whatever_the_networks_axes(
+    tmp_path: Path, ct: tuple[Series, Volume], orientation: str, spacing: list[float] | None
+) -> None:
+    from tests.pipelines.exported_models import Detector, detection_card
+
+    _, volume = ct
+    card = detection_card()
+    card["input"]["orientation"] = orientation
+    if spacing is not None:  # twice as many rows and columns: boxes scale back
+        card["input"]["spacing"] = spacing
+    write_model(tmp_path, "torchscript", card, network=Detector())
+    result = loaded("torchscript", tmp_path).run(volume, "cpu")
+    found = np.argwhere(volume.array > 500)
+    low, high = found.min(0), found.max(0) + 1
+    (detection,) = result.detections
+    assert detection.box == pytest.approx(
+        (*low.tolist(), *high.tolist()), abs=0.51 if spacing else 0
+    )
+    assert (detection.name, detection.concept.value, detection.threshold) == (
+        "nodule",
+        "27925004",
+        0.5,
+    )
+    assert f"nodule (score 0.90) at slice {int(detection.centre[0]) + 1}" in result.summary
