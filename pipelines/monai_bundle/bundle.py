@@ -184,6 +184,19 @@ class Bundle:
         Preprocessing redone on the in-memory volume, in config order.
     ignored : tuple of str
         Preprocessing transforms not redone.
+    postprocessing : tuple of callable
+        The config's own ``postprocessing`` transforms that work on the
+        prediction alone (``Activationsd``, ``AsDiscreted``,
+        ``KeepLargestConnectedComponentd``...), in config order, as MONAI
+        builds them; they run on ``{"pred": (C, X, Y, Z)}``.
+    post_ignored : tuple of str
+        Postprocessing transforms not run (``Invertd``: its effect is the
+        resampling back; ``SaveImaged``: nothing is saved; others are named).
+    multi_label : bool
+        The postprocessing applies a sigmoid: each output channel is a
+        label of its own (channel ``c`` is label ``c + 1``), not one-hot.
+    post_key : str
+        The prediction's key in the postprocessing (``pred``).
     network : torch.nn.Module
         In eval mode, on the load device.
     inferer : callable
@@ -202,6 +215,18 @@ class Bundle:
     inferer: Callable[..., Any]
     steps: tuple[Step, ...] = ()
     ignored: tuple[str, ...] = field(default=())
+    postprocessing: tuple[Callable[[dict[str, Any]], dict[str, Any]], ...] = ()
+    post_ignored: tuple[str, ...] = ()
+    multi_label: bool = False
+    post_key: str = "pred"
+
+    @property
+    def discretises(self) -> bool:
+        """Whether the postprocessing turns the prediction into labels itself."""
+        return any(
+            type(t).__name__.removesuffix("d").removesuffix("D") == "AsDiscrete"
+            for t in self.postprocessing
+        )
 
 
 def sha256_of(path: Path) -> str:
@@ -257,6 +282,7 @@ def read_bundle(root: Path, device: str) -> Bundle:
         raise BundleError(f"monai-bundle: {out_channels} output channels do not fit labels 1..255")
 
     steps, ignored, axcodes = _preprocessing(parser)
+    post, post_ignored, multi_label, post_key = _postprocessing(parser, config_path)
     inferer = parser.get_parsed_content("inferer") if parser.get("inferer") else SimpleInferer()
     if not callable(inferer):
         raise BundleError(f"monai-bundle: the inferer of {config_path} is not callable")
@@ -273,6 +299,10 @@ def read_bundle(root: Path, device: str) -> Bundle:
         inferer=inferer,
         steps=steps,
         ignored=ignored,
+        postprocessing=post,
+        post_ignored=post_ignored,
+        multi_label=multi_label,
+        post_key=post_key,
     )
 
 
@@ -453,3 +483,69 @@ def _preprocessing(parser: ConfigParser) -> tuple[tuple[Step, ...], tuple[str, .
     if ignored:
         LOGGER.warning("monai-bundle: preprocessing not redone: %s", ", ".join(ignored))
     return tuple(steps), tuple(ignored), axcodes
+
+
+# Postprocessing transforms that work on the prediction alone, run as the
+# bundle builds them; those that need the input's metadata or files are not.
+_POST_RUN = frozenset(
+    {
+        "Activations",
+        "AsDiscrete",
+        "KeepLargestConnectedComponent",
+        "FillHoles",
+        "RemoveSmallObjects",
+        "LabelFilter",
+    }
+)
+_POST_NOTHING_TO_DO = frozenset(
+    {"Invert", "SaveImage", "EnsureType", "ToDevice", "ToTensor", "CopyItems", "DeleteItems"}
+)
+
+
+def _postprocessing(
+    parser: ConfigParser, config_path: Path
+) -> tuple[tuple[Callable[[dict[str, Any]], dict[str, Any]], ...], tuple[str, ...], bool, str]:
+    """The runnable ``postprocessing`` transforms, those not run, whether a
+    sigmoid makes the output multi-label, and the prediction's key."""
+    raw = parser.get("postprocessing")
+    transforms = raw.get("transforms") if isinstance(raw, Mapping) else raw
+    if not isinstance(transforms, list):
+        return (), (), False, "pred"
+    base = "postprocessing#transforms" if isinstance(raw, Mapping) else "postprocessing"
+    run: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
+    ignored: list[str] = []
+    multi_label = False
+    key: str | None = None
+    for index, item in enumerate(transforms):
+        if not isinstance(item, Mapping):
+            ignored.append(str(item))
+            continue
+        target = str(item.get("_target_", "")).rsplit(".", 1)[-1]
+        name = target.removesuffix("d").removesuffix("D")
+        if name in _POST_NOTHING_TO_DO:
+            continue
+        if name not in _POST_RUN:
+            ignored.append(target or str(item))
+            continue
+        try:
+            transform = parser.get_parsed_content(f"{base}#{index}")
+        except Exception as exc:  # any failure of the config's own code
+            raise BundleError(
+                f"monai-bundle: postprocessing {target} of {config_path} cannot be built: {exc}"
+            ) from exc
+        if not callable(transform):
+            raise BundleError(f"monai-bundle: postprocessing {target} is not callable")
+        if hasattr(transform, "allow_missing_keys"):
+            transform.allow_missing_keys = True  # keys such as "label" are not there
+        sigmoid = getattr(transform, "sigmoid", False)
+        if name == "Activations" and any(
+            bool(v) for v in (sigmoid if isinstance(sigmoid, tuple | list) else (sigmoid,))
+        ):
+            multi_label = True
+        keys = getattr(transform, "keys", ())
+        if keys and key is None:
+            key = str(keys[0])
+        run.append(transform)
+    if ignored:
+        LOGGER.warning("monai-bundle: postprocessing not run: %s", ", ".join(ignored))
+    return tuple(run), tuple(ignored), multi_label, key or "pred"

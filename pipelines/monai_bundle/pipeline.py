@@ -20,10 +20,20 @@ How a volume is run
 2. The config's ``Spacingd``, ``ScaleIntensityRanged`` and
    ``NormalizeIntensityd`` are redone in config order (:mod:`.bundle`).
 3. The config's ``inferer`` (e.g. ``SlidingWindowInferer``) runs the network.
-4. Back on the unresampled grid (trilinear on the logits), the label is the
-   argmax over channels (one channel: logit above 0, i.e. sigmoid above 0.5);
-   the config's ``postprocessing`` (softmax, ``Invertd``, ``AsDiscreted``,
-   ``SaveImaged``) is not run: its effect on the labels is this step.
+4. Back on the unresampled grid (trilinear on the logits: what ``Invertd``
+   does), the config's own ``postprocessing`` runs on the prediction
+   ``(C, X, Y, Z)``: the transforms that need nothing but it
+   (``Activationsd``, ``AsDiscreted``, ``KeepLargestConnectedComponentd``,
+   ``FillHolesd``, ``RemoveSmallObjectsd``, ``LabelFilterd``), in config
+   order, as MONAI builds them (``Invertd`` and ``SaveImaged`` have nothing
+   to do; others are named in a warning). What it gives is the label map:
+   one channel of label values (``argmax=True``); one-hot channels (their
+   argmax); or, after a sigmoid, one channel per label (channel ``c`` is
+   label ``c + 1``, named by ``channel_def`` ``c``), overlapping labels
+   resolved so the smallest wins (the innermost of nested regions, as a
+   brain tumour's enhancing part inside its core inside the whole tumour).
+   A config without ``AsDiscreted`` gets the argmax over channels (one
+   channel: logit above 0).
 5. The label map goes back to the volume's grid by the inverse transposition
    and flips, so it is in the source geometry voxel for voxel.
 """
@@ -33,6 +43,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,6 +128,7 @@ class MonaiBundlePipeline:
         self.bundle_dir = bundle
         self._bundle: Bundle | None = None
         self._device = "cpu"
+        self._multi_label = False
 
     def configure(self, options: Mapping[str, object]) -> None:
         """Take the options of ``runner.pipelines.monai-bundle``: ``bundle`` (a folder).
@@ -258,21 +270,61 @@ class MonaiBundlePipeline:
             logits = torch.as_tensor(output).float()
             if tuple(logits.shape[2:]) != shape:
                 logits = F.interpolate(logits, size=shape, mode="trilinear", align_corners=False)
-            if logits.shape[1] == 1:
+            self._multi_label = False
+            if bundle.discretises:
+                labels = self._postprocess(logits[0])
+            elif logits.shape[1] == 1:
                 labels = (logits[0, 0] > 0).to(torch.uint8)
             else:
                 labels = logits[0].argmax(dim=0).to(torch.uint8)
             return np.asarray(labels.cpu().numpy(), dtype=np.uint8)
 
+    def _postprocess(self, prediction: torch.Tensor) -> torch.Tensor:
+        """Labels ``(X, Y, Z)`` from the bundle's own postprocessing of
+        ``prediction`` ``(C, X, Y, Z)`` (see the module)."""
+        bundle = self.bundle
+        data: dict[str, Any] = {bundle.post_key: prediction}
+        for transform in bundle.postprocessing:
+            data = transform(data)
+        pred = torch.as_tensor(data[bundle.post_key]).float()
+        if pred.ndim == 3:
+            pred = pred[None]
+        if pred.shape[0] == 1:
+            return pred[0].round().clamp(0, 255).to(torch.uint8)
+        if not bundle.multi_label:
+            return pred.argmax(dim=0).to(torch.uint8)  # one-hot
+        # several labels of their own (sigmoid, thresholded): channel c is label
+        # c + 1; where they overlap the smallest wins (the innermost of nested
+        # regions, e.g. enhancing tumour inside tumour core inside whole tumour)
+        self._multi_label = True
+        labels = torch.zeros(pred.shape[1:], dtype=torch.uint8, device=pred.device)
+        present = pred > 0.5
+        sizes = present.reshape(pred.shape[0], -1).sum(dim=1)
+        for channel in sorted(range(pred.shape[0]), key=lambda c: (-int(sizes[c]), c)):
+            labels[present[channel]] = channel + 1
+        return labels
+
     def _result(self, labels: NDArray[np.uint8], volume: Volume) -> PipelineResult:
         bundle = self.bundle
-        counts = np.bincount(labels.reshape(-1), minlength=max(bundle.out_channels, 2))
-        names = {
-            value: bundle.labels.get(value) or f"Label {value}"
-            for value in range(1, max(bundle.out_channels, 2))
-        }
+        counts = np.bincount(labels.reshape(-1), minlength=max(bundle.out_channels + 1, 2))
+        if self._multi_label:  # channel c is label c + 1
+            names = {
+                value: bundle.labels.get(value - 1) or f"Label {value}"
+                for value in range(1, bundle.out_channels + 1)
+            }
+        else:
+            names = {
+                value: bundle.labels.get(value) or f"Label {value}"
+                for value in range(1, max(bundle.out_channels, 2))
+            }
         if bundle.out_channels == 1 and 0 in bundle.labels and 1 not in bundle.labels:
             names[1] = bundle.labels[0]  # one sigmoid channel: channel 0 is the structure
+        stray = sorted(set(np.flatnonzero(counts).tolist()) - {0, *names})
+        if stray:
+            raise InputRefused(
+                f"bundle {bundle.name}: its postprocessing gives label(s) {stray}, "
+                f"beyond its {bundle.out_channels} output channel(s)"
+            )
         segments: list[Segment] = []
         measurements: list[Measurement] = []
         parts: list[str] = []
