@@ -131,12 +131,15 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def cmd_models_check(args: argparse.Namespace) -> int:
     """Load every configured model, verify its SHA-256, run it once on a synthetic
     input of its declared shape and print what was loaded; 1 when one cannot run."""
+    import contextlib
     import json
 
     from dicomnode.runner.models_check import check_models
 
     settings = _load(args.config)
-    checks = check_models(settings, args.device)
+    # what libraries print while loading (nnU-Net does) goes to stderr: stdout is the report
+    with contextlib.redirect_stdout(sys.stderr):
+        checks = check_models(settings, args.device)
     if args.json:
         print(json.dumps([c.as_json() for c in checks], indent=2))
         return 0 if all(c.ok for c in checks) else 1

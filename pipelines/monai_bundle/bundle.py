@@ -197,6 +197,11 @@ class Bundle:
         label of its own (channel ``c`` is label ``c + 1``), not one-hot.
     post_key : str
         The prediction's key in the postprocessing (``pred``).
+    input_shape : (int, int, int), optional
+        The input's spatial shape the metadata declares (``spatial_shape``),
+        else the inferer's ``roi_size``: what ``models check`` runs.
+    in_channels : int
+        The input's channels (metadata ``num_channels``).
     network : torch.nn.Module
         In eval mode, on the load device.
     inferer : callable
@@ -219,6 +224,8 @@ class Bundle:
     post_ignored: tuple[str, ...] = ()
     multi_label: bool = False
     post_key: str = "pred"
+    input_shape: tuple[int, int, int] | None = None
+    in_channels: int = 1
 
     @property
     def discretises(self) -> bool:
@@ -303,6 +310,8 @@ def read_bundle(root: Path, device: str) -> Bundle:
         post_ignored=post_ignored,
         multi_label=multi_label,
         post_key=post_key,
+        input_shape=_input_shape(metadata, inferer),
+        in_channels=_in_channels(metadata),
     )
 
 
@@ -549,3 +558,27 @@ def _postprocessing(
     if ignored:
         LOGGER.warning("monai-bundle: postprocessing not run: %s", ", ".join(ignored))
     return tuple(run), tuple(ignored), multi_label, key or "pred"
+
+
+def _image_format(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
+    inputs = _network_format(metadata).get("inputs")
+    image = inputs.get("image") if isinstance(inputs, Mapping) else None
+    return image if isinstance(image, Mapping) else {}
+
+
+def _input_shape(metadata: Mapping[str, Any], inferer: Any) -> tuple[int, int, int] | None:
+    """The declared spatial shape (``spatial_shape``, else the inferer's ``roi_size``)."""
+    for shape in (_image_format(metadata).get("spatial_shape"), getattr(inferer, "roi_size", None)):
+        if isinstance(shape, list | tuple) and len(shape) == 3:
+            try:
+                values = [int(v) for v in shape]
+            except (TypeError, ValueError):
+                continue  # e.g. "16*n"
+            if all(v > 0 for v in values):
+                return (values[0], values[1], values[2])
+    return None
+
+
+def _in_channels(metadata: Mapping[str, Any]) -> int:
+    channels = _image_format(metadata).get("num_channels")
+    return channels if isinstance(channels, int) and channels > 0 else 1

@@ -41,6 +41,7 @@ How a volume is run
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ from dicomnode.protocol import (
     Measurement,
     ModelFile,
     ModelInfo,
+    ModelReport,
     PipelineResult,
     Segment,
     Volume,
@@ -213,6 +215,57 @@ class MonaiBundlePipeline:
             device,
             bundle.sha256[:12],
             ", ".join(bundle.labels.get(c, str(c)) for c in range(1, bundle.out_channels)),
+        )
+
+    def self_test(self) -> ModelReport:
+        """Run the bundle's network once on a random input of its declared shape
+        (metadata ``spatial_shape``, else the inferer's ``roi_size``, else 32 cubed).
+
+        Raises
+        ------
+        BundleError
+            The network fails on that input or gives fewer channels than its
+            metadata declares.
+        """
+        bundle = self.bundle
+        shape = bundle.input_shape or (32, 32, 32)
+        generator = torch.Generator().manual_seed(0)
+        batch = torch.randn((1, bundle.in_channels, *shape), generator=generator)
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                output = bundle.network(batch.to(torch.device(self._device)))
+        except RuntimeError as exc:
+            raise BundleError(
+                f"monai-bundle: {bundle.name}'s network fails on an input {tuple(batch.shape)}: "
+                f"{exc}"
+            ) from exc
+        seconds = time.perf_counter() - started
+        if isinstance(output, tuple | list):
+            output = output[0]
+        out = torch.as_tensor(output)
+        if out.ndim != 5 or out.shape[1] < bundle.out_channels:
+            raise BundleError(
+                f"monai-bundle: {bundle.name}'s network gives {tuple(out.shape)} for "
+                f"{tuple(batch.shape)}; its metadata declares {bundle.out_channels} channel(s)"
+            )
+        steps = ", ".join(type(step).__name__ for step in bundle.steps) or "none"
+        post = ", ".join(type(t).__name__ for t in bundle.postprocessing) or "argmax"
+        return ModelReport(
+            name=bundle.name,
+            version=bundle.version,
+            sha256=bundle.sha256,
+            parameters=int(sum(p.numel() for p in bundle.network.parameters())),
+            device=self._device,
+            input_contract=(
+                f"segmentation, modalities {'/'.join(sorted(self.input.modalities))}, "
+                f"orientation {bundle.axcodes or 'columns, rows, slices'}, "
+                f"{bundle.in_channels} channel(s), preprocessing {steps}, "
+                f"inferer {type(bundle.inferer).__name__}, postprocessing {post}"
+            ),
+            labels=tuple(f"{value}: {name}" for value, name in sorted(bundle.labels.items())),
+            output=f"input {tuple(batch.shape)} -> {tuple(out.shape)}",
+            seconds=seconds,
         )
 
     def run(self, volume: Volume, device: str) -> PipelineResult:

@@ -95,3 +95,28 @@ def test_a_network_that_does_not_fit_its_card_stops_config_check(
     assert "pipeline 'onnx': onnx: model 'tiny': output (1, 3, 16, 16, 8)" in err
     assert main(["models", "check", "-c", str(config)]) == 1
     assert "problem     InputRefused: onnx: model 'tiny': output" in capsys.readouterr().out
+
+
+def test_nnunet_folders_and_monai_bundles_are_test_run_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.pipelines.test_monai_bundle import write_bundle
+    from tests.pipelines.test_nnunet import write_manifest
+
+    write_manifest(tmp_path / "models", spacing=(2.5, 10.0, 10.0))
+    bundle = write_bundle(tmp_path / "bundle")
+    config = config_file(
+        tmp_path,
+        {"nnunet": {"nnunet": {"model": "tiny"}}, "monai-bundle": {"bundle": str(bundle)}},
+    )
+    assert main(["models", "check", "-c", str(config), "--json"]) == 0
+    monai, nnunet = json.loads(capsys.readouterr().out)
+    assert monai["pipeline"] == "monai-bundle" and monai["ok"]
+    assert monai["report"]["output"] == "input (1, 1, 32, 32, 32) -> (1, 2, 32, 32, 32)"
+    assert monai["report"]["labels"] == ["0: background", "1: spleen"]
+    assert "postprocessing Activationsd, AsDiscreted" in monai["report"]["input_contract"]
+    assert nnunet["pipeline"] == "nnunet" and nnunet["ok"]
+    report = nnunet["report"]
+    assert report["labels"] == ["1: liver (SCT 10200004 Liver)", "2: bone (not coded)"]
+    assert report["output"].startswith("input (1, 1, ") and report["parameters"] > 0
+    assert nnunet["models"][0]["name"] == "tiny"
