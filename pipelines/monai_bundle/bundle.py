@@ -41,6 +41,7 @@ __all__ = [
     "BundleError",
     "NormalizeIntensity",
     "Resample",
+    "Resize",
     "ScaleIntensityRange",
     "Step",
     "read_bundle",
@@ -156,6 +157,28 @@ class Resample(Step):
             mode=self.mode,
             **({} if self.mode == "nearest" else {"align_corners": False}),
         )
+        actual = tuple(s * n / m for s, n, m in zip(spacing, image.shape[2:], shape, strict=True))
+        return out, (actual[0], actual[1], actual[2])
+
+
+@dataclass(frozen=True)
+class Resize(Step):
+    """``Resized``: to ``spatial_size`` voxels (-1 keeps an axis), MONAI's ``mode``."""
+
+    spatial_size: tuple[int, int, int]
+    mode: str = "area"
+
+    def __call__(self, image: torch.Tensor, spacing: Spacing) -> tuple[torch.Tensor, Spacing]:
+        """Interpolate to the size (the spacing follows)."""
+        shape = tuple(
+            n if size <= 0 else size
+            for n, size in zip(image.shape[2:], self.spatial_size, strict=True)
+        )
+        if shape == tuple(image.shape[2:]):
+            return image, spacing
+        mode = {"bilinear": "trilinear", "linear": "trilinear"}.get(self.mode, self.mode)
+        aligned = {} if mode in ("nearest", "area", "nearest-exact") else {"align_corners": False}
+        out = F.interpolate(image, size=shape, mode=mode, **aligned)
         actual = tuple(s * n / m for s, n, m in zip(spacing, image.shape[2:], shape, strict=True))
         return out, (actual[0], actual[1], actual[2])
 
@@ -485,6 +508,11 @@ def _preprocessing(parser: ConfigParser) -> tuple[tuple[Step, ...], tuple[str, .
                     bool(value("clip", False)),
                 )
             )
+        elif name == "Resize":
+            size = value("spatial_size")
+            sizes = [int(v) for v in size] if isinstance(size, list | tuple) else [int(size)] * 3
+            sizes = (sizes + [sizes[-1]] * 3)[:3]
+            steps.append(Resize((sizes[0], sizes[1], sizes[2]), str(value("mode", "area"))))
         elif name == "NormalizeIntensity" and value("subtrahend") is None:
             steps.append(NormalizeIntensity(bool(value("nonzero", False))))
         else:

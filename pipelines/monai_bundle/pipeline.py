@@ -36,6 +36,11 @@ How a volume is run
    channel: logit above 0).
 5. The label map goes back to the volume's grid by the inverse transposition
    and flips, so it is in the source geometry voxel for voxel.
+
+A **classification** bundle (its network gives ``(1, K)``, usually after a
+``Resized`` in its preprocessing) gives one finding per class instead: its
+probability from the postprocessing's ``Activationsd`` (softmax without one),
+named by ``channel_def`` and coded locally (:func:`class_code`).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from dicomnode.protocol import (
     ARTIFICIAL_INTELLIGENCE_CODE,
     Algorithm,
     Code,
+    Finding,
     InputRefused,
     InputSpec,
     Measurement,
@@ -71,11 +77,13 @@ from .orientation import Reorientation
 
 __all__ = [
     "ANATOMICAL_STRUCTURE",
+    "LOCAL_SCHEME",
     "MILLILITER",
     "SETTING",
     "TISSUE",
     "VOLUME",
     "MonaiBundlePipeline",
+    "class_code",
     "segment_type",
 ]
 
@@ -97,6 +105,17 @@ _TYPES = {
 }
 
 _VOLUMETRIC = frozenset({"CT", "MR", "PT", "NM", "US"})
+
+
+LOCAL_SCHEME = "99DICOMNODE"
+"""Coding scheme of a classification bundle's classes (bundles carry no codes)."""
+
+
+def class_code(index: int, name: str) -> Code:
+    """The local code of class ``index`` named ``name``: value ``MONAI<index>-<NAME>``
+    (16 characters at most), meaning the name."""
+    word = "".join(c for c in name.upper() if c.isalnum())
+    return Code(f"MONAI{index}-{word}"[:16], LOCAL_SCHEME, name[:64])
 
 
 def segment_type(name: str) -> Code:
@@ -244,7 +263,7 @@ class MonaiBundlePipeline:
         if isinstance(output, tuple | list):
             output = output[0]
         out = torch.as_tensor(output)
-        if out.ndim != 5 or out.shape[1] < bundle.out_channels:
+        if out.ndim not in (2, 5) or out.shape[1] < bundle.out_channels:
             raise BundleError(
                 f"monai-bundle: {bundle.name}'s network gives {tuple(out.shape)} for "
                 f"{tuple(batch.shape)}; its metadata declares {bundle.out_channels} channel(s)"
@@ -258,7 +277,8 @@ class MonaiBundlePipeline:
             parameters=int(sum(p.numel() for p in bundle.network.parameters())),
             device=self._device,
             input_contract=(
-                f"segmentation, modalities {'/'.join(sorted(self.input.modalities))}, "
+                f"{'classification' if out.ndim == 2 else 'segmentation'}, "
+                f"modalities {'/'.join(sorted(self.input.modalities))}, "
                 f"orientation {bundle.axcodes or 'columns, rows, slices'}, "
                 f"{bundle.in_channels} channel(s), preprocessing {steps}, "
                 f"inferer {type(bundle.inferer).__name__}, postprocessing {post}"
@@ -299,15 +319,46 @@ class MonaiBundlePipeline:
             bundle.network.to(torch.device(device))
             self._device = device
         turn = Reorientation.of(volume, bundle.axcodes)
-        labels = turn.backward(
-            self._predict(turn.forward(volume.array), turn.spacing(volume.spacing))
+        classes, labels = self._predict(turn.forward(volume.array), turn.spacing(volume.spacing))
+        if classes is not None:
+            return self._classification(classes)
+        assert labels is not None
+        return self._result(turn.backward(labels), volume)
+
+    def _classification(self, logits: torch.Tensor) -> PipelineResult:
+        """Findings of a classification bundle's output ``(K,)``: probabilities
+        from its postprocessing's ``Activationsd`` (softmax without one; one
+        output: sigmoid), each class named by ``channel_def`` and given a
+        local code (bundles carry no codes)."""
+        bundle = self.bundle
+        activations = [
+            t for t in bundle.postprocessing if type(t).__name__.startswith("Activations")
+        ]
+        if activations:
+            data: dict[str, Any] = {bundle.post_key: logits}
+            for transform in activations:
+                data = transform(data)
+            probability = torch.as_tensor(data[bundle.post_key]).float()
+        else:
+            probability = torch.sigmoid(logits) if logits.numel() == 1 else logits.softmax(0)
+        findings: list[Finding] = []
+        parts: list[str] = []
+        for index in range(int(probability.numel())):
+            name = bundle.labels.get(index) or f"Class {index}"
+            value = float(probability[index].clamp(0, 1))
+            findings.append(Finding(class_code(index, name), value))
+            parts.append(f"{name} {value:.2f}")
+        return PipelineResult(
+            findings=tuple(findings),
+            models=(ModelInfo(bundle.name, bundle.version, bundle.sha256),),
+            summary=f"MONAI bundle {bundle.name} {bundle.version}: {'; '.join(parts)}.",
         )
-        return self._result(labels, volume)
 
     def _predict(
         self, array: NDArray[np.float32], spacing: tuple[float, float, float]
-    ) -> NDArray[np.uint8]:
-        """Labels (in the bundle's axes) of ``array`` (in the bundle's axes)."""
+    ) -> tuple[torch.Tensor | None, NDArray[np.uint8] | None]:
+        """Class logits ``(K,)`` of a classification bundle, or labels (in the
+        bundle's axes) of ``array`` (in the bundle's axes)."""
         bundle = self.bundle
         with torch.inference_mode():
             image = torch.as_tensor(np.ascontiguousarray(array, dtype=np.float32))
@@ -321,6 +372,8 @@ class MonaiBundlePipeline:
             if isinstance(output, Mapping):
                 output = next(iter(output.values()))
             logits = torch.as_tensor(output).float()
+            if logits.ndim == 2:  # (1, K): a classification bundle
+                return logits[0].cpu(), None
             if tuple(logits.shape[2:]) != shape:
                 logits = F.interpolate(logits, size=shape, mode="trilinear", align_corners=False)
             self._multi_label = False
@@ -330,7 +383,7 @@ class MonaiBundlePipeline:
                 labels = (logits[0, 0] > 0).to(torch.uint8)
             else:
                 labels = logits[0].argmax(dim=0).to(torch.uint8)
-            return np.asarray(labels.cpu().numpy(), dtype=np.uint8)
+            return None, np.asarray(labels.cpu().numpy(), dtype=np.uint8)
 
     def _postprocess(self, prediction: torch.Tensor) -> torch.Tensor:
         """Labels ``(X, Y, Z)`` from the bundle's own postprocessing of

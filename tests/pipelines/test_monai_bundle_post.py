@@ -136,3 +136,83 @@ def test_softmax_then_argmax_and_one_hot_give_the_same_labels(
     assert np.array_equal(first.label_map, second.label_map)
     # softmax over (TC, WT, ET) logits, channel 0 counts as background
     assert set(np.unique(first.label_map).tolist()) <= {0, 1, 2}
+
+
+def write_classifier(root: Path, postprocessing: list[dict[str, Any]]) -> Path:
+    """A classification bundle: Resized to 16 x 16 x 8, MONAI's Classifier, two classes."""
+    from monai.networks.nets import Classifier
+
+    (root / "configs").mkdir(parents=True)
+    (root / "models").mkdir()
+    meta = {
+        "name": "Tiny dense-or-not",
+        "version": "0.2.0",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "modality": "CT", "num_channels": 1,
+                                 "spatial_shape": [16, 16, 8]}},
+            "outputs": {"pred": {"type": "probabilities", "format": "classes",
+                                 "num_channels": 2,
+                                 "channel_def": {"0": "no dense focus", "1": "dense focus"}}},
+        },
+    }  # fmt: skip
+    (root / "configs" / "metadata.json").write_text(json.dumps(meta), encoding="utf-8")
+    network_def = {"_target_": "Classifier", "in_shape": [1, 16, 16, 8], "classes": 2,
+                   "channels": [4], "strides": [2]}  # fmt: skip
+    inference = {
+        "network_def": network_def,
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -1000,
+             "a_max": 1000, "b_min": 0.0, "b_max": 1.0, "clip": True},
+            {"_target_": "Resized", "keys": "image", "spatial_size": [16, 16, 8]},
+        ]},
+        "postprocessing": {"_target_": "Compose", "transforms": postprocessing},
+    }  # fmt: skip
+    (root / "configs" / "inference.json").write_text(json.dumps(inference), encoding="utf-8")
+    torch.manual_seed(1)
+    network = Classifier(in_shape=(1, 16, 16, 8), classes=2, channels=(4,), strides=(2,))
+    torch.save(network.state_dict(), root / "models" / "model.pt")
+    return root
+
+
+def test_a_classification_bundle_gives_one_finding_per_class(
+    tmp_path: Path, ct: tuple[Series, Volume]
+) -> None:
+    """Probabilities as MONAI's own transforms would make them: the volume in RAS,
+    scaled, MONAI's Resize (area), the network, the bundle's softmax."""
+    from monai.networks.nets import Classifier
+    from monai.transforms import Resize
+
+    from dicomnode.results.common import sources_in_volume_order
+    from dicomnode.results.sr import build_report
+    from pipelines.monai_bundle.orientation import Reorientation
+    from tests.results.helpers import assert_sr_valid, context, save
+
+    series, volume = ct
+    softmax = [{"_target_": "Activationsd", "keys": "pred", "softmax": True}]
+    root = write_classifier(tmp_path / "c", softmax)
+    pipeline, result = run(root, volume)
+    ras = Reorientation.of(volume, "RAS").forward(volume.array)
+    scaled = np.clip((ras + 1000.0) / 2000.0, 0.0, 1.0).astype(np.float32)
+    resized = torch.as_tensor(Resize((16, 16, 8))(scaled[None]))
+    network = Classifier(in_shape=(1, 16, 16, 8), classes=2, channels=(4,), strides=(2,))
+    network.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    with torch.inference_mode():
+        expected = network.eval()(resized[None].float())[0].softmax(0)
+    assert result.label_map is None and not result.segments
+    none, dense = result.findings
+    assert (none.concept.meaning, dense.concept.meaning) == ("no dense focus", "dense focus")
+    assert (dense.concept.value, dense.concept.scheme) == ("MONAI1-DENSEFOCU", "99DICOMNODE")
+    assert [none.probability, dense.probability] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert "dense focus" in result.summary
+    report = pipeline.self_test()
+    assert report.output == "input (1, 1, 16, 16, 8) -> (1, 2)"
+    assert report.input_contract.startswith("classification, modalities CT")
+    # the findings make a valid SR (local codes identified)
+    sources = sources_in_volume_order(volume, [pydicom.dcmread(p) for p in series.paths])
+    ctx = context(series.paths, tmp_path / "out", "monai-bundle", "1.0.0")
+    sr = build_report(result, volume, sources, ctx, None)
+    assert sr is not None
+    assert_sr_valid(save(sr, tmp_path / "out" / "sr.dcm"))
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99DICOMNODE"
