@@ -184,7 +184,8 @@ class MonaiBundlePipeline:
         Called by ``dicomnode config check`` and before ``serve`` starts: the
         bundle is read as :meth:`load` reads it (metadata, inference config,
         ``network_def``, weights and their declared checksum, the weights
-        fitting the network), on the CPU, and let go.
+        fitting the network), on the CPU, its network run once on a random
+        input of the declared shape (:meth:`self_test`), and let go.
 
         Parameters
         ----------
@@ -199,7 +200,16 @@ class MonaiBundlePipeline:
         if self.bundle_dir is None:
             raise BundleError(f"no bundle folder: set {SETTING} in the node's YAML")
         bundle = read_bundle(Path(self.bundle_dir), "cpu")
-        LOGGER.info("monai-bundle: %s %s at %s is valid", bundle.name, bundle.version, bundle.root)
+        probe = MonaiBundlePipeline(Path(self.bundle_dir))
+        probe._bundle = bundle
+        report = probe.self_test()
+        LOGGER.info(
+            "monai-bundle: %s %s at %s is valid and runs (%s)",
+            bundle.name,
+            bundle.version,
+            bundle.root,
+            report.output,
+        )
 
     def load(self, device: str) -> None:
         """Read the bundle, verify its weights and load its network on ``device``.

@@ -121,6 +121,19 @@ def write_model(
             torch.jit.script(network).save(str(weights))
         else:
             torch.jit.trace(network, example).save(str(weights))
+    elif isinstance(network, Detector):
+        # exported by tracing: the graph holds the branch that finds a box
+        weights = folder / "model.onnx"
+        example[0, 0, 4:8, 4:8, 2:5] = 600.0
+        torch.onnx.export(
+            network,
+            (example,),
+            str(weights),
+            dynamo=False,
+            input_names=["image"],
+            output_names=["boxes", "scores", "labels"],
+            dynamic_axes={"image": {2: "x", 3: "y", 4: "z"}},
+        )
     else:
         weights = folder / "model.onnx"
         torch.onnx.export(

@@ -441,3 +441,17 @@ def test_a_box_goes_back_to_the_volumes_grid_whatever_the_networks_axes(
         0.5,
     )
     assert f"nodule (score 0.90) at slice {int(detection.centre[0]) + 1}" in result.summary
+
+
+def test_an_onnx_detector_with_named_outputs_gives_the_same_box(
+    tmp_path: Path, ct: tuple[Series, Volume]
+) -> None:
+    from tests.pipelines.exported_models import Detector, detection_card
+
+    _, volume = ct
+    write_model(tmp_path, "onnx", detection_card(), network=Detector())
+    result = loaded("onnx", tmp_path).run(volume, "cpu")
+    found = np.argwhere(volume.array > 500)
+    (detection,) = result.detections
+    assert detection.box == (*map(float, found.min(0)), *map(float, found.max(0) + 1))
+    assert detection.score == pytest.approx(0.9)

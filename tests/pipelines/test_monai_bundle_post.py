@@ -216,3 +216,18 @@ def test_a_classification_bundle_gives_one_finding_per_class(
     assert sr is not None
     assert_sr_valid(save(sr, tmp_path / "out" / "sr.dcm"))
     assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99DICOMNODE"
+
+
+def test_a_bundle_whose_network_gives_fewer_channels_than_declared_stops_config_check(
+    tmp_path: Path,
+) -> None:
+    from dicomnode.runner.requirements import pipeline_setup_problems
+
+    root = write_bundle(tmp_path / "b", SIGMOID)
+    assert pipeline_setup_problems(MonaiBundlePipeline(), {"bundle": str(root)}, tmp_path) == []
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    meta["network_data_format"]["outputs"]["pred"]["num_channels"] = 4
+    (root / "configs" / "metadata.json").write_text(json.dumps(meta))
+    (problem,) = pipeline_setup_problems(MonaiBundlePipeline(), {"bundle": str(root)}, tmp_path)
+    assert "network gives (1, 3, 32, 32, 32) for (1, 1, 32, 32, 32)" in problem
+    assert "its metadata declares 4 channel(s)" in problem
