@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydicom import config as pydicom_config
 
 from dicomnode import metrics as node_metrics
+from dicomnode.admin import reload as reloading
 from dicomnode.assembly import Assembler
 from dicomnode.config import Settings
 from dicomnode.endpoints import OpsServer
@@ -320,10 +321,14 @@ class Node:
     ----------
     settings : Settings
         The validated configuration.
+    config_path : Path, optional
+        The file it came from: :meth:`reload` (SIGHUP) re-reads it.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
         self.settings = settings
+        self.config_path = config_path
+        self._reload_requested = threading.Event()
         self.spool: Spool | None = None
         self.store: SQLiteJobStore | None = None
         self.ingress: IngressServer | None = None
@@ -417,6 +422,8 @@ class Node:
         except (OSError, DicomNodeError) as exc:
             raise StartupError(f"cannot open the data directory: {exc}") from exc
         reclaim_orphans(self.settings)
+        if self.config_path is not None:
+            reloading.remember_in_force(self.settings, self.config_path)
         self._check_disk_floor(self.spool)
         recover_spool(self.spool, self.store)
         processes = self.settings.ingress.processes
@@ -656,6 +663,67 @@ class Node:
             self._lock_fd = None
         LOGGER.info("node stopped")
 
+    def reload(self) -> bool:
+        """Re-read the configuration file and apply what a reload can apply.
+
+        The file is validated as ``serve`` does; an invalid one is refused
+        (the problems, with their field paths, go to the log) and the
+        configuration in force stays. A valid one's rules, destinations and
+        export settings apply from now on: rounds routed after this use the
+        new rules, deliveries the new destinations; associations in progress
+        are not touched. Changes to other sections need a restart and are
+        named in the log. Either way one ``config-reload`` audit row records
+        who asked and the file before and after.
+
+        Returns
+        -------
+        bool
+            Whether the new configuration was applied.
+        """
+        if self.config_path is None:
+            LOGGER.warning("reload: this node was started without a configuration file")
+            return False
+        actor = reloading.take_request(self.settings)
+        plan = reloading.plan_reload(self.settings, self.config_path, actor)
+        if plan.settings is None:
+            LOGGER.error(
+                "configuration reload refused, the configuration in force stays:\n%s",
+                "\n".join(plan.problems),
+            )
+        else:
+            self._apply(plan.settings)
+            reloading.remember_in_force(plan.settings, self.config_path)
+            LOGGER.info(
+                "configuration reloaded (%s changed)%s",
+                ", ".join(plan.changed) or "nothing",
+                (
+                    f"; {', '.join(plan.restart_needed)} changed and apply at the next restart"
+                    if plan.restart_needed
+                    else ""
+                ),
+            )
+        if self.store is not None:
+            self.store.record_audit(plan.audit)
+        return plan.settings is not None
+
+    def _apply(self, settings: Settings) -> None:
+        """Hand the stages that read rules, destinations and export settings
+        the new ones (each reads them afresh at every round or delivery)."""
+        self.settings = settings
+        if self.router is not None:
+            self.router.config = settings.routing
+        if self.assembler is not None and isinstance(self.assembler.policy, CompletionPolicy):
+            self.assembler.policy.config = settings.routing
+        if self.dispatcher is not None:
+            self.dispatcher.settings = settings
+            self.dispatcher.config = settings.export
+        if self.runner is not None:
+            self.runner.destinations = settings.destinations
+
+    def request_reload(self) -> None:
+        """Ask :meth:`serve_forever` to reload (safe from a signal handler)."""
+        self._reload_requested.set()
+
     def request_stop(self) -> None:
         """Ask :meth:`serve_forever` to return (safe from a signal handler)."""
         self._stop.set()
@@ -667,11 +735,18 @@ class Node:
             LOGGER.info("received %s, shutting down", signal.Signals(signum).name)
             self.request_stop()
 
+        def _on_hangup(signum: int, frame: FrameType | None) -> None:
+            self.request_reload()
+
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGHUP, _on_hangup)
         self.start()
         try:
-            while not self._stop.wait(1.0):
+            while not self._stop.wait(0.2):
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    self.reload()
                 self.supervise()
         finally:
             self.stop()

@@ -56,7 +56,7 @@ from dicomnode.export.storescu import (
     send_files,
     status_category,
 )
-from dicomnode.jobs import Job, OutboxItem, SQLiteJobStore
+from dicomnode.jobs import AuditEntry, AuditEvent, Job, OutboxItem, SQLiteJobStore
 from dicomnode.metrics import ExportMetrics
 from dicomnode.scheduling import Loop, Wakeup
 
@@ -103,11 +103,20 @@ def _tls_args(
 class Delivery:
     """The outcome of delivering one group."""
 
-    def __init__(self, delivered: list[int], retry: list[int], dead: list[int], error: str):
+    def __init__(
+        self,
+        delivered: list[int],
+        retry: list[int],
+        dead: list[int],
+        error: str,
+        acks: list[str] | None = None,
+    ):
         self.delivered = delivered
         self.retry = retry
         self.dead = dead
         self.error = error
+        self.acks = acks or []
+        """The HL7 ACK codes (MSA-1) the receiver answered with."""
 
 
 def patient_conflict(files: list[str]) -> str | None:
@@ -290,6 +299,7 @@ class Dispatcher:
             else:
                 next_at = self.clock() + self.delay(attempts - 1)
                 self.store.record_delivery(outcome.retry, "PENDING", outcome.error, next_at)
+        self._audit(job_id, destination, target, items, outcome, attempts)
         extra = {"job_id": job_id}
         if outcome.retry or outcome.dead:
             LOGGER.warning(
@@ -305,6 +315,56 @@ class Dispatcher:
                 "job %d → %s: %d item(s) delivered", job_id, destination, len(ids), extra=extra
             )
         return bool(outcome.delivered)
+
+    def _audit(
+        self,
+        job_id: int,
+        destination: str,
+        target: object,
+        items: list[OutboxItem],
+        outcome: Delivery,
+        attempts: int,
+    ) -> None:
+        """One audit row per attempt to deliver a run's items to a destination."""
+        delivered = set(outcome.delivered)
+        try:
+            study = self.store.get_job(job_id).study_instance_uid
+        except JobStoreError:
+            study = None
+        hl7 = isinstance(target, HL7Destination)
+        detail: dict[str, object] = {
+            "attempt": attempts,
+            "delivered": [i.sop_instance_uid or i.path for i in items if i.id in delivered]
+            if not hl7
+            else len(outcome.delivered),
+            "failed": len(outcome.retry) + len(outcome.dead),
+        }
+        if hl7:
+            detail["ack"] = outcome.acks
+        else:
+            detail["sop_instance_uids"] = [i.sop_instance_uid for i in items]
+        if outcome.error:
+            detail["error"] = outcome.error
+        if not outcome.retry and not outcome.dead:
+            result = "success"
+        elif outcome.delivered:
+            result = "partial"
+        else:
+            result = "failure"
+        try:
+            self.store.record_audit(
+                AuditEntry(
+                    AuditEvent.HL7_SENT if hl7 else AuditEvent.RESULTS_SENT,
+                    "node",
+                    action="ORU^R01" if hl7 else getattr(target, "type", "unknown"),
+                    target=destination,
+                    outcome=result,
+                    study_instance_uid=study,
+                    detail=detail,
+                )
+            )
+        except JobStoreError as exc:
+            LOGGER.error("job %d: could not write the audit row of a delivery: %s", job_id, exc)
 
     @staticmethod
     def _to_folder(target: FolderDestination, items: list[OutboxItem]) -> Delivery:
@@ -365,6 +425,7 @@ class Dispatcher:
         retry: list[int] = []
         dead: list[int] = []
         errors: list[str] = []
+        acks: list[str] = []
         for item in items:
             if item.body is None:
                 errors.append(
@@ -383,18 +444,21 @@ class Dispatcher:
                     tls=_tls_args(target, target.host),
                 )
             except HL7Error as exc:
-                if isinstance(exc, HL7NackError) and self.metrics is not None:
-                    self.metrics.ack(name, exc.code)
+                if isinstance(exc, HL7NackError):
+                    acks.append(exc.code)
+                    if self.metrics is not None:
+                        self.metrics.ack(name, exc.code)
                 errors.append(str(exc))
                 (dead if exc.permanent else retry).append(item.id)
             except OSError as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 retry.append(item.id)
             else:
+                acks.append(ack.code)
                 if self.metrics is not None:
                     self.metrics.ack(name, ack.code)
                 delivered.append(item.id)
-        return Delivery(delivered, retry, dead, "; ".join(errors))
+        return Delivery(delivered, retry, dead, "; ".join(errors), acks)
 
     # -- lifecycle --------------------------------------------------------
 

@@ -128,7 +128,7 @@ class Router:
         """Route every COMPLETE round; return how many were routed."""
         done = 0
         for job in self.store.jobs(state=JobState.COMPLETE):
-            if job.kind == "study":
+            if job.kind == "study" and job.held_at is None:  # a held round waits
                 self.route_round(job)
                 done += 1
         return done
