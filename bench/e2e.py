@@ -23,7 +23,7 @@ Every span comes from the node's job store (the study round's ``last_instance_at
 timestamped state transitions, the outbox rows' ``updated_at``) or from the worker's
 ``result.json`` ``timings``; nothing is timed from outside. "runner, rest" is the part of
 RUNNING → RESULTS_WRITTEN the worker's timings do not cover: handing the task to the worker,
-loading the pipeline on its first use, the runner's polling. HL7 is sent after the PACS
+loading the pipeline on its first use, recording the outcome. HL7 is sent after the PACS
 delivery in the same export pass, so its span (from EXPORTING) includes the PACS span.
 The target line counts as overhead everything between the last instance received and DONE
 except the pipeline's compute and the configured quiet period (the quiet period's overshoot
@@ -483,7 +483,9 @@ def report(record: Record, quiet: float) -> tuple[list[list[str]], str]:
     ris_done = max(d.updated_at for d in record.deliveries if d.destination == "ris")
     exporting = run_at["EXPORTING"]
     pipeline = max(timings["pipeline_s"], 1e-6)
-    worker = sum(timings[k] for k in ("load_s", "pipeline_s", "save_s", "write_s"))
+    worker = sum(
+        timings.get(k, 0.0) for k in ("load_s", "pipeline_s", "save_s", "write_s", "describe_s")
+    )
     total = run_at["DONE"] - record.last_instance_at
     waited = round_at["COMPLETE"] - record.last_instance_at
 
@@ -504,10 +506,16 @@ def report(record: Record, quiet: float) -> tuple[list[list[str]], str]:
         row("result save", "result.json save_s", timings["save_s"]),
         row("writing SEG/SR", "result.json write_s", timings["write_s"]),
         row(
+            "descriptors",
+            "result.json describe_s",
+            timings.get("describe_s", 0.0),
+            "drift monitoring (monitoring.enabled)",
+        ),
+        row(
             "runner, rest",
             "RUNNING → RESULTS_WRITTEN, rest",
             run_at["RESULTS_WRITTEN"] - run_at["RUNNING"] - worker,
-            "hand-off, pipeline load on first use",
+            "hand-off, worker start-up left, recording",
         ),
         row("export start", "RESULTS_WRITTEN → EXPORTING", exporting - run_at["RESULTS_WRITTEN"]),
         row("export to PACS", "EXPORTING → pacs rows DELIVERED", pacs_done - exporting),

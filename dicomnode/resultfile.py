@@ -9,8 +9,8 @@ Layout of one result directory::
 
 The directory is written under a temporary name and renamed into place, so a
 reader never sees half a result. ``result.json`` may carry ``timings``: seconds
-per step of the run (``load_s``, ``pipeline_s``, ``save_s``, ``write_s``), the
-last ones added by :func:`record_timings` once they are known.
+per step of the run (``load_s``, ``pipeline_s``, ``save_s``, ``write_s``,
+``describe_s``), the last ones added by :func:`record_timings` once they are known.
 """
 
 from __future__ import annotations

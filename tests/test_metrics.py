@@ -173,7 +173,7 @@ def test_a_push_moves_the_counters_by_what_was_pushed(
     found = samples(port)
     assert value(found, "dicomnode_run_seconds_count", pipeline="ct-lung", outcome="ok") == 1
     assert value(found, "dicomnode_run_seconds_sum", pipeline="ct-lung", outcome="ok") > 0
-    for step in ("load", "pipeline", "save", "write"):
+    for step in ("load", "pipeline", "save", "write", "describe"):
         assert value(found, "dicomnode_run_step_seconds_count", pipeline="ct-lung", step=step) == 1
     assert value(found, "dicomnode_export_attempts_total", destination="results") >= 1
     assert value(found, "dicomnode_jobs", kind="run", state="DONE") >= 1

@@ -92,7 +92,7 @@ class Outcome:
     """The run's input and output descriptors (JSON), for drift checks."""
     timings: Mapping[str, float] = field(default_factory=dict)
     """Seconds per step of a successful run (``load_s``, ``pipeline_s``,
-    ``save_s``, ``write_s``), as in ``result.json``, for the metrics."""
+    ``save_s``, ``write_s``, ``describe_s``), as in ``result.json``, for the metrics."""
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,8 @@ class Worker:
 
         The seconds spent loading the volume, in the pipeline, saving the
         result and writing the DICOM objects go to ``result.json``'s
-        ``"timings"`` (``load_s``, ``pipeline_s``, ``save_s``, ``write_s``).
+        ``"timings"`` (``load_s``, ``pipeline_s``, ``save_s``, ``write_s``, and
+        ``describe_s``: the descriptors for drift checks).
         """
         started = time.monotonic()
         try:
@@ -225,7 +226,12 @@ class Worker:
                 written = self.settings.writer.write(result, volume, context)
                 objects, messages = written.objects, written.messages
                 write_s = time.perf_counter() - mark
-            record_timings(result_dir, {"save_s": save_s, "write_s": write_s})
+            mark = time.perf_counter()
+            descriptors = self._describe(task, volume, result)
+            describe_s = time.perf_counter() - mark
+            record_timings(
+                result_dir, {"save_s": save_s, "write_s": write_s, "describe_s": describe_s}
+            )
             summary = result.summary or "result saved"
             if outside:
                 summary += f" (input outside the validated range: {'; '.join(outside)})"
@@ -235,8 +241,13 @@ class Worker:
                 summary=_with_provenance(summary, result),
                 objects=objects,
                 messages=messages,
-                descriptors=self._describe(task, volume, result),
-                timings={**timings, "save_s": save_s, "write_s": write_s},
+                descriptors=descriptors,
+                timings={
+                    **timings,
+                    "save_s": save_s,
+                    "write_s": write_s,
+                    "describe_s": describe_s,
+                },
             )
         except (VolumeError, ModelError, InputError, RunnerError, InputRefused, ResultError) as exc:
             return Outcome(
