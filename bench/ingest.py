@@ -18,13 +18,14 @@ Then ``MANY`` (25) ``storescu`` processes start together, each sending 40 small 
 Every measurement uses a freshly started receiver with an empty storage directory, checks
 that every ``storescu`` exited 0 and that the receiver stored every instance, and counts
 the time ``storescu`` needs, process start included. ``--repeat K`` keeps the best of K.
-Then each receiver, freshly started again, answers 40 ``echoscu`` runs one after another:
-the milliseconds one short association costs (connect, negotiate, one C-ECHO, release,
-the tool's own start included), which is what a sender opening an association per
-instance pays for every image. Last, the node with one receiving process is started once
-more and receives 2,000 small instances over 4 associations: the resident memory of its
-receiving process before and after is printed, and a growth above 100 MiB is a
-failed check.
+Then every receiver, freshly started again, all at once, answers 40 rounds of ``echoscu``
+runs, one run against each receiver in turn (so all meet the same moments of the machine's
+load; the median is kept): the milliseconds one short association costs (connect,
+negotiate, one C-ECHO, release, the tool's own start included), which is what a sender
+opening an association per instance pays for every image. Last, the node with one
+receiving process is started once more and receives 2,000 small instances over 4
+associations: the resident memory of its receiving process before and after is printed,
+and a growth above 100 MiB is a failed check.
 
 How to read the figures
 -----------------------
@@ -50,6 +51,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,7 +60,7 @@ import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -337,20 +339,48 @@ def push(receiver: Receiver, files: Sequence[Path], associations: int) -> float:
     return seconds
 
 
-def echo_round_trips(receiver: Receiver, count: int) -> float:
-    """Milliseconds per association of ``count`` ``echoscu`` runs one after another:
-    connect, negotiate, one C-ECHO, release, the tool's own start included."""
+def echo_once(receiver: Receiver) -> float:
+    """Milliseconds of one ``echoscu`` run: connect, negotiate, one C-ECHO, release, the
+    tool's own start included."""
+    argv = ["echoscu", "-aet", CALLING_AET, "-aec", receiver.aet, "127.0.0.1", str(receiver.port)]
     began = time.perf_counter()
-    for _ in range(count):
-        argv = ["echoscu", "-aet", CALLING_AET, "-aec", receiver.aet]
-        argv += ["127.0.0.1", str(receiver.port)]
-        done = subprocess.run(argv, capture_output=True, env=CHILD_ENV, check=False)
-        if done.returncode != 0:
-            raise BenchError(
-                f"{receiver.name} ({receiver.config}): echoscu exited with "
-                f"{done.returncode}:\n{done.stderr.decode(errors='replace')}"
-            )
-    return (time.perf_counter() - began) / count * 1000.0
+    done = subprocess.run(argv, capture_output=True, env=CHILD_ENV, check=False)
+    elapsed = (time.perf_counter() - began) * 1000.0
+    if done.returncode != 0:
+        raise BenchError(
+            f"{receiver.name} ({receiver.config}): echoscu exited with "
+            f"{done.returncode}:\n{done.stderr.decode(errors='replace')}"
+        )
+    return elapsed
+
+
+def measure_echoes(
+    measured: Sequence[tuple[Receiver, Row]], scratch: Path, problems: list[str]
+) -> None:
+    """Start a fresh instance of every receiver, then time ``ECHOES`` rounds of one
+    ``echoscu`` run against each in turn, so that every receiver meets the same moments
+    of the machine's load; each row gets the median milliseconds."""
+    with ExitStack() as stack:
+        try:
+            for receiver, _ in measured:
+                workdir = Path(tempfile.mkdtemp(prefix=f"{receiver.name}-echo-", dir=scratch))
+                stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+                stack.enter_context(running(receiver, workdir, problems))
+            times: list[list[float]] = [[] for _ in measured]
+            for _ in range(ECHOES):
+                for (receiver, _), series in zip(measured, times, strict=True):
+                    series.append(echo_once(receiver))
+        except (BenchError, OSError, subprocess.SubprocessError, ValueError) as exc:
+            problems.append(str(exc))
+            print("  echoscu rounds: FAILED", flush=True)
+            return
+    for (_, row), series in zip(measured, times, strict=True):
+        row.echo_ms = statistics.median(series)
+        print(
+            f"  {row.name:<8} {row.config:<24} {ECHOES} echoscu runs (interleaved): "
+            f"median {row.echo_ms:.1f} ms",
+            flush=True,
+        )
 
 
 @dataclass
@@ -409,16 +439,6 @@ def measure(
                 print(f"  {row.name} ({row.config}), {associations} assoc: FAILED", flush=True)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"{receiver.name}-echo-", dir=scratch))
-    try:
-        with running(receiver, workdir, problems):
-            row.echo_ms = echo_round_trips(receiver, ECHOES)
-        print(f"  {row.name:<8} {row.config:<24} {ECHOES} echoscu runs: {row.echo_ms:.1f} ms each")
-    except (BenchError, OSError, subprocess.SubprocessError, ValueError) as exc:
-        problems.append(str(exc))
-        print(f"  {row.name} ({row.config}), echoscu: FAILED", flush=True)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     return row
 
 
@@ -548,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         receivers = [*scp_receivers, *([Orthanc()] if "orthanc" in wanted else [])]
         receivers += node_receivers
         rows = [measure(r, files, small, scratch, args.repeat, problems) for r in receivers]
+        measure_echoes(list(zip(receivers, rows, strict=True)), scratch, problems)
         for receiver, row in zip(receivers, rows, strict=True):
             if isinstance(receiver, Node) and receiver.processes == 1:
                 problem = measure_memory(receiver, small, scratch, row)
