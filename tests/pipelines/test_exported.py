@@ -241,10 +241,16 @@ def fetch_results(orthanc: Any, into: Path) -> dict[str, Path]:
 
 
 def run_through_node(
-    make_settings: Any, start_node: Any, tmp_path: Path, series: Series, kind: str
+    make_settings: Any,
+    start_node: Any,
+    tmp_path: Path,
+    series: Series,
+    kind: str,
+    options: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Path], str]:
-    """Push ``series`` to a node routing CT to ``kind`` (model ``tiny`` under
-    ``tmp_path/models``); return the result objects in Orthanc and the ORU."""
+    """Push ``series`` to a node routing CT to ``kind`` (default options: model
+    ``tiny`` under ``tmp_path/models``); return the result objects in Orthanc
+    and the ORU."""
     from tests.conftest import open_store
     from tests.export.mllp_ris import running_ris
     from tests.helpers import storescu, wait_for
@@ -257,7 +263,7 @@ def run_through_node(
             runner={
                 "enabled": True, "device": "cpu", "threads": 1, "poll_seconds": 0.1,
                 "models_dir": str(tmp_path / "models"),
-                "pipelines": {kind: {"model": "tiny"}},
+                "pipelines": {kind: options or {"model": "tiny"}},
             },
             routing={"rules": [{
                 "name": "ct", "match": {"series": {"Modality": {"equals": "CT"}}},
