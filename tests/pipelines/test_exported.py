@@ -218,6 +218,13 @@ def test_a_network_that_does_not_fit_its_card_is_refused_by_the_setup_check(
         InputRefused, match=r"output \(1, 3, 16, 16, 8\); the card .* needs \(1, 4\+"
     ):
         pipeline.check_setup({"tiny": verify_model(tmp_path, "tiny")})
+    # a network that cannot take the card's shape: a clear refusal, not a crash
+    card = segmentation_card(channels=2)
+    write_model(tmp_path, "onnx", card)
+    pipeline = OnnxPipeline()
+    pipeline.configure({"model": "tiny"})
+    with pytest.raises(InputRefused, match=r"fails on an input \(1, 2, 16, 16, 8\)"):
+        pipeline.check_setup({"tiny": verify_model(tmp_path, "tiny")})
     with pytest.raises(InputRefused, match=r"runner\.pipelines\.torchscript\.model"):
         TorchScriptPipeline().check_setup({})
     with pytest.raises(InputRefused, match="no option bundle"):
