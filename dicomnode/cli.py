@@ -931,7 +931,10 @@ def cmd_route_dry_run(args: argparse.Namespace) -> int:
 
 def cmd_config_reload(args: argparse.Namespace) -> int:
     """Validate the file and have the running node apply it (SIGHUP; audited)."""
-    with _admin(args) as admin:
+    chosen = args.config or os.environ.get(CONFIG_ENV)
+    if not chosen:
+        raise ConfigError(f"no configuration file: pass -c FILE or set {CONFIG_ENV}")
+    with Admin.open_for_reload(chosen) as admin:
         result = admin.reload(args.actor or _actor())
     if args.json:
         _print_json(result)

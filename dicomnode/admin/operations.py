@@ -205,6 +205,21 @@ class Admin:
         admin._owns_store = True
         return admin
 
+    @classmethod
+    def open_for_reload(cls, config_path: str | Path) -> Admin:
+        """:meth:`open`, for :meth:`reload` only: a file invalid outside its
+        storage and database sections still finds the node (its problems are
+        reported, and audited, by :meth:`reload`)."""
+        path = Path(config_path)
+        settings = reloading.where_the_node_runs(path)
+        if not settings.database_path.exists():
+            raise DicomNodeError(
+                f"no job store at {settings.database_path} (has the node run yet?)"
+            )
+        admin = cls(settings, SQLiteJobStore(settings.database_path), config_path=path)
+        admin._owns_store = True
+        return admin
+
     def close(self) -> None:
         """Close the job store if :meth:`open` opened it."""
         if self._owns_store:
