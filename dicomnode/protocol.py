@@ -633,3 +633,8 @@ class ResultWriter(Protocol):
     ) -> WrittenResult:
         """Write every object and build every notification for ``result``."""
         ...
+
+    def warm_up(self) -> float:
+        """Pay one-off first-use costs (imports, tables) before the first
+        study, e.g. by writing a throw-away result; return the seconds spent."""
+        ...

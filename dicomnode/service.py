@@ -37,7 +37,7 @@ from dicomnode.export.dispatcher import Dispatcher
 from dicomnode.health import Health, readiness
 from dicomnode.ingress import IngressServer, StoreHandler, recover_spool
 from dicomnode.ingress.server import in_use_hint
-from dicomnode.jobs import SQLiteJobStore
+from dicomnode.jobs import JobState, SQLiteJobStore
 from dicomnode.logs import TEXT_FORMAT, PeerNoiseFilter, formatter
 from dicomnode.metrics import IngressMetrics, NodeCollector, NodeMetrics
 from dicomnode.monitoring.corrections import CorrectionScorer
@@ -47,6 +47,7 @@ from dicomnode.results.writer import DicomResultWriter
 from dicomnode.routing.stage import CompletionPolicy, Router
 from dicomnode.runner.stage import Runner, pipeline_options
 from dicomnode.runner.worker import WorkerSettings
+from dicomnode.scheduling import Wakeup
 from dicomnode.spool import RetentionSweeper, Spool
 
 if TYPE_CHECKING:  # Celery is imported only when runner.executor is celery
@@ -242,6 +243,18 @@ def reclaim_orphans(settings: Settings, timeout: float = 10.0) -> list[int]:
             ", ".join(str(pid) for pid, _ in killed),
         )
     return [pid for pid, _ in killed]
+
+
+def wake_on(store: SQLiteJobStore, states: frozenset[JobState], wakeup: Wakeup) -> None:
+    """Wake a stage when this process's job store commits a transition into
+    one of ``states`` (the work that stage takes). The stage still polls:
+    commits of other processes are found at its next poll."""
+
+    def _listener(moved: frozenset[JobState]) -> None:
+        if moved & states:
+            wakeup.set()
+
+    store.on_commit(_listener)
 
 
 class _Running(Protocol):
@@ -457,8 +470,10 @@ class Node:
             else None
         )
         self.assembler = Assembler(assembly, self.store, policy=policy)
+        wake_on(self.store, frozenset({JobState.RECEIVED}), self.assembler.wakeup)
         self.assembler.start()
         self.router = Router(routing, self.store, poll_seconds=assembly.poll_seconds)
+        wake_on(self.store, frozenset({JobState.COMPLETE}), self.router.wakeup)
         self.router.start()
         if self.settings.runner.enabled and self.settings.runner.executor == "celery":
             from dicomnode.runner.remote import RemoteRunner
@@ -487,6 +502,7 @@ class Node:
                     )
                 ),
             )
+            wake_on(self.store, frozenset({JobState.ROUTED}), runner.wakeup)
             try:
                 runner.start()
             except DicomNodeError as exc:
@@ -494,6 +510,7 @@ class Node:
                 raise StartupError(f"the pipeline runner cannot start: {exc}") from exc
             self.runner = runner
         self.dispatcher = Dispatcher(self.settings, self.store, metrics=self.metrics.export)
+        wake_on(self.store, frozenset({JobState.RESULTS_WRITTEN}), self.dispatcher.wakeup)
         self.dispatcher.start()
         self.retention = RetentionSweeper(self.settings.storage, self.spool, self.store)
         self.retention.start()

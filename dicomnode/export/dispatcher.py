@@ -30,7 +30,6 @@ import os
 import random
 import shutil
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from itertools import groupby
@@ -59,6 +58,7 @@ from dicomnode.export.storescu import (
 )
 from dicomnode.jobs import AuditEntry, AuditEvent, Job, OutboxItem, SQLiteJobStore
 from dicomnode.metrics import ExportMetrics
+from dicomnode.scheduling import Loop, Wakeup
 
 LOGGER = logging.getLogger(__name__)
 
@@ -171,8 +171,7 @@ class Dispatcher:
         self.config: ExportConfig = settings.export
         self.store = store
         self.clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Loop("dicomnode-export", self._pass, self.config.poll_seconds, self._failed)
         self._checked: set[int] = set()
 
     # -- scheduling -------------------------------------------------------
@@ -186,8 +185,11 @@ class Dispatcher:
         spread = random.uniform(-self.config.jitter, self.config.jitter)  # noqa: S311
         return float(max(0.0, base * (1.0 + spread)))
 
-    def tick(self) -> None:
-        """Start new exports, deliver what is due, settle finished runs."""
+    def tick(self) -> bool:
+        """Start new exports, deliver what is due, settle finished runs; return
+        whether anything was delivered (a notification waiting for those
+        objects may be due now)."""
+        delivered = False
         self.store.start_exports()
         now = self.clock()
         due = self.store.due_deliveries(now)
@@ -201,7 +203,7 @@ class Dispatcher:
                 continue
             if items[0].kind == "notification" and self._waiting(job_id, destination, items):
                 continue
-            self._deliver(job_id, destination, items)
+            delivered = self._deliver(job_id, destination, items) or delivered
         for job in self.store.settle_exports():
             LOGGER.info(
                 "job %d: export %s (%s)",
@@ -210,6 +212,7 @@ class Dispatcher:
                 job.reason,
                 extra={"study_uid": job.study_instance_uid, "job_id": job.id},
             )
+        return delivered
 
     def _gate(self, job_id: int) -> bool:
         """Run the patient safety gate once per run; True when it held the run."""
@@ -266,7 +269,7 @@ class Dispatcher:
 
     # -- delivery ---------------------------------------------------------
 
-    def _deliver(self, job_id: int, destination: str, items: list[OutboxItem]) -> None:
+    def _deliver(self, job_id: int, destination: str, items: list[OutboxItem]) -> bool:
         target = self.settings.destinations.get(destination)
         ids = [i.id for i in items]
         try:
@@ -311,6 +314,7 @@ class Dispatcher:
             LOGGER.info(
                 "job %d → %s: %d item(s) delivered", job_id, destination, len(ids), extra=extra
             )
+        return bool(outcome.delivered)
 
     def _audit(
         self,
@@ -459,31 +463,34 @@ class Dispatcher:
     # -- lifecycle --------------------------------------------------------
 
     def start(self) -> None:
-        """Deliver in a background thread every ``export.poll_seconds``."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="dicomnode-export", daemon=True)
-        self._thread.start()
+        """Deliver in a background thread: when woken (:attr:`wakeup`), at
+        least every ``export.poll_seconds``."""
+        self._loop.start()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except JobStoreError as exc:
-                LOGGER.error("export: job store error, retrying: %s", exc)
-            except Exception:
-                # The thread boundary: an unforeseen error in one delivery (a bug, a
-                # malformed object) must not stop every later export silently. It is
-                # logged with its traceback; the rows stay PENDING and are tried again.
-                LOGGER.exception("export: unexpected error; the next poll tries again")
-            self._stop.wait(self.config.poll_seconds)
+    @property
+    def wakeup(self) -> Wakeup:
+        """Set it when a run's results were written (the wiring does, on the
+        job store's commits): their export starts at once, not at the next poll."""
+        return self._loop.wakeup
+
+    def _pass(self) -> float | None:
+        # a delivery may have made a notification due: look again at once
+        return 0.0 if self.tick() else None
+
+    @staticmethod
+    def _failed(exc: Exception) -> None:
+        if isinstance(exc, JobStoreError):
+            LOGGER.error("export: job store error, retrying: %s", exc)
+            return
+        # The thread boundary: an unforeseen error in one delivery (a bug, a
+        # malformed object) must not stop every later export silently. It is
+        # logged with its traceback; the rows stay PENDING and are tried again.
+        LOGGER.error("export: unexpected error; the next poll tries again", exc_info=exc)
 
     def alive(self) -> bool:
         """Whether the delivery thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._loop.alive()
 
     def stop(self) -> None:
         """Stop after the delivery in progress."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._loop.stop()

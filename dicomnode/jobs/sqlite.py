@@ -14,7 +14,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
@@ -362,6 +362,10 @@ def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" for _ in values)
 
 
+#: Called after a commit with the states that jobs moved to (:meth:`SQLiteJobStore.on_commit`).
+CommitListener = Callable[[frozenset[JobState]], None]
+
+
 class SQLiteJobStore:
     """:class:`~dicomnode.jobs.store.JobStore` on a SQLite file.
 
@@ -379,6 +383,9 @@ class SQLiteJobStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock if callable(clock) else time.time
         self._lock = threading.RLock()
+        #: the states jobs moved to in the transaction in progress (under the lock)
+        self._moved: set[JobState] = set()
+        self._listeners: list[CommitListener] = []
         self._conn = sqlite3.connect(
             self.path, timeout=60.0, isolation_level=None, check_same_thread=False
         )
@@ -415,12 +422,28 @@ class SQLiteJobStore:
         assert isinstance(value, float | int)
         return float(value)
 
+    def on_commit(self, listener: CommitListener) -> None:
+        """Call ``listener`` after every transaction of this store object that
+        committed job transitions, with the states the jobs moved to.
+
+        It runs in the committing thread, after the commit and outside the
+        store's lock, so it must be quick and must not raise (a stage's
+        :class:`~dicomnode.scheduling.Wakeup` ``set`` is). A transaction that
+        rolled back calls nothing. Commits by other processes (receiving
+        processes, Celery workers) are not seen: the stages' polling finds
+        those.
+        """
+        self._listeners.append(listener)
+
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[sqlite3.Cursor]:
         """One transaction opened with ``begin``: committed, or rolled back when
-        the block raises; SQLite errors become :class:`JobStoreError`."""
+        the block raises; SQLite errors become :class:`JobStoreError`. After a
+        commit that recorded transitions the :meth:`on_commit` listeners run."""
+        moved: frozenset[JobState] = frozenset()
         with self._lock:
             cur = self._conn.cursor()
+            self._moved.clear()
             try:
                 cur.execute(begin)
                 try:
@@ -429,10 +452,15 @@ class SQLiteJobStore:
                     cur.execute("ROLLBACK")
                     raise
                 cur.execute("COMMIT")
+                moved = frozenset(self._moved)
             except sqlite3.Error as exc:
                 raise JobStoreError(f"job store {self.path.name}: {exc}") from exc
             finally:
+                self._moved.clear()
                 cur.close()
+        if moved:
+            for listener in self._listeners:
+                listener(moved)
 
     def _write(self) -> AbstractContextManager[sqlite3.Cursor]:
         """A write transaction, holding SQLite's write lock from its start."""
@@ -449,8 +477,8 @@ class SQLiteJobStore:
         """A read transaction: every query inside sees the same database state."""
         return self._transaction("BEGIN")
 
-    @staticmethod
     def _add_transition(
+        self,
         cur: sqlite3.Cursor,
         job_id: int,
         from_state: JobState | None,
@@ -463,6 +491,7 @@ class SQLiteJobStore:
             "VALUES (?, ?, ?, ?, ?)",
             (job_id, None if from_state is None else str(from_state), str(to_state), at, reason),
         )
+        self._moved.add(to_state)
 
     # -- ingress ---------------------------------------------------------
 

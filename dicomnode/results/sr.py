@@ -95,7 +95,7 @@ from .common import (
 )
 from .overlay import HEAT_THRESHOLD, overlay_series_uid
 from .pmap import map_series_uid
-from .regions import Outline, Point, outline, outlines, peak, whole_image
+from .regions import Outline, Point, outline, peak, slice_outlines, whole_image
 from .uids import derived_uid
 
 __all__ = [
@@ -376,7 +376,9 @@ class _Builder:
     def mask(self, labels: Sequence[int]) -> np.ndarray | None:
         if self.result.label_map is None or not labels:
             return None
-        return np.isin(self.result.label_map, list(labels))
+        if len(labels) == 1:
+            return np.asarray(self.result.label_map == labels[0])
+        return np.isin(self.result.label_map, list(labels), kind="table")
 
     def source_images(self) -> list[hd.sr.SourceImageForMeasurementGroup]:
         return [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in self.images]
@@ -654,8 +656,7 @@ class _Builder:
                 graphic_data=item.points,
                 source_image=self.image_of(item.index),
             )
-            for index in range(mask.shape[0])
-            for item in outlines(mask[index], index)
+            for item in slice_outlines(mask)
         ]
 
     def illustrations_of(self, finding: Finding) -> list[hd.sr.ImageContentItem]:
