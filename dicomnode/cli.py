@@ -309,72 +309,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a pipeline offline on a folder, as the node's workers do."""
+    from dicomnode.admin.offline import run_offline
     from dicomnode.config.schema import RunnerConfig
     from dicomnode.resultfile import load_result
-    from dicomnode.results.writer import DicomResultWriter
-    from dicomnode.routing import describe_study
-    from dicomnode.runner.stage import pipeline_options
-    from dicomnode.runner.worker import Task, Worker, WorkerSettings
 
     settings = _load(args.config) if args.config else None
-    runner = settings.runner if settings is not None else RunnerConfig()
-    node_name = settings.node.ae_title if settings is not None else "DICOMNODE"
-    paths = (
-        [p for p in Path(args.path).rglob("*") if p.is_file()]
-        if Path(args.path).is_dir()
-        else [Path(args.path)]
-    )
-    studies = describe_study(paths)
-    series = [(study, s) for study in studies for s in study.series]
-    if not series:
-        raise DicomNodeError(f"no DICOM series under {args.path}")
-    if args.series:
-        chosen = [s for s in series if s[1].series_instance_uid == args.series]
-        if not chosen:
-            raise DicomNodeError(f"no series {args.series} under {args.path}")
-    else:
-        chosen = [max(series, key=lambda s: s[1].instance_count)]
-        if len(series) > 1:
-            print(
-                f"{len(series)} series found; using the one with most instances "
-                f"({chosen[0][1].series_instance_uid}); choose with --series"
-            )
-    picked = chosen[0][1]
-    files = tuple(str(p) for p in _series_files(paths, picked.series_instance_uid))
-    options = pipeline_options(runner)
-    if args.bundle:
-        options.setdefault(args.pipeline, {})["bundle"] = str(Path(args.bundle).resolve())
-    worker = Worker(
-        WorkerSettings(
-            device=args.device or runner.device,
-            threads=runner.threads,
-            plugins=tuple(runner.plugins),
-            models_dir=str(runner.models_dir.resolve()),
-            writer=None if args.no_dicom else DicomResultWriter(),
-            node_name=node_name,
-            options=options,
-            descriptors=False,
-        )
-    )
     out = Path(args.out)
-    task = Task(
-        job_id=0,
-        pipeline=args.pipeline,
-        files=files,
-        result_dir=str(out),
-        outbox_dir=str(out / "dicom"),
+    run = run_offline(
+        Path(args.path),
+        args.pipeline,
+        out,
+        runner=settings.runner if settings is not None else RunnerConfig(),
+        node_name=settings.node.ae_title if settings is not None else "DICOMNODE",
+        series_uid=args.series,
+        device=args.device,
+        bundle=Path(args.bundle) if args.bundle else None,
+        dicom=not args.no_dicom,
     )
-    outcome = worker.run(task)
-    if not outcome.ok:
-        print(f"error: {outcome.summary}", file=sys.stderr)
-        if args.verbose and outcome.traceback:
-            print(outcome.traceback, file=sys.stderr)
+    if run.series_found > 1 and not args.series:
+        print(
+            f"{run.series_found} series found; using the one with most instances "
+            f"({run.series_instance_uid}); choose with --series"
+        )
+    if not run.ok:
+        print(f"error: {run.summary}", file=sys.stderr)
+        if args.verbose and run.traceback:
+            print(run.traceback, file=sys.stderr)
         return 1
     result, document = load_result(out)
-    print(f"{args.pipeline} on {len(files)} instance(s), {worker.device}: {result.summary}")
+    print(f"{args.pipeline} on {len(run.files)} instance(s), {run.device}: {result.summary}")
     print(f"took {document['seconds']:.1f} s; result in {out}")
-    for item in outcome.objects:
-        print(f"wrote {item.path}")
+    for path in run.objects:
+        print(f"wrote {path}")
     rows = [
         [
             next((s.name for s in result.segments if s.label == m.segment_label), "-"),
@@ -387,21 +353,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if rows:
         print(_table(["SEGMENT", "MEASUREMENT", "VALUE", "UNIT"], rows))
     return 0
-
-
-def _series_files(paths: list[Path], wanted: str) -> list[Path]:
-    from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
-
-    found = []
-    for path in paths:
-        try:
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-        except (InvalidDicomError, OSError):
-            continue
-        if str(ds.get("SeriesInstanceUID", "")) == wanted:
-            found.append(path)
-    return found
 
 
 def cmd_preview(args: argparse.Namespace) -> int:

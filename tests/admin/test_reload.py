@@ -79,6 +79,16 @@ def test_reload_refuses_an_invalid_file_and_applies_a_valid_one(node_process, ct
     fixed = yaml.safe_load(path.read_text())
     fixed["routing"]["rules"] = [rule("new-rule", priority=5)]
     path.write_text(yaml.safe_dump(fixed))
+    # the file's rules tried on what was received, before the node takes them
+    dry = dicomnode("route", "dry-run", "--json", "-c", str(path))
+    assert dry.returncode == 0, dry.stderr
+    (tried,) = json.loads(dry.stdout)
+    assert (tried["study_instance_uid"], tried["before"], tried["after"]) == (
+        first.study_uid,
+        ["old-rule"],
+        ["new-rule"],
+    )
+    assert tried["changed"] and tried["explanation"]["rules"][0]["matched"]
     # a push in progress while the node reloads: every instance is stored
     second = ct_series(slices=40, size=64, name="second")
     push = subprocess.Popen(
