@@ -534,7 +534,12 @@ def _when(text: str) -> float:
 
 def _actor() -> str:
     """Who runs the command: the login name."""
-    return os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid())
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid
+        return str(os.getuid())
 
 
 def _uid(uid: str | None, full: bool) -> str:

@@ -467,6 +467,21 @@ class Admin:
         )
         return [audit_row(r) for r in records]
 
+    def record_login(self, user: str, ok: bool, address: str | None, why: str = "") -> int:
+        """Record a console login, or a failed one (``why``: what was wrong,
+        never the password tried); return the audit row's id."""
+        return self.store.record_audit(
+            AuditEntry(
+                AuditEvent.LOGIN,
+                user,
+                action="login",
+                target="console",
+                outcome="success" if ok else "failure",
+                address=address,
+                detail={"reason": why} if why else {},
+            )
+        )
+
     # -- actions on jobs ----------------------------------------------------
 
     def _record(

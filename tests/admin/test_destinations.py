@@ -65,3 +65,18 @@ def test_destination_tests_say_what_they_found(tmp_path: Path) -> None:
         ("alice", "blocked", "failure"),
     ]
     assert [r.id for r in rows] == [results[n].audit_id for n in results]
+
+
+def test_logins_and_failed_logins_are_audited(tmp_path: Path) -> None:
+    settings = parse_config(node_config(tmp_path))
+    store = SQLiteJobStore(settings.database_path)
+    admin = Admin(settings, store)
+    admin.record_login("bob", False, "127.0.0.1", "wrong password")
+    admin.record_login("bob", True, "127.0.0.1")
+    rows = store.audit_records(event=str(AuditEvent.LOGIN), oldest_first=True)
+    assert [(r.entry.actor, r.entry.outcome, r.entry.detail) for r in rows] == [
+        ("bob", "failure", {"reason": "wrong password"}),
+        ("bob", "success", {}),
+    ]
+    (failed,) = [a for a in admin.audit() if a.outcome == "failure"]
+    assert (failed.event, failed.address) == ("login", "127.0.0.1")
