@@ -440,32 +440,13 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
 
 def cmd_shadow_promote(args: argparse.Namespace) -> int:
     """Make a rule's shadow candidate its pipeline (YAML rewritten, backup kept,
-    promotion recorded in the job store)."""
-    from dicomnode.config.promote import promote_candidate
-
-    chosen = args.config or os.environ.get(CONFIG_ENV)
-    if not chosen:
-        raise ConfigError(f"no configuration file: pass -c FILE or set {CONFIG_ENV}")
-    settings = _load(chosen)
-    store = _open_store(settings)
-    try:
-        summaries = [s.as_dict() for s in summarize(store.agreements(args.rule))]
-        promotion = promote_candidate(Path(chosen), args.rule)
-        store.record_promotion(
-            promotion.rule,
-            promotion.from_pipeline,
-            promotion.to_pipeline,
-            str(promotion.config_path.resolve()),
-            str(promotion.backup_path.resolve()),
-            os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid()),
-            json.dumps(summaries),
-        )
-    finally:
-        store.close()
+    promotion recorded in the job store and the audit trail)."""
+    with _admin(args) as admin:
+        promotion = admin.promote(args.rule, args.actor or _actor())
     print(
-        f"rule {promotion.rule}: {promotion.to_pipeline} replaces {promotion.from_pipeline} "
-        f"in {promotion.config_path} (backup: {promotion.backup_path}); restart the node "
-        "to apply it"
+        f"rule {promotion['rule']}: {promotion['to_pipeline']} replaces "
+        f"{promotion['from_pipeline']} in {promotion['config_path']} (backup: "
+        f"{promotion['backup_path']}); `dicomnode config reload` or a restart applies it"
     )
     return 0
 
@@ -1310,6 +1291,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_config(promote)
     promote.add_argument("rule", help="the rule's name")
+    with_actor(promote)
     promote.set_defaults(func=cmd_shadow_promote)
 
     corrections = sub.add_parser(

@@ -906,6 +906,60 @@ class Admin:
             path=str(path), backup_path=None if backup is None else str(backup), audit_id=audit_id
         )
 
+    def promote(self, rule: str, actor: str) -> dict[str, str]:
+        """Make a rule's shadow candidate its pipeline: the YAML rewritten
+        (backup kept), the promotion recorded with the agreement so far, and
+        audited. Applied by :meth:`reload` or a restart.
+
+        Raises
+        ------
+        ConfigError
+            The rule has no shadow candidate, or the file cannot be rewritten.
+        """
+        import json
+
+        from dicomnode.config.promote import promote_candidate
+        from dicomnode.monitoring.shadow import summarize
+
+        path = self._path()
+        summaries = [s.as_dict() for s in summarize(self.store.agreements(rule))]
+        before = path.read_text(encoding="utf-8")
+        try:
+            promotion = promote_candidate(path, rule)
+        except ConfigError as exc:
+            self._record(actor, "promote", rule, "refused", None, {"error": str(exc)})
+            raise
+        self.store.record_promotion(
+            promotion.rule,
+            promotion.from_pipeline,
+            promotion.to_pipeline,
+            str(promotion.config_path.resolve()),
+            str(promotion.backup_path.resolve()),
+            actor,
+            json.dumps(summaries),
+        )
+        self._record(
+            actor,
+            "promote",
+            rule,
+            "success",
+            None,
+            {
+                "from": promotion.from_pipeline,
+                "to": promotion.to_pipeline,
+                "backup": str(promotion.backup_path),
+                "before": before,
+                "after": path.read_text(encoding="utf-8"),
+            },
+        )
+        return {
+            "rule": promotion.rule,
+            "from_pipeline": promotion.from_pipeline,
+            "to_pipeline": promotion.to_pipeline,
+            "config_path": str(promotion.config_path),
+            "backup_path": str(promotion.backup_path),
+        }
+
     def node_pid(self) -> int | None:
         """The pid of the node running on this configuration's data directory."""
         return reloading.running_pid(self.settings)
