@@ -780,6 +780,26 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_destinations(args: argparse.Namespace) -> int:
+    """List the configured destinations and the rules that use each."""
+    from dicomnode.admin.operations import destination_rows
+
+    rows = destination_rows(_load(args.config))
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(
+        _table(
+            ["NAME", "TYPE", "TARGET", "TLS", "USED BY"],
+            [
+                [r.name, r.type, r.target, "yes" if r.tls else "", ", ".join(r.used_by) or "-"]
+                for r in rows
+            ],
+        )
+    )
+    return 0
+
+
 def cmd_destination_test(args: argparse.Namespace) -> int:
     """C-ECHO a DICOM destination, connect to an HL7 one, check a folder (audited)."""
     with _admin(args) as admin:
@@ -1226,6 +1246,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     destinations = sub.add_parser("destinations", help="destination tools")
     destinations_sub = destinations.add_subparsers(dest="destinations_command", required=True)
+    listed = destinations_sub.add_parser("list", help="the configured destinations")
+    with_config(listed)
+    with_json(listed)
+    listed.set_defaults(func=cmd_destinations)
     test = destinations_sub.add_parser(
         "test",
         help="C-ECHO a DICOM destination, connect to an HL7 one's MLLP port, check a folder",

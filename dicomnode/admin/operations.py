@@ -28,6 +28,7 @@ from dicomnode.admin.models import (
     AuditRow,
     ConfigValidation,
     DeliveryRow,
+    DestinationRow,
     DestinationTest,
     DryRunRow,
     JobRow,
@@ -153,6 +154,30 @@ def explain_files(
         for study in describe_study(paths, calling_ae)
         if study.study_instance_uid
     ]
+
+
+def destination_rows(settings: Settings) -> list[DestinationRow]:
+    """The configured destinations, by name, with the rules that use each (no
+    job store needed)."""
+    rules = [*settings.routing.rules, *filter(None, [settings.routing.fallback])]
+    rows = []
+    for name, target in sorted(settings.destinations.items()):
+        if isinstance(target, DicomDestination):
+            where = f"{target.ae_title}@{target.host}:{target.port}"
+        elif isinstance(target, HL7Destination):
+            where = f"{target.host}:{target.port}"
+        else:
+            where = str(target.path)
+        rows.append(
+            DestinationRow(
+                name=name,
+                type=target.type,
+                target=where,
+                tls=getattr(target, "tls", None) is not None,
+                used_by=[r.name for r in rules if name in r.destinations or name in r.notify],
+            )
+        )
+    return rows
 
 
 class Admin:
@@ -783,6 +808,20 @@ class Admin:
         return rows
 
     # -- destinations ------------------------------------------------------
+
+    def destinations(self) -> list[DestinationRow]:
+        """The configured destinations, by name, with the rules that use each."""
+        return destination_rows(self.settings)
+
+    def configuration(self) -> dict[str, object]:
+        """The configuration as loaded (every default filled in), as JSON values."""
+        dumped: dict[str, object] = self.settings.model_dump(mode="json")
+        return dumped
+
+    def configuration_in_force(self) -> str | None:
+        """The text of the file the running node last loaded (kept at each start
+        and reload), or ``None`` when it kept none."""
+        return reloading.in_force_text(self.settings)
 
     def test_destination(self, name: str, actor: str) -> DestinationTest:
         """Whether a destination can be reached now: C-ECHO for DICOM, a

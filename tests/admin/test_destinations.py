@@ -53,6 +53,9 @@ def test_destination_tests_say_what_they_found(tmp_path: Path) -> None:
         assert "Connection refused" in results[name].detail
     assert results["folder"].ok and "created at the first delivery" in results["folder"].detail
     assert not results["blocked"].ok and "is not a folder" in results["blocked"].detail
+    listed = {row.name: (row.type, row.target, row.used_by) for row in admin.destinations()}
+    assert listed["pacs-down"][:2] == ("dicom", results["pacs-down"].target)
+    assert listed["blocked"] == ("folder", str(blocked), [])
     with pytest.raises(NotFoundError, match="no destination 'nowhere'"):
         admin.test_destination("nowhere", "alice")
 

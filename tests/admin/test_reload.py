@@ -124,6 +124,8 @@ def test_reload_refuses_an_invalid_file_and_applies_a_valid_one(node_process, ct
     assert wait_for(lambda: routed_rule(second.study_uid), 30, "the second study's run") == (
         "new-rule"
     )
+    in_force = admin.configuration_in_force()
+    assert in_force is not None and "new-rule" in in_force
     (old_run,) = [j for j in store.jobs(study_instance_uid=first.study_uid) if j.kind == "run"]
     assert old_run.rule == "old-rule"  # routed before: left as it was
 
