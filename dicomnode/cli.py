@@ -357,7 +357,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_preview(args: argparse.Namespace) -> int:
     """Write a PNG preview of a study's (or a result folder's) result."""
-    from dicomnode.preview import render_job_preview, render_preview, study_runs
+    from dicomnode.preview import render_preview
 
     if args.outbox is not None:
         if args.sources is None:
@@ -369,17 +369,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
     else:
         if args.study is None and args.job is None:
             raise DicomNodeError("give a STUDY_UID, --job ID, or --outbox DIR --sources DIR")
-        store = _open_store(_load(args.config))
-        try:
-            job_id = args.job
-            if job_id is None:
-                runs = study_runs(store, args.study)
-                if not runs:
-                    raise DicomNodeError(f"study {args.study} has no run with written results")
-                job_id = runs[0].id
-            data = render_job_preview(store, job_id)
-        finally:
-            store.close()
+        with _admin(args) as admin:
+            data = admin.preview(study_uid=args.study, job_id=args.job)
     Path(args.out).write_bytes(data)
     print(f"wrote {args.out} ({len(data)} bytes)")
     return 0

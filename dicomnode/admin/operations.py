@@ -477,6 +477,29 @@ class Admin:
                     return rows
         return rows
 
+    def preview(self, *, study_uid: str | None = None, job_id: int | None = None) -> bytes:
+        """A PNG of a run's key slice: the SEG's segments in their colours, or a
+        radiograph's heatmap, over the source image. ``job_id``: that run;
+        ``study_uid``: the study's newest run with written results.
+
+        Raises
+        ------
+        NotFoundError
+            The study has no run with results.
+        DicomNodeError
+            The run's results or sources are not there (purged, or no image).
+        """
+        from dicomnode.preview import render_job_preview, study_runs
+
+        if job_id is None:
+            if study_uid is None:
+                raise DicomNodeError("a preview needs a study UID or a job id")
+            runs = study_runs(self.store, study_uid)
+            if not runs:
+                raise NotFoundError(f"study {study_uid} has no run with written results")
+            job_id = runs[0].id
+        return render_job_preview(self.store, job_id)
+
     def audit(self, query: AuditFilter | None = None) -> list[AuditRow]:
         """Audit events, newest first."""
         query = query or AuditFilter()
