@@ -16,9 +16,7 @@ from dicomnode import __version__
 from dicomnode.admin import Admin, AuditRow, RunDetail
 from dicomnode.config import Settings, load_config
 from dicomnode.errors import ConfigError, DicomNodeError, SendError
-from dicomnode.jobs import AuditEvent, JobState, SQLiteJobStore
-from dicomnode.monitoring.drift import check_pipeline
-from dicomnode.monitoring.shadow import summarize
+from dicomnode.jobs import AuditEvent, JobState
 
 CONFIG_ENV = "DICOMNODE_CONFIG"
 
@@ -28,12 +26,6 @@ def _load(path: str | None) -> Settings:
     if not chosen:
         raise ConfigError(f"no configuration file: pass -c FILE or set {CONFIG_ENV}")
     return load_config(chosen)
-
-
-def _open_store(settings: Settings) -> SQLiteJobStore:
-    if not settings.database_path.exists():
-        raise DicomNodeError(f"no job store at {settings.database_path} (has the node run yet?)")
-    return SQLiteJobStore(settings.database_path)
 
 
 def _fmt_time(epoch: float | None) -> str:
@@ -230,15 +222,9 @@ def _fmt_purged(purged: int, rounds: int, at: float | None) -> str:
 
 def cmd_drift(args: argparse.Namespace) -> int:
     """Print the latest drift comparison of every pipeline with descriptors."""
-    settings = _load(args.config)
-    store = _open_store(settings)
-    try:
-        reports = [
-            check_pipeline(store, pipeline, settings.monitoring, time.time())
-            for pipeline in store.descriptor_pipelines()
-        ]
-    finally:
-        store.close()
+    with _admin(args) as admin:
+        reports = admin.drift()
+        settings = admin.settings
     if args.json:
         print(json.dumps([r.as_dict() for r in reports], indent=2))
         return 0
@@ -382,15 +368,8 @@ def _num(value: object, digits: int = 3) -> str:
 
 def cmd_shadow_report(args: argparse.Namespace) -> int:
     """Print how far each rule's shadow candidate agrees with its pipeline."""
-    settings = _load(args.config)
-    store = _open_store(settings)
-    try:
-        summaries = summarize(store.agreements(args.rule))
-        promotions = store.promotions()
-    finally:
-        store.close()
-    if args.rule is not None:
-        promotions = [p for p in promotions if p["rule"] == args.rule]
+    with _admin(args) as admin:
+        summaries, promotions = admin.shadow_report(args.rule)
     if args.json:
         document = {"pairs": [s.as_dict() for s in summaries], "promotions": promotions}
         print(json.dumps(document, indent=2))
@@ -444,14 +423,8 @@ def cmd_shadow_promote(args: argparse.Namespace) -> int:
 
 def cmd_corrections(args: argparse.Namespace) -> int:
     """List the radiologists' corrections received and their scores."""
-    settings = _load(args.config)
-    store = _open_store(settings)
-    try:
-        rows = store.corrections()
-    finally:
-        store.close()
-    for row in rows:
-        row["scores"] = json.loads(str(row["scores"])) if row["scores"] else None
+    with _admin(args) as admin:
+        rows = admin.corrections()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

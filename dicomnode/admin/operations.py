@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -60,6 +61,10 @@ from dicomnode.jobs import (
     Study,
 )
 from dicomnode.routing import RoutingDecision, describe_study, explain_text, route
+
+if TYPE_CHECKING:
+    from dicomnode.monitoring.drift import PipelineDrift
+    from dicomnode.monitoring.shadow import PairSummary
 
 #: The longest a reload waits for the running node to say it applied the file.
 RELOAD_WAIT_SECONDS = 20.0
@@ -475,6 +480,39 @@ class Admin:
                 rows.append(delivery_row(item))
                 if len(rows) >= limit:
                     return rows
+        return rows
+
+    # -- monitoring (read only) ----------------------------------------------
+
+    def drift(self) -> list[PipelineDrift]:
+        """The latest drift comparison of every pipeline with descriptors."""
+        from dicomnode.monitoring.drift import check_pipeline
+
+        return [
+            check_pipeline(self.store, pipeline, self.settings.monitoring, self.clock())
+            for pipeline in self.store.descriptor_pipelines()
+        ]
+
+    def shadow_report(
+        self, rule: str | None = None
+    ) -> tuple[list[PairSummary], list[dict[str, object]]]:
+        """How far each rule's shadow candidate agrees with its pipeline, and the
+        promotions made (of ``rule`` only, when given)."""
+        from dicomnode.monitoring.shadow import summarize
+
+        summaries = summarize(self.store.agreements(rule))
+        promotions = self.store.promotions()
+        if rule is not None:
+            promotions = [p for p in promotions if p["rule"] == rule]
+        return summaries, promotions
+
+    def corrections(self) -> list[dict[str, object]]:
+        """The radiologists' corrections received, their scores parsed."""
+        import json
+
+        rows = self.store.corrections()
+        for row in rows:
+            row["scores"] = json.loads(str(row["scores"])) if row["scores"] else None
         return rows
 
     def preview(self, *, study_uid: str | None = None, job_id: int | None = None) -> bytes:
