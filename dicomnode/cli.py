@@ -121,6 +121,45 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_check(args: argparse.Namespace) -> int:
+    """Load every configured model, verify its SHA-256, run it once on a synthetic
+    input of its declared shape and print what was loaded; 1 when one cannot run."""
+    import contextlib
+    import json
+
+    from dicomnode.runner.models_check import check_models
+
+    settings = _load(args.config)
+    # what libraries print while loading (nnU-Net does) goes to stderr: stdout is the report
+    with contextlib.redirect_stdout(sys.stderr):
+        checks = check_models(settings, args.device)
+    if args.json:
+        print(json.dumps([c.as_json() for c in checks], indent=2))
+        return 0 if all(c.ok for c in checks) else 1
+    if not checks:
+        print("no pipeline is routed to or configured")
+    for check in checks:
+        print(f"pipeline {check.pipeline}: {'OK' if check.ok else 'FAILED'}")
+        if check.rules:
+            print(f"  rules       {', '.join(check.rules)}")
+        for model in check.models:
+            print(f"  model       {model['name']} {model['version']} sha256 {model['sha256']}")
+        report = check.report
+        if report is not None:
+            print(f"  parameters  {report.parameters:,}")
+            print(f"  device      {report.device}")
+            print(f"  input       {report.input_contract}")
+            print(f"  labels      {'; '.join(report.labels)}")
+            print(f"  test run    {report.output} in {report.seconds:.3f} s")
+        elif check.ok:
+            print(f"  device      {check.device}")
+        for note in check.notes:
+            print(f"  note        {note}")
+        if check.problem is not None:
+            print(f"  problem     {check.problem}")
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     """C-STORE files to a peer, each in its own transfer syntax where the peer takes it."""
     from tqdm import tqdm
@@ -1039,6 +1078,19 @@ def build_parser() -> argparse.ArgumentParser:
     with_actor(reload)
     with_json(reload)
     reload.set_defaults(func=cmd_config_reload)
+
+    models = sub.add_parser("models", help="model tools")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    models_check = models_sub.add_parser(
+        "check",
+        help="load every configured model, verify its SHA-256 and run it once on a synthetic input",
+    )
+    with_config(models_check)
+    models_check.add_argument(
+        "--device", help="where to load (default: runner.device; auto: CUDA when there is one)"
+    )
+    models_check.add_argument("--json", action="store_true", help="print JSON")
+    models_check.set_defaults(func=cmd_models_check)
 
     send = sub.add_parser("send", help="C-STORE files or folders to a DICOM peer")
     send.add_argument("paths", nargs="+", metavar="PATH")

@@ -36,7 +36,8 @@ def pipeline_options(config: RunnerConfig) -> dict[str, dict[str, object]]:
 
     From ``runner.pipelines.<name>``: ``bundle`` (an absolute path, so a
     relative one means relative to the directory the node starts in), and the
-    ``nnunet`` settings (its ``code_map`` made absolute likewise).
+    ``nnunet`` settings (its ``code_map`` made absolute likewise), and
+    ``model`` (torchscript, onnx: a manifest name).
     """
     options: dict[str, dict[str, object]] = {}
     for name, settings in config.pipelines.items():
@@ -47,6 +48,8 @@ def pipeline_options(config: RunnerConfig) -> dict[str, dict[str, object]]:
             if settings.nnunet.code_map is not None:
                 nnunet["code_map"] = str(settings.nnunet.code_map.resolve())
             options.setdefault(name, {}).update(nnunet)
+        if settings.model is not None:
+            options.setdefault(name, {})["model"] = settings.model
     return options
 
 
