@@ -51,6 +51,7 @@ from dicomnode.spool import RetentionSweeper, Spool
 if TYPE_CHECKING:  # Celery is imported only when runner.executor is celery
     from dicomnode.runner.celery_worker import CeleryWorker
     from dicomnode.runner.remote import RemoteRunner
+    from dicomnode.web import ConsoleServer
 
 LOGGER = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def configure_logging(level: str, style: str = "text") -> None:
     logging.basicConfig(level=level, handlers=[handler])
     logging.captureWarnings(True)
     quiet = logging.DEBUG if debug else logging.WARNING
-    for name in ("pynetdicom", "apscheduler"):
+    for name in ("pynetdicom", "apscheduler", "uvicorn"):
         logging.getLogger(name).setLevel(quiet)
     if not debug:
         logging.getLogger("pynetdicom.utils").setLevel(logging.CRITICAL)
@@ -323,6 +324,9 @@ class Node:
         self.drift: DriftMonitor | None = None
         self.metrics: NodeMetrics | None = None
         self.ops: OpsServer | None = None
+        self.console: ConsoleServer | None = None
+        #: the YAML file the settings came from (the console shows and edits it)
+        self.config_path: Path | None = None
         #: (PROMETHEUS_MULTIPROC_DIR before this node set it,), or None when it did not
         self._multiprocess_env: tuple[str | None] | None = None
         self.agreement: list[ShadowMonitor | CorrectionScorer] = []
@@ -409,6 +413,7 @@ class Node:
         processes = self.settings.ingress.processes
         self.metrics = self._build_metrics()
         self._start_ops()  # first: /readyz says what is not running yet
+        self._start_console()
         if processes == 1:
             self.ingress = IngressServer(
                 self.settings.node,
@@ -543,6 +548,44 @@ class Node:
             ) from exc
         self.ops = ops
 
+    def _start_console(self) -> None:
+        """Serve the web console and REST API when ``console.enabled``."""
+        config = self.settings.console
+        if not config.enabled or self.metrics is None or self.store is None:
+            return
+        from dicomnode.auth import UserStore
+        from dicomnode.web import ConsoleContext, ConsoleServer
+
+        users = UserStore(
+            self.settings.users_db_path,
+            max_failed=config.max_failed_logins,
+            lockout_seconds=config.lockout_minutes * 60,
+        )
+        spool = self.spool
+        ctx = ConsoleContext(
+            settings=lambda: self.settings,
+            config_path=self.config_path,
+            store=self.store,
+            users=users,
+            readiness=self.readiness,
+            exposition=self.metrics.exposition,
+            free_bytes=spool.free_bytes if spool is not None else lambda: 0,
+            audit_login=users.record_login,
+        )
+        console = ConsoleServer(ctx, config.host, config.port)
+        try:
+            console.start()
+        except OSError as exc:
+            self.stop()
+            raise StartupError(
+                f"console: cannot listen on {config.host}:{config.port}: "
+                f"{exc.strerror}{in_use_hint(exc)}"
+            ) from exc
+        except StartupError:
+            self.stop()
+            raise
+        self.console = console
+
     def readiness(self) -> Health:
         """Whether the node can take and process studies now (``/readyz``):
         the job store answers, the spool's disk is above its floor, and every
@@ -586,6 +629,9 @@ class Node:
         if self.ops is not None:
             self.ops.stop()
             self.ops = None
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
         grace = self.settings.ingress.shutdown_grace_seconds
         for child in self._children:
             if child.is_alive() and child.pid is not None:
