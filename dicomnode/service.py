@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # Celery is imported only when runner.executor is celery
     from dicomnode.runner.celery_worker import CeleryWorker
     from dicomnode.runner.remote import RemoteRunner
     from dicomnode.web import ConsoleServer
+    from dicomnode.web.models import PipelineOut
 
 LOGGER = logging.getLogger(__name__)
 
@@ -571,6 +572,7 @@ class Node:
             exposition=self.metrics.exposition,
             free_bytes=spool.free_bytes if spool is not None else lambda: 0,
             audit_login=users.record_login,
+            pipelines=self._pipelines,
         )
         console = ConsoleServer(ctx, config.host, config.port)
         try:
@@ -585,6 +587,53 @@ class Node:
             self.stop()
             raise
         self.console = console
+
+    def _pipelines(self) -> list[PipelineOut]:
+        """The routed pipelines for the console: version, models (as their
+        manifests declare them), device, and whether a worker holds them loaded."""
+        from dicomnode.runner.manifest import read_manifest
+        from dicomnode.runner.registry import PipelineRegistry
+        from dicomnode.web.models import ModelOut, PipelineOut
+
+        settings = self.settings
+        runner = settings.runner
+        routing = settings.routing
+        rules: dict[str, list[str]] = {}
+        for rule in [*routing.rules, *filter(None, [routing.fallback])]:
+            rules.setdefault(rule.pipeline, []).append(rule.name)
+        registry = PipelineRegistry.discover(runner.plugins)
+        running = self.runner is not None and self.runner.alive()
+        found = []
+        for name, rule_names in rules.items():
+            problems: list[str] = []
+            models: list[ModelOut] = []
+            version = None
+            if name in registry:
+                pipeline = registry.create(name)
+                version = getattr(pipeline, "version", None)
+                for model in getattr(pipeline, "required_models", ()):
+                    try:
+                        manifest = read_manifest(runner.models_dir / f"{model}.yaml")
+                    except DicomNodeError as exc:
+                        problems.append(str(exc))
+                        continue
+                    models.append(
+                        ModelOut(name=model, version=manifest.version, sha256=manifest.sha256)
+                    )
+            else:
+                problems.append(f"no installed pipeline {name!r}")
+            found.append(
+                PipelineOut(
+                    name=name,
+                    version=None if version is None else str(version),
+                    rules=rule_names,
+                    models=models,
+                    device=runner.device if runner.enabled else "(runner off)",
+                    warm=running and runner.executor == "local" and not problems,
+                    problems=problems,
+                )
+            )
+        return found
 
     def readiness(self) -> Health:
         """Whether the node can take and process studies now (``/readyz``):

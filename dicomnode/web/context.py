@@ -12,6 +12,7 @@ from fastapi import HTTPException, Request
 from dicomnode.auth import Role, Session, UserStore
 from dicomnode.config import Settings
 from dicomnode.health import Health
+from dicomnode.web.models import PipelineOut
 from dicomnode.web.views import ConsoleStore
 
 __all__ = [
@@ -59,6 +60,8 @@ class ConsoleContext:
         Free bytes on the spool's disk.
     audit_login : callable
         Records a login attempt: user name, outcome, address.
+    pipelines : callable
+        The routed pipelines: versions, models, device, warm or not.
     """
 
     settings: Callable[[], Settings]
@@ -69,6 +72,7 @@ class ConsoleContext:
     exposition: Callable[[str | None], tuple[bytes, str]]
     free_bytes: Callable[[], int]
     audit_login: Callable[[str, str, str], None]
+    pipelines: Callable[[], list[PipelineOut]] = list
 
     @property
     def session_seconds(self) -> float:

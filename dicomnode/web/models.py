@@ -139,3 +139,23 @@ class LoginRecord(_Model):
     user: str
     outcome: str
     address: str
+
+
+class ModelOut(_Model):
+    """A model a pipeline loads, as its manifest declares it."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+class PipelineOut(_Model):
+    """A pipeline the rules route to: version, models, device, warm or not."""
+
+    name: str
+    version: str | None
+    rules: list[str]
+    models: list[ModelOut]
+    device: str
+    warm: bool
+    problems: list[str]

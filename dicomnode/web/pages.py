@@ -282,3 +282,21 @@ def config_page(request: Request, found: Viewer, ctx: Context) -> HTMLResponse:
 
     text = yaml.safe_dump(ctx.settings().model_dump(mode="json"), sort_keys=False)
     return render(request, "config.html", found, text=text, path=ctx.config_path)
+
+
+@page_router.get("/pipelines", response_class=HTMLResponse)
+def pipelines_page(request: Request, found: Viewer, ctx: Context) -> HTMLResponse:
+    """The routed pipelines: version, models and their SHA-256, device, warm or not."""
+    return render(request, "pipelines.html", found, pipelines=ctx.pipelines())
+
+
+@page_router.get("/destinations", response_class=HTMLResponse)
+def destinations_page(
+    request: Request, found: Viewer, ctx: Context, message: str = ""
+) -> HTMLResponse:
+    """The destinations as configured."""
+    destinations = {
+        name: destination.model_dump(mode="json")
+        for name, destination in ctx.settings().destinations.items()
+    }
+    return render(request, "destinations.html", found, destinations=destinations, message=message)

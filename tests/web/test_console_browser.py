@@ -198,5 +198,10 @@ def run_console(
     }
     assert modalities == {"SEG", "SR"}
 
+    page.goto(f"{base}/pipelines")
+    row = page.locator("tr", has_text="ct-lung").inner_text()
+    assert "ct-chest" in row and "cpu" in row and "yes" in row.split("\t")
+    shots("pipelines")
     page.goto(base + "/")
+    assert page.inner_text("#studies") == "2"
     shots("dashboard")
