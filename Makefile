@@ -21,7 +21,7 @@ $(PY):
 # itself declares a compatible range so GPU sites bring their own build.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet "torch==$(TORCH_VERSION)" "torchvision==$(TORCHVISION_VERSION)"
-	$(PIP) install --quiet -e ".[test,nnunet]"
+	$(PIP) install --quiet -e ".[test,nnunet,onnx]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -13,13 +13,18 @@ A synthetic CT series (default 256 slices of 512x512, Explicit VR Little Endian,
 Each receiver gets the whole series once over one association (one ``storescu`` with every
 file) and once over 4 parallel associations (4 ``storescu`` processes started together, each
 with a quarter of the files; timed from the start of the first to the exit of the last).
+Then ``MANY`` (25) ``storescu`` processes start together, each sending 40 small instances
+(256x256, 128 KiB): many senders at once, as a busy department looks.
 Every measurement uses a freshly started receiver with an empty storage directory, checks
 that every ``storescu`` exited 0 and that the receiver stored every instance, and counts
 the time ``storescu`` needs, process start included. ``--repeat K`` keeps the best of K.
 Then each receiver, freshly started again, answers 40 ``echoscu`` runs one after another:
 the milliseconds one short association costs (connect, negotiate, one C-ECHO, release,
 the tool's own start included), which is what a sender opening an association per
-instance pays for every image.
+instance pays for every image. Last, the node with one receiving process is started once
+more and receives 2,000 small instances over 4 associations: its resident memory (the
+process and its children) before and after is printed, and a growth above 100 MiB is a
+failed check.
 
 How to read the figures
 -----------------------
@@ -77,6 +82,11 @@ from dicomnode.synthetic import write_ct_series
 
 READY_TIMEOUT = 30.0
 PARALLEL = 4
+MANY = 25  # a busy department: many senders of small instances at once
+MANY_EACH = 40  # instances per sender in the MANY column
+SMALL_SIZE = 256  # 256 x 256 x 16 bit: 128 KiB of pixel data an instance
+MEMORY_PUSH = 2000  # instances pushed to one receiving node while its RSS is watched
+MEMORY_LIMIT_MB = 100.0
 ECHOES = 40  # associations timed one after another, each with one C-ECHO
 
 
@@ -87,6 +97,29 @@ def http_ok(url: str) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory (MiB) of process ``pid`` and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo.extend(children.get(current, []))
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total / 1024.0
 
 
 # -- receivers ----------------------------------------------------------------------------------
@@ -341,6 +374,7 @@ class Row:
     config: str
     rates: dict[int, float] = field(default_factory=dict)
     echo_ms: float | None = None
+    memory: tuple[float, float] | None = None  # RSS MiB before and after MEMORY_PUSH instances
 
 
 @contextmanager
@@ -359,20 +393,23 @@ def running(receiver: Receiver, workdir: Path, problems: list[str]) -> Iterator[
 def measure(
     receiver: Receiver,
     files: Sequence[Path],
+    small: Sequence[Path],
     scratch: Path,
     repeat: int,
     problems: list[str],
 ) -> Row:
-    """Push the series to fresh instances of the receiver over 1 and 4 associations,
-    ``repeat`` times each, and keep the best rate. Failures go to ``problems``."""
+    """Push the series to fresh instances of the receiver over 1 and 4 associations, and
+    ``MANY`` x ``MANY_EACH`` small instances over ``MANY`` associations, ``repeat`` times
+    each, and keep the best rate. Failures go to ``problems``."""
     row = Row(receiver.name, receiver.config)
-    for associations in (1, PARALLEL):
+    cases = [(1, files), (PARALLEL, files), (MANY, small[: MANY * MANY_EACH])]
+    for associations, batch in cases:
         for attempt in range(repeat):
             workdir = Path(tempfile.mkdtemp(prefix=f"{receiver.name}-", dir=scratch))
             try:
                 with running(receiver, workdir, problems):
-                    seconds = push(receiver, files, associations)
-                rate = len(files) / seconds
+                    seconds = push(receiver, batch, associations)
+                rate = len(batch) / seconds
                 row.rates[associations] = max(rate, row.rates.get(associations, 0.0))
                 print(
                     f"  {row.name:<8} {row.config:<24} {associations} assoc "
@@ -397,6 +434,36 @@ def measure(
     return row
 
 
+def measure_memory(receiver: Node, small: Sequence[Path], scratch: Path, row: Row) -> str | None:
+    """The node's resident memory (its process tree) after start and after receiving
+    ``MEMORY_PUSH`` instances over ``PARALLEL`` associations; a problem when it grew by
+    more than ``MEMORY_LIMIT_MB``."""
+    workdir = Path(tempfile.mkdtemp(prefix="node-memory-", dir=scratch))
+    problems: list[str] = []
+    try:
+        with running(receiver, workdir, problems):
+            assert receiver.proc is not None
+            before = tree_rss_mib(receiver.proc.pid)
+            push(receiver, small[:MEMORY_PUSH], PARALLEL)
+            after = tree_rss_mib(receiver.proc.pid)
+        row.memory = (before, after)
+        print(
+            f"  {row.name:<8} {row.config:<24} RSS {before:.0f} MiB -> {after:.0f} MiB "
+            f"after {MEMORY_PUSH} instances",
+            flush=True,
+        )
+        if after - before > MEMORY_LIMIT_MB:
+            problems.append(
+                f"node ({receiver.config}): RSS grew by {after - before:.0f} MiB over "
+                f"{MEMORY_PUSH} instances (limit {MEMORY_LIMIT_MB:.0f})"
+            )
+    except (BenchError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        problems.append(str(exc))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return "; ".join(problems) or None
+
+
 # -- report -------------------------------------------------------------------------------------
 
 
@@ -410,7 +477,7 @@ def ratios(nodes: Sequence[Row], orthanc: Row, storescp: Sequence[Row]) -> list[
     lines: list[str] = []
     for node in nodes:
         who = f"node({node.config.removeprefix('processes=')} proc)"
-        for associations in (1, PARALLEL):
+        for associations in (1, PARALLEL, MANY):
             rate = node.rates.get(associations)
             ceiling = max((r.rates.get(associations, 0.0) for r in storescp), default=0.0)
             for other, base in (
@@ -433,7 +500,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=256, help="slices in the series (256)")
     parser.add_argument("--size", type=int, default=512, help="rows and columns (512)")
     parser.add_argument("--repeat", type=int, default=1, help="keep the best of K runs (1)")
+    parser.add_argument(
+        "--receivers",
+        default="storescp,orthanc,node",
+        help="which to measure, comma-separated: storescp, orthanc, node, node1 (the node "
+        "with one receiving process only); default storescp,orthanc,node",
+    )
     args = parser.parse_args(argv)
+    wanted = {name.strip() for name in args.receivers.split(",") if name.strip()}
+    unknown = wanted - {"storescp", "orthanc", "node", "node1"}
+    if unknown:
+        parser.error(f"--receivers: unknown {', '.join(sorted(unknown))}")
     if args.slices < PARALLEL or args.size < 1 or args.repeat < 1:
         parser.error(f"need --slices >= {PARALLEL}, --size >= 1, --repeat >= 1")
     for tool in ("storescu", "storescp", "echoscu"):
@@ -461,19 +538,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"written in {time.perf_counter() - began:.1f} s",
             flush=True,
         )
+        began = time.perf_counter()
+        small = write_ct_series(
+            scratch / "small", slices=MEMORY_PUSH, rows=SMALL_SIZE, columns=SMALL_SIZE
+        ).paths
+        print(
+            f"small instances: {len(small)} of {SMALL_SIZE}x{SMALL_SIZE} "
+            f"({small[0].stat().st_size / 1024:.0f} KiB), written in "
+            f"{time.perf_counter() - began:.1f} s",
+            flush=True,
+        )
 
-        receivers: list[Receiver] = [
-            StoreSCP(),
-            StoreSCP(max_pdu=131072),
-            Orthanc(),
-            Node(processes=1),
-            Node(processes=4),
-        ]
-        rows = [measure(r, files, scratch, args.repeat, problems) for r in receivers]
+        scp_receivers: list[Receiver] = (
+            [StoreSCP(), StoreSCP(max_pdu=131072)] if "storescp" in wanted else []
+        )
+        processes = [1, 4] if "node" in wanted else [1] if "node1" in wanted else []
+        node_receivers: list[Receiver] = [Node(processes=p) for p in processes]
+        # measured in turn: the node's and Orthanc's figures of one run come from one sitting
+        receivers = [*scp_receivers, *([Orthanc()] if "orthanc" in wanted else [])]
+        receivers += node_receivers
+        rows = [measure(r, files, small, scratch, args.repeat, problems) for r in receivers]
+        for receiver, row in zip(receivers, rows, strict=True):
+            if isinstance(receiver, Node) and receiver.processes == 1:
+                problem = measure_memory(receiver, small, scratch, row)
+                if problem:
+                    problems.append(problem)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    scp_rows, orthanc_row, node_rows = rows[:2], rows[2], rows[3:]
+    scp_rows = [r for r in rows if r.name == "storescp"]
+    node_rows = [r for r in rows if r.name == "node"]
+    orthanc_row = next((r for r in rows if r.name == "Orthanc"), Row("Orthanc", "not run"))
     print()
     print(
         f"machine: {os.cpu_count()} CPUs; series: {len(files)} slices of "
@@ -486,7 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "config",
                 "1 assoc images/s",
                 f"{PARALLEL} assoc images/s",
+                f"{MANY}x{MANY_EACH} small images/s",
                 "ms per C-ECHO assoc",
+                f"RSS MiB before/after {MEMORY_PUSH}",
             ],
             [
                 [
@@ -494,7 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     r.config,
                     fmt_rate(r, 1),
                     fmt_rate(r, PARALLEL),
+                    fmt_rate(r, MANY),
                     "FAILED" if r.echo_ms is None else f"{r.echo_ms:.1f}",
+                    "" if r.memory is None else f"{r.memory[0]:.0f} -> {r.memory[1]:.0f}",
                 ]
                 for r in rows
             ],

@@ -1,4 +1,4 @@
-"""The ``dicomnode`` command: thin wrappers over the stages."""
+"""The ``dicomnode`` command: thin wrappers over the admin layer and the service."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dicomnode import __version__
+from dicomnode.admin import Admin, AuditRow, RunDetail
 from dicomnode.config import Settings, load_config
 from dicomnode.errors import ConfigError, DicomNodeError, SendError, UserError
-from dicomnode.jobs import JobState, OutboxItem, SQLiteJobStore
+from dicomnode.jobs import AuditEvent, JobState, SQLiteJobStore
 from dicomnode.monitoring.drift import check_pipeline
 from dicomnode.monitoring.shadow import summarize
 
@@ -79,9 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     for warning in settings.warnings():
         logging.getLogger("dicomnode").warning("config: %s", warning)
-    node = Node(settings)
-    node.config_path = Path(args.config or os.environ[CONFIG_ENV])
-    node.serve_forever()
+    Node(settings, Path(args.config or os.environ[CONFIG_ENV])).serve_forever()
     return 0
 
 
@@ -128,6 +127,45 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         )
     print(f"{args.file}: OK")
     return 0
+
+
+def cmd_models_check(args: argparse.Namespace) -> int:
+    """Load every configured model, verify its SHA-256, run it once on a synthetic
+    input of its declared shape and print what was loaded; 1 when one cannot run."""
+    import contextlib
+    import json
+
+    from dicomnode.runner.models_check import check_models
+
+    settings = _load(args.config)
+    # what libraries print while loading (nnU-Net does) goes to stderr: stdout is the report
+    with contextlib.redirect_stdout(sys.stderr):
+        checks = check_models(settings, args.device)
+    if args.json:
+        print(json.dumps([c.as_json() for c in checks], indent=2))
+        return 0 if all(c.ok for c in checks) else 1
+    if not checks:
+        print("no pipeline is routed to or configured")
+    for check in checks:
+        print(f"pipeline {check.pipeline}: {'OK' if check.ok else 'FAILED'}")
+        if check.rules:
+            print(f"  rules       {', '.join(check.rules)}")
+        for model in check.models:
+            print(f"  model       {model['name']} {model['version']} sha256 {model['sha256']}")
+        report = check.report
+        if report is not None:
+            print(f"  parameters  {report.parameters:,}")
+            print(f"  device      {report.device}")
+            print(f"  input       {report.input_contract}")
+            print(f"  labels      {'; '.join(report.labels)}")
+            print(f"  test run    {report.output} in {report.seconds:.3f} s")
+        elif check.ok:
+            print(f"  device      {check.device}")
+        for note in check.notes:
+            print(f"  note        {note}")
+        if check.problem is not None:
+            print(f"  problem     {check.problem}")
+    return 0 if all(c.ok for c in checks) else 1
 
 
 def cmd_send(args: argparse.Namespace) -> int:
@@ -229,47 +267,6 @@ def _fmt_purged(purged: int, rounds: int, at: float | None) -> str:
     return f"{purged}/{rounds} rounds, {_fmt_time(at)}"
 
 
-def cmd_studies(args: argparse.Namespace) -> int:
-    """List the studies the job store knows; INST, SERIES and DUP count what the
-    spool still holds (CONFLICT: the duplicates whose content differed from the
-    copy kept), PURGED the rounds retention removed."""
-    store = _open_store(_load(args.config))
-    try:
-        rows = [
-            [
-                s.study_instance_uid,
-                s.modalities or "-",
-                str(s.series_count),
-                str(s.instance_count),
-                str(s.duplicate_count),
-                str(s.conflict_count),
-                str(s.rounds),
-                str(s.latest_state),
-                _fmt_time(s.first_received_at),
-                _fmt_time(s.last_received_at),
-                _fmt_purged(s.purged_rounds, s.rounds, s.purged_at),
-            ]
-            for s in store.studies()
-        ]
-    finally:
-        store.close()
-    headers = [
-        "STUDY UID",
-        "MOD",
-        "SERIES",
-        "INST",
-        "DUP",
-        "CONFLICT",
-        "ROUNDS",
-        "STATE",
-        "FIRST",
-        "LAST",
-        "PURGED",
-    ]
-    print(_table(headers, rows))
-    return 0
-
-
 def cmd_drift(args: argparse.Namespace) -> int:
     """Print the latest drift comparison of every pipeline with descriptors."""
     settings = _load(args.config)
@@ -312,127 +309,6 @@ def cmd_drift(args: argparse.Namespace) -> int:
         ]
         print(_table(["DESCRIPTOR", "KIND", "PSI", "KS P", ""], rows))
     return 0
-
-
-def _job_id(text: str) -> int:
-    if not text.isdigit():
-        raise DicomNodeError(f"a job id is a number, got {text!r}")
-    return int(text)
-
-
-def cmd_jobs(args: argparse.Namespace) -> int:
-    """List jobs, show one job's history, or retry one by hand."""
-    words = list(args.words)
-    action = "list"
-    if words and words[0] in ("show", "retry"):
-        action = words.pop(0)
-    elif words:
-        action = "show"
-    if action != "list" and len(words) != 1:
-        raise DicomNodeError(f"usage: dicomnode jobs {action} ID")
-    store = _open_store(_load(args.config))
-    try:
-        if action == "retry":
-            job = store.retry(_job_id(words[0]))
-            print(f"job {job.id}: {job.pipeline} on study {job.study_instance_uid} is {job.state}")
-            print("the running node picks it up at its next poll")
-            return 0
-        if action == "show":
-            job = store.get_job(_job_id(words[0]))
-            what = (
-                f"run of {job.pipeline} (rule {job.rule}) on series {job.series_instance_uid}"
-                if job.kind == "run"
-                else f"study round {job.round}"
-            )
-            print(
-                f"job {job.id}: {what} of study {job.study_instance_uid}, "
-                f"{job.instance_count} instance(s), now {job.state}"
-                + (f" after {job.attempts} attempt(s)" if job.kind == "run" else "")
-            )
-            if job.purged_at is not None:
-                print(
-                    f"purged by retention on {_fmt_time(job.purged_at)}: "
-                    "its instances and results are no longer kept"
-                )
-            elif job.result_dir:
-                print(f"result: {job.result_dir}")
-            deliveries = store.outbox(job.id)
-            history = store.history(job.id)
-            rows = []
-            for i, step in enumerate(history):
-                until = history[i + 1].at if i + 1 < len(history) else None
-                spent = "-" if until is None else _fmt_duration(until - step.at)
-                rows.append([_fmt_time(step.at), str(step.to_state), spent, step.reason or ""])
-            print(_table(["AT", "STATE", "TIME IN STATE", "REASON"], rows))
-            if deliveries:
-                print()
-                print(
-                    _table(
-                        ["DESTINATION", "KIND", "OBJECT", "STATE", "ATTEMPTS", "LAST ERROR"],
-                        [
-                            [
-                                d.destination,
-                                d.kind,
-                                _delivered_what(d),
-                                d.state,
-                                str(d.attempts),
-                                d.last_error or "",
-                            ]
-                            for d in deliveries
-                        ],
-                    )
-                )
-            if job.traceback:
-                print("\nlast failure:\n" + job.traceback.rstrip())
-            return 0
-        state = JobState(args.state) if args.state else None
-        jobs = store.jobs(state=state, study_instance_uid=args.study)
-        now = time.time()
-        rows = [
-            [
-                str(j.id),
-                j.kind if j.kind == "study" else f"run:{j.pipeline}",
-                j.study_instance_uid,
-                str(j.round),
-                str(j.state),
-                str(j.instance_count),
-                _fmt_time(j.opened_at),
-                _fmt_duration(max(0.0, now - j.updated_at)),
-                ("[purged] " if j.purged_at is not None else "") + (j.reason or ""),
-            ]
-            for j in jobs
-        ]
-    finally:
-        store.close()
-    headers = ["ID", "KIND", "STUDY UID", "ROUND", "STATE", "INST", "OPENED", "IN STATE", "REASON"]
-    print(_table(headers, rows))
-    return 0
-
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    """Deliver again every finished run of a study."""
-    store = _open_store(_load(args.config))
-    try:
-        runs = [
-            j
-            for j in store.jobs(study_instance_uid=args.study)
-            if j.kind == "run" and j.result_dir is not None
-        ]
-        if not runs:
-            raise DicomNodeError(f"no finished run of study {args.study} has results")
-        replayed = 0
-        for job in runs:
-            if job.purged_at is not None:
-                print(f"job {job.id}: {job.pipeline} results were purged by retention, skipped")
-            elif job.state in (JobState.DONE, JobState.DEAD):
-                store.replay(job.id)
-                replayed += 1
-                print(f"job {job.id}: {job.pipeline} results queued for delivery again")
-            else:
-                print(f"job {job.id}: {job.pipeline} is {job.state}, left as it is")
-    finally:
-        store.close()
-    return 0 if replayed else 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -552,18 +428,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delivered_what(item: OutboxItem) -> str:
-    """What an outbox row delivers, for ``jobs show``: the object's file name,
-    or the notification's message type and control ID."""
-    if item.kind != "notification":
-        return Path(item.path).name
-    if item.body is None:
-        return "(no message)"
-    from dicomnode.export.hl7 import message_control_id
-
-    return f"ORU^R01 {message_control_id(item.body)}"
-
-
 def _series_files(paths: list[Path], wanted: str) -> list[Path]:
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
@@ -577,69 +441,6 @@ def _series_files(paths: list[Path], wanted: str) -> list[Path]:
         if str(ds.get("SeriesInstanceUID", "")) == wanted:
             found.append(path)
     return found
-
-
-def _round_to_explain(
-    settings: Settings, study_uid: str, number: int | None, calling_ae: str
-) -> tuple[list[Path], str]:
-    """The files and calling AE of one assembly round of a held study: the
-    round ``number``, or the latest one that still holds instances. The router
-    routes each round on its own, so that is what is explained."""
-    store = _open_store(settings)
-    try:
-        rounds = sorted(
-            (j for j in store.jobs(study_instance_uid=study_uid) if j.kind == "study"),
-            key=lambda j: j.round,
-        )
-        held = {j.round: store.instances_of(j.id) for j in rounds}
-    finally:
-        store.close()
-    if not rounds:
-        raise DicomNodeError(f"{study_uid} is neither a path nor a study the node holds")
-    if number is None:
-        with_files = [j for j in rounds if held[j.round]]
-        if not with_files:
-            raise DicomNodeError(
-                f"study {study_uid}: no round holds instances any more (purged by retention)"
-            )
-        chosen = with_files[-1]
-    else:
-        numbered = {j.round: j for j in rounds}
-        if number not in numbered:
-            raise DicomNodeError(
-                f"study {study_uid} has rounds {', '.join(str(j.round) for j in rounds)}, "
-                f"not {number}"
-            )
-        chosen = numbered[number]
-        if not held[chosen.round]:
-            raise DicomNodeError(
-                f"study {study_uid} round {number} holds no instances (purged by retention)"
-            )
-    print(
-        f"round {chosen.round} of {len(rounds)}: {chosen.instance_count} instance(s), "
-        f"{chosen.state}"
-    )
-    return [Path(r.path) for r in held[chosen.round]], calling_ae or chosen.calling_ae
-
-
-def cmd_route_explain(args: argparse.Namespace) -> int:
-    """Explain, rule by rule, where a folder or a received study would be routed."""
-    from dicomnode.routing import describe_study, explain_text, route
-
-    settings = _load(args.config)
-    target = Path(args.target)
-    calling_ae = args.calling_ae or ""
-    if target.exists():
-        paths = [p for p in target.rglob("*") if p.is_file()] if target.is_dir() else [target]
-    else:
-        paths, calling_ae = _round_to_explain(settings, args.target, args.round, calling_ae)
-    studies = describe_study(paths, calling_ae)
-    if not studies:
-        raise DicomNodeError(f"no DICOM files under {args.target}")
-    for study in studies:
-        print(f"study {study.study_instance_uid} ({len(study.series)} series)")
-        print(explain_text(route(study, settings.routing)))
-    return 0
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
@@ -836,14 +637,526 @@ def cmd_users(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the admin layer's commands ------------------------------------------------
+
+#: ``--since 2h``: the units a relative time may have.
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _when(text: str) -> float:
+    """``--since``/``--until``: ``30m``, ``2h``, ``7d`` ago, or a local date
+    or time (``2026-03-01``, ``2026-03-01T08:00``)."""
+    import datetime
+
+    value = text.strip()
+    if value[:-1].isdigit() and value[-1:] in _UNITS:
+        return time.time() - int(value[:-1]) * _UNITS[value[-1]]
+    try:
+        return datetime.datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an age (30m, 2h, 7d) nor a date or time (2026-03-01T08:00)"
+        ) from None
+
+
+def _actor() -> str:
+    """Who runs the command: the login name."""
+    return os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid())
+
+
+def _uid(uid: str | None, full: bool) -> str:
+    """A UID for a table: its last 12 characters after an ellipsis unless ``--full``."""
+    if not uid:
+        return "-"
+    return uid if full or len(uid) <= 16 else "…" + uid[-12:]
+
+
+def _admin(args: argparse.Namespace) -> Admin:
+    chosen = args.config or os.environ.get(CONFIG_ENV)
+    if not chosen:
+        raise ConfigError(f"no configuration file: pass -c FILE or set {CONFIG_ENV}")
+    return Admin.open(chosen)
+
+
+def _print_json(value: object) -> None:
+    from pydantic import BaseModel
+
+    def plain(item: object) -> object:
+        if isinstance(item, BaseModel):
+            return item.model_dump(mode="json")
+        if isinstance(item, list):
+            return [plain(i) for i in item]
+        return item
+
+    print(json.dumps(plain(value), indent=2))
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    """List the studies the job store knows, filtered; INST, SERIES and DUP
+    count what the spool still holds (CONFLICT: the duplicates whose content
+    differed from the copy kept), PURGED the rounds retention removed."""
+    from dicomnode.admin import StudyFilter
+
+    query = StudyFilter(
+        study_instance_uid=args.study,
+        accession_number=args.accession,
+        patient_id=args.patient_id,
+        since=args.since,
+        until=args.until,
+        state=args.state,
+        calling_ae=args.calling_ae,
+        rule=args.rule,
+        limit=args.limit,
+    )
+    with _admin(args) as admin:
+        studies = admin.studies(query)
+    if args.json:
+        _print_json(studies)
+        return 0
+    rows = [
+        [
+            _uid(s.study_instance_uid, args.full),
+            s.modalities or "-",
+            str(s.series_count),
+            str(s.instance_count),
+            str(s.duplicate_count),
+            str(s.conflict_count),
+            str(s.rounds),
+            s.state + (" [held]" if s.held else ""),
+            _fmt_time(s.first_received_at),
+            _fmt_time(s.last_received_at),
+            _fmt_purged(s.purged_rounds, s.rounds, s.purged_at),
+        ]
+        for s in studies
+    ]
+    headers = [
+        "STUDY UID",
+        "MOD",
+        "SERIES",
+        "INST",
+        "DUP",
+        "CONFLICT",
+        "ROUNDS",
+        "STATE",
+        "FIRST",
+        "LAST",
+        "PURGED",
+    ]
+    print(_table(headers, rows))
+    return 0
+
+
+def _print_job(detail: RunDetail, full: bool) -> None:
+    what = (
+        f"run of {detail.pipeline} (rule {detail.rule}) on series "
+        f"{_uid(detail.series_instance_uid, full)}"
+        if detail.kind == "run"
+        else f"study round {detail.round}"
+    )
+    print(
+        f"job {detail.id}: {what} of study {_uid(detail.study_instance_uid, full)}, "
+        f"{detail.instance_count} instance(s), now {detail.state}"
+        + (f" after {detail.attempts} attempt(s)" if detail.kind == "run" else "")
+        + (f", held by {detail.held_by}" if detail.held_at is not None else "")
+    )
+    if detail.purged_at is not None:
+        print(
+            f"purged by retention on {_fmt_time(detail.purged_at)}: "
+            "its instances and results are no longer kept"
+        )
+    elif detail.result_dir:
+        print(f"result: {detail.result_dir}")
+    rows = [
+        [
+            _fmt_time(step.at),
+            step.to_state,
+            "-" if step.seconds_in_state is None else _fmt_duration(step.seconds_in_state),
+            step.reason or "",
+        ]
+        for step in detail.history
+    ]
+    print(_table(["AT", "STATE", "TIME IN STATE", "REASON"], rows))
+    if detail.deliveries:
+        print()
+        print(
+            _table(
+                ["DESTINATION", "KIND", "OBJECT", "STATE", "ATTEMPTS", "LAST ERROR"],
+                [
+                    [
+                        d.destination,
+                        d.kind,
+                        d.object,
+                        d.state,
+                        str(d.attempts),
+                        d.last_error or "",
+                    ]
+                    for d in detail.deliveries
+                ],
+            )
+        )
+    if detail.traceback:
+        print("\nlast failure:\n" + detail.traceback.rstrip())
+
+
+def cmd_study_show(args: argparse.Namespace) -> int:
+    """Show a study with every round, run and delivery."""
+    with _admin(args) as admin:
+        detail = admin.study(args.study)
+    if args.json:
+        _print_json(detail)
+        return 0
+    s = detail.summary
+    print(
+        f"study {s.study_instance_uid}: {s.modalities or '-'}, {s.series_count} series, "
+        f"{s.instance_count} instance(s), {s.rounds} round(s), latest {s.state}"
+        + (", held" if s.held else "")
+    )
+    print(f"accession {s.accession_number or '-'}, patient ID {s.patient_id or '-'}")
+    for entry in detail.rounds:
+        print()
+        _print_job(entry.round, args.full)
+        for run in entry.runs:
+            print()
+            _print_job(run, args.full)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """List jobs, newest first."""
+    with _admin(args) as admin:
+        jobs = admin.jobs(
+            state=args.state, study_uid=args.study, since=args.since, limit=args.limit
+        )
+    if args.json:
+        _print_json(jobs)
+        return 0
+    now = time.time()
+    rows = [
+        [
+            str(j.id),
+            j.kind if j.kind == "study" else f"run:{j.pipeline}",
+            _uid(j.study_instance_uid, args.full),
+            str(j.round),
+            j.state + (" [held]" if j.held else ""),
+            str(j.instance_count),
+            _fmt_time(j.opened_at),
+            _fmt_duration(max(0.0, now - j.updated_at)),
+            ("[purged] " if j.purged else "") + (j.reason or ""),
+        ]
+        for j in jobs
+    ]
+    headers = ["ID", "KIND", "STUDY UID", "ROUND", "STATE", "INST", "OPENED", "IN STATE", "REASON"]
+    print(_table(headers, rows))
+    return 0
+
+
+def cmd_job_show(args: argparse.Namespace) -> int:
+    """Show a job's transitions and deliveries."""
+    with _admin(args) as admin:
+        detail = admin.job(args.id)
+    if args.json:
+        _print_json(detail)
+        return 0
+    _print_job(detail, args.full)
+    return 0
+
+
+def cmd_job_action(args: argparse.Namespace) -> int:
+    """retry, replay, hold, release or discard one job (audited)."""
+    with _admin(args) as admin:
+        act = {
+            "retry": admin.retry,
+            "replay": admin.replay,
+            "hold": admin.hold,
+            "release": admin.release,
+            "discard": admin.discard,
+        }[args.action]
+        result = act(args.id, args.actor or _actor())
+    if args.json:
+        _print_json(result)
+        return 0
+    print(f"job {result.job_id}: {result.before} -> {result.after}: {result.message}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Deliver again every finished run of a study (audited)."""
+    with _admin(args) as admin:
+        results = admin.replay_study(args.study, args.actor or _actor())
+    if args.json:
+        _print_json(results)
+        return 0
+    for result in results:
+        print(f"job {result.job_id}: results queued for delivery again")
+    return 0
+
+
+def cmd_deliveries(args: argparse.Namespace) -> int:
+    """List deliveries, newest first (``--state DEAD``: the dead letters)."""
+    with _admin(args) as admin:
+        rows = admin.deliveries(
+            state=args.state, destination=args.destination, study_uid=args.study, limit=args.limit
+        )
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(
+        _table(
+            ["ID", "JOB", "STUDY UID", "DESTINATION", "OBJECT", "STATE", "ATTEMPTS", "LAST ERROR"],
+            [
+                [
+                    str(d.id),
+                    str(d.job_id),
+                    _uid(d.study_instance_uid, args.full),
+                    d.destination,
+                    d.object,
+                    d.state,
+                    str(d.attempts),
+                    d.last_error or "",
+                ]
+                for d in rows
+            ],
+        )
+    )
+    return 0
+
+
+def cmd_destination_test(args: argparse.Namespace) -> int:
+    """C-ECHO a DICOM destination, connect to an HL7 one, check a folder (audited)."""
+    with _admin(args) as admin:
+        result = admin.test_destination(args.name, args.actor or _actor())
+    if args.json:
+        _print_json(result)
+    else:
+        verdict = "OK" if result.ok else "FAILED"
+        print(
+            f"{result.destination} ({result.type}, {result.target}): {verdict}: "
+            f"{result.detail} ({result.seconds:.2f} s)"
+        )
+    return 0 if result.ok else 1
+
+
+def cmd_route_explain(args: argparse.Namespace) -> int:
+    """Explain, rule by rule, where a folder or a received study would be routed."""
+    from dicomnode.admin.operations import explain_files
+
+    target = Path(args.target)
+    if target.exists():
+        settings = _load(args.config)
+        paths = [p for p in target.rglob("*") if p.is_file()] if target.is_dir() else [target]
+        explanations = explain_files(paths, settings.routing, args.calling_ae or "")
+        if not explanations:
+            raise DicomNodeError(f"no DICOM files under {args.target}")
+    else:
+        try:
+            admin = _admin(args)
+        except DicomNodeError as exc:
+            if "no job store" not in str(exc):
+                raise
+            raise DicomNodeError(
+                f"{args.target} is neither a path nor a study the node holds"
+            ) from exc
+        with admin:
+            explanations = [
+                admin.explain(
+                    args.target, round_number=args.round, calling_ae=args.calling_ae or None
+                )
+            ]
+    if args.json:
+        _print_json(explanations)
+        return 0
+    for explanation in explanations:
+        if explanation.round is not None:
+            print(
+                f"round {explanation.round} of {explanation.round_count}: "
+                f"{explanation.round_instances} instance(s), {explanation.round_state}"
+            )
+        print(f"study {explanation.study_instance_uid} ({explanation.series_count} series)")
+        print(explanation.text)
+    return 0
+
+
+def cmd_route_dry_run(args: argparse.Namespace) -> int:
+    """Route the last N received studies under the rules in the file now (it
+    may have changed since the node loaded it) and compare with what they got."""
+    with _admin(args) as admin:
+        rows = admin.dry_run(last=args.last)
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no studies received yet")
+        return 0
+    print(
+        _table(
+            ["STUDY UID", "ROUND", "RECEIVED", "THEN", "NOW", "CHANGED", "NOTE"],
+            [
+                [
+                    _uid(r.study_instance_uid, args.full),
+                    str(r.round),
+                    _fmt_time(r.received_at),
+                    ", ".join(r.before) or "-",
+                    ", ".join(r.after) or "-",
+                    "yes" if r.changed else "",
+                    r.note or "",
+                ]
+                for r in rows
+            ],
+        )
+    )
+    return 0
+
+
+def cmd_config_reload(args: argparse.Namespace) -> int:
+    """Validate the file and have the running node apply it (SIGHUP; audited)."""
+    with _admin(args) as admin:
+        result = admin.reload(args.actor or _actor())
+    if args.json:
+        _print_json(result)
+    else:
+        for problem in result.problems:
+            print(f"  {problem}", file=sys.stderr)
+        where = f"node pid {result.node_pid}" if result.node_pid else "no node running"
+        print(f"{result.source} ({where}): {result.message}")
+        if result.changed_sections:
+            print(f"changed: {', '.join(result.changed_sections)}")
+    if result.problems:
+        return 1
+    return 0
+
+
+def cmd_audit_list(args: argparse.Namespace) -> int:
+    """List audit events, newest first. Patient identifiers are shown only
+    with --json or --identifiers (they are kept in the audit trail only)."""
+    from dicomnode.admin import AuditFilter
+
+    with _admin(args) as admin:
+        rows = admin.audit(
+            AuditFilter(
+                since=args.since,
+                until=args.until,
+                event=args.event,
+                actor=args.actor_filter,
+                study_instance_uid=args.study,
+                patient_id=args.patient_id,
+                accession_number=args.accession,
+                limit=args.limit,
+            )
+        )
+    if args.json:
+        _print_json(rows)
+        return 0
+
+    def what(row: AuditRow) -> str:
+        detail = {
+            k: v for k, v in row.detail.items() if k not in ("before", "after") and v is not None
+        }
+        text = ", ".join(f"{k}={v}" for k, v in sorted(detail.items()))
+        if args.identifiers and (row.patient_id or row.accession_number):
+            text = (
+                f"patient {row.patient_id or '-'} accession {row.accession_number or '-'} " + text
+            )
+        return text[:120]
+
+    print(
+        _table(
+            ["ID", "AT", "EVENT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "STUDY UID", "DETAIL"],
+            [
+                [
+                    str(r.id),
+                    _fmt_time(r.at),
+                    r.event,
+                    r.actor,
+                    r.action or "-",
+                    _uid(r.target, args.full) if r.target[:1].isdigit() else r.target or "-",
+                    r.outcome,
+                    _uid(r.study_instance_uid, args.full),
+                    what(r),
+                ]
+                for r in rows
+            ],
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``dicomnode``."""
     parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
     parser.add_argument("--version", action="version", version=f"dicomnode {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def with_config(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-c", "--config", help=f"the node's YAML file (default: ${CONFIG_ENV})")
+    def with_config(p: argparse.ArgumentParser, suppress: bool = False) -> None:
+        # a subcommand's copy of an option must not reset what its parent parsed
+        p.add_argument(
+            "-c",
+            "--config",
+            help=f"the node's YAML file (default: ${CONFIG_ENV})",
+            default=argparse.SUPPRESS if suppress else None,
+        )
+
+    def with_json(p: argparse.ArgumentParser, suppress: bool = False) -> None:
+        p.add_argument(
+            "--json",
+            action="store_true",
+            help="print JSON",
+            default=argparse.SUPPRESS if suppress else False,
+        )
+
+    def with_actor(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--as",
+            dest="actor",
+            metavar="NAME",
+            help="who acts, for the audit trail (default: the login name)",
+        )
+
+    def with_listing(
+        p: argparse.ArgumentParser,
+        *,
+        limit: bool = True,
+        since: bool = True,
+        suppress: bool = False,
+    ) -> None:
+        unset = argparse.SUPPRESS if suppress else None
+        with_json(p, suppress)
+        p.add_argument(
+            "--full",
+            action="store_true",
+            help="full UIDs in tables (default: shortened)",
+            default=argparse.SUPPRESS if suppress else False,
+        )
+        if limit:
+            p.add_argument(
+                "--limit",
+                type=int,
+                metavar="N",
+                help="at most N rows (default 50)",
+                default=argparse.SUPPRESS if suppress else 50,
+            )
+        if since:
+            p.add_argument(
+                "--since",
+                type=_when,
+                metavar="WHEN",
+                help="only since WHEN: an age (30m, 2h, 7d) or a date/time (2026-03-01T08:00)",
+                default=unset,
+            )
+
+    def with_study_filters(p: argparse.ArgumentParser, suppress: bool = False) -> None:
+        unset = argparse.SUPPRESS if suppress else None
+        p.add_argument("--until", type=_when, metavar="WHEN", help="before WHEN", default=unset)
+        p.add_argument("--study", metavar="STUDY_UID", help="this study", default=unset)
+        p.add_argument("--accession", metavar="NUMBER", help="this accession number", default=unset)
+        p.add_argument("--patient-id", metavar="ID", help="this patient ID", default=unset)
+        p.add_argument(
+            "--state",
+            choices=[s.value for s in JobState],
+            help="a job of the study is in this state",
+            default=unset,
+        )
+        p.add_argument("--calling-ae", metavar="AE", help="sent by this AE title", default=unset)
+        p.add_argument("--rule", metavar="NAME", help="a run came from this rule", default=unset)
 
     serve = sub.add_parser("serve", help="run the node")
     with_config(serve)
@@ -871,6 +1184,28 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate a configuration file")
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
+    reload = config_sub.add_parser(
+        "reload",
+        help="validate the file and have the running node apply it (rules, destinations, "
+        "export; SIGHUP); an invalid file is refused and the old one stays in force",
+    )
+    with_config(reload)
+    with_actor(reload)
+    with_json(reload)
+    reload.set_defaults(func=cmd_config_reload)
+
+    models = sub.add_parser("models", help="model tools")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    models_check = models_sub.add_parser(
+        "check",
+        help="load every configured model, verify its SHA-256 and run it once on a synthetic input",
+    )
+    with_config(models_check)
+    models_check.add_argument(
+        "--device", help="where to load (default: runner.device; auto: CUDA when there is one)"
+    )
+    models_check.add_argument("--json", action="store_true", help="print JSON")
+    models_check.set_defaults(func=cmd_models_check)
 
     send = sub.add_parser("send", help="C-STORE files or folders to a DICOM peer")
     send.add_argument("paths", nargs="+", metavar="PATH")
@@ -953,31 +1288,124 @@ def build_parser() -> argparse.ArgumentParser:
         help="for a held study, the assembly round to explain (default: the latest)",
     )
     with_config(explain)
+    with_json(explain)
     explain.set_defaults(func=cmd_route_explain)
+    dry_run = route_sub.add_parser(
+        "dry-run",
+        help="route the last N received studies under the rules in the file now, and "
+        "compare with what they got",
+    )
+    dry_run.add_argument("--last", type=int, default=20, metavar="N", help="default 20")
+    with_config(dry_run)
+    with_listing(dry_run, limit=False, since=False)
+    dry_run.set_defaults(func=cmd_route_dry_run)
 
     replay = sub.add_parser("replay", help="deliver a study's results again")
     replay.add_argument("study", metavar="STUDY_UID")
     with_config(replay)
+    with_actor(replay)
+    with_json(replay)
     replay.set_defaults(func=cmd_replay)
 
-    studies = sub.add_parser("studies", help="list received studies")
-    with_config(studies)
-    studies.set_defaults(func=cmd_studies)
-
-    jobs = sub.add_parser("jobs", help="list jobs, or show one job's history")
-    with_config(jobs)
-    jobs.add_argument(
-        "words",
-        nargs="*",
-        metavar="[show|retry] ID",
-        help=(
-            "ID or 'show ID': a job's transitions and deliveries; 'retry ID': run a DEAD or "
-            "FAILED_RETRYABLE run again (only its failed deliveries, if it failed delivering)"
-        ),
+    studies = sub.add_parser(
+        "studies", help="list and search received studies (default: list), or show one"
     )
-    jobs.add_argument("--state", choices=[s.value for s in JobState])
-    jobs.add_argument("--study", metavar="STUDY_UID")
-    jobs.set_defaults(func=cmd_jobs)
+    studies_sub = studies.add_subparsers(dest="studies_command")
+    studies_list = studies_sub.add_parser("list", help="list and search studies")
+    for parser_ in (studies, studies_list):
+        with_config(parser_, suppress=parser_ is studies_list)
+        with_listing(parser_, suppress=parser_ is studies_list)
+        with_study_filters(parser_, suppress=parser_ is studies_list)
+        parser_.set_defaults(func=cmd_studies)
+    studies_show = studies_sub.add_parser("show", help="a study with every round, run, delivery")
+    studies_show.add_argument("study", metavar="STUDY_UID")
+    with_config(studies_show, suppress=True)
+    with_listing(studies_show, limit=False, since=False, suppress=True)
+    studies_show.set_defaults(func=cmd_study_show)
+
+    jobs = sub.add_parser(
+        "jobs",
+        help="list jobs, show one, or retry, replay, hold, release or discard one",
+    )
+    jobs_sub = jobs.add_subparsers(dest="jobs_command")
+    jobs_list = jobs_sub.add_parser("list", help="list jobs, newest first")
+    for parser_ in (jobs, jobs_list):
+        quiet = parser_ is jobs_list
+        with_config(parser_, suppress=quiet)
+        with_listing(parser_, suppress=quiet)
+        parser_.add_argument(
+            "--state",
+            choices=[s.value for s in JobState],
+            default=argparse.SUPPRESS if quiet else None,
+        )
+        parser_.add_argument(
+            "--study", metavar="STUDY_UID", default=argparse.SUPPRESS if quiet else None
+        )
+        parser_.set_defaults(func=cmd_jobs)
+    jobs_show = jobs_sub.add_parser("show", help="a job's transitions and deliveries")
+    jobs_show.add_argument("id", type=int, metavar="ID")
+    with_config(jobs_show, suppress=True)
+    with_listing(jobs_show, limit=False, since=False, suppress=True)
+    jobs_show.set_defaults(func=cmd_job_show)
+    for action, text in (
+        (
+            "retry",
+            "run a DEAD or FAILED_RETRYABLE run again (only its failed deliveries, if it "
+            "failed delivering)",
+        ),
+        ("replay", "deliver a DONE or DEAD run's results again, to every destination"),
+        ("hold", "hold a job: not routed, run or delivered until released"),
+        ("release", "release a held job"),
+        ("discard", "give up a DEAD or held job for good (DISCARDED)"),
+    ):
+        acting = jobs_sub.add_parser(action, help=text)
+        acting.add_argument("id", type=int, metavar="ID")
+        with_config(acting, suppress=True)
+        with_actor(acting)
+        with_json(acting, suppress=True)
+        acting.set_defaults(func=cmd_job_action, action=action)
+
+    deliveries = sub.add_parser(
+        "deliveries", help="list deliveries, newest first (--state DEAD: the dead letters)"
+    )
+    with_config(deliveries)
+    with_listing(deliveries, since=False)
+    deliveries.add_argument("--state", choices=["PENDING", "DELIVERED", "DEAD"])
+    deliveries.add_argument("--destination", metavar="NAME")
+    deliveries.add_argument("--study", metavar="STUDY_UID")
+    deliveries.set_defaults(func=cmd_deliveries)
+
+    destinations = sub.add_parser("destinations", help="destination tools")
+    destinations_sub = destinations.add_subparsers(dest="destinations_command", required=True)
+    test = destinations_sub.add_parser(
+        "test",
+        help="C-ECHO a DICOM destination, connect to an HL7 one's MLLP port, check a folder",
+    )
+    test.add_argument("name", metavar="NAME")
+    with_config(test)
+    with_actor(test)
+    with_json(test)
+    test.set_defaults(func=cmd_destination_test)
+
+    audit = sub.add_parser("audit", help="the audit trail")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_list = audit_sub.add_parser("list", help="audit events, newest first")
+    with_config(audit_list)
+    with_listing(audit_list)
+    audit_list.add_argument("--until", type=_when, metavar="WHEN", help="before this time")
+    audit_list.add_argument(
+        "--event", choices=[e.value for e in AuditEvent], help="only this kind of event"
+    )
+    audit_list.add_argument("--actor", dest="actor_filter", metavar="WHO", help="only by WHO")
+    audit_list.add_argument("--study", metavar="STUDY_UID")
+    audit_list.add_argument("--patient-id", metavar="ID")
+    audit_list.add_argument("--accession", metavar="NUMBER")
+    audit_list.add_argument(
+        "--identifiers",
+        action="store_true",
+        help="show patient IDs and accession numbers in the table",
+    )
+    audit_list.set_defaults(func=cmd_audit_list)
 
     preview = sub.add_parser(
         "preview", help="a PNG of a result's key slice: segments or heatmap over the image"
@@ -1042,7 +1470,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit status."""
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if len(words) > 1 and words[0] == "jobs" and words[1].isdigit():
+        words.insert(1, "show")  # `dicomnode jobs ID`, as before `jobs show ID`
+    args = build_parser().parse_args(words)
     try:
         result: int = args.func(args)
     except ConfigError as exc:

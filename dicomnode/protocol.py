@@ -171,6 +171,56 @@ class Finding:
         return self.threshold is not None and self.probability >= self.threshold
 
 
+Box = tuple[float, float, float, float, float, float]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A detected object: what it is, how sure the model is, and its box.
+
+    Attributes
+    ----------
+    concept : Code
+        What was found (e.g. SNOMED CT 27925004 "Nodule").
+    score : float
+        The model's score, 0 to 1.
+    box : (float, float, float, float, float, float)
+        ``(slice0, row0, column0, slice1, row1, column1)`` in the volume's
+        grid, in voxel units where voxel ``i`` spans ``[i, i + 1)``: the box
+        covers slices ``slice0`` to ``slice1`` and so on (``0 <= a0 < a1 <=``
+        the axis' length).
+    threshold : float, optional
+        The score from which the model's card reports an object.
+    name : str
+        The label's name in the model card.
+    """
+
+    concept: Code
+    score: float
+    box: Box
+    threshold: float | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"Detection.score must be in [0, 1], got {self.score}")
+        if any(not np.isfinite(v) for v in self.box) or any(
+            self.box[a] >= self.box[a + 3] or self.box[a] < 0 for a in range(3)
+        ):
+            raise ValueError(
+                f"Detection.box must be (a0, b0, c0, a1, b1, c1), 0 <= x0 < x1: {self.box}"
+            )
+
+    @property
+    def centre(self) -> Vector3:
+        """The box's centre, in (continuous) voxel units."""
+        return (
+            (self.box[0] + self.box[3]) / 2,
+            (self.box[1] + self.box[4]) / 2,
+            (self.box[2] + self.box[5]) / 2,
+        )
+
+
 @dataclass(frozen=True)
 class Heatmap:
     """Where the model looked for one finding, in the volume's grid (0..1)."""
@@ -237,6 +287,8 @@ class PipelineResult:
     segments : tuple of Segment
         The meaning of every label value present in ``label_map``.
     measurements, findings, heatmaps : tuples
+    detections : tuple of Detection
+        Objects found, each with its box in the volume's grid.
     models : tuple of ModelInfo
         Weights used, for provenance (empty for pipelines without weights).
     summary : str
@@ -250,6 +302,7 @@ class PipelineResult:
     heatmaps: tuple[Heatmap, ...] = ()
     models: tuple[ModelInfo, ...] = ()
     summary: str = ""
+    detections: tuple[Detection, ...] = ()
 
     def __post_init__(self) -> None:
         labels = [s.label for s in self.segments]
@@ -270,6 +323,9 @@ class PipelineResult:
         for heatmap in self.heatmaps:
             if heatmap.array.shape != shape:
                 raise ValueError(f"heatmap shape {heatmap.array.shape} != volume shape {shape}")
+        for detection in self.detections:
+            if any(detection.box[a + 3] > shape[a] for a in range(3)):
+                raise ValueError(f"detection box {detection.box} is outside the volume {shape}")
 
 
 class InputRefused(ValueError):
@@ -498,6 +554,56 @@ class SetupCheck(Protocol):
 
 
 @dataclass(frozen=True)
+class ModelReport:
+    """What ``dicomnode models check`` says of one loaded model after a test run.
+
+    Attributes
+    ----------
+    name, version, sha256 : str
+        From the verified manifest.
+    parameters : int
+        Number of weights (0 when the runtime cannot tell).
+    device : str
+        Where it ran, as the runtime names it (``cpu``, ``CUDAExecutionProvider``).
+    input_contract : str
+        What the model takes, one line (task, modalities, orientation,
+        spacing, normalisation, window).
+    labels : tuple of str
+        ``value: name (code)`` of each output.
+    output : str
+        What the synthetic input of the declared shape gave (shapes).
+    seconds : float
+        How long that run took.
+    """
+
+    name: str
+    version: str
+    sha256: str
+    parameters: int
+    device: str
+    input_contract: str
+    labels: tuple[str, ...]
+    output: str
+    seconds: float
+
+
+@runtime_checkable
+class SelfTest(Protocol):
+    """A loaded pipeline that can run its model once on a synthetic input of
+    the shape it declares, and say what it loaded (``dicomnode models check``)."""
+
+    def self_test(self) -> ModelReport:
+        """Run the model once on a synthetic input and describe it.
+
+        Raises
+        ------
+        InputRefused
+            The model's output does not fit what its card declares.
+        """
+        ...
+
+
+@dataclass(frozen=True)
 class ResultContext:
     """What a result writer needs besides the result and its volume.
 
@@ -632,4 +738,9 @@ class ResultWriter(Protocol):
         self, result: PipelineResult, volume: Volume, context: ResultContext
     ) -> WrittenResult:
         """Write every object and build every notification for ``result``."""
+        ...
+
+    def warm_up(self) -> float:
+        """Pay one-off first-use costs (imports, tables) before the first
+        study, e.g. by writing a throw-away result; return the seconds spent."""
         ...

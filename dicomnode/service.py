@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydicom import config as pydicom_config
 
 from dicomnode import metrics as node_metrics
+from dicomnode.admin import reload as reloading
 from dicomnode.assembly import Assembler
 from dicomnode.config import Settings
 from dicomnode.endpoints import OpsServer
@@ -36,7 +37,7 @@ from dicomnode.export.dispatcher import Dispatcher
 from dicomnode.health import Health, readiness
 from dicomnode.ingress import IngressServer, StoreHandler, recover_spool
 from dicomnode.ingress.server import in_use_hint
-from dicomnode.jobs import SQLiteJobStore
+from dicomnode.jobs import JobState, SQLiteJobStore
 from dicomnode.logs import TEXT_FORMAT, PeerNoiseFilter, formatter
 from dicomnode.metrics import IngressMetrics, NodeCollector, NodeMetrics
 from dicomnode.monitoring.corrections import CorrectionScorer
@@ -46,6 +47,7 @@ from dicomnode.results.writer import DicomResultWriter
 from dicomnode.routing.stage import CompletionPolicy, Router
 from dicomnode.runner.stage import Runner, pipeline_options
 from dicomnode.runner.worker import WorkerSettings
+from dicomnode.scheduling import Wakeup
 from dicomnode.spool import RetentionSweeper, Spool
 
 if TYPE_CHECKING:  # Celery is imported only when runner.executor is celery
@@ -245,6 +247,18 @@ def reclaim_orphans(settings: Settings, timeout: float = 10.0) -> list[int]:
     return [pid for pid, _ in killed]
 
 
+def wake_on(store: SQLiteJobStore, states: frozenset[JobState], wakeup: Wakeup) -> None:
+    """Wake a stage when this process's job store commits a transition into
+    one of ``states`` (the work that stage takes). The stage still polls:
+    commits of other processes are found at its next poll."""
+
+    def _listener(moved: frozenset[JobState]) -> None:
+        if moved & states:
+            wakeup.set()
+
+    store.on_commit(_listener)
+
+
 class _Running(Protocol):
     def alive(self) -> bool: ...
 
@@ -309,10 +323,14 @@ class Node:
     ----------
     settings : Settings
         The validated configuration.
+    config_path : Path, optional
+        The file it came from: :meth:`reload` (SIGHUP) re-reads it.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
         self.settings = settings
+        self.config_path = config_path
+        self._reload_requested = threading.Event()
         self.spool: Spool | None = None
         self.store: SQLiteJobStore | None = None
         self.ingress: IngressServer | None = None
@@ -326,8 +344,6 @@ class Node:
         self.metrics: NodeMetrics | None = None
         self.ops: OpsServer | None = None
         self.console: ConsoleServer | None = None
-        #: the YAML file the settings came from (the console shows and edits it)
-        self.config_path: Path | None = None
         #: (PROMETHEUS_MULTIPROC_DIR before this node set it,), or None when it did not
         self._multiprocess_env: tuple[str | None] | None = None
         self.agreement: list[ShadowMonitor | CorrectionScorer] = []
@@ -409,6 +425,8 @@ class Node:
         except (OSError, DicomNodeError) as exc:
             raise StartupError(f"cannot open the data directory: {exc}") from exc
         reclaim_orphans(self.settings)
+        if self.config_path is not None:
+            reloading.remember_in_force(self.settings, self.config_path)
         self._check_disk_floor(self.spool)
         recover_spool(self.spool, self.store)
         processes = self.settings.ingress.processes
@@ -456,8 +474,10 @@ class Node:
             else None
         )
         self.assembler = Assembler(assembly, self.store, policy=policy)
+        wake_on(self.store, frozenset({JobState.RECEIVED}), self.assembler.wakeup)
         self.assembler.start()
         self.router = Router(routing, self.store, poll_seconds=assembly.poll_seconds)
+        wake_on(self.store, frozenset({JobState.COMPLETE}), self.router.wakeup)
         self.router.start()
         if self.settings.runner.enabled and self.settings.runner.executor == "celery":
             from dicomnode.runner.remote import RemoteRunner
@@ -486,6 +506,7 @@ class Node:
                     )
                 ),
             )
+            wake_on(self.store, frozenset({JobState.ROUTED}), runner.wakeup)
             try:
                 runner.start()
             except DicomNodeError as exc:
@@ -493,6 +514,7 @@ class Node:
                 raise StartupError(f"the pipeline runner cannot start: {exc}") from exc
             self.runner = runner
         self.dispatcher = Dispatcher(self.settings, self.store, metrics=self.metrics.export)
+        wake_on(self.store, frozenset({JobState.RESULTS_WRITTEN}), self.dispatcher.wakeup)
         self.dispatcher.start()
         self.retention = RetentionSweeper(self.settings.storage, self.spool, self.store)
         self.retention.start()
@@ -734,6 +756,67 @@ class Node:
             self._lock_fd = None
         LOGGER.info("node stopped")
 
+    def reload(self) -> bool:
+        """Re-read the configuration file and apply what a reload can apply.
+
+        The file is validated as ``serve`` does; an invalid one is refused
+        (the problems, with their field paths, go to the log) and the
+        configuration in force stays. A valid one's rules, destinations and
+        export settings apply from now on: rounds routed after this use the
+        new rules, deliveries the new destinations; associations in progress
+        are not touched. Changes to other sections need a restart and are
+        named in the log. Either way one ``config-reload`` audit row records
+        who asked and the file before and after.
+
+        Returns
+        -------
+        bool
+            Whether the new configuration was applied.
+        """
+        if self.config_path is None:
+            LOGGER.warning("reload: this node was started without a configuration file")
+            return False
+        actor = reloading.take_request(self.settings)
+        plan = reloading.plan_reload(self.settings, self.config_path, actor)
+        if plan.settings is None:
+            LOGGER.error(
+                "configuration reload refused, the configuration in force stays:\n%s",
+                "\n".join(plan.problems),
+            )
+        else:
+            self._apply(plan.settings)
+            reloading.remember_in_force(plan.settings, self.config_path)
+            LOGGER.info(
+                "configuration reloaded (%s changed)%s",
+                ", ".join(plan.changed) or "nothing",
+                (
+                    f"; {', '.join(plan.restart_needed)} changed and apply at the next restart"
+                    if plan.restart_needed
+                    else ""
+                ),
+            )
+        if self.store is not None:
+            self.store.record_audit(plan.audit)
+        return plan.settings is not None
+
+    def _apply(self, settings: Settings) -> None:
+        """Hand the stages that read rules, destinations and export settings
+        the new ones (each reads them afresh at every round or delivery)."""
+        self.settings = settings
+        if self.router is not None:
+            self.router.config = settings.routing
+        if self.assembler is not None and isinstance(self.assembler.policy, CompletionPolicy):
+            self.assembler.policy.config = settings.routing
+        if self.dispatcher is not None:
+            self.dispatcher.settings = settings
+            self.dispatcher.config = settings.export
+        if self.runner is not None:
+            self.runner.destinations = settings.destinations
+
+    def request_reload(self) -> None:
+        """Ask :meth:`serve_forever` to reload (safe from a signal handler)."""
+        self._reload_requested.set()
+
     def request_stop(self) -> None:
         """Ask :meth:`serve_forever` to return (safe from a signal handler)."""
         self._stop.set()
@@ -745,11 +828,18 @@ class Node:
             LOGGER.info("received %s, shutting down", signal.Signals(signum).name)
             self.request_stop()
 
+        def _on_hangup(signum: int, frame: FrameType | None) -> None:
+            self.request_reload()
+
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGHUP, _on_hangup)
         self.start()
         try:
-            while not self._stop.wait(1.0):
+            while not self._stop.wait(0.2):
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    self.reload()
                 self.supervise()
         finally:
             self.stop()

@@ -58,13 +58,13 @@ def test_send_studies_and_jobs(make_settings, start_node, ct_series, tmp_path):
     store = SQLiteJobStore(settings.database_path)
     (job,) = wait_for_state(store, series.study_uid, JobState.DISCARDED, timeout=20)
 
-    studies = dicomnode("studies", "-c", str(config))
+    studies = dicomnode("studies", "--full", "-c", str(config))
     assert studies.returncode == 0, studies.stderr
     (row,) = [line for line in studies.stdout.splitlines() if series.study_uid in line]
     assert row.split()[1:8] == ["CT", "1", "6", "0", "0", "1", "DISCARDED"]
     assert "PHANTOM" not in studies.stdout  # no patient data in the table
 
-    jobs = dicomnode("jobs", "-c", str(config))
+    jobs = dicomnode("jobs", "--full", "-c", str(config))
     assert jobs.returncode == 0
     (jrow,) = [line.split() for line in jobs.stdout.splitlines() if series.study_uid in line]
     assert jrow[:6] == [str(job.id), "study", series.study_uid, "1", "DISCARDED", "6"]

@@ -14,17 +14,19 @@ import logging
 import time
 from collections.abc import Callable
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
 from dicomnode.config import AssemblyConfig
 from dicomnode.jobs import Job, JobStore
-from dicomnode.scheduling import every
+from dicomnode.scheduling import Loop, Wakeup
 
 LOGGER = logging.getLogger(__name__)
 
+#: The shortest wait between two passes: a round due "now" by a float's width
+#: is completed by the next pass, not spun on.
+MIN_WAIT_SECONDS = 0.005
+
 
 class Assembler:
-    """Completes study rounds on time, driven by APScheduler.
+    """Completes study rounds on time, in a thread of its own.
 
     Parameters
     ----------
@@ -52,7 +54,25 @@ class Assembler:
         self.store = store
         self.clock = clock
         self.policy = policy
-        self._scheduler: BackgroundScheduler | None = None
+        self._loop = Loop(self.JOB_ID, self._pass, config.poll_seconds, self._failed)
+
+    @property
+    def wakeup(self) -> Wakeup:
+        """Set it when a round opened or changed (the wiring does, on the job
+        store's commits): the next due time is looked up again at once."""
+        return self._loop.wakeup
+
+    def _failed(self, exc: Exception) -> None:
+        LOGGER.error("assembly: pass failed, retrying at the next poll", exc_info=exc)
+
+    def _pass(self) -> float | None:
+        """One pass; returns how long until the next round falls due (the loop
+        waits no longer than that, nor than ``poll_seconds``)."""
+        self.run_once()
+        if self.policy is not None:
+            return None  # per-study timing: the poll interval bounds the delay
+        due = self.store.next_due(self.config.quiet_seconds, self.config.max_wait_seconds)
+        return None if due is None else max(MIN_WAIT_SECONDS, due - self.clock())
 
     def run_once(self) -> list[int]:
         """Complete every round that is due now; return their job ids."""
@@ -81,18 +101,17 @@ class Assembler:
         return completed
 
     def start(self) -> None:
-        """Check due rounds now and then every ``poll_seconds``."""
-        self._scheduler = every(self.config.poll_seconds, self.run_once, self.JOB_ID)
+        """Check due rounds now, then whenever the next round falls due, at
+        least every ``poll_seconds``."""
+        self._loop.start()
         pending = self.store.next_due(self.config.quiet_seconds, self.config.max_wait_seconds)
         if pending is not None:
             LOGGER.info("resuming assembly: next study due in %.1f s", pending - self.clock())
 
     def alive(self) -> bool:
-        """Whether its periodic check is scheduled and running."""
-        return self._scheduler is not None and bool(self._scheduler.running)
+        """Whether its thread runs."""
+        return self._loop.alive()
 
     def stop(self) -> None:
-        """Stop the scheduler, waiting for a check in progress."""
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=True)
-            self._scheduler = None
+        """Stop, waiting for a check in progress."""
+        self._loop.stop()

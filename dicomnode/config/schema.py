@@ -250,6 +250,15 @@ class PipelineSettings(_Model):
     nnunet: NnUNetSettings | None = Field(
         default=None, description="For nnunet: the trained-model folder's manifest and options."
     )
+    model: str | None = Field(
+        default=None,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description=(
+            "For torchscript and onnx: the model manifest's name "
+            "(<runner.models_dir>/<model>.yaml), whose files hold the network and its model card."
+        ),
+    )
 
 
 class RunnerConfig(_Model):

@@ -30,7 +30,6 @@ import os
 import random
 import shutil
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from itertools import groupby
@@ -57,8 +56,9 @@ from dicomnode.export.storescu import (
     send_files,
     status_category,
 )
-from dicomnode.jobs import Job, OutboxItem, SQLiteJobStore
+from dicomnode.jobs import AuditEntry, AuditEvent, Job, OutboxItem, SQLiteJobStore
 from dicomnode.metrics import ExportMetrics
+from dicomnode.scheduling import Loop, Wakeup
 
 LOGGER = logging.getLogger(__name__)
 
@@ -103,11 +103,20 @@ def _tls_args(
 class Delivery:
     """The outcome of delivering one group."""
 
-    def __init__(self, delivered: list[int], retry: list[int], dead: list[int], error: str):
+    def __init__(
+        self,
+        delivered: list[int],
+        retry: list[int],
+        dead: list[int],
+        error: str,
+        acks: list[str] | None = None,
+    ):
         self.delivered = delivered
         self.retry = retry
         self.dead = dead
         self.error = error
+        self.acks = acks or []
+        """The HL7 ACK codes (MSA-1) the receiver answered with."""
 
 
 def patient_conflict(files: list[str]) -> str | None:
@@ -162,8 +171,7 @@ class Dispatcher:
         self.config: ExportConfig = settings.export
         self.store = store
         self.clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Loop("dicomnode-export", self._pass, self.config.poll_seconds, self._failed)
         self._checked: set[int] = set()
 
     # -- scheduling -------------------------------------------------------
@@ -177,8 +185,11 @@ class Dispatcher:
         spread = random.uniform(-self.config.jitter, self.config.jitter)  # noqa: S311
         return float(max(0.0, base * (1.0 + spread)))
 
-    def tick(self) -> None:
-        """Start new exports, deliver what is due, settle finished runs."""
+    def tick(self) -> bool:
+        """Start new exports, deliver what is due, settle finished runs; return
+        whether anything was delivered (a notification waiting for those
+        objects may be due now)."""
+        delivered = False
         self.store.start_exports()
         now = self.clock()
         due = self.store.due_deliveries(now)
@@ -192,7 +203,7 @@ class Dispatcher:
                 continue
             if items[0].kind == "notification" and self._waiting(job_id, destination, items):
                 continue
-            self._deliver(job_id, destination, items)
+            delivered = self._deliver(job_id, destination, items) or delivered
         for job in self.store.settle_exports():
             LOGGER.info(
                 "job %d: export %s (%s)",
@@ -201,6 +212,7 @@ class Dispatcher:
                 job.reason,
                 extra={"study_uid": job.study_instance_uid, "job_id": job.id},
             )
+        return delivered
 
     def _gate(self, job_id: int) -> bool:
         """Run the patient safety gate once per run; True when it held the run."""
@@ -257,7 +269,7 @@ class Dispatcher:
 
     # -- delivery ---------------------------------------------------------
 
-    def _deliver(self, job_id: int, destination: str, items: list[OutboxItem]) -> None:
+    def _deliver(self, job_id: int, destination: str, items: list[OutboxItem]) -> bool:
         target = self.settings.destinations.get(destination)
         ids = [i.id for i in items]
         try:
@@ -287,6 +299,7 @@ class Dispatcher:
             else:
                 next_at = self.clock() + self.delay(attempts - 1)
                 self.store.record_delivery(outcome.retry, "PENDING", outcome.error, next_at)
+        self._audit(job_id, destination, target, items, outcome, attempts)
         extra = {"job_id": job_id}
         if outcome.retry or outcome.dead:
             LOGGER.warning(
@@ -301,6 +314,57 @@ class Dispatcher:
             LOGGER.info(
                 "job %d → %s: %d item(s) delivered", job_id, destination, len(ids), extra=extra
             )
+        return bool(outcome.delivered)
+
+    def _audit(
+        self,
+        job_id: int,
+        destination: str,
+        target: object,
+        items: list[OutboxItem],
+        outcome: Delivery,
+        attempts: int,
+    ) -> None:
+        """One audit row per attempt to deliver a run's items to a destination."""
+        delivered = set(outcome.delivered)
+        try:
+            study = self.store.get_job(job_id).study_instance_uid
+        except JobStoreError:
+            study = None
+        hl7 = isinstance(target, HL7Destination)
+        detail: dict[str, object] = {
+            "attempt": attempts,
+            "delivered": [i.sop_instance_uid or i.path for i in items if i.id in delivered]
+            if not hl7
+            else len(outcome.delivered),
+            "failed": len(outcome.retry) + len(outcome.dead),
+        }
+        if hl7:
+            detail["ack"] = outcome.acks
+        else:
+            detail["sop_instance_uids"] = [i.sop_instance_uid for i in items]
+        if outcome.error:
+            detail["error"] = outcome.error
+        if not outcome.retry and not outcome.dead:
+            result = "success"
+        elif outcome.delivered:
+            result = "partial"
+        else:
+            result = "failure"
+        try:
+            self.store.record_audit(
+                AuditEntry(
+                    AuditEvent.HL7_SENT if hl7 else AuditEvent.RESULTS_SENT,
+                    "node",
+                    action="ORU^R01" if hl7 else getattr(target, "type", "unknown"),
+                    target=destination,
+                    outcome=result,
+                    study_instance_uid=study,
+                    detail=detail,
+                )
+            )
+        except JobStoreError as exc:
+            LOGGER.error("job %d: could not write the audit row of a delivery: %s", job_id, exc)
 
     @staticmethod
     def _to_folder(target: FolderDestination, items: list[OutboxItem]) -> Delivery:
@@ -361,6 +425,7 @@ class Dispatcher:
         retry: list[int] = []
         dead: list[int] = []
         errors: list[str] = []
+        acks: list[str] = []
         for item in items:
             if item.body is None:
                 errors.append(
@@ -379,47 +444,53 @@ class Dispatcher:
                     tls=_tls_args(target, target.host),
                 )
             except HL7Error as exc:
-                if isinstance(exc, HL7NackError) and self.metrics is not None:
-                    self.metrics.ack(name, exc.code)
+                if isinstance(exc, HL7NackError):
+                    acks.append(exc.code)
+                    if self.metrics is not None:
+                        self.metrics.ack(name, exc.code)
                 errors.append(str(exc))
                 (dead if exc.permanent else retry).append(item.id)
             except OSError as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
                 retry.append(item.id)
             else:
+                acks.append(ack.code)
                 if self.metrics is not None:
                     self.metrics.ack(name, ack.code)
                 delivered.append(item.id)
-        return Delivery(delivered, retry, dead, "; ".join(errors))
+        return Delivery(delivered, retry, dead, "; ".join(errors), acks)
 
     # -- lifecycle --------------------------------------------------------
 
     def start(self) -> None:
-        """Deliver in a background thread every ``export.poll_seconds``."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="dicomnode-export", daemon=True)
-        self._thread.start()
+        """Deliver in a background thread: when woken (:attr:`wakeup`), at
+        least every ``export.poll_seconds``."""
+        self._loop.start()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except JobStoreError as exc:
-                LOGGER.error("export: job store error, retrying: %s", exc)
-            except Exception:
-                # The thread boundary: an unforeseen error in one delivery (a bug, a
-                # malformed object) must not stop every later export silently. It is
-                # logged with its traceback; the rows stay PENDING and are tried again.
-                LOGGER.exception("export: unexpected error; the next poll tries again")
-            self._stop.wait(self.config.poll_seconds)
+    @property
+    def wakeup(self) -> Wakeup:
+        """Set it when a run's results were written (the wiring does, on the
+        job store's commits): their export starts at once, not at the next poll."""
+        return self._loop.wakeup
+
+    def _pass(self) -> float | None:
+        # a delivery may have made a notification due: look again at once
+        return 0.0 if self.tick() else None
+
+    @staticmethod
+    def _failed(exc: Exception) -> None:
+        if isinstance(exc, JobStoreError):
+            LOGGER.error("export: job store error, retrying: %s", exc)
+            return
+        # The thread boundary: an unforeseen error in one delivery (a bug, a
+        # malformed object) must not stop every later export silently. It is
+        # logged with its traceback; the rows stay PENDING and are tried again.
+        LOGGER.error("export: unexpected error; the next poll tries again", exc_info=exc)
 
     def alive(self) -> bool:
         """Whether the delivery thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._loop.alive()
 
     def stop(self) -> None:
         """Stop after the delivery in progress."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._loop.stop()

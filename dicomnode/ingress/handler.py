@@ -8,8 +8,9 @@ protocol boundary, and nowhere else.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from pydicom.dataset import Dataset
 from dicomnode.errors import IncompleteDatasetError, InvalidUIDError, JobStoreError, SpoolWriteError
 from dicomnode.ingress.integrity import check_complete_file
 from dicomnode.ingress.sameness import same_content
-from dicomnode.jobs import InstanceRecord, JobStore
+from dicomnode.jobs import AuditEntry, AuditEvent, InstanceRecord, JobStore
 from dicomnode.logs import escape
 from dicomnode.spool import Spool, validate_uid
 
@@ -42,7 +43,39 @@ _HEADER_TAGS = [
     "SOPInstanceUID",
     "SOPClassUID",
     "Modality",
+    # for the audit trail only: never logged
+    "PatientID",
+    "PatientName",
+    "AccessionNumber",
 ]
+
+
+def _identifier(ds: Dataset, keyword: str) -> str | None:
+    """A patient or order identifier as received (for the audit trail only)."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - an unparsable value is simply not recorded
+        return None
+    text = "" if value is None else str(value).strip()
+    return text[:256] or None
+
+
+@dataclass
+class _StudyTally:
+    """What one association stored of one study (one audit row)."""
+
+    instances: int = 0
+    series: set[str] = field(default_factory=set)
+    patient_id: str | None = None
+    patient_name: str | None = None
+    accession_number: str | None = None
+
+
+@dataclass
+class _AssociationTally:
+    calling_ae: str
+    address: str
+    studies: dict[str, _StudyTally] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,6 +121,93 @@ class StoreHandler:
     def __init__(self, spool: Spool, store: JobStore) -> None:
         self.spool = spool
         self.store = store
+        self._tallies: dict[int, _AssociationTally] = {}
+        self._tally_lock = threading.Lock()
+
+    # -- audit trail ---------------------------------------------------------
+
+    def _audit(self, entries: list[AuditEntry]) -> None:
+        try:
+            self.store.record_audits(entries)
+        except JobStoreError as exc:
+            LOGGER.error("could not write %d audit row(s): %s", len(entries), exc)
+
+    def association_accepted(self, assoc: Any) -> None:
+        """Record an accepted association in the audit trail."""
+        calling_ae = str(assoc.requestor.ae_title).strip()
+        address = f"{assoc.requestor.address}:{assoc.requestor.port}"
+        with self._tally_lock:
+            self._tallies[id(assoc)] = _AssociationTally(calling_ae, address)
+        self._audit(
+            [
+                AuditEntry(
+                    AuditEvent.ASSOCIATION_ACCEPTED,
+                    calling_ae,
+                    action="A-ASSOCIATE",
+                    target=str(assoc.requestor.primitive.called_ae_title).strip(),
+                    address=address,
+                )
+            ]
+        )
+
+    def association_refused(self, calling_ae: str, called_ae: str, address: str, why: str) -> None:
+        """Record a refused association in the audit trail."""
+        self._audit(
+            [
+                AuditEntry(
+                    AuditEvent.ASSOCIATION_REFUSED,
+                    calling_ae,
+                    action="A-ASSOCIATE",
+                    target=called_ae,
+                    outcome="refused",
+                    address=address,
+                    detail={"reason": why},
+                )
+            ]
+        )
+
+    def _count(self, assoc: Any, uids: InstanceUIDs, ds: Dataset) -> None:
+        with self._tally_lock:
+            tally = self._tallies.get(id(assoc))
+            if tally is None:  # established before this handler saw it
+                tally = self._tallies[id(assoc)] = _AssociationTally(
+                    str(assoc.requestor.ae_title).strip(),
+                    f"{assoc.requestor.address}:{assoc.requestor.port}",
+                )
+            study = tally.studies.get(uids.study)
+            if study is None:
+                study = tally.studies[uids.study] = _StudyTally(
+                    patient_id=_identifier(ds, "PatientID"),
+                    patient_name=_identifier(ds, "PatientName"),
+                    accession_number=_identifier(ds, "AccessionNumber"),
+                )
+            study.instances += 1
+            study.series.add(uids.series)
+
+    def association_ended(self, assoc: Any) -> None:
+        """Record what the association stored: one row per study (called
+        when it is released, aborted or its connection closes; once)."""
+        with self._tally_lock:
+            tally = self._tallies.pop(id(assoc), None)
+        if tally is None or not tally.studies:
+            return
+        self._audit(
+            [
+                AuditEntry(
+                    AuditEvent.INSTANCES_STORED,
+                    tally.calling_ae,
+                    action="C-STORE",
+                    target=study_uid,
+                    study_instance_uid=study_uid,
+                    patient_id=study.patient_id,
+                    patient_name=study.patient_name,
+                    accession_number=study.accession_number,
+                    address=tally.address,
+                    detail={"instances": study.instances, "series": len(study.series)},
+                )
+                for study_uid, study in tally.studies.items()
+            ]
+        )
 
     def save(
         self, data: bytes | Path, uids: InstanceUIDs, transfer_syntax: str, calling_ae: str
@@ -238,7 +358,10 @@ class StoreHandler:
                 uids.sop,
             )
             return DATASET_DOES_NOT_MATCH
-        return self.save(path, uids, transfer_syntax, calling_ae)
+        status = self.save(path, uids, transfer_syntax, calling_ae)
+        if status == SUCCESS or status == CONFLICTING_DUPLICATE:
+            self._count(event.assoc, uids, ds)
+        return status
 
     def on_c_echo(self, event: Any) -> int:
         """``evt.EVT_C_ECHO``: always Success (the association works). When the

@@ -239,6 +239,7 @@ class IngressServer:
             # answer, whoever reads the metrics must find it counted
             if self.metrics is not None:
                 self.metrics.refuse("calling_ae_not_allowed")
+            self.handler.association_refused(calling_ae, called_ae, host, "calling AE not allowed")
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)
             event.assoc.kill()
         elif not self.policy.serves(called_ae):
@@ -250,6 +251,9 @@ class IngressServer:
             )
             if self.metrics is not None:
                 self.metrics.refuse("called_ae_not_served")
+            self.handler.association_refused(
+                calling_ae, called_ae, host, "called AE title not served"
+            )
             event.assoc.acse.send_reject(0x01, 0x01, 0x07)
             event.assoc.kill()
 
@@ -335,6 +339,7 @@ class IngressServer:
     def _on_established(self, event: Any) -> None:
         if self.metrics is not None:
             self.metrics.opened(id(event.assoc))
+        self.handler.association_accepted(event.assoc)
         LOGGER.info(
             "association from %s at %s established",
             escape(str(event.assoc.requestor.ae_title).strip()),
@@ -345,12 +350,14 @@ class IngressServer:
         """``evt.EVT_RELEASED`` / ``evt.EVT_ABORTED``: drop a dataset half
         received, count the association closed."""
         discard_partial_dataset(event)
+        self.handler.association_ended(event.assoc)
         if self.metrics is not None:
             self.metrics.closed(id(event.assoc))
 
     def _on_closed(self, event: Any) -> None:
         """``evt.EVT_CONN_CLOSE``: the connection ended, however it ended (a
         peer that drops the connection sends neither A-RELEASE nor A-ABORT)."""
+        self.handler.association_ended(event.assoc)
         if self.metrics is not None:
             self.metrics.closed(id(event.assoc))
 

@@ -1,5 +1,6 @@
 """The durable job store: states, legal transitions, timestamps."""
 
+from dicomnode.jobs.audit import AuditEntry, AuditEvent, AuditRecord
 from dicomnode.jobs.models import (
     InstanceRecord,
     Job,
@@ -11,11 +12,22 @@ from dicomnode.jobs.models import (
     Transition,
 )
 from dicomnode.jobs.sqlite import SQLiteJobStore
-from dicomnode.jobs.states import TRANSITIONS, JobState, check_transition
+from dicomnode.jobs.states import (
+    HOLDABLE,
+    TRANSITIONS,
+    JobState,
+    check_discard,
+    check_hold,
+    check_transition,
+)
 from dicomnode.jobs.store import JobStore
 
 __all__ = [
+    "HOLDABLE",
     "TRANSITIONS",
+    "AuditEntry",
+    "AuditEvent",
+    "AuditRecord",
     "InstanceRecord",
     "Job",
     "JobState",
@@ -27,5 +39,7 @@ __all__ = [
     "SQLiteJobStore",
     "Study",
     "Transition",
+    "check_discard",
+    "check_hold",
     "check_transition",
 ]

@@ -98,6 +98,10 @@ class Job:
     """Until when the worker's claim holds unless renewed; past it the run is reclaimed."""
     queued_at: float | None = None
     """When the run was last sent to its pipeline's queue (``celery``)."""
+    held_at: float | None = None
+    """When an admin held the job: it is not routed, run or delivered until released."""
+    held_by: str | None = None
+    """Who held it."""
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,12 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from dicomnode.errors import IllegalTransitionError, JobStoreError, NotFoundError, PurgedError
+from dicomnode.jobs.audit import AuditEntry, AuditEvent, AuditRecord
 from dicomnode.jobs.models import (
     InstanceRecord,
     Job,
@@ -29,10 +30,16 @@ from dicomnode.jobs.models import (
     Study,
     Transition,
 )
-from dicomnode.jobs.states import JobState, check_holder, check_transition
+from dicomnode.jobs.states import (
+    JobState,
+    check_discard,
+    check_hold,
+    check_holder,
+    check_transition,
+)
 from dicomnode.protocol import ResultMessage, ResultObject
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -183,6 +190,42 @@ CREATE TABLE IF NOT EXISTS promotions (
 );
 """
 
+# -- schema version 8: the audit trail and holds -------------------------
+#: Job columns: a job an admin held (``held_at``, ``held_by``) is not routed,
+#: run or delivered until released.
+_ADDED_HOLD_COLUMNS = {"held_at": "REAL", "held_by": "TEXT"}
+#: The audit trail (see :mod:`dicomnode.jobs.audit`): append-only, the
+#: triggers refuse every UPDATE and DELETE of a row.
+_SCHEMA_V8 = """
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    event TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL DEFAULT '',
+    target TEXT NOT NULL DEFAULT '',
+    outcome TEXT NOT NULL,
+    study_instance_uid TEXT,
+    patient_id TEXT,
+    patient_name TEXT,
+    accession_number TEXT,
+    address TEXT,
+    detail TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+CREATE INDEX IF NOT EXISTS audit_study ON audit (study_instance_uid);
+CREATE INDEX IF NOT EXISTS audit_patient ON audit (patient_id);
+CREATE INDEX IF NOT EXISTS audit_accession ON audit (accession_number);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only: rows cannot be changed'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only: rows cannot be deleted'); END;
+"""
+_AUDIT_COLUMNS = (
+    "id, at, event, actor, action, target, outcome, study_instance_uid, patient_id, "
+    "patient_name, accession_number, address, detail"
+)
+
 #: Indexes on columns an upgrade may have only just added.
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_instance_uid, purged_at);
@@ -193,7 +236,7 @@ _JOB_COLUMNS = (
     "last_instance_at, instance_count, attempts, reason, updated_at, pipeline, "
     "series_instance_uid, rule, destinations, notify, priority, next_attempt_at, traceback, "
     "result_dir, outbox_dir, purged_at, result_status, notify_after, shadow, out_of_range, "
-    "claimed_by, lease_until, queued_at"
+    "claimed_by, lease_until, queued_at, held_at, held_by"
 )
 #: Columns added after schema version 1, with their definitions (for upgrades).
 #: ``outbox_dir`` and ``purged_at`` came with retention (version 3),
@@ -282,6 +325,8 @@ def _job(row: sqlite3.Row) -> Job:
         claimed_by=row["claimed_by"],
         lease_until=row["lease_until"],
         queued_at=row["queued_at"],
+        held_at=row["held_at"],
+        held_by=row["held_by"],
     )
 
 
@@ -317,6 +362,10 @@ def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" for _ in values)
 
 
+#: Called after a commit with the states that jobs moved to (:meth:`SQLiteJobStore.on_commit`).
+CommitListener = Callable[[frozenset[JobState]], None]
+
+
 class SQLiteJobStore:
     """:class:`~dicomnode.jobs.store.JobStore` on a SQLite file.
 
@@ -334,6 +383,9 @@ class SQLiteJobStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock if callable(clock) else time.time
         self._lock = threading.RLock()
+        #: the states jobs moved to in the transaction in progress (under the lock)
+        self._moved: set[JobState] = set()
+        self._listeners: list[CommitListener] = []
         self._conn = sqlite3.connect(
             self.path, timeout=60.0, isolation_level=None, check_same_thread=False
         )
@@ -350,12 +402,14 @@ class SQLiteJobStore:
                 ("instances", _ADDED_INSTANCE_COLUMNS),
                 ("jobs", _ADDED_JOB_COLUMNS_V6),
                 ("jobs", _ADDED_LEASE_COLUMNS),
+                ("jobs", _ADDED_HOLD_COLUMNS),
             ):
                 present = {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}
                 for column, definition in added.items():
                     if column not in present:
                         self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
             self._conn.executescript(_SCHEMA_V6)
+            self._conn.executescript(_SCHEMA_V8)
             self._conn.executescript(_INDEXES)
         with self._write() as cur:
             cur.execute(
@@ -368,12 +422,28 @@ class SQLiteJobStore:
         assert isinstance(value, float | int)
         return float(value)
 
+    def on_commit(self, listener: CommitListener) -> None:
+        """Call ``listener`` after every transaction of this store object that
+        committed job transitions, with the states the jobs moved to.
+
+        It runs in the committing thread, after the commit and outside the
+        store's lock, so it must be quick and must not raise (a stage's
+        :class:`~dicomnode.scheduling.Wakeup` ``set`` is). A transaction that
+        rolled back calls nothing. Commits by other processes (receiving
+        processes, Celery workers) are not seen: the stages' polling finds
+        those.
+        """
+        self._listeners.append(listener)
+
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[sqlite3.Cursor]:
         """One transaction opened with ``begin``: committed, or rolled back when
-        the block raises; SQLite errors become :class:`JobStoreError`."""
+        the block raises; SQLite errors become :class:`JobStoreError`. After a
+        commit that recorded transitions the :meth:`on_commit` listeners run."""
+        moved: frozenset[JobState] = frozenset()
         with self._lock:
             cur = self._conn.cursor()
+            self._moved.clear()
             try:
                 cur.execute(begin)
                 try:
@@ -382,10 +452,15 @@ class SQLiteJobStore:
                     cur.execute("ROLLBACK")
                     raise
                 cur.execute("COMMIT")
+                moved = frozenset(self._moved)
             except sqlite3.Error as exc:
                 raise JobStoreError(f"job store {self.path.name}: {exc}") from exc
             finally:
+                self._moved.clear()
                 cur.close()
+        if moved:
+            for listener in self._listeners:
+                listener(moved)
 
     def _write(self) -> AbstractContextManager[sqlite3.Cursor]:
         """A write transaction, holding SQLite's write lock from its start."""
@@ -402,8 +477,8 @@ class SQLiteJobStore:
         """A read transaction: every query inside sees the same database state."""
         return self._transaction("BEGIN")
 
-    @staticmethod
     def _add_transition(
+        self,
         cur: sqlite3.Cursor,
         job_id: int,
         from_state: JobState | None,
@@ -416,6 +491,7 @@ class SQLiteJobStore:
             "VALUES (?, ?, ?, ?, ?)",
             (job_id, None if from_state is None else str(from_state), str(to_state), at, reason),
         )
+        self._moved.add(to_state)
 
     # -- ingress ---------------------------------------------------------
 
@@ -770,6 +846,8 @@ class SQLiteJobStore:
             current = JobState(row["state"])
             if current != JobState.COMPLETE:
                 raise IllegalTransitionError(f"job {job_id} is {current}, not COMPLETE")
+            if _job_row(cur, job_id, "held_at")["held_at"] is not None:
+                raise IllegalTransitionError(f"job {job_id} is held")
             cur.execute(
                 "UPDATE jobs SET state = ?, updated_at = ?, reason = ? WHERE id = ?",
                 (str(target), now, reason, job_id),
@@ -828,7 +906,7 @@ class SQLiteJobStore:
         with self._write() as cur:
             rows = cur.execute(
                 "SELECT id, state FROM jobs WHERE kind = 'run' AND (state = ? "
-                "OR (state = ? AND COALESCE(next_attempt_at, 0) <= ?)) "
+                "OR (state = ? AND COALESCE(next_attempt_at, 0) <= ?)) AND held_at IS NULL "
                 "ORDER BY priority DESC, id LIMIT ?",
                 (str(JobState.ROUTED), str(JobState.FAILED_RETRYABLE), now, limit),
             ).fetchall()
@@ -874,7 +952,10 @@ class SQLiteJobStore:
         now = self._now()
         with self._write() as cur:
             row = _job_row(
-                cur, job_id, "state, destinations, notify, shadow, claimed_by, lease_until"
+                cur,
+                job_id,
+                "state, destinations, notify, shadow, claimed_by, lease_until, "
+                "study_instance_uid, pipeline",
             )
             current = JobState(row["state"])
             check_holder(job_id, current, row["claimed_by"], row["lease_until"], claimant=claimant)
@@ -896,6 +977,25 @@ class SQLiteJobStore:
             notify = [] if shadow_only else json.loads(row["notify"])
             built = {message.destination: message for message in messages}
             cur.execute("DELETE FROM outbox WHERE job_id = ?", (job_id,))
+            self._insert_audit(
+                cur,
+                now,
+                AuditEntry(
+                    AuditEvent.RESULTS_WRITTEN,
+                    claimant or "node",
+                    action=str(row["pipeline"] or ""),
+                    target=f"job {job_id}",
+                    study_instance_uid=row["study_instance_uid"],
+                    detail={
+                        "objects": [
+                            {"type": item.kind, "sop_instance_uid": item.sop_instance_uid}
+                            for item in objects
+                        ],
+                        "messages": len(messages),
+                        "shadow": bool(row["shadow"]),
+                    },
+                ),
+            )
             rows: list[tuple[object, ...]] = [
                 (
                     destination,
@@ -1030,7 +1130,7 @@ class SQLiteJobStore:
         lost, e.g. with a broker that restarted empty)."""
         rows = self._read(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE kind = 'run' AND (state = ? "
-            "OR (state = ? AND COALESCE(next_attempt_at, 0) <= ?)) "
+            "OR (state = ? AND COALESCE(next_attempt_at, 0) <= ?)) AND held_at IS NULL "
             "AND (queued_at IS NULL OR queued_at + ? <= ?) "
             "ORDER BY priority DESC, id LIMIT ?",
             (
@@ -1059,10 +1159,11 @@ class SQLiteJobStore:
         """
         with self._write() as cur:
             row = cur.execute(
-                "SELECT state, next_attempt_at, purged_at FROM jobs WHERE id = ? AND kind = 'run'",
+                "SELECT state, next_attempt_at, purged_at, held_at FROM jobs "
+                "WHERE id = ? AND kind = 'run'",
                 (job_id,),
             ).fetchone()
-            if row is None or row["purged_at"] is not None:
+            if row is None or row["purged_at"] is not None or row["held_at"] is not None:
                 return None
             current = JobState(row["state"])
             due = current == JobState.ROUTED or (
@@ -1105,7 +1206,7 @@ class SQLiteJobStore:
         now = self._now()
         with self._write() as cur:
             rows = cur.execute(
-                "SELECT id FROM jobs WHERE kind = 'run' AND state = ?",
+                "SELECT id FROM jobs WHERE kind = 'run' AND state = ? AND held_at IS NULL",
                 (str(JobState.RESULTS_WRITTEN),),
             ).fetchall()
             for row in rows:
@@ -1123,7 +1224,7 @@ class SQLiteJobStore:
         columns = ", ".join(f"o.{c}" for c in _OUTBOX_COLUMNS.split(", "))
         rows = self._read(
             f"SELECT {columns} FROM outbox o JOIN jobs j ON j.id = o.job_id "
-            "WHERE j.state = ? AND o.state = 'PENDING' "
+            "WHERE j.state = ? AND j.held_at IS NULL AND o.state = 'PENDING' "
             "AND COALESCE(o.next_attempt_at, 0) <= ? ORDER BY o.job_id, o.destination, o.id",
             (str(JobState.EXPORTING), now),
         )
@@ -1444,6 +1545,22 @@ class SQLiteJobStore:
                 f"DELETE FROM instances WHERE job_id IN ({_marks(ids)})", ids
             ).rowcount
             cur.execute(f"UPDATE jobs SET purged_at = ? WHERE id IN ({_marks(ids)})", (now, *ids))
+            self._insert_audit(
+                cur,
+                now,
+                AuditEntry(
+                    AuditEvent.RETENTION_PURGE,
+                    "node",
+                    action="purge",
+                    target=plan.study_instance_uid,
+                    study_instance_uid=plan.study_instance_uid,
+                    detail={
+                        "jobs": ids,
+                        "instances": int(deleted),
+                        "files": len(plan.files),
+                    },
+                ),
+            )
         return int(deleted)
 
     def record_descriptors(self, job_id: int, pipeline: str, document: str) -> None:
@@ -1688,6 +1805,184 @@ class SQLiteJobStore:
                 "WHERE id = ?",
                 (state, scores, reason, self._now(), correction_id),
             )
+
+    # -- holds and discards (admin) --------------------------------------
+
+    def hold_job(self, job_id: int, actor: str) -> Job:
+        """Hold a job: it is not routed, run or delivered until released.
+
+        Raises
+        ------
+        NotFoundError
+            No such job.
+        IllegalTransitionError
+            It is already held, purged, or in a state with nothing to hold
+            (see :func:`~dicomnode.jobs.states.check_hold`).
+        """
+        now = self._now()
+        with self._write() as cur:
+            row = _job_row(cur, job_id, "state, held_at, purged_at", live=True)
+            if row["held_at"] is not None:
+                raise IllegalTransitionError(f"job {job_id} is already held")
+            check_hold(job_id, JobState(row["state"]))
+            cur.execute(
+                "UPDATE jobs SET held_at = ?, held_by = ?, updated_at = ? WHERE id = ?",
+                (now, actor, now, job_id),
+            )
+        return self.get_job(job_id)
+
+    def release_job(self, job_id: int) -> Job:
+        """Release a held job: the stages take it up again where it stood.
+
+        Raises
+        ------
+        NotFoundError
+            No such job.
+        IllegalTransitionError
+            It is not held.
+        """
+        now = self._now()
+        with self._write() as cur:
+            row = _job_row(cur, job_id, "held_at")
+            if row["held_at"] is None:
+                raise IllegalTransitionError(f"job {job_id} is not held")
+            cur.execute(
+                "UPDATE jobs SET held_at = NULL, held_by = NULL, updated_at = ? WHERE id = ?",
+                (now, job_id),
+            )
+        return self.get_job(job_id)
+
+    def discard_job(self, job_id: int, reason: str) -> Job:
+        """Give up a DEAD or held job for good: → DISCARDED, its undelivered
+        outbox rows DEAD with ``reason`` (retention later purges it).
+
+        Raises
+        ------
+        NotFoundError
+            No such job.
+        IllegalTransitionError
+            Discarding it would lose work (see :func:`~dicomnode.jobs.states.check_discard`).
+        """
+        now = self._now()
+        with self._write() as cur:
+            row = _job_row(cur, job_id, "state, held_at")
+            current = JobState(row["state"])
+            check_discard(job_id, current, held=row["held_at"] is not None)
+            cur.execute(
+                "UPDATE outbox SET state = 'DEAD', last_error = ?, updated_at = ? "
+                "WHERE job_id = ? AND state = 'PENDING'",
+                (reason, now, job_id),
+            )
+            cur.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, reason = ?, held_at = NULL, "
+                "held_by = NULL, next_attempt_at = NULL WHERE id = ?",
+                (str(JobState.DISCARDED), now, reason, job_id),
+            )
+            self._add_transition(cur, job_id, current, JobState.DISCARDED, now, reason)
+        return self.get_job(job_id)
+
+    # -- audit trail -----------------------------------------------------
+
+    @staticmethod
+    def _insert_audit(cur: sqlite3.Cursor, at: float, entry: AuditEntry) -> int:
+        cur.execute(
+            f"INSERT INTO audit ({_AUDIT_COLUMNS.removeprefix('id, ')}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                at,
+                str(entry.event),
+                entry.actor,
+                entry.action,
+                entry.target,
+                entry.outcome,
+                entry.study_instance_uid,
+                entry.patient_id,
+                entry.patient_name,
+                entry.accession_number,
+                entry.address,
+                json.dumps(entry.detail, sort_keys=True, default=str),
+            ),
+        )
+        return int(cur.lastrowid or 0)
+
+    def record_audit(self, entry: AuditEntry) -> int:
+        """Append one event to the audit trail; return its row id."""
+        now = self._now()
+        with self._write() as cur:
+            return self._insert_audit(cur, now, entry)
+
+    def record_audits(self, entries: Sequence[AuditEntry]) -> None:
+        """Append several events in one transaction."""
+        now = self._now()
+        with self._write() as cur:
+            for entry in entries:
+                self._insert_audit(cur, now, entry)
+
+    def audit_records(
+        self,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        after_id: int | None = None,
+        event: str | None = None,
+        actor: str | None = None,
+        study_instance_uid: str | None = None,
+        patient_id: str | None = None,
+        accession_number: str | None = None,
+        limit: int | None = None,
+        oldest_first: bool = False,
+    ) -> list[AuditRecord]:
+        """Audit rows matching every filter given, newest first (or oldest first)."""
+        clauses: list[str] = []
+        params: list[object] = []
+        for column, value, op in (
+            ("at", since, ">="),
+            ("at", until, "<"),
+            ("id", after_id, ">"),
+            ("event", event, "="),
+            ("actor", actor, "="),
+            ("study_instance_uid", study_instance_uid, "="),
+            ("patient_id", patient_id, "="),
+            ("accession_number", accession_number, "="),
+        ):
+            if value is not None:
+                clauses.append(f"{column} {op} ?")
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        order = "ASC" if oldest_first else "DESC"
+        bound = ""
+        if limit is not None:
+            bound = "LIMIT ?"
+            params.append(limit)
+        rows = self._read(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit {where} ORDER BY id {order} {bound}",
+            tuple(params),
+        )
+        return [
+            AuditRecord(
+                id=row["id"],
+                at=row["at"],
+                entry=AuditEntry(
+                    event=AuditEvent(row["event"]),
+                    actor=row["actor"],
+                    action=row["action"],
+                    target=row["target"],
+                    outcome=row["outcome"],
+                    study_instance_uid=row["study_instance_uid"],
+                    patient_id=row["patient_id"],
+                    patient_name=row["patient_name"],
+                    accession_number=row["accession_number"],
+                    address=row["address"],
+                    detail=json.loads(row["detail"]),
+                ),
+            )
+            for row in rows
+        ]
+
+    def last_audit_id(self) -> int:
+        """The id of the newest audit row (0 when there is none)."""
+        rows = self._read("SELECT COALESCE(MAX(id), 0) AS last FROM audit")
+        return int(rows[0]["last"])
 
     def close(self) -> None:
         """See :meth:`dicomnode.jobs.store.JobStore.close`."""

@@ -57,6 +57,47 @@ def check_transition(current: JobState, target: JobState) -> None:
         )
 
 
+#: States in which an admin may hold a job: it waits there, not routed, run
+#: or delivered, until released. A RUNNING run is on a worker (hold it after
+#: it wrote its results); DONE, DISCARDED and DEAD have nothing left to hold.
+HOLDABLE: frozenset[JobState] = frozenset(
+    {S.RECEIVED, S.COMPLETE, S.ROUTED, S.FAILED_RETRYABLE, S.RESULTS_WRITTEN, S.EXPORTING}
+)
+
+
+def check_hold(job_id: int, current: JobState) -> None:
+    """Raise unless a job in ``current`` may be held.
+
+    Raises
+    ------
+    IllegalTransitionError
+        ``current`` is not in :data:`HOLDABLE`.
+    """
+    if current not in HOLDABLE:
+        allowed = ", ".join(sorted(HOLDABLE))
+        raise IllegalTransitionError(
+            f"job {job_id} is {current}: only a job in {allowed} can be held"
+        )
+
+
+def check_discard(job_id: int, current: JobState, *, held: bool) -> None:
+    """Raise unless discarding a job in ``current`` loses nothing: a DEAD job
+    (it gave up already), or a held one (an admin stopped it on purpose).
+
+    Raises
+    ------
+    IllegalTransitionError
+        The job is live (not held) or finished.
+    """
+    if current == S.DEAD or (held and current in HOLDABLE):
+        return
+    why = "it is not held" if current in HOLDABLE else "there is nothing to discard"
+    raise IllegalTransitionError(
+        f"job {job_id} is {current} and {why}: only a DEAD job or a held one can be "
+        "discarded (hold it first)"
+    )
+
+
 def check_holder(
     job_id: int,
     current: JobState,

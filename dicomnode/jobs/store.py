@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from dicomnode.jobs.audit import AuditEntry
 from dicomnode.jobs.models import (
     InstanceRecord,
     Job,
@@ -180,6 +181,10 @@ class JobStore(Protocol):
     def mark_purged(self, plan: PurgePlan, now: float) -> int | None:
         """Delete the plan's instance rows and mark its jobs purged, if they did
         not move meanwhile; return the rows deleted, or ``None``."""
+        ...
+
+    def record_audits(self, entries: Sequence[AuditEntry]) -> None:
+        """Append events to the audit trail, in one transaction."""
         ...
 
     def close(self) -> None:

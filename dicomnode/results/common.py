@@ -354,6 +354,7 @@ def result_codes(result: PipelineResult) -> list[Code]:
     for item in result.measurements:
         found += [item.concept, item.unit]
     found += [finding.concept for finding in result.findings]
+    found += [detection.concept for detection in result.detections]
     return found
 
 
@@ -361,6 +362,7 @@ def result_texts(result: PipelineResult, context: ResultContext) -> list[str]:
     """The texts a writer takes from ``result`` and ``context`` (not from the source)."""
     found = [context.pipeline_name, context.pipeline_version, context.node_name]
     found += [segment.name for segment in result.segments]
+    found += [detection.name for detection in result.detections]
     found += [text for code in result_codes(result) for text in (code.value, code.meaning)]
     for model in result.models:
         found += [model.name, model.version, model.sha256]

@@ -35,6 +35,10 @@ The message
               OBX-4 = the segment's label (empty for whole-volume measurements)
     OBX  NM   one per finding: the probability (unit 1), OBX-7 <threshold,
               OBX-8 A when positive, N when below its threshold
+    OBX  NM   one per detection: the score of its concept (unit 1), OBX-4 D<n>,
+              OBX-7 <threshold, OBX-8 A
+    OBX  TX   BOX^Bounding box^L: where the detection is (OBX-4 D<n>): its central
+              slice and the slices, rows and columns it spans, its size in mm
     OBX  RP   126000^Imaging Measurement Report^DCM = the SR's SOP Instance UID^^AP^DICOM
     OBX  RP   SEG^Segmentation^DCM = the SEG's SOP Instance UID^^AP^DICOM
 
@@ -73,6 +77,7 @@ from pydicom.dataset import Dataset
 
 from dicomnode.protocol import (
     Code,
+    Detection,
     NotificationTarget,
     PipelineResult,
     ResultContext,
@@ -117,6 +122,7 @@ _SR_CODE = Code("126000", "DCM", "Imaging Measurement Report")
 _SEG_CODE = Code("SEG", "DCM", "Segmentation")
 _FINDING_SITE = Code("363698007", "SCT", "Finding Site")
 _SUMMARY_CODE = Code("SUMMARY", "L", "Result summary")
+_BOX_CODE = Code("BOX", "L", "Bounding box")
 _PROBABILITY_UNIT = Code("1", "UCUM", "1")
 
 
@@ -312,8 +318,27 @@ def _person_name(pn: str) -> tuple[str, str, str, str, str]:
 
 
 def abnormal(result: PipelineResult) -> bool:
-    """Whether any finding of ``result`` is positive (reaches its threshold)."""
-    return any(finding.positive for finding in result.findings)
+    """Whether any finding of ``result`` is positive (reaches its threshold), or
+    anything was detected."""
+    return any(finding.positive for finding in result.findings) or bool(result.detections)
+
+
+def _box_text(detection: Detection, volume: Volume) -> str:
+    """Where a detection is, for a reader: its central slice, the slices, rows
+    and columns it spans (1-based) and its size in mm."""
+    s0, r0, c0, s1, r1, c1 = detection.box
+    slices, rows, columns = volume.array.shape
+    size = " x ".join(
+        f"{(b - a) * spacing:.1f}"
+        for a, b, spacing in ((c0, c1, volume.spacing[2]), (r0, r1, volume.spacing[1]),
+                              (s0, s1, volume.spacing[0]))
+    )  # fmt: skip
+    name = detection.name or detection.concept.meaning
+    return (
+        f"{name}: central slice {int((s0 + s1) / 2) + 1} of {slices}, slices "
+        f"{int(s0) + 1}-{math.ceil(s1)}, rows {int(r0) + 1}-{math.ceil(r1)} of {rows}, "
+        f"columns {int(c0) + 1}-{math.ceil(c1)} of {columns}; {size} mm"
+    )
 
 
 def control_id_for(job_id: int, destination: str) -> str:
@@ -514,6 +539,21 @@ def build_oru(
                 "" if finding.threshold is None else escape(f"<{_number(finding.threshold)}")
             ),
             flag=flag,
+        )
+    for number, detection in enumerate(result.detections, start=1):
+        observations.add(
+            "NM",
+            _coded(detection.concept),
+            _number(detection.score),
+            sub_id=f"D{number}",
+            units=_components("1", "1", "UCUM"),
+            reference_range=(
+                "" if detection.threshold is None else escape(f"<{_number(detection.threshold)}")
+            ),
+            flag="A",
+        )
+        observations.add(
+            "TX", _coded(_BOX_CODE), escape(_box_text(detection, volume)), sub_id=f"D{number}"
         )
     for uid, code in ((sr_uid, _SR_CODE), (seg_uid, _SEG_CODE)):
         if uid:

@@ -53,7 +53,11 @@ def check_writable(result: PipelineResult, volume: Volume, sources: Sequence[Dat
     ResultError
         Naming what the sources lack; permanent.
     """
-    spatial = (result.label_map is not None and bool(result.segments)) or bool(result.heatmaps)
+    spatial = (
+        (result.label_map is not None and bool(result.segments))
+        or bool(result.heatmaps)
+        or bool(result.detections)
+    )
     if not spatial or not sources:
         return
     uids = {_frame_of_reference(ds) for ds in sources}

@@ -48,6 +48,15 @@ The report's construction
   projection image without a heatmap, and the group references its heatmap
   overlays and parametric map ("Illustration of ROI"). Beside segment
   groups a finding group is a TID 1411 group whose region is its heat.
+* **Detections** (boxes with scores): one TID 1410 Planar ROI group per
+  box, its region an SCOORD3D closed POLYLINE: the box's outline in patient
+  coordinates on the plane of its central slice; the finding type is the
+  detection's concept, evaluated Present, the score is a measurement
+  (122157, DCM, "Probability") whose INFERRED FROM is the same outline as an
+  SCOORD POLYLINE on that slice's source image (what 2-D viewers draw), and
+  the box's longer and shorter side on that slice are Long Axis (103339001,
+  SCT) and Short Axis (103340004, SCT) in mm; the score threshold is an
+  algorithm parameter.
 * Every group names the algorithm (TID 4019: pipeline name and version,
   models as parameters).
 
@@ -68,6 +77,7 @@ from pydicom.sr.codedict import codes
 
 from dicomnode.protocol import (
     Code,
+    Detection,
     Finding,
     Heatmap,
     Measurement,
@@ -95,7 +105,7 @@ from .common import (
 )
 from .overlay import HEAT_THRESHOLD, overlay_series_uid
 from .pmap import map_series_uid
-from .regions import Outline, Point, outline, outlines, peak, whole_image
+from .regions import Outline, Point, outline, peak, slice_outlines, whole_image
 from .uids import derived_uid
 
 __all__ = [
@@ -118,6 +128,12 @@ PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
 
 PROBABILITY_UNIT = hd.sr.CodedConcept("1", "UCUM", "no units")
 """UCUM unit of a probability (a number from 0 to 1)."""
+
+LONG_AXIS = hd.sr.CodedConcept("103339001", "SCT", "Long Axis")
+SHORT_AXIS = hd.sr.CodedConcept("103340004", "SCT", "Short Axis")
+"""Concept names of a detected box's longer and shorter in-plane side."""
+
+MILLIMETER = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
 
 ILLUSTRATION = hd.sr.CodedConcept("121200", "DCM", "Illustration of ROI")
 """Concept name of a finding group's reference to its heatmap overlays and map."""
@@ -233,7 +249,13 @@ def build_report(
         not match ``volume.sources``, the SEG does not hold the result's
         segments, or highdicom refuses the inputs.
     """
-    if not (result.segments or result.measurements or result.findings or context.out_of_range):
+    if not (
+        result.segments
+        or result.measurements
+        or result.findings
+        or result.detections
+        or context.out_of_range
+    ):
         return None
     check_sources(volume, sources)
     images = distinct_sources(sources)
@@ -255,6 +277,7 @@ def build_report(
     if whole:
         groups.append(builder.whole_result_group(whole))
     groups += [builder.finding_group(index, f) for index, f in enumerate(result.findings)]
+    groups += [builder.detection_group(index, d) for index, d in enumerate(result.detections)]
     if context.out_of_range:
         groups.append(builder.out_of_range_group(context.out_of_range))
     if not groups:
@@ -376,7 +399,9 @@ class _Builder:
     def mask(self, labels: Sequence[int]) -> np.ndarray | None:
         if self.result.label_map is None or not labels:
             return None
-        return np.isin(self.result.label_map, list(labels))
+        if len(labels) == 1:
+            return np.asarray(self.result.label_map == labels[0])
+        return np.isin(self.result.label_map, list(labels), kind="table")
 
     def source_images(self) -> list[hd.sr.SourceImageForMeasurementGroup]:
         return [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in self.images]
@@ -596,6 +621,54 @@ class _Builder:
         group[0].ContentSequence.extend(self.illustrations_of(finding))
         return group
 
+    def detection_group(self, index: int, detection: Detection) -> _Group:
+        """A TID 1410 group of one detected box (see the module)."""
+        volume = self.volume
+        s0, r0, c0, s1, r1, c1 = detection.box
+        middle = min(int((s0 + s1) / 2), volume.array.shape[0] - 1)
+        corners = [(r0, c0), (r0, c1), (r1, c1), (r1, c0), (r0, c0)]
+        planar = np.array([[c, r] for r, c in corners], dtype=np.float32)
+        origin = np.asarray(volume.origin, dtype=np.float64)
+        along = [
+            np.asarray(volume.slice_direction, dtype=np.float64) * volume.spacing[0],
+            np.asarray(volume.column_direction, dtype=np.float64) * volume.spacing[1],
+            np.asarray(volume.row_direction, dtype=np.float64) * volume.spacing[2],
+        ]
+        # voxel i spans [i, i + 1): its centre, at origin + i * step, is at i + 0.5
+        spatial = np.array(
+            [origin + middle * along[0] + (r - 0.5) * along[1] + (c - 0.5) * along[2]
+             for r, c in corners],
+            dtype=np.float64,
+        )  # fmt: skip
+        region = hd.sr.ImageRegion3D(
+            graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE,
+            graphic_data=spatial,
+            frame_of_reference_uid=volume.frame_of_reference_uid,
+        )
+        tracking = hd.sr.TrackingIdentifier(
+            uid=object_uid(volume, self.context, "sr", "detection", index),
+            identifier=OUTLINE_TRACKING_IDENTIFIER,
+        )
+        sides = sorted(((r1 - r0) * volume.spacing[1], (c1 - c0) * volume.spacing[2]))
+        measurements = [
+            hd.sr.Measurement(name=PROBABILITY, value=detection.score, unit=PROBABILITY_UNIT),
+            hd.sr.Measurement(name=LONG_AXIS, value=float(sides[1]), unit=MILLIMETER),
+            hd.sr.Measurement(name=SHORT_AXIS, value=float(sides[0]), unit=MILLIMETER),
+        ]
+        extra = {"threshold": f"{detection.threshold:g}"} if detection.threshold is not None else {}
+        group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_region=region,
+            finding_type=coded(detection.concept),
+            algorithm_id=self.algorithm(**extra),
+            measurements=measurements,
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(name=coded(detection.concept), value=_PRESENT)
+            ],
+        )
+        self.place_measurements(group, Outline(middle, planar))
+        return group
+
     def out_of_range_group(self, reasons: Sequence[str]) -> _Group:
         """The flag of an input outside the pipeline's validated range: a group
         whose finding is :data:`INPUT_OUT_OF_RANGE`, evaluated Present, with
@@ -654,8 +727,7 @@ class _Builder:
                 graphic_data=item.points,
                 source_image=self.image_of(item.index),
             )
-            for index in range(mask.shape[0])
-            for item in outlines(mask[index], index)
+            for item in slice_outlines(mask)
         ]
 
     def illustrations_of(self, finding: Finding) -> list[hd.sr.ImageContentItem]:

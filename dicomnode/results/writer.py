@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +48,7 @@ from dicomnode.results.pmap import build_parametric_maps
 from dicomnode.results.preflight import check_writable
 from dicomnode.results.seg import build_segmentation
 from dicomnode.results.sr import build_report
+from dicomnode.results.warmup import warm_up_case
 
 LOGGER = logging.getLogger(__name__)
 
@@ -68,6 +71,22 @@ def read_sources(volume: Volume, files: Sequence[Path]) -> list[Dataset]:
 class DicomResultWriter:
     """:class:`~dicomnode.protocol.ResultWriter` writing SEG, SR, overlays and
     parametric maps, and building the ORU^R01 of each notification."""
+
+    def warm_up(self) -> float:
+        """Write a tiny throw-away result (:mod:`~dicomnode.results.warmup`)
+        in a temporary directory, so that the first study does not pay the
+        one-off costs of a first SEG and SR in this process.
+
+        Returns
+        -------
+        float
+            The seconds it took.
+        """
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="dicomnode-warm-up-") as tmp:
+            case = warm_up_case(Path(tmp))
+            self.write(case.result, case.volume, case.context)
+        return time.perf_counter() - started
 
     def write(
         self, result: PipelineResult, volume: Volume, context: ResultContext

@@ -10,14 +10,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
 from dicomnode.config.rules import RoutingConfig
 from dicomnode.errors import IllegalTransitionError
 from dicomnode.jobs import InstanceRecord, Job, JobState, RunSpec, SQLiteJobStore
 from dicomnode.routing import completion_for, describe_study, route
 from dicomnode.routing.corrections import SEGMENTATION_STORAGE, find_correction
-from dicomnode.scheduling import every
+from dicomnode.scheduling import Loop, Wakeup
 
 LOGGER = logging.getLogger(__name__)
 
@@ -32,7 +30,8 @@ class Router:
     store : SQLiteJobStore
         The job store.
     poll_seconds : float
-        How often COMPLETE rounds are looked for.
+        How often COMPLETE rounds are looked for when nothing signals one
+        (see :attr:`wakeup`).
     """
 
     JOB_ID = "dicomnode-router"
@@ -41,7 +40,19 @@ class Router:
         self.config = config
         self.store = store
         self.poll_seconds = poll_seconds
-        self._scheduler: BackgroundScheduler | None = None
+        self._loop = Loop(self.JOB_ID, self._pass, poll_seconds, self._failed)
+
+    @property
+    def wakeup(self) -> Wakeup:
+        """Set it when a round became COMPLETE (the wiring does, on the job
+        store's commits): routing starts at once, not at the next poll."""
+        return self._loop.wakeup
+
+    def _failed(self, exc: Exception) -> None:
+        LOGGER.error("routing: pass failed, retrying at the next poll", exc_info=exc)
+
+    def _pass(self) -> None:
+        self.run_once()
 
     def corrections(self, job: Job, records: list[InstanceRecord]) -> set[str]:
         """Record the round's SEGs that correct a SEG the node wrote (see
@@ -117,24 +128,22 @@ class Router:
         """Route every COMPLETE round; return how many were routed."""
         done = 0
         for job in self.store.jobs(state=JobState.COMPLETE):
-            if job.kind == "study":
+            if job.kind == "study" and job.held_at is None:  # a held round waits
                 self.route_round(job)
                 done += 1
         return done
 
     def start(self) -> None:
-        """Route now, then every ``poll_seconds``."""
-        self._scheduler = every(self.poll_seconds, self.run_once, self.JOB_ID)
+        """Route now, then when woken, at least every ``poll_seconds``."""
+        self._loop.start()
 
     def alive(self) -> bool:
-        """Whether its periodic check is scheduled and running."""
-        return self._scheduler is not None and bool(self._scheduler.running)
+        """Whether its thread runs."""
+        return self._loop.alive()
 
     def stop(self) -> None:
         """Stop routing, waiting for a pass in progress."""
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=True)
-            self._scheduler = None
+        self._loop.stop()
 
 
 class CompletionPolicy:

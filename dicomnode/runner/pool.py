@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from dicomnode.errors import RunnerError
 from dicomnode.runner.worker import Outcome, Task, WorkerSettings, worker_main
@@ -104,6 +105,15 @@ class WorkerPool:
     def busy(self) -> list[Task]:
         """The tasks in flight."""
         return [slot.task for slot in self._slots if slot.task is not None]
+
+    def waitables(self) -> list[Any]:
+        """What becomes ready when a busy worker answers or dies: its pipe and
+        its process sentinel (for :func:`multiprocessing.connection.wait`)."""
+        ready: list[Any] = []
+        for slot in self._slots:
+            if slot.task is not None:
+                ready.extend((slot.conn, slot.process.sentinel))
+        return ready
 
     def submit(self, task: Task, timeout: float) -> None:
         """Give ``task`` to a free worker; it must finish within ``timeout`` s."""

@@ -11,7 +11,6 @@ series that is not a valid volume) is DEAD at once.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ from dicomnode.runner.pool import WorkerPool
 from dicomnode.runner.registry import PipelineRegistry
 from dicomnode.runner.runs import build_task, max_attempts_for, record_outcome, timeout_for
 from dicomnode.runner.worker import Outcome, WorkerSettings
+from dicomnode.scheduling import Loop, Wakeup
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ def pipeline_options(config: RunnerConfig) -> dict[str, dict[str, object]]:
 
     From ``runner.pipelines.<name>``: ``bundle`` (an absolute path, so a
     relative one means relative to the directory the node starts in), and the
-    ``nnunet`` settings (its ``code_map`` made absolute likewise).
+    ``nnunet`` settings (its ``code_map`` made absolute likewise), and
+    ``model`` (torchscript, onnx: a manifest name).
     """
     options: dict[str, dict[str, object]] = {}
     for name, settings in config.pipelines.items():
@@ -47,6 +48,8 @@ def pipeline_options(config: RunnerConfig) -> dict[str, dict[str, object]]:
             if settings.nnunet.code_map is not None:
                 nnunet["code_map"] = str(settings.nnunet.code_map.resolve())
             options.setdefault(name, {}).update(nnunet)
+        if settings.model is not None:
+            options.setdefault(name, {})["model"] = settings.model
     return options
 
 
@@ -126,8 +129,13 @@ class Runner:
             ),
             log_level=log_level,
         )
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._loop = Loop(
+            "dicomnode-runner",
+            self._pass,
+            config.poll_seconds,
+            self._failed,
+            waitables=self.pool.waitables,
+        )
 
     def timeout_for(self, pipeline: str) -> float:
         """The pipeline's timeout in seconds."""
@@ -154,19 +162,25 @@ class Runner:
             self.pool.device,
             ", ".join(self.registry.names()) or "none",
         )
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="dicomnode-runner", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
-    def _loop(self) -> None:
+    @property
+    def wakeup(self) -> Wakeup:
+        """Set it when a run became ROUTED (the wiring does, on the job
+        store's commits): it starts at once, not at the next poll. A worker's
+        answer (or its death) wakes the loop by itself."""
+        return self._loop.wakeup
+
+    def _pass(self) -> None:
         # A plain loop rather than a scheduler: a tick may block for seconds
         # while a crashed worker is replaced, and nothing is gained by queueing.
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except JobStoreError as exc:
-                LOGGER.error("runner: job store error, retrying: %s", exc)
-            self._stop.wait(self.config.poll_seconds)
+        self.tick()
+
+    @staticmethod
+    def _failed(exc: Exception) -> None:
+        if not isinstance(exc, JobStoreError):
+            raise exc  # a bug: the thread ends and alive() says so
+        LOGGER.error("runner: job store error, retrying: %s", exc)
 
     def tick(self) -> None:
         """Record finished runs, then start as many new ones as workers are free."""
@@ -229,14 +243,11 @@ class Runner:
 
     def alive(self) -> bool:
         """Whether the polling thread and every worker process run."""
-        return self._thread is not None and self._thread.is_alive() and self.pool.alive()
+        return self._loop.alive() and self.pool.alive()
 
     def stop(self) -> None:
         """Stop polling and the workers; runs in flight become FAILED_RETRYABLE."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._loop.stop()
         for task in self.pool.stop():
             try:
                 self.store.fail_run(

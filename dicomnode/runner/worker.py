@@ -279,6 +279,19 @@ def _with_provenance(summary: str, result: PipelineResult) -> str:
     return f"{summary} [models: {models}]"
 
 
+def warm_up(settings: WorkerSettings) -> None:
+    """Let the result writer pay its first-use costs now (a throw-away result),
+    not during the first study. A failure only costs that study the time."""
+    if settings.writer is None:
+        return
+    try:
+        seconds = settings.writer.warm_up()
+    except Exception as exc:  # noqa: BLE001 - a real run reports its own errors
+        LOGGER.warning("worker %d: result writer warm-up failed: %s", os.getpid(), exc)
+        return
+    LOGGER.info("worker %d: result writer warmed up in %.1f s", os.getpid(), seconds)
+
+
 def worker_main(conn: Connection, settings: WorkerSettings, log_level: str) -> None:
     """Entry point of a worker process: serve tasks until ``None`` arrives."""
     # Ctrl-C in a terminal reaches the whole process group: the node stops its
@@ -309,6 +322,7 @@ def worker_main(conn: Connection, settings: WorkerSettings, log_level: str) -> N
             worker.pipeline(name)
         except Exception as exc:  # noqa: BLE001 - a run of it will fail and record why
             LOGGER.warning("worker %d: could not preload %s: %s", os.getpid(), name, exc)
+    warm_up(settings)
     while True:
         task = conn.recv()
         if task is None:

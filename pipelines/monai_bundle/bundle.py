@@ -41,6 +41,7 @@ __all__ = [
     "BundleError",
     "NormalizeIntensity",
     "Resample",
+    "Resize",
     "ScaleIntensityRange",
     "Step",
     "read_bundle",
@@ -161,6 +162,28 @@ class Resample(Step):
 
 
 @dataclass(frozen=True)
+class Resize(Step):
+    """``Resized``: to ``spatial_size`` voxels (-1 keeps an axis), MONAI's ``mode``."""
+
+    spatial_size: tuple[int, int, int]
+    mode: str = "area"
+
+    def __call__(self, image: torch.Tensor, spacing: Spacing) -> tuple[torch.Tensor, Spacing]:
+        """Interpolate to the size (the spacing follows)."""
+        shape = tuple(
+            n if size <= 0 else size
+            for n, size in zip(image.shape[2:], self.spatial_size, strict=True)
+        )
+        if shape == tuple(image.shape[2:]):
+            return image, spacing
+        mode = {"bilinear": "trilinear", "linear": "trilinear"}.get(self.mode, self.mode)
+        aligned = {} if mode in ("nearest", "area", "nearest-exact") else {"align_corners": False}
+        out = F.interpolate(image, size=shape, mode=mode, **aligned)
+        actual = tuple(s * n / m for s, n, m in zip(spacing, image.shape[2:], shape, strict=True))
+        return out, (actual[0], actual[1], actual[2])
+
+
+@dataclass(frozen=True)
 class Bundle:
     """A bundle read and its network loaded.
 
@@ -184,6 +207,24 @@ class Bundle:
         Preprocessing redone on the in-memory volume, in config order.
     ignored : tuple of str
         Preprocessing transforms not redone.
+    postprocessing : tuple of callable
+        The config's own ``postprocessing`` transforms that work on the
+        prediction alone (``Activationsd``, ``AsDiscreted``,
+        ``KeepLargestConnectedComponentd``...), in config order, as MONAI
+        builds them; they run on ``{"pred": (C, X, Y, Z)}``.
+    post_ignored : tuple of str
+        Postprocessing transforms not run (``Invertd``: its effect is the
+        resampling back; ``SaveImaged``: nothing is saved; others are named).
+    multi_label : bool
+        The postprocessing applies a sigmoid: each output channel is a
+        label of its own (channel ``c`` is label ``c + 1``), not one-hot.
+    post_key : str
+        The prediction's key in the postprocessing (``pred``).
+    input_shape : (int, int, int), optional
+        The input's spatial shape the metadata declares (``spatial_shape``),
+        else the inferer's ``roi_size``: what ``models check`` runs.
+    in_channels : int
+        The input's channels (metadata ``num_channels``).
     network : torch.nn.Module
         In eval mode, on the load device.
     inferer : callable
@@ -202,6 +243,20 @@ class Bundle:
     inferer: Callable[..., Any]
     steps: tuple[Step, ...] = ()
     ignored: tuple[str, ...] = field(default=())
+    postprocessing: tuple[Callable[[dict[str, Any]], dict[str, Any]], ...] = ()
+    post_ignored: tuple[str, ...] = ()
+    multi_label: bool = False
+    post_key: str = "pred"
+    input_shape: tuple[int, int, int] | None = None
+    in_channels: int = 1
+
+    @property
+    def discretises(self) -> bool:
+        """Whether the postprocessing turns the prediction into labels itself."""
+        return any(
+            type(t).__name__.removesuffix("d").removesuffix("D") == "AsDiscrete"
+            for t in self.postprocessing
+        )
 
 
 def sha256_of(path: Path) -> str:
@@ -257,6 +312,7 @@ def read_bundle(root: Path, device: str) -> Bundle:
         raise BundleError(f"monai-bundle: {out_channels} output channels do not fit labels 1..255")
 
     steps, ignored, axcodes = _preprocessing(parser)
+    post, post_ignored, multi_label, post_key = _postprocessing(parser, config_path)
     inferer = parser.get_parsed_content("inferer") if parser.get("inferer") else SimpleInferer()
     if not callable(inferer):
         raise BundleError(f"monai-bundle: the inferer of {config_path} is not callable")
@@ -273,6 +329,12 @@ def read_bundle(root: Path, device: str) -> Bundle:
         inferer=inferer,
         steps=steps,
         ignored=ignored,
+        postprocessing=post,
+        post_ignored=post_ignored,
+        multi_label=multi_label,
+        post_key=post_key,
+        input_shape=_input_shape(metadata, inferer),
+        in_channels=_in_channels(metadata),
     )
 
 
@@ -446,6 +508,11 @@ def _preprocessing(parser: ConfigParser) -> tuple[tuple[Step, ...], tuple[str, .
                     bool(value("clip", False)),
                 )
             )
+        elif name == "Resize":
+            size = value("spatial_size")
+            sizes = [int(v) for v in size] if isinstance(size, list | tuple) else [int(size)] * 3
+            sizes = (sizes + [sizes[-1]] * 3)[:3]
+            steps.append(Resize((sizes[0], sizes[1], sizes[2]), str(value("mode", "area"))))
         elif name == "NormalizeIntensity" and value("subtrahend") is None:
             steps.append(NormalizeIntensity(bool(value("nonzero", False))))
         else:
@@ -453,3 +520,93 @@ def _preprocessing(parser: ConfigParser) -> tuple[tuple[Step, ...], tuple[str, .
     if ignored:
         LOGGER.warning("monai-bundle: preprocessing not redone: %s", ", ".join(ignored))
     return tuple(steps), tuple(ignored), axcodes
+
+
+# Postprocessing transforms that work on the prediction alone, run as the
+# bundle builds them; those that need the input's metadata or files are not.
+_POST_RUN = frozenset(
+    {
+        "Activations",
+        "AsDiscrete",
+        "KeepLargestConnectedComponent",
+        "FillHoles",
+        "RemoveSmallObjects",
+        "LabelFilter",
+    }
+)
+_POST_NOTHING_TO_DO = frozenset(
+    {"Invert", "SaveImage", "EnsureType", "ToDevice", "ToTensor", "CopyItems", "DeleteItems"}
+)
+
+
+def _postprocessing(
+    parser: ConfigParser, config_path: Path
+) -> tuple[tuple[Callable[[dict[str, Any]], dict[str, Any]], ...], tuple[str, ...], bool, str]:
+    """The runnable ``postprocessing`` transforms, those not run, whether a
+    sigmoid makes the output multi-label, and the prediction's key."""
+    raw = parser.get("postprocessing")
+    transforms = raw.get("transforms") if isinstance(raw, Mapping) else raw
+    if not isinstance(transforms, list):
+        return (), (), False, "pred"
+    base = "postprocessing#transforms" if isinstance(raw, Mapping) else "postprocessing"
+    run: list[Callable[[dict[str, Any]], dict[str, Any]]] = []
+    ignored: list[str] = []
+    multi_label = False
+    key: str | None = None
+    for index, item in enumerate(transforms):
+        if not isinstance(item, Mapping):
+            ignored.append(str(item))
+            continue
+        target = str(item.get("_target_", "")).rsplit(".", 1)[-1]
+        name = target.removesuffix("d").removesuffix("D")
+        if name in _POST_NOTHING_TO_DO:
+            continue
+        if name not in _POST_RUN:
+            ignored.append(target or str(item))
+            continue
+        try:
+            transform = parser.get_parsed_content(f"{base}#{index}")
+        except Exception as exc:  # any failure of the config's own code
+            raise BundleError(
+                f"monai-bundle: postprocessing {target} of {config_path} cannot be built: {exc}"
+            ) from exc
+        if not callable(transform):
+            raise BundleError(f"monai-bundle: postprocessing {target} is not callable")
+        if hasattr(transform, "allow_missing_keys"):
+            transform.allow_missing_keys = True  # keys such as "label" are not there
+        sigmoid = getattr(transform, "sigmoid", False)
+        if name == "Activations" and any(
+            bool(v) for v in (sigmoid if isinstance(sigmoid, tuple | list) else (sigmoid,))
+        ):
+            multi_label = True
+        keys = getattr(transform, "keys", ())
+        if keys and key is None:
+            key = str(keys[0])
+        run.append(transform)
+    if ignored:
+        LOGGER.warning("monai-bundle: postprocessing not run: %s", ", ".join(ignored))
+    return tuple(run), tuple(ignored), multi_label, key or "pred"
+
+
+def _image_format(metadata: Mapping[str, Any]) -> Mapping[str, Any]:
+    inputs = _network_format(metadata).get("inputs")
+    image = inputs.get("image") if isinstance(inputs, Mapping) else None
+    return image if isinstance(image, Mapping) else {}
+
+
+def _input_shape(metadata: Mapping[str, Any], inferer: Any) -> tuple[int, int, int] | None:
+    """The declared spatial shape (``spatial_shape``, else the inferer's ``roi_size``)."""
+    for shape in (_image_format(metadata).get("spatial_shape"), getattr(inferer, "roi_size", None)):
+        if isinstance(shape, list | tuple) and len(shape) == 3:
+            try:
+                values = [int(v) for v in shape]
+            except (TypeError, ValueError):
+                continue  # e.g. "16*n"
+            if all(v > 0 for v in values):
+                return (values[0], values[1], values[2])
+    return None
+
+
+def _in_channels(metadata: Mapping[str, Any]) -> int:
+    channels = _image_format(metadata).get("num_channels")
+    return channels if isinstance(channels, int) and channels > 0 else 1

@@ -20,19 +20,36 @@ How a volume is run
 2. The config's ``Spacingd``, ``ScaleIntensityRanged`` and
    ``NormalizeIntensityd`` are redone in config order (:mod:`.bundle`).
 3. The config's ``inferer`` (e.g. ``SlidingWindowInferer``) runs the network.
-4. Back on the unresampled grid (trilinear on the logits), the label is the
-   argmax over channels (one channel: logit above 0, i.e. sigmoid above 0.5);
-   the config's ``postprocessing`` (softmax, ``Invertd``, ``AsDiscreted``,
-   ``SaveImaged``) is not run: its effect on the labels is this step.
+4. Back on the unresampled grid (trilinear on the logits: what ``Invertd``
+   does), the config's own ``postprocessing`` runs on the prediction
+   ``(C, X, Y, Z)``: the transforms that need nothing but it
+   (``Activationsd``, ``AsDiscreted``, ``KeepLargestConnectedComponentd``,
+   ``FillHolesd``, ``RemoveSmallObjectsd``, ``LabelFilterd``), in config
+   order, as MONAI builds them (``Invertd`` and ``SaveImaged`` have nothing
+   to do; others are named in a warning). What it gives is the label map:
+   one channel of label values (``argmax=True``); one-hot channels (their
+   argmax); or, after a sigmoid, one channel per label (channel ``c`` is
+   label ``c + 1``, named by ``channel_def`` ``c``), overlapping labels
+   resolved so the smallest wins (the innermost of nested regions, as a
+   brain tumour's enhancing part inside its core inside the whole tumour).
+   A config without ``AsDiscreted`` gets the argmax over channels (one
+   channel: logit above 0).
 5. The label map goes back to the volume's grid by the inverse transposition
    and flips, so it is in the source geometry voxel for voxel.
+
+A **classification** bundle (its network gives ``(1, K)``, usually after a
+``Resized`` in its preprocessing) gives one finding per class instead: its
+probability from the postprocessing's ``Activationsd`` (softmax without one),
+named by ``channel_def`` and coded locally (:func:`class_code`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,11 +60,13 @@ from dicomnode.protocol import (
     ARTIFICIAL_INTELLIGENCE_CODE,
     Algorithm,
     Code,
+    Finding,
     InputRefused,
     InputSpec,
     Measurement,
     ModelFile,
     ModelInfo,
+    ModelReport,
     PipelineResult,
     Segment,
     Volume,
@@ -58,11 +77,13 @@ from .orientation import Reorientation
 
 __all__ = [
     "ANATOMICAL_STRUCTURE",
+    "LOCAL_SCHEME",
     "MILLILITER",
     "SETTING",
     "TISSUE",
     "VOLUME",
     "MonaiBundlePipeline",
+    "class_code",
     "segment_type",
 ]
 
@@ -84,6 +105,17 @@ _TYPES = {
 }
 
 _VOLUMETRIC = frozenset({"CT", "MR", "PT", "NM", "US"})
+
+
+LOCAL_SCHEME = "99DICOMNODE"
+"""Coding scheme of a classification bundle's classes (bundles carry no codes)."""
+
+
+def class_code(index: int, name: str) -> Code:
+    """The local code of class ``index`` named ``name``: value ``MONAI<index>-<NAME>``
+    (16 characters at most), meaning the name."""
+    word = "".join(c for c in name.upper() if c.isalnum())
+    return Code(f"MONAI{index}-{word}"[:16], LOCAL_SCHEME, name[:64])
 
 
 def segment_type(name: str) -> Code:
@@ -117,6 +149,7 @@ class MonaiBundlePipeline:
         self.bundle_dir = bundle
         self._bundle: Bundle | None = None
         self._device = "cpu"
+        self._multi_label = False
 
     def configure(self, options: Mapping[str, object]) -> None:
         """Take the options of ``runner.pipelines.monai-bundle``: ``bundle`` (a folder).
@@ -151,7 +184,8 @@ class MonaiBundlePipeline:
         Called by ``dicomnode config check`` and before ``serve`` starts: the
         bundle is read as :meth:`load` reads it (metadata, inference config,
         ``network_def``, weights and their declared checksum, the weights
-        fitting the network), on the CPU, and let go.
+        fitting the network), on the CPU, its network run once on a random
+        input of the declared shape (:meth:`self_test`), and let go.
 
         Parameters
         ----------
@@ -166,7 +200,16 @@ class MonaiBundlePipeline:
         if self.bundle_dir is None:
             raise BundleError(f"no bundle folder: set {SETTING} in the node's YAML")
         bundle = read_bundle(Path(self.bundle_dir), "cpu")
-        LOGGER.info("monai-bundle: %s %s at %s is valid", bundle.name, bundle.version, bundle.root)
+        probe = MonaiBundlePipeline(Path(self.bundle_dir))
+        probe._bundle = bundle
+        report = probe.self_test()
+        LOGGER.info(
+            "monai-bundle: %s %s at %s is valid and runs (%s)",
+            bundle.name,
+            bundle.version,
+            bundle.root,
+            report.output,
+        )
 
     def load(self, device: str) -> None:
         """Read the bundle, verify its weights and load its network on ``device``.
@@ -203,6 +246,58 @@ class MonaiBundlePipeline:
             ", ".join(bundle.labels.get(c, str(c)) for c in range(1, bundle.out_channels)),
         )
 
+    def self_test(self) -> ModelReport:
+        """Run the bundle's network once on a random input of its declared shape
+        (metadata ``spatial_shape``, else the inferer's ``roi_size``, else 32 cubed).
+
+        Raises
+        ------
+        BundleError
+            The network fails on that input or gives fewer channels than its
+            metadata declares.
+        """
+        bundle = self.bundle
+        shape = bundle.input_shape or (32, 32, 32)
+        generator = torch.Generator().manual_seed(0)
+        batch = torch.randn((1, bundle.in_channels, *shape), generator=generator)
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                output = bundle.network(batch.to(torch.device(self._device)))
+        except RuntimeError as exc:
+            raise BundleError(
+                f"monai-bundle: {bundle.name}'s network fails on an input {tuple(batch.shape)}: "
+                f"{exc}"
+            ) from exc
+        seconds = time.perf_counter() - started
+        if isinstance(output, tuple | list):
+            output = output[0]
+        out = torch.as_tensor(output)
+        if out.ndim not in (2, 5) or out.shape[1] < bundle.out_channels:
+            raise BundleError(
+                f"monai-bundle: {bundle.name}'s network gives {tuple(out.shape)} for "
+                f"{tuple(batch.shape)}; its metadata declares {bundle.out_channels} channel(s)"
+            )
+        steps = ", ".join(type(step).__name__ for step in bundle.steps) or "none"
+        post = ", ".join(type(t).__name__ for t in bundle.postprocessing) or "argmax"
+        return ModelReport(
+            name=bundle.name,
+            version=bundle.version,
+            sha256=bundle.sha256,
+            parameters=int(sum(p.numel() for p in bundle.network.parameters())),
+            device=self._device,
+            input_contract=(
+                f"{'classification' if out.ndim == 2 else 'segmentation'}, "
+                f"modalities {'/'.join(sorted(self.input.modalities))}, "
+                f"orientation {bundle.axcodes or 'columns, rows, slices'}, "
+                f"{bundle.in_channels} channel(s), preprocessing {steps}, "
+                f"inferer {type(bundle.inferer).__name__}, postprocessing {post}"
+            ),
+            labels=tuple(f"{value}: {name}" for value, name in sorted(bundle.labels.items())),
+            output=f"input {tuple(batch.shape)} -> {tuple(out.shape)}",
+            seconds=seconds,
+        )
+
     def run(self, volume: Volume, device: str) -> PipelineResult:
         """Segment ``volume`` with the bundle's network.
 
@@ -234,15 +329,46 @@ class MonaiBundlePipeline:
             bundle.network.to(torch.device(device))
             self._device = device
         turn = Reorientation.of(volume, bundle.axcodes)
-        labels = turn.backward(
-            self._predict(turn.forward(volume.array), turn.spacing(volume.spacing))
+        classes, labels = self._predict(turn.forward(volume.array), turn.spacing(volume.spacing))
+        if classes is not None:
+            return self._classification(classes)
+        assert labels is not None
+        return self._result(turn.backward(labels), volume)
+
+    def _classification(self, logits: torch.Tensor) -> PipelineResult:
+        """Findings of a classification bundle's output ``(K,)``: probabilities
+        from its postprocessing's ``Activationsd`` (softmax without one; one
+        output: sigmoid), each class named by ``channel_def`` and given a
+        local code (bundles carry no codes)."""
+        bundle = self.bundle
+        activations = [
+            t for t in bundle.postprocessing if type(t).__name__.startswith("Activations")
+        ]
+        if activations:
+            data: dict[str, Any] = {bundle.post_key: logits}
+            for transform in activations:
+                data = transform(data)
+            probability = torch.as_tensor(data[bundle.post_key]).float()
+        else:
+            probability = torch.sigmoid(logits) if logits.numel() == 1 else logits.softmax(0)
+        findings: list[Finding] = []
+        parts: list[str] = []
+        for index in range(int(probability.numel())):
+            name = bundle.labels.get(index) or f"Class {index}"
+            value = float(probability[index].clamp(0, 1))
+            findings.append(Finding(class_code(index, name), value))
+            parts.append(f"{name} {value:.2f}")
+        return PipelineResult(
+            findings=tuple(findings),
+            models=(ModelInfo(bundle.name, bundle.version, bundle.sha256),),
+            summary=f"MONAI bundle {bundle.name} {bundle.version}: {'; '.join(parts)}.",
         )
-        return self._result(labels, volume)
 
     def _predict(
         self, array: NDArray[np.float32], spacing: tuple[float, float, float]
-    ) -> NDArray[np.uint8]:
-        """Labels (in the bundle's axes) of ``array`` (in the bundle's axes)."""
+    ) -> tuple[torch.Tensor | None, NDArray[np.uint8] | None]:
+        """Class logits ``(K,)`` of a classification bundle, or labels (in the
+        bundle's axes) of ``array`` (in the bundle's axes)."""
         bundle = self.bundle
         with torch.inference_mode():
             image = torch.as_tensor(np.ascontiguousarray(array, dtype=np.float32))
@@ -256,23 +382,65 @@ class MonaiBundlePipeline:
             if isinstance(output, Mapping):
                 output = next(iter(output.values()))
             logits = torch.as_tensor(output).float()
+            if logits.ndim == 2:  # (1, K): a classification bundle
+                return logits[0].cpu(), None
             if tuple(logits.shape[2:]) != shape:
                 logits = F.interpolate(logits, size=shape, mode="trilinear", align_corners=False)
-            if logits.shape[1] == 1:
+            self._multi_label = False
+            if bundle.discretises:
+                labels = self._postprocess(logits[0])
+            elif logits.shape[1] == 1:
                 labels = (logits[0, 0] > 0).to(torch.uint8)
             else:
                 labels = logits[0].argmax(dim=0).to(torch.uint8)
-            return np.asarray(labels.cpu().numpy(), dtype=np.uint8)
+            return None, np.asarray(labels.cpu().numpy(), dtype=np.uint8)
+
+    def _postprocess(self, prediction: torch.Tensor) -> torch.Tensor:
+        """Labels ``(X, Y, Z)`` from the bundle's own postprocessing of
+        ``prediction`` ``(C, X, Y, Z)`` (see the module)."""
+        bundle = self.bundle
+        data: dict[str, Any] = {bundle.post_key: prediction}
+        for transform in bundle.postprocessing:
+            data = transform(data)
+        pred = torch.as_tensor(data[bundle.post_key]).float()
+        if pred.ndim == 3:
+            pred = pred[None]
+        if pred.shape[0] == 1:
+            return pred[0].round().clamp(0, 255).to(torch.uint8)
+        if not bundle.multi_label:
+            return pred.argmax(dim=0).to(torch.uint8)  # one-hot
+        # several labels of their own (sigmoid, thresholded): channel c is label
+        # c + 1; where they overlap the smallest wins (the innermost of nested
+        # regions, e.g. enhancing tumour inside tumour core inside whole tumour)
+        self._multi_label = True
+        labels = torch.zeros(pred.shape[1:], dtype=torch.uint8, device=pred.device)
+        present = pred > 0.5
+        sizes = present.reshape(pred.shape[0], -1).sum(dim=1)
+        for channel in sorted(range(pred.shape[0]), key=lambda c: (-int(sizes[c]), c)):
+            labels[present[channel]] = channel + 1
+        return labels
 
     def _result(self, labels: NDArray[np.uint8], volume: Volume) -> PipelineResult:
         bundle = self.bundle
-        counts = np.bincount(labels.reshape(-1), minlength=max(bundle.out_channels, 2))
-        names = {
-            value: bundle.labels.get(value) or f"Label {value}"
-            for value in range(1, max(bundle.out_channels, 2))
-        }
+        counts = np.bincount(labels.reshape(-1), minlength=max(bundle.out_channels + 1, 2))
+        if self._multi_label:  # channel c is label c + 1
+            names = {
+                value: bundle.labels.get(value - 1) or f"Label {value}"
+                for value in range(1, bundle.out_channels + 1)
+            }
+        else:
+            names = {
+                value: bundle.labels.get(value) or f"Label {value}"
+                for value in range(1, max(bundle.out_channels, 2))
+            }
         if bundle.out_channels == 1 and 0 in bundle.labels and 1 not in bundle.labels:
             names[1] = bundle.labels[0]  # one sigmoid channel: channel 0 is the structure
+        stray = sorted(set(np.flatnonzero(counts).tolist()) - {0, *names})
+        if stray:
+            raise InputRefused(
+                f"bundle {bundle.name}: its postprocessing gives label(s) {stray}, "
+                f"beyond its {bundle.out_channels} output channel(s)"
+            )
         segments: list[Segment] = []
         measurements: list[Measurement] = []
         parts: list[str] = []

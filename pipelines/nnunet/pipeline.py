@@ -33,6 +33,7 @@ How a volume is run
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from dicomnode.protocol import (
     Measurement,
     ModelFile,
     ModelInfo,
+    ModelReport,
     PipelineResult,
     Segment,
     Volume,
@@ -205,6 +207,65 @@ class NnUNetPipeline:
             ",".join(map(str, folder.folds)),
             len(folder.labels),
             self.orientation,
+        )
+
+    def self_test(self) -> ModelReport:
+        """Run the loaded network once on a random patch of the plans' patch size.
+
+        Raises
+        ------
+        InputRefused
+            The network fails on that patch or gives fewer channels than
+            dataset.json's labels need.
+        """
+        if self._predictor is None or self._folder is None or self._model is None:
+            raise RuntimeError("nnunet: load() was not called")
+        predictor, folder, model = self._predictor, self._folder, self._model
+        patch = tuple(int(n) for n in predictor.configuration_manager.patch_size)
+        channels = len(predictor.dataset_json.get("channel_names", {})) or 1
+        generator = torch.Generator().manual_seed(0)
+        batch = torch.randn((1, channels, *patch), generator=generator)
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                output = predictor.network(batch.to(torch.device(self._device)))
+        except RuntimeError as exc:
+            raise InputRefused(
+                f"nnunet: model {model.name!r}: the network fails on a patch "
+                f"{tuple(batch.shape)}: {exc}"
+            ) from exc
+        seconds = time.perf_counter() - started
+        if isinstance(output, tuple | list):
+            output = output[0]
+        out = torch.as_tensor(output)
+        needed = predictor.label_manager.num_segmentation_heads
+        if out.shape[1] < needed:
+            raise InputRefused(
+                f"nnunet: model {model.name!r}: the network gives {tuple(out.shape)}; "
+                f"dataset.json's labels need {needed} channel(s)"
+            )
+        spacing = "x".join(f"{v:g}" for v in predictor.configuration_manager.spacing)
+        return ModelReport(
+            name=model.name,
+            version=model.version,
+            sha256=model.sha256,
+            parameters=int(sum(p.numel() for p in predictor.network.parameters())),
+            device=self._device,
+            input_contract=(
+                f"segmentation, modalities {'/'.join(sorted(self.input.modalities))}, "
+                f"orientation {self.orientation}, plans spacing {spacing} mm, "
+                f"patch {'x'.join(map(str, patch))}, folds {','.join(map(str, folder.folds))}"
+            ),
+            labels=tuple(
+                f"{value}: {name} ({m.type.scheme} {m.type.value} {m.type.meaning})"
+                if (m := self._codes.meaning(name)).mapped
+                else f"{value}: {name} (not coded)"
+                for value, name in sorted(folder.labels.items())
+            )
+            if self._codes is not None
+            else (),
+            output=f"input {tuple(batch.shape)} -> {tuple(out.shape)}",
+            seconds=seconds,
         )
 
     def run(self, volume: Volume, device: str) -> PipelineResult:

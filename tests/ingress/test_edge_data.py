@@ -167,7 +167,7 @@ def test_a_re_sent_uid_with_other_content_gets_a_warning_and_is_counted(
     (line,) = [line for line in node.log().splitlines() if "different content" in line]
     assert " WARNING " in line and series.sop_uids[0] in line and "SCANNER" in line
     studies = subprocess.run(
-        [sys.executable, "-m", "dicomnode", "studies", "-c", str(node.config_path)],
+        [sys.executable, "-m", "dicomnode", "studies", "--full", "-c", str(node.config_path)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -349,7 +349,7 @@ def test_a_database_of_schema_version_3_opens_and_is_upgraded_in_place(tmp_path:
 
     store = SQLiteJobStore(path, clock=Clock(1000.0))
     version = store._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version.fetchone()[0] == "7"
+    assert version.fetchone()[0] == "8"
     # version 6: an old run is a production run that flags out-of-range input
     assert (store.get_job(2).shadow, store.get_job(2).out_of_range) == (False, "flag")
     assert store.agreements() == [] and store.corrections() == [] and store.promotions() == []

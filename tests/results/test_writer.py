@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from dicomnode.protocol import (
     ResultContext,
 )
 from dicomnode.results.oru import control_id_for
+from dicomnode.results.warmup import warm_up_case
 from dicomnode.results.writer import DicomResultWriter
 from dicomnode.runner.volume import load_series
 from dicomnode.synthetic import write_ct_series
@@ -93,3 +95,24 @@ def test_an_ambiguous_patient_name_is_refused(tmp_path: Path) -> None:
             RESULT, load_series(series.paths), context(tmp_path, series.paths)
         )
     assert not (tmp_path / "out").exists()
+
+
+def test_the_warm_up_writes_a_whole_result_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a worker writes at start: the throw-away case makes every kind of
+    object a study makes (so all first-use costs are paid), and the warm-up
+    removes it again."""
+    case_dir = tmp_path / "case"
+    case_dir.mkdir()
+    case = warm_up_case(case_dir)
+    written = DicomResultWriter().write(case.result, case.volume, case.context)
+    assert sorted(o.kind for o in written.objects) == ["SEG", "SR"]
+    assert all(o.path.is_file() for o in written.objects)
+    assert [m.destination for m in written.messages] == ["ris"]
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert DicomResultWriter().warm_up() > 0
+    assert list(scratch.iterdir()) == []

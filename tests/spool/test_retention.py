@@ -373,7 +373,7 @@ def test_cli_on_a_purged_run(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["jobs", "show", str(run.id), "-c", str(config)]) == 0
     assert "purged by retention on" in capsys.readouterr().out
 
-    assert main(["studies", "-c", str(config)]) == 0
+    assert main(["studies", "--full", "-c", str(config)]) == 0
     (row,) = [line for line in capsys.readouterr().out.splitlines() if STUDY in line]
     assert row.split()[1:8] == ["-", "0", "0", "0", "0", "1", "ROUTED"]
     assert "1/1 rounds" in row

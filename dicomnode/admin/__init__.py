@@ -1,0 +1,48 @@
+"""The operations the CLI and the web console share, and the audit trail."""
+
+from dicomnode.admin.models import (
+    ActionResult,
+    AuditFilter,
+    AuditRow,
+    ConfigValidation,
+    DeliveryRow,
+    DestinationTest,
+    DryRunRow,
+    JobRow,
+    PlannedRunRow,
+    ReloadResult,
+    RoundDetail,
+    RouteExplanation,
+    RuleCheck,
+    RunDetail,
+    SaveResult,
+    StudyDetail,
+    StudyFilter,
+    StudySummary,
+    TransitionRow,
+)
+from dicomnode.admin.operations import Admin, opened
+
+__all__ = [
+    "ActionResult",
+    "Admin",
+    "AuditFilter",
+    "AuditRow",
+    "ConfigValidation",
+    "DeliveryRow",
+    "DestinationTest",
+    "DryRunRow",
+    "JobRow",
+    "PlannedRunRow",
+    "ReloadResult",
+    "RoundDetail",
+    "RouteExplanation",
+    "RuleCheck",
+    "RunDetail",
+    "SaveResult",
+    "StudyDetail",
+    "StudyFilter",
+    "StudySummary",
+    "TransitionRow",
+    "opened",
+]
