@@ -576,6 +576,7 @@ class Node:
         config = self.settings.console
         if not config.enabled or self.metrics is None or self.store is None:
             return
+        from dicomnode.admin import Admin
         from dicomnode.auth import UserStore
         from dicomnode.web import ConsoleContext, ConsoleServer
 
@@ -585,15 +586,14 @@ class Node:
             lockout_seconds=config.lockout_minutes * 60,
         )
         spool = self.spool
+        store = self.store
         ctx = ConsoleContext(
             settings=lambda: self.settings,
-            config_path=self.config_path,
-            store=self.store,
+            admin=lambda: Admin(self.settings, store, config_path=self.config_path),
             users=users,
             readiness=self.readiness,
             exposition=self.metrics.exposition,
             free_bytes=spool.free_bytes if spool is not None else lambda: 0,
-            audit_login=users.record_login,
             pipelines=self._pipelines,
         )
         console = ConsoleServer(ctx, config.host, config.port)

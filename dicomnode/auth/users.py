@@ -32,7 +32,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from dicomnode.errors import LoginError, UserError
 
-__all__ = ["MIN_PASSWORD", "Login", "Role", "Session", "User", "UserStore"]
+__all__ = ["MIN_PASSWORD", "Role", "Session", "User", "UserStore"]
 
 #: Shortest password accepted, in characters.
 MIN_PASSWORD = 12
@@ -54,17 +54,6 @@ CREATE TABLE IF NOT EXISTS sessions (
     created_at REAL NOT NULL,
     expires_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS logins (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    user_name TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    address TEXT NOT NULL
-);
-CREATE TRIGGER IF NOT EXISTS logins_append_only_update BEFORE UPDATE ON logins
-BEGIN SELECT RAISE(ABORT, 'the login record is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS logins_append_only_delete BEFORE DELETE ON logins
-BEGIN SELECT RAISE(ABORT, 'the login record is append-only'); END;
 """
 
 
@@ -97,17 +86,6 @@ class Session:
     user: User
     csrf_token: str
     expires_at: float
-
-
-@dataclass(frozen=True)
-class Login:
-    """One login attempt: when, as whom, how it ended (``ok``, ``failed``,
-    ``locked``, ``logout``) and from which address."""
-
-    at: float
-    user_name: str
-    outcome: str
-    address: str
 
 
 def _token_hash(token: str) -> str:
@@ -291,22 +269,3 @@ class UserStore:
         """End a session (log out)."""
         with self._db() as db:
             db.execute("DELETE FROM sessions WHERE token_sha256 = ?", (_token_hash(token),))
-
-    # -- the login record --------------------------------------------------
-
-    def record_login(self, user_name: str, outcome: str, address: str) -> None:
-        """Append a login attempt to the record (append-only)."""
-        with self._db() as db:
-            db.execute(
-                "INSERT INTO logins (at, user_name, outcome, address) VALUES (?, ?, ?, ?)",
-                (time.time(), user_name[:128], outcome, address[:64]),
-            )
-
-    def logins(self, limit: int = 200) -> list[Login]:
-        """The latest login attempts, newest first."""
-        with self._db() as db:
-            rows = db.execute(
-                "SELECT at, user_name, outcome, address FROM logins ORDER BY id DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [Login(**dict(row)) for row in rows]

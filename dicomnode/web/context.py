@@ -5,15 +5,15 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from fastapi import HTTPException, Request
 
+from dicomnode.admin import Admin
 from dicomnode.auth import Role, Session, UserStore
 from dicomnode.config import Settings
 from dicomnode.health import Health
+from dicomnode.jobs import AuditEntry, AuditEvent
 from dicomnode.web.models import PipelineOut
-from dicomnode.web.views import ConsoleStore
 
 __all__ = [
     "CSRF_HEADER",
@@ -21,6 +21,7 @@ __all__ = [
     "SESSION_COOKIE",
     "ConsoleContext",
     "LoginRequired",
+    "check_admin",
     "check_csrf",
 ]
 
@@ -45,33 +46,28 @@ class ConsoleContext:
     Attributes
     ----------
     settings : callable
-        The configuration in force now.
-    config_path : Path or None
-        The YAML file it was read from (``None``: not from a file).
-    store : ConsoleStore
-        The job store.
+        The configuration in force now (a reload replaces it).
+    admin : callable
+        The admin layer over the configuration in force and the job store:
+        every read and every action of the console goes through it.
     users : UserStore
-        Users, sessions and the login record.
+        Users and sessions.
     readiness : callable
         ``/readyz``'s report.
     exposition : callable
         ``/metrics``: ``Accept`` header to (body, content type).
     free_bytes : callable
         Free bytes on the spool's disk.
-    audit_login : callable
-        Records a login attempt: user name, outcome, address.
     pipelines : callable
         The routed pipelines: versions, models, device, warm or not.
     """
 
     settings: Callable[[], Settings]
-    config_path: Path | None
-    store: ConsoleStore
+    admin: Callable[[], Admin]
     users: UserStore
     readiness: Callable[[], Health]
     exposition: Callable[[str | None], tuple[bytes, str]]
     free_bytes: Callable[[], int]
-    audit_login: Callable[[str, str, str], None]
     pipelines: Callable[[], list[PipelineOut]] = list
 
     @property
@@ -83,6 +79,20 @@ class ConsoleContext:
         """The request's live session, or ``None``."""
         token = request.cookies.get(SESSION_COOKIE)
         return self.users.session(token) if token else None
+
+    def audit_login(self, name: str, outcome: str, address: str) -> None:
+        """Append a login (``ok``), failed login (``failed``), refused login of
+        a locked-out user (``locked``) or logout to the audit trail."""
+        self.admin().store.record_audit(
+            AuditEntry(
+                AuditEvent.LOGIN,
+                name[:64],
+                action="logout" if outcome == "logout" else "login",
+                target="console",
+                outcome=outcome,
+                address=address,
+            )
+        )
 
 
 def check_csrf(session: Session, token: str | None) -> None:

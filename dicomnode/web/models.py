@@ -39,78 +39,6 @@ class Problem(_Model):
     problems: list[str] = []
 
 
-class StudySummary(_Model):
-    """One study as the node holds it."""
-
-    study_instance_uid: str
-    modalities: str
-    series_count: int
-    instance_count: int
-    rounds: int
-    first_received_at: float
-    last_received_at: float
-    latest_state: str
-
-
-class TransitionOut(_Model):
-    """One state change of a job."""
-
-    from_state: str | None
-    to_state: str
-    at: float
-    reason: str | None
-
-
-class DeliveryOut(_Model):
-    """One delivery of a run: an object or a notification to a destination."""
-
-    id: int
-    job_id: int
-    destination: str
-    kind: str
-    state: str
-    attempts: int
-    last_error: str | None
-    sop_class_uid: str | None
-    sop_instance_uid: str | None
-    series_instance_uid: str | None
-    has_file: bool
-
-
-class JobOut(_Model):
-    """A study's assembly round (``kind: study``) or a pipeline run (``kind: run``)."""
-
-    id: int
-    kind: str
-    study_instance_uid: str
-    round: int
-    parent_id: int | None
-    state: str
-    calling_ae: str
-    instance_count: int
-    attempts: int
-    reason: str | None
-    opened_at: float
-    updated_at: float
-    pipeline: str | None
-    rule: str | None
-    series_instance_uid: str | None
-    destinations: list[str]
-    notify: list[str]
-    result_status: str
-    purged: bool
-    has_preview: bool
-    transitions: list[TransitionOut]
-    deliveries: list[DeliveryOut]
-
-
-class StudyDetail(_Model):
-    """A study with every round, run, state change and delivery."""
-
-    study: StudySummary
-    jobs: list[JobOut]
-
-
 class Dashboard(_Model):
     """The node at a glance."""
 
@@ -122,23 +50,6 @@ class Dashboard(_Model):
     disk_free_bytes: int | None
     disk_floor_bytes: int
     latency_24h: dict[str, dict[str, float]]
-
-
-class ActionResult(_Model):
-    """What a changing call did."""
-
-    ok: bool
-    message: str
-    job_ids: list[int] = []
-
-
-class LoginRecord(_Model):
-    """One login attempt."""
-
-    at: float
-    user: str
-    outcome: str
-    address: str
 
 
 class ModelOut(_Model):
@@ -159,3 +70,36 @@ class PipelineOut(_Model):
     device: str
     warm: bool
     problems: list[str]
+
+
+class RulesText(_Model):
+    """The ``routing:`` section of the configuration file, as YAML text."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text: str = Field(max_length=200_000)
+
+
+class RulesCheck(_Model):
+    """Whether edited rules validate with the rest of the file; each problem
+    starts with its field path (``routing.rules.0.pipeline: ...``)."""
+
+    ok: bool
+    problems: list[str]
+    warnings: list[str]
+
+
+class DryRunRequest(_Model):
+    """Edited rules to try against the last ``last`` received studies."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text: str = Field(max_length=200_000)
+    last: int = Field(default=20, ge=1, le=500)
+
+
+class Done(_Model):
+    """A change that was made."""
+
+    ok: bool
+    message: str

@@ -9,14 +9,25 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import yaml
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from dicomnode.admin import AuditFilter, StudyFilter
 from dicomnode.auth import Role, Session
-from dicomnode.errors import JobStoreError, LoginError, NotFoundError
-from dicomnode.jobs import JobState
-from dicomnode.web.api import Context, client_address, set_session_cookie
+from dicomnode.errors import ConfigError, LoginError, NotFoundError
+from dicomnode.jobs import AuditEvent, JobState
+from dicomnode.web.api import (
+    Context,
+    RowId,
+    act,
+    check_rules,
+    client_address,
+    config_text,
+    dry_run_rules,
+    set_session_cookie,
+)
 from dicomnode.web.context import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -25,7 +36,7 @@ from dicomnode.web.context import (
     check_admin,
     check_csrf,
 )
-from dicomnode.web.views import dashboard, failing_deliveries, study_detail, study_summaries
+from dicomnode.web.views import PREVIEW_STATES, dashboard, routing_section
 
 __all__ = ["page_router", "templates"]
 
@@ -174,17 +185,24 @@ def _free(ctx: ConsoleContext) -> int | None:
         return None
 
 
+def _back(target: str, message: str) -> RedirectResponse:
+    target = _safe_next(target)
+    separator = "&" if "?" in target else "?"
+    return RedirectResponse(f"{target}{separator}message={quote(message)}", status_code=303)
+
+
 @page_router.get("/", response_class=HTMLResponse)
 def dashboard_page(request: Request, found: Viewer, ctx: Context) -> HTMLResponse:
     """The node at a glance."""
-    figures = dashboard(ctx.store, _free(ctx), ctx.settings().storage.min_free_mb * 1024 * 1024)
+    admin = ctx.admin()
+    figures = dashboard(admin, _free(ctx), ctx.settings().storage.min_free_mb * 1024 * 1024)
     return render(
         request,
         "dashboard.html",
         found,
         figures=figures,
         health=ctx.readiness(),
-        recent=study_summaries(ctx.store, limit=10),
+        studies=admin.studies(StudyFilter(limit=10)),
     )
 
 
@@ -193,23 +211,30 @@ def studies_page(
     request: Request,
     found: Viewer,
     ctx: Context,
-    uid: Annotated[str, Query(max_length=64)] = "",
+    study_uid: Annotated[str, Query(max_length=64)] = "",
+    accession_number: Annotated[str, Query(max_length=64)] = "",
+    patient_id: Annotated[str, Query(max_length=64)] = "",
     state: Annotated[str, Query(max_length=32)] = "",
-    modality: Annotated[str, Query(max_length=16)] = "",
+    calling_ae: Annotated[str, Query(max_length=16)] = "",
+    rule: Annotated[str, Query(max_length=128)] = "",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> HTMLResponse:
     """Studies, newest first, with filters."""
-    rows = study_summaries(
-        ctx.store, uid=uid or None, state=state or None, modality=modality or None, limit=limit
+    query = StudyFilter(
+        study_instance_uid=study_uid.strip() or None,
+        accession_number=accession_number.strip() or None,
+        patient_id=patient_id.strip() or None,
+        state=state if state in {s.value for s in JobState} else None,
+        calling_ae=calling_ae.strip() or None,
+        rule=rule.strip() or None,
+        limit=limit,
     )
     return render(
         request,
         "studies.html",
         found,
-        studies=rows,
-        uid=uid,
-        state=state,
-        modality=modality,
+        studies=ctx.admin().studies(query),
+        query=query,
         states=[s.value for s in JobState],
     )
 
@@ -219,69 +244,81 @@ def study_page(
     request: Request, study_uid: str, found: Viewer, ctx: Context, message: str = ""
 ) -> HTMLResponse:
     """A study: its stages with durations, the rule that matched, outputs and preview."""
-    detail = study_detail(ctx.store, study_uid)
-    if detail is None:
+    try:
+        detail = ctx.admin().study(study_uid)
+    except NotFoundError:
         return render(request, "missing.html", found, status=404, what=f"study {study_uid}")
-    return render(request, "study.html", found, detail=detail, message=message)
+    return render(
+        request, "study.html", found, detail=detail, message=message, preview=PREVIEW_STATES
+    )
 
 
 @page_router.get("/deliveries", response_class=HTMLResponse)
 def deliveries_page(
     request: Request, found: Viewer, ctx: Context, message: str = ""
 ) -> HTMLResponse:
-    """Failing deliveries and DEAD runs, with retry and replay."""
-    dead = [job for job in ctx.store.jobs(state=JobState.DEAD) if job.kind == "run"]
+    """Failing deliveries and dead letters, with retry, replay and discard."""
+    admin = ctx.admin()
+    rows = admin.deliveries(limit=500)
     return render(
         request,
         "deliveries.html",
         found,
-        failing=failing_deliveries(ctx.store),
-        dead=dead,
-        done=[job for job in ctx.store.jobs(state=JobState.DONE) if job.kind == "run"][:20],
+        failing=[r for r in rows if r.state == "PENDING" and r.attempts > 0],
+        dead=[r for r in rows if r.state == "DEAD"],
+        delivered=[r for r in rows if r.state == "DELIVERED"][:20],
         message=message,
     )
 
 
 @page_router.post("/jobs/{job_id}/{verb}")
 def job_action(
-    request: Request,
-    job_id: int,
+    job_id: RowId,
     verb: str,
     found: Viewer,
     ctx: Context,
     csrf_token: Annotated[str, Form()] = "",
     back: Annotated[str, Form()] = "/deliveries",
 ) -> Response:
-    """Retry or replay a run from a page."""
+    """Retry, replay, hold, release or discard a job from a page."""
     check_csrf(found, csrf_token)
     check_admin(found)
-    if verb not in ("retry", "replay"):
-        raise HTTPException(status_code=404, detail="no such action")
     try:
-        job = ctx.store.retry(job_id) if verb == "retry" else ctx.store.replay(job_id)
-        message = f"job {job.id}: {verb} queued"
-    except NotFoundError as exc:
-        raise HTTPException(status_code=404, detail=str(exc)) from exc
-    except JobStoreError as exc:
-        message = f"job {job_id}: {exc}"
-    target = _safe_next(back)
-    separator = "&" if "?" in target else "?"
-    return RedirectResponse(f"{target}{separator}message={quote(message)}", status_code=303)
+        done = act(ctx.admin(), verb, job_id, found.user.name)
+        message = f"job {job_id}: {verb}: {done.message}"
+    except HTTPException as exc:
+        if exc.status_code != 409:
+            raise
+        message = f"job {job_id}: {verb} refused: {exc.detail}"
+    return _back(back, message)
 
 
 @page_router.get("/audit", response_class=HTMLResponse)
-def audit_page(request: Request, found: Viewer, ctx: Context) -> HTMLResponse:
-    """The audit trail: logins and failed logins."""
-    return render(request, "audit.html", found, logins=ctx.users.logins(200))
+def audit_page(
+    request: Request,
+    found: Viewer,
+    ctx: Context,
+    event: Annotated[str, Query(max_length=64)] = "",
+    actor: Annotated[str, Query(max_length=64)] = "",
+) -> HTMLResponse:
+    """The audit trail, newest first."""
+    rows = ctx.admin().audit(AuditFilter(event=event or None, actor=actor or None, limit=300))
+    return render(
+        request,
+        "audit.html",
+        found,
+        rows=rows,
+        event=event,
+        actor=actor,
+        events=[e.value for e in AuditEvent],
+    )
 
 
 @page_router.get("/config", response_class=HTMLResponse)
 def config_page(request: Request, found: Viewer, ctx: Context) -> HTMLResponse:
     """The configuration in force, as loaded."""
-    import yaml
-
     text = yaml.safe_dump(ctx.settings().model_dump(mode="json"), sort_keys=False)
-    return render(request, "config.html", found, text=text, path=ctx.config_path)
+    return render(request, "config.html", found, text=text, path=ctx.admin().config_path)
 
 
 @page_router.get("/pipelines", response_class=HTMLResponse)
@@ -294,9 +331,95 @@ def pipelines_page(request: Request, found: Viewer, ctx: Context) -> HTMLRespons
 def destinations_page(
     request: Request, found: Viewer, ctx: Context, message: str = ""
 ) -> HTMLResponse:
-    """The destinations as configured."""
+    """The destinations as configured, each with a reachability test."""
     destinations = {
         name: destination.model_dump(mode="json")
         for name, destination in ctx.settings().destinations.items()
     }
     return render(request, "destinations.html", found, destinations=destinations, message=message)
+
+
+@page_router.post("/destinations/{name}/test")
+def destination_test(
+    name: str, found: Viewer, ctx: Context, csrf_token: Annotated[str, Form()] = ""
+) -> Response:
+    """Test a destination from the page."""
+    check_csrf(found, csrf_token)
+    check_admin(found)
+    try:
+        tested = ctx.admin().test_destination(name, found.user.name)
+    except NotFoundError as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    verdict = "reachable" if tested.ok else "NOT reachable"
+    return _back("/destinations", f"{name} ({tested.target}): {verdict}: {tested.detail}")
+
+
+@page_router.get("/rules", response_class=HTMLResponse)
+def rules_page(request: Request, found: Viewer, ctx: Context, message: str = "") -> HTMLResponse:
+    """The rules as the file has them, for reading and (admins) editing."""
+    admin = ctx.admin()
+    return render(
+        request,
+        "rules.html",
+        found,
+        text=routing_section(config_text(admin)),
+        path=admin.config_path,
+        message=message,
+        checked=None,
+        rows=None,
+        last=20,
+    )
+
+
+@page_router.post("/rules", response_class=HTMLResponse)
+def rules_submit(
+    request: Request,
+    found: Viewer,
+    ctx: Context,
+    text: Annotated[str, Form(max_length=200_000)],
+    action: Annotated[str, Form(pattern="^(check|dry-run|save|reload)$")],
+    csrf_token: Annotated[str, Form()] = "",
+    last: Annotated[int, Form(ge=1, le=500)] = 20,
+) -> Response:
+    """Check, dry-run or save edited rules, or reload the saved file."""
+    check_csrf(found, csrf_token)
+    check_admin(found)
+    admin = ctx.admin()
+    actor = found.user.name
+    if action == "reload":
+        result = admin.reload(actor)
+        if result.applied:
+            message = f"reloaded: {result.message}"
+        else:
+            message = "reload refused: " + ("; ".join(result.problems) or result.message)
+        return _back("/rules", message)
+    rows = None
+    if action == "dry-run":
+        checked, rows = dry_run_rules(admin, text, last)
+    else:
+        full, checked = check_rules(admin, text)
+        if action == "save" and checked.ok:
+            try:
+                saved = admin.save_config(full, actor)
+            except ConfigError as exc:
+                checked = checked.model_copy(
+                    update={"ok": False, "problems": exc.problems or [str(exc)]}
+                )
+            else:
+                return _back(
+                    "/rules",
+                    f"saved {saved.path} (the old file is {saved.backup_path}); reload to apply",
+                )
+    return render(
+        request,
+        "rules.html",
+        found,
+        status=200 if checked.ok else 400,
+        text=text,
+        path=admin.config_path,
+        message="",
+        checked=checked,
+        rows=rows,
+        last=last,
+        action=action,
+    )

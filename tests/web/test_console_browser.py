@@ -152,8 +152,13 @@ def run_console(
     preview.wait_for()
     width = page.evaluate("img => img.complete ? img.naturalWidth : 0", preview.element_handle())
     assert width > 0, "the preview image did not load"
-    assert CANARY_NAME not in page.content() and CANARY_ID not in page.content()
+    # the patient ID is shown to the logged-in admin (from the audit trail), never logged
+    assert CANARY_ID in page.inner_text("main")
     shots("study-done")
+    page.goto(f"{base}/studies?patient_id={CANARY_ID}")
+    assert page.locator("table.studies a").all_inner_texts() == [
+        first.study_uid[:10] + "…" + first.study_uid[-10:]
+    ]
 
     # the PACS is down: the next study's delivery fails, then goes DEAD
     orthanc.stop()
@@ -168,15 +173,24 @@ def run_console(
     )
     assert "DEAD" in page.locator(".delivery-state").all_inner_texts()
     shots("delivery-dead")
+    page.goto(f"{base}/destinations")
+    page.click("form[action='/destinations/pacs/test'] button")
+    assert "pacs" in page.inner_text("p.message") and "NOT reachable" in page.inner_text(
+        "p.message"
+    )
     page.goto(f"{base}/deliveries")
     assert second.study_uid[:10] in page.inner_text("main")
     shots("deliveries")
 
-    # the PACS is back: replay, and it is delivered
+    # the PACS is back: the test says so; replay, and it is delivered
     orthanc.start()
+    page.goto(f"{base}/destinations")
+    page.click("form[action='/destinations/pacs/test'] button")
+    assert ": reachable" in page.inner_text("p.message")
+    shots("destinations")
     page.goto(f"{base}/studies/{second.study_uid}")
     page.click("form[action$='/replay'] button")
-    assert "replay queued" in page.inner_text("p.message")
+    assert "replay: its results are queued" in page.inner_text("p.message")
     reload_until(
         page,
         lambda: (
@@ -198,10 +212,66 @@ def run_console(
     }
     assert modalities == {"SEG", "SR"}
 
+    edit_rules(page, shots, base, node, tmp_path)
+
     page.goto(f"{base}/pipelines")
     row = page.locator("tr", has_text="ct-lung").inner_text()
     assert "ct-chest" in row and "cpu" in row and "yes" in row.split("\t")
     shots("pipelines")
     page.goto(base + "/")
-    assert page.inner_text("#studies") == "2"
+    assert page.inner_text("#studies") == "3"
     shots("dashboard")
+
+
+def edit_rules(page: Any, shots: Shots, base: str, node: NodeProcess, tmp_path: Path) -> None:
+    """Edit the rules with an error, see the field named; fix, dry-run, save, reload;
+    the next study follows the new rule."""
+    page.goto(f"{base}/rules")
+    original = page.input_value("textarea[name=text]")
+    assert "name: ct-chest" in original
+    broken = original.replace(
+        "    pipeline: ct-lung\n", "    pipeline: ct-lung\n    priority: high\n"
+    )
+    assert broken != original
+    page.fill("textarea[name=text]", broken)
+    page.click("button[value=check]")
+    problems = page.inner_text("#problems")
+    assert "routing.rules.0.priority" in problems, problems
+    shots("rules-error")
+    # the error is not saved either
+    page.click("button[value=save]")
+    assert "routing.rules.0.priority" in page.inner_text("#problems")
+    assert "priority: high" not in node.config_path.read_text()
+
+    fixed = original.replace("name: ct-chest\n", "name: ct-chest-v2\n")
+    page.fill("textarea[name=text]", fixed)
+    page.click("button[value=dry-run]")
+    rows = page.locator("#dry-run tr.changed").all_inner_texts()
+    assert len(rows) == 2 and all("ct-chest-v2" in row for row in rows), rows
+    shots("rules-dry-run")
+    page.click("button[value=save]")
+    message = page.inner_text("p.message")
+    assert "saved" in message and "reload to apply" in message
+    assert "name: ct-chest-v2" in node.config_path.read_text()
+    backups = list(node.config_path.parent.glob(node.config_path.name + ".*.bak"))
+    assert len(backups) == 1 and "name: ct-chest\n" in backups[0].read_text()
+    page.click("button[value=reload]")
+    assert page.inner_text("p.message").startswith("reloaded"), page.inner_text("p.message")
+    shots("rules-reloaded")
+
+    # a study received now follows the new rule
+    third = write_ct_series(tmp_path / "ct3", slices=20, rows=64, columns=64)
+    assert storescu(third.paths, node.port).returncode == 0
+    page.goto(f"{base}/studies/{third.study_uid}")
+    reload_until(
+        page,
+        lambda: page.locator(".run-state").count() > 0 and page.inner_text(".run-state") == "DONE",
+        240,
+        "the third study's run to be DONE",
+    )
+    assert page.locator("b.rule").first.inner_text() == "ct-chest-v2"
+    # every step left its audit row
+    page.goto(f"{base}/audit?actor={ADMIN[0]}")
+    trail = page.inner_text("table.audit")
+    for action in ("save-config", "reload", "replay", "test-destination", "login"):
+        assert action in trail, action

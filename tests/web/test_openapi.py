@@ -12,6 +12,7 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from dicomnode.synthetic import write_ct_series
 from tests.helpers import NodeProcess, storescu, write_config
@@ -52,6 +53,27 @@ def admin_session(live_node: tuple[int, Path]) -> requests.Session:
 
 #: Not generated: logging out would end the session the other calls use.
 SKIPPED = {("DELETE", "/api/v1/session")}
+#: Rules that fit the schema (any text) but not the node are refused with a
+#: documented 400 naming the field: "schema-valid data accepted" does not hold there.
+SEMANTIC = {("PUT", "/api/v1/rules"), ("POST", "/api/v1/rules/dry-run")}
+
+
+def exercise(operation: Any, base: str, session: requests.Session, excluded: list[Any]) -> None:
+    """A few derandomized examples of one operation, each answer checked against
+    the document."""
+
+    @given(case=operation.as_strategy())
+    @settings(
+        max_examples=5,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def keeps(case: Any) -> None:
+        case.call_and_validate(base_url=base, session=session, excluded_checks=excluded or None)
+
+    keeps()
 
 
 def test_the_api_keeps_its_document(
@@ -63,20 +85,11 @@ def test_the_api_keeps_its_document(
     tested = []
     for result in loaded.get_all_operations():
         operation = result.ok()
-        if (operation.method.upper(), operation.path) in SKIPPED:
+        key = (operation.method.upper(), operation.path)
+        if key in SKIPPED:
             continue
-
-        @given(case=operation.as_strategy())
-        @settings(
-            max_examples=5,
-            derandomize=True,
-            deadline=None,
-            database=None,
-            suppress_health_check=list(HealthCheck),
+        exercise(
+            operation, base, admin_session, [positive_data_acceptance] if key in SEMANTIC else []
         )
-        def keeps(case: Any) -> None:
-            case.call_and_validate(base_url=base, session=admin_session)
-
-        keeps()
-        tested.append(f"{operation.method.upper()} {operation.path}")
-    assert len(tested) >= 12, tested
+        tested.append(" ".join(key))
+    assert len(tested) >= 18, tested
