@@ -6,7 +6,7 @@ with the session's user as the actor."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import yaml
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
@@ -49,7 +49,7 @@ from dicomnode.web.models import (
     RulesText,
     SessionInfo,
 )
-from dicomnode.web.views import dashboard, routing_section, with_routing_section
+from dicomnode.web.views import dashboard, redacted, routing_section, with_routing_section
 
 __all__ = [
     "act",
@@ -397,9 +397,9 @@ def list_audit(
 
 @api_router.get("/config", tags=["config"], responses=AUTH_RESPONSES)
 def get_config(_: Viewer, ctx: Context) -> dict[str, Any]:
-    """The configuration in force, as loaded (defaults filled in)."""
-    loaded: dict[str, Any] = ctx.settings().model_dump(mode="json")
-    return loaded
+    """The configuration in force, as loaded (defaults filled in; the user,
+    password and query of URLs hidden)."""
+    return cast(dict[str, Any], redacted(ctx.settings().model_dump(mode="json")))
 
 
 @api_router.get(

@@ -36,7 +36,7 @@ from dicomnode.web.context import (
     check_admin,
     check_csrf,
 )
-from dicomnode.web.views import PREVIEW_STATES, dashboard, routing_section
+from dicomnode.web.views import PREVIEW_STATES, dashboard, redacted, routing_section
 
 __all__ = ["page_router", "templates"]
 
@@ -317,7 +317,7 @@ def audit_page(
 @page_router.get("/config", response_class=HTMLResponse)
 def config_page(request: Request, found: Viewer, ctx: Context) -> HTMLResponse:
     """The configuration in force, as loaded."""
-    text = yaml.safe_dump(ctx.settings().model_dump(mode="json"), sort_keys=False)
+    text = yaml.safe_dump(redacted(ctx.settings().model_dump(mode="json")), sort_keys=False)
     return render(request, "config.html", found, text=text, path=ctx.admin().config_path)
 
 

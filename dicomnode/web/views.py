@@ -12,7 +12,13 @@ from dicomnode.admin import Admin
 from dicomnode.jobs import JobState
 from dicomnode.web.models import Dashboard
 
-__all__ = ["PREVIEW_STATES", "dashboard", "routing_section", "with_routing_section"]
+__all__ = [
+    "PREVIEW_STATES",
+    "dashboard",
+    "redacted",
+    "routing_section",
+    "with_routing_section",
+]
 
 #: The run states that have written results a preview can show.
 PREVIEW_STATES = frozenset({"RESULTS_WRITTEN", "EXPORTING", "DONE", "DEAD"})
@@ -101,3 +107,25 @@ def with_routing_section(text: str, section: str) -> str:
         return text + ("" if text.endswith("\n") or not text else "\n") + section
     start, end = bounds
     return "".join(lines[:start]) + section + "".join(lines[end:])
+
+
+_URL_SECRET = re.compile(
+    r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@]*@)?(?P<rest>[^?#]*)(?P<query>[?#].*)?$"
+)
+
+
+def redacted(value: object) -> object:
+    """A configuration dump with what may be a secret hidden: the user and
+    password of a URL (a broker's, a database's) and its query (a webhook's
+    token); nothing else is changed."""
+    if isinstance(value, dict):
+        return {key: redacted(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redacted(item) for item in value]
+    if isinstance(value, str):
+        found = _URL_SECRET.match(value)
+        if found and (found["userinfo"] or found["query"]):
+            userinfo = "***@" if found["userinfo"] else ""
+            query = "?***" if found["query"] else ""
+            return f"{found['scheme']}{userinfo}{found['rest']}{query}"
+    return value

@@ -92,9 +92,31 @@ def test_a_change_needs_the_csrf_token_and_an_admin(console_node) -> None:
     # a viewer with the right token: 403
     answer = viewer.post(f"/api/v1/jobs/{job_id}/replay", headers={"X-CSRF-Token": viewer_csrf})
     assert answer.status_code == 403 and "viewer" in answer.json()["detail"]
-    # the admin with the token reaches the action: a round cannot be retried (409)
+    # no changing call of the API goes through for a viewer, token or not
+    spec = admin.get("/api/v1/openapi.json").json()
+    changing = [
+        (method, template)
+        for template, operations in spec["paths"].items()
+        for method in operations
+        if method != "get" and template != "/api/v1/session"
+    ]
+    assert len(changing) >= 10
+    for method, template in changing:
+        path = template.replace("{job_id}", str(job_id)).replace("{name}", "pacs")
+        answer = viewer.request(
+            method.upper(), path, headers={"X-CSRF-Token": viewer_csrf}, json={"text": ""}
+        )
+        assert answer.status_code == 403, (method, path, answer.status_code)
+    # none of the refused calls reached the admin layer: no admin action was audited
+    assert admin.get("/api/v1/audit", params={"event": "admin-action"}).json() == []
+    # the admin with the token reaches the action: a round cannot be retried (409),
+    # and the refusal is audited once, with its actor
     answer = admin.post(f"/api/v1/jobs/{job_id}/retry", headers={"X-CSRF-Token": admin_csrf})
     assert answer.status_code == 409, answer.text
+    rows = admin.get("/api/v1/audit", params={"event": "admin-action"}).json()
+    assert [(r["actor"], r["action"], r["target"], r["outcome"]) for r in rows] == [
+        (ADMIN[0], "retry", f"job {job_id}", "refused")
+    ]
     # the page form: no token or a viewer's form is refused, the admin's goes through
     assert admin.post(f"/jobs/{job_id}/retry", data={}).status_code == 403
     assert viewer.post(f"/jobs/{job_id}/retry", data={"csrf_token": viewer_csrf}).status_code == 403
