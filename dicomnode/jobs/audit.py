@@ -26,9 +26,9 @@ class AuditEvent(StrEnum):
     ADMIN_ACTION = "admin-action"
     """Something an admin did (retry, replay, hold, release, discard, test, save)."""
     CONFIG_RELOAD = "config-reload"
-    LOGIN = "login"
-    """A console login, failed login, lockout or logout (outcome), with the address."""
     RETENTION_PURGE = "retention-purge"
+    LOGIN = "login"
+    """A console login, successful or failed (outcome ``success`` / ``failure``)."""
 
 
 @dataclass(frozen=True)

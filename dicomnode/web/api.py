@@ -208,9 +208,9 @@ def login(body: LoginRequest, request: Request, response: Response, ctx: Context
     try:
         user = ctx.users.authenticate(body.name, body.password)
     except LoginError as exc:
-        ctx.audit_login(body.name, "locked" if exc.locked else "failed", address)
+        ctx.audit_login(body.name, False, address, "locked out" if exc.locked else str(exc))
         raise HTTPException(status_code=401, detail=str(exc)) from exc
-    ctx.audit_login(user.name, "ok", address)
+    ctx.audit_login(user.name, True, address)
     token, opened = ctx.users.open_session(user, ctx.session_seconds)
     set_session_cookie(response, ctx, token, ctx.session_seconds)
     return SessionInfo(
@@ -243,7 +243,7 @@ def logout(
     """Log out (any role; the CSRF token is needed)."""
     check_csrf(found, csrf)
     ctx.users.close_session(request.cookies.get(SESSION_COOKIE, ""))
-    ctx.audit_login(found.user.name, "logout", client_address(request))
+    ctx.audit_logout(found.user.name, client_address(request))
     response.delete_cookie(SESSION_COOKIE, path="/")
     return Done(ok=True, message="logged out")
 

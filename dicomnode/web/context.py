@@ -80,18 +80,25 @@ class ConsoleContext:
         token = request.cookies.get(SESSION_COOKIE)
         return self.users.session(token) if token else None
 
-    def audit_login(self, name: str, outcome: str, address: str) -> None:
-        """Append a login (``ok``), failed login (``failed``), refused login of
-        a locked-out user (``locked``) or logout to the audit trail."""
+    def audit_login(self, name: str, ok: bool, address: str, why: str = "") -> None:
+        """Append a console login (``ok``) or failed login (``why``: what was
+        wrong, never the password tried) to the audit trail."""
         self.admin().store.record_audit(
             AuditEntry(
                 AuditEvent.LOGIN,
                 name[:64],
-                action="logout" if outcome == "logout" else "login",
+                action="login",
                 target="console",
-                outcome=outcome,
+                outcome="success" if ok else "failure",
                 address=address,
+                detail={"reason": why} if why else {},
             )
+        )
+
+    def audit_logout(self, name: str, address: str) -> None:
+        """Append a logout to the audit trail."""
+        self.admin().store.record_audit(
+            AuditEntry(AuditEvent.LOGIN, name, action="logout", target="console", address=address)
         )
 
 

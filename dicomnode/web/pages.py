@@ -144,7 +144,7 @@ def login_submit(
     try:
         user = ctx.users.authenticate(name, password)
     except LoginError as exc:
-        ctx.audit_login(name, "locked" if exc.locked else "failed", address)
+        ctx.audit_login(name, False, address, "locked out" if exc.locked else str(exc))
         token = secrets.token_urlsafe(32)
         response = render(
             request,
@@ -157,7 +157,7 @@ def login_submit(
         )
         response.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="strict", path="/login")
         return response
-    ctx.audit_login(user.name, "ok", address)
+    ctx.audit_login(user.name, True, address)
     token, _ = ctx.users.open_session(user, ctx.session_seconds)
     redirect = RedirectResponse(_safe_next(next), status_code=303)
     set_session_cookie(redirect, ctx, token, ctx.session_seconds)
@@ -172,7 +172,7 @@ def logout_submit(
     """End the session."""
     check_csrf(found, csrf_token)
     ctx.users.close_session(request.cookies.get(SESSION_COOKIE, ""))
-    ctx.audit_login(found.user.name, "logout", client_address(request))
+    ctx.audit_logout(found.user.name, client_address(request))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

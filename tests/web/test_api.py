@@ -22,6 +22,9 @@ from tests.web.console import (
 
 pytestmark = [pytest.mark.peers]
 
+#: A wrong password tried.
+GUESS = "guessed-xyzzy-1"
+
 #: Pages that must send a visitor without a session to the login page.
 PAGES = ["/", "/studies", "/deliveries", "/audit", "/config", "/studies/1.2.3"]
 
@@ -138,14 +141,14 @@ def test_failed_logins_lock_out_and_are_recorded(console_node, tmp_path: Path) -
     node, port, _ = console_node
     http = client(port)
     for _ in range(2):
-        answer = http.post("/api/v1/session", json={"name": VIEWER[0], "password": "wrong"})
+        answer = http.post("/api/v1/session", json={"name": VIEWER[0], "password": GUESS})
         assert answer.status_code == 401
         assert answer.json()["detail"] == "wrong user name or password"
     # an unknown user gets the same answer
-    answer = http.post("/api/v1/session", json={"name": "mallory", "password": "wrong"})
+    answer = http.post("/api/v1/session", json={"name": "mallory", "password": GUESS})
     assert answer.json()["detail"] == "wrong user name or password"
     # the third failure in a row (console.max_failed_logins: 3) locks the viewer out...
-    answer = http.post("/api/v1/session", json={"name": VIEWER[0], "password": "wrong"})
+    answer = http.post("/api/v1/session", json={"name": VIEWER[0], "password": GUESS})
     assert answer.status_code == 401 and "too many" in answer.json()["detail"]
     # ...the right password included
     answer = http.post("/api/v1/session", json={"name": VIEWER[0], "password": VIEWER[1]})
@@ -167,14 +170,15 @@ def test_failed_logins_lock_out_and_are_recorded(console_node, tmp_path: Path) -
     assert answer.status_code == 303 and answer.headers["location"] == "/"
     # every attempt is in the record, newest first
     record = http.get("/api/v1/audit", params={"event": "login"}).json()
-    assert [(r["actor"], r["outcome"]) for r in record] == [
-        (ADMIN[0], "ok"),
-        (VIEWER[0], "locked"),
-        (VIEWER[0], "locked"),
-        ("mallory", "failed"),
-        (VIEWER[0], "failed"),
-        (VIEWER[0], "failed"),
+    assert [(r["actor"], r["outcome"], r["detail"].get("reason")) for r in record] == [
+        (ADMIN[0], "success", None),
+        (VIEWER[0], "failure", "locked out"),
+        (VIEWER[0], "failure", "locked out"),
+        ("mallory", "failure", "wrong user name or password"),
+        (VIEWER[0], "failure", "wrong user name or password"),
+        (VIEWER[0], "failure", "wrong user name or password"),
     ]
+    assert GUESS not in str(record)  # the password tried is not recorded
     assert all(r["address"] == "127.0.0.1" for r in record)
     # the CLI shows the lockout
     listed = users(node.config_path, "list")
