@@ -11,12 +11,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from dicomnode.config.console import ConsoleConfig
 from dicomnode.config.destinations import Destination, ExportConfig
 from dicomnode.config.executor import CeleryConfig
 from dicomnode.config.metrics import MetricsConfig
 from dicomnode.config.monitoring import MonitoringConfig
 from dicomnode.config.nnunet import NnUNetSettings
-from dicomnode.config.rules import RoutingConfig
+from dicomnode.config.rules import Regex, RoutingConfig
 from dicomnode.config.tls import ServerTLSConfig
 from dicomnode.config.types import AETitle, IPAddress
 
@@ -258,6 +259,13 @@ class PipelineSettings(_Model):
             "(<runner.models_dir>/<model>.yaml), whose files hold the network and its model card."
         ),
     )
+    inputs: dict[str, Regex] | None = Field(
+        default=None,
+        description=(
+            "For monai-bundle with several input series: role to a regex of the role's "
+            "SeriesDescription, in the order of the bundle's input channels."
+        ),
+    )
 
 
 class RunnerConfig(_Model):
@@ -322,6 +330,7 @@ class Settings(_Model):
     export: ExportConfig = ExportConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     metrics: MetricsConfig = MetricsConfig()
+    console: ConsoleConfig = ConsoleConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -347,6 +356,13 @@ class Settings(_Model):
         if self.database.url is None:
             return self.storage.data_dir / "dicomnode.db"
         return Path(self.database.url.removeprefix("sqlite:///"))
+
+    @property
+    def users_db_path(self) -> Path:
+        """Path of the console's users file."""
+        if self.console.users_db is None:
+            return self.storage.data_dir / "console.db"
+        return self.console.users_db
 
     def reference_problems(self) -> list[str]:
         """Rules whose ``destinations`` / ``notify`` name no (or the wrong kind

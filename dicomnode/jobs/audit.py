@@ -27,6 +27,8 @@ class AuditEvent(StrEnum):
     """Something an admin did (retry, replay, hold, release, discard, test, save)."""
     CONFIG_RELOAD = "config-reload"
     RETENTION_PURGE = "retention-purge"
+    LOGIN = "login"
+    """A console login, successful or failed (outcome ``success`` / ``failure``)."""
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ The report's construction
 * **Detections** (boxes with scores): one TID 1410 Planar ROI group per
   box, its region an SCOORD3D closed POLYLINE: the box's outline in patient
   coordinates on the plane of its central slice; the finding type is the
-  detection's concept, evaluated Present, the score is a measurement
+  detection's concept (only boxes at or above their threshold are
+  reported, so no Present/Absent evaluation is added), the score is a measurement
   (122157, DCM, "Probability") whose INFERRED FROM is the same outline as an
   SCOORD POLYLINE on that slice's source image (what 2-D viewers draw), and
   the box's longer and shorter side on that slice are Long Axis (103339001,
@@ -665,9 +666,6 @@ class _Builder:
             finding_type=coded(detection.concept),
             algorithm_id=self.algorithm(**extra),
             measurements=measurements,
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(name=coded(detection.concept), value=_PRESENT)
-            ],
         )
         self.place_measurements(group, Outline(middle, planar))
         return group
