@@ -128,8 +128,9 @@ class Loop:
         One pass; it returns an optional number of seconds to wait at most
         before the next pass (less than the poll interval when the stage
         knows work falls due sooner), or ``None``.
-    poll_seconds : float
-        The longest wait between two passes.
+    poll_seconds : float or callable
+        The longest wait between two passes, or a function returning it (read
+        before every wait, so a reloaded configuration applies).
     on_error : callable
         Called with an exception a pass raised; the loop goes on unless it
         raises in turn (then the thread ends, and :meth:`alive` says so).
@@ -143,7 +144,7 @@ class Loop:
         self,
         name: str,
         run: Callable[[], float | None],
-        poll_seconds: float,
+        poll_seconds: float | Callable[[], float],
         on_error: Callable[[Exception], None],
         waitables: Callable[[], list[Any]] | None = None,
     ) -> None:
@@ -169,7 +170,8 @@ class Loop:
                 limit = self.run()
             except Exception as exc:  # noqa: BLE001 - the thread boundary; the stage logs it
                 self.on_error(exc)
-            timeout = self.poll_seconds if limit is None else min(limit, self.poll_seconds)
+            poll = self.poll_seconds() if callable(self.poll_seconds) else self.poll_seconds
+            timeout = poll if limit is None else min(limit, poll)
             if self._stop.is_set():
                 break
             others = self.waitables() if self.waitables is not None else []

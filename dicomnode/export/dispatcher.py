@@ -171,7 +171,10 @@ class Dispatcher:
         self.config: ExportConfig = settings.export
         self.store = store
         self.clock = clock
-        self._loop = Loop("dicomnode-export", self._pass, self.config.poll_seconds, self._failed)
+        # the poll interval is read before every wait: a reload may change it
+        self._loop = Loop(
+            "dicomnode-export", self._pass, lambda: self.config.poll_seconds, self._failed
+        )
         self._checked: set[int] = set()
 
     # -- scheduling -------------------------------------------------------
