@@ -485,6 +485,7 @@ class Node:
             self.remote = RemoteRunner(
                 self.settings.runner, self.store, results_root=shared_results_root(self.settings)
             )
+            wake_on(self.store, frozenset({JobState.ROUTED}), self.remote.wakeup)
             self.remote.start()
         elif self.settings.runner.enabled:
             runner = Runner(

@@ -18,7 +18,6 @@ is back.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ from dicomnode.jobs import SQLiteJobStore
 from dicomnode.runner.broker import TASK_NAME, celery_app, queue_name
 from dicomnode.runner.runs import record_outcome
 from dicomnode.runner.worker import Outcome
+from dicomnode.scheduling import Loop, Wakeup
 
 __all__ = ["RemoteRunner"]
 
@@ -70,24 +70,25 @@ class RemoteRunner:
         self.results_root = results_root
         self.clock = clock
         self.app: Any = celery_app(config.celery, name="dicomnode-node")
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._loop = Loop("dicomnode-queue", self.tick, config.poll_seconds, self._failed)
         self._broker_down = False
 
     def start(self) -> None:
         """Start sending and reclaiming (runs left RUNNING stay with their workers)."""
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="dicomnode-queue", daemon=True)
-        self._thread.start()
+        self._loop.start()
         LOGGER.info("runner: pipelines run on Celery workers (queues dicomnode.<pipeline>)")
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except JobStoreError as exc:
-                LOGGER.error("runner: job store error, retrying: %s", exc)
-            self._stop.wait(self.config.poll_seconds)
+    @property
+    def wakeup(self) -> Wakeup:
+        """Set it when a run became ROUTED (the wiring does, on the job store's
+        commits): it is sent to its queue at once, not at the next poll."""
+        return self._loop.wakeup
+
+    @staticmethod
+    def _failed(exc: Exception) -> None:
+        if not isinstance(exc, JobStoreError):
+            raise exc  # a bug: the thread ends and alive() says so
+        LOGGER.error("runner: job store error, retrying: %s", exc)
 
     def tick(self) -> None:
         """Reclaim expired leases, then send what is due."""
@@ -143,12 +144,9 @@ class RemoteRunner:
 
     def alive(self) -> bool:
         """Whether the queueing thread runs (the workers are other processes)."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._loop.alive()
 
     def stop(self) -> None:
         """Stop sending; runs on workers go on there."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._loop.stop()
         self.app.close()
