@@ -11,6 +11,7 @@ from pathlib import Path
 from dicomnode.admin.atna import SyslogForwarder
 from dicomnode.config.audit import SyslogConfig
 from dicomnode.jobs import AuditEntry, AuditEvent, SQLiteJobStore
+from tests.helpers import echo
 
 STUDY = "1.2.826.0.1.3680043.99.1"
 
@@ -120,3 +121,25 @@ def test_tcp_collector_that_was_down_gets_what_it_missed(tmp_path: Path) -> None
         "110104",
         "110114",
     ]
+
+
+def test_the_running_node_sends_a_refused_association(make_settings, start_node) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as collector:
+        collector.bind(("127.0.0.1", 0))
+        collector.settimeout(30)
+        settings = make_settings(
+            audit={
+                "syslog": {
+                    "host": "127.0.0.1",
+                    "port": collector.getsockname()[1],
+                    "poll_seconds": 0.1,
+                }
+            }
+        )
+        start_node(settings)
+        assert not echo(settings.node.port, calling="INTRUDER")
+        alert = _message(collector.recv(65536))
+    assert alert.find("EventIdentification/EventID").get("csd-code") == "110113"
+    assert alert.find("EventIdentification/EventTypeCode").get("csd-code") == "110126"
+    (peer, _) = alert.findall("ActiveParticipant")
+    assert (peer.get("UserID"), peer.get("NetworkAccessPointID")) == ("INTRUDER", "127.0.0.1")
