@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml | $(PY)
 
 run: $(STAMP)
 	$(VENV)/bin/dicomnode config check $(CONFIG)
+	@$(PY) -c "import sys; from dicomnode.config import load_config; \
+	s = load_config(sys.argv[1]).console; \
+	print(f'console: http://{s.host}:{s.port}/' if s.enabled else 'console: off (console.enabled)'); \
+	print('first user: .venv/bin/dicomnode users add NAME --role admin -c $(CONFIG)')" $(CONFIG)
 	$(VENV)/bin/dicomnode serve -c $(CONFIG)
 
 # The real peers the tests start on loopback: DCMTK, Orthanc (with its DICOMweb

@@ -15,7 +15,7 @@ from pathlib import Path
 from dicomnode import __version__
 from dicomnode.admin import Admin, AuditRow, RunDetail
 from dicomnode.config import Settings, load_config
-from dicomnode.errors import ConfigError, DicomNodeError, SendError
+from dicomnode.errors import ConfigError, DicomNodeError, SendError, UserError
 from dicomnode.jobs import AuditEvent, JobState
 
 CONFIG_ENV = "DICOMNODE_CONFIG"
@@ -491,6 +491,45 @@ def cmd_corrections(args: argparse.Namespace) -> int:
             ]
         )
     print(_table(["ID", "RECEIVED", "JOB", "PIPELINE", "MATCHED BY", "STATE", "SCORES"], table))
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    """A new password: one line of stdin, or typed twice at a prompt."""
+    import getpass
+
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise UserError("password: the two entries differ")
+    return first
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    """Console users: add (password from a prompt or stdin), list, remove."""
+    from dicomnode.auth import UserStore
+
+    settings = _load(args.config)
+    users = UserStore(settings.users_db_path)
+    if args.users_command == "add":
+        user = users.add(args.name, args.role, _read_password(args.password_stdin))
+        print(f"added {user.name} ({user.role}) to {settings.users_db_path}")
+    elif args.users_command == "remove":
+        users.remove(args.name)
+        print(f"removed {args.name}")
+    else:
+        now = time.time()
+        rows = [
+            [
+                u.name,
+                str(u.role),
+                _fmt_time(u.created_at),
+                f"until {_fmt_time(u.locked_until)}" if u.locked(now) else "-",
+            ]
+            for u in users.users()
+        ]
+        print(_table(["NAME", "ROLE", "CREATED", "LOCKED"], rows))
     return 0
 
 
@@ -1340,6 +1379,21 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(corrections)
     corrections.add_argument("--json", action="store_true", help="print JSON")
     corrections.set_defaults(func=cmd_corrections)
+
+    users = sub.add_parser("users", help="the web console's users (console.users_db)")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    users_add = users_sub.add_parser("add", help="add a user (asks for the password)")
+    users_add.add_argument("name")
+    users_add.add_argument("--role", choices=["admin", "viewer"], default="viewer")
+    users_add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    users_remove = users_sub.add_parser("remove", help="remove a user and end their sessions")
+    users_remove.add_argument("name")
+    users_list = users_sub.add_parser("list", help="list the users")
+    for command in (users_add, users_remove, users_list):
+        with_config(command)
+        command.set_defaults(func=cmd_users)
     return parser
 
 

@@ -27,11 +27,14 @@ boundary (``dicomnode.ingress``, ``dicomnode.export``).
     │       ├── HL7NackError         the RIS answered AE/CE (permanent) or AR/CR, wrong MSA-2
     │       ├── HL7TimeoutError      no ACK before the deadline (retryable)
     │       └── HL7ConnectionError   refused, reset or closed without an ACK (retryable)
-    └── RunnerError              running a pipeline
-        ├── PipelineNotFoundError    no installed pipeline has that name
-        ├── DuplicatePipelineError   two plugins claim one name
-        ├── ModelError               a manifest or weights file is missing or wrong
-        └── InputError               the input is not what the pipeline accepts
+    ├── RunnerError              running a pipeline
+    │   ├── PipelineNotFoundError    no installed pipeline has that name
+    │   ├── DuplicatePipelineError   two plugins claim one name
+    │   ├── ModelError               a manifest or weights file is missing or wrong
+    │   └── InputError               the input is not what the pipeline accepts
+    └── AuthError                console users and logins
+        ├── UserError                a user name, role or password that cannot be used
+        └── LoginError               a login refused (wrong password, unknown user, locked out)
 """
 
 from __future__ import annotations
@@ -203,3 +206,20 @@ class ModelError(RunnerError):
 
 class InputError(RunnerError):
     """The input series is not what the pipeline accepts (modality, size...)."""
+
+
+class AuthError(DicomNodeError):
+    """Console users and logins."""
+
+
+class UserError(AuthError, ValueError):
+    """A user name, role or password that cannot be used; the message says which."""
+
+
+class LoginError(AuthError):
+    """A login refused. The message is the same for an unknown user and a
+    wrong password; :attr:`locked` says whether the user is locked out."""
+
+    def __init__(self, message: str, *, locked: bool = False) -> None:
+        self.locked = locked
+        super().__init__(message)

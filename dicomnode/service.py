@@ -54,6 +54,8 @@ if TYPE_CHECKING:  # Celery is imported only when runner.executor is celery
     from dicomnode.admin.atna import SyslogForwarder
     from dicomnode.runner.celery_worker import CeleryWorker
     from dicomnode.runner.remote import RemoteRunner
+    from dicomnode.web import ConsoleServer
+    from dicomnode.web.models import PipelineOut
 
 LOGGER = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ def configure_logging(level: str, style: str = "text") -> None:
     logging.basicConfig(level=level, handlers=[handler])
     logging.captureWarnings(True)
     quiet = logging.DEBUG if debug else logging.WARNING
-    for name in ("pynetdicom", "apscheduler"):
+    for name in ("pynetdicom", "apscheduler", "uvicorn"):
         logging.getLogger(name).setLevel(quiet)
     if not debug:
         logging.getLogger("pynetdicom.utils").setLevel(logging.CRITICAL)
@@ -343,6 +345,7 @@ class Node:
         self.metrics: NodeMetrics | None = None
         self.ops: OpsServer | None = None
         self.atna: SyslogForwarder | None = None
+        self.console: ConsoleServer | None = None
         #: (PROMETHEUS_MULTIPROC_DIR before this node set it,), or None when it did not
         self._multiprocess_env: tuple[str | None] | None = None
         self.agreement: list[ShadowMonitor | CorrectionScorer] = []
@@ -431,6 +434,7 @@ class Node:
         processes = self.settings.ingress.processes
         self.metrics = self._build_metrics()
         self._start_ops()  # first: /readyz says what is not running yet
+        self._start_console()
         if processes == 1:
             self.ingress = IngressServer(
                 self.settings.node,
@@ -579,6 +583,92 @@ class Node:
             ) from exc
         self.ops = ops
 
+    def _start_console(self) -> None:
+        """Serve the web console and REST API when ``console.enabled``."""
+        config = self.settings.console
+        if not config.enabled or self.metrics is None or self.store is None:
+            return
+        from dicomnode.admin import Admin
+        from dicomnode.auth import UserStore
+        from dicomnode.web import ConsoleContext, ConsoleServer
+
+        users = UserStore(
+            self.settings.users_db_path,
+            max_failed=config.max_failed_logins,
+            lockout_seconds=config.lockout_minutes * 60,
+        )
+        spool = self.spool
+        store = self.store
+        ctx = ConsoleContext(
+            settings=lambda: self.settings,
+            admin=lambda: Admin(self.settings, store, config_path=self.config_path),
+            users=users,
+            readiness=self.readiness,
+            exposition=self.metrics.exposition,
+            free_bytes=spool.free_bytes if spool is not None else lambda: 0,
+            pipelines=self._pipelines,
+        )
+        console = ConsoleServer(ctx, config.host, config.port)
+        try:
+            console.start()
+        except OSError as exc:
+            self.stop()
+            raise StartupError(
+                f"console: cannot listen on {config.host}:{config.port}: "
+                f"{exc.strerror}{in_use_hint(exc)}"
+            ) from exc
+        except StartupError:
+            self.stop()
+            raise
+        self.console = console
+
+    def _pipelines(self) -> list[PipelineOut]:
+        """The routed pipelines for the console: version, models (as their
+        manifests declare them), device, and whether a worker holds them loaded."""
+        from dicomnode.runner.manifest import read_manifest
+        from dicomnode.runner.registry import PipelineRegistry
+        from dicomnode.web.models import ModelOut, PipelineOut
+
+        settings = self.settings
+        runner = settings.runner
+        routing = settings.routing
+        rules: dict[str, list[str]] = {}
+        for rule in [*routing.rules, *filter(None, [routing.fallback])]:
+            rules.setdefault(rule.pipeline, []).append(rule.name)
+        registry = PipelineRegistry.discover(runner.plugins)
+        running = self.runner is not None and self.runner.alive()
+        found = []
+        for name, rule_names in rules.items():
+            problems: list[str] = []
+            models: list[ModelOut] = []
+            version = None
+            if name in registry:
+                pipeline = registry.create(name)
+                version = getattr(pipeline, "version", None)
+                for model in getattr(pipeline, "required_models", ()):
+                    try:
+                        manifest = read_manifest(runner.models_dir / f"{model}.yaml")
+                    except DicomNodeError as exc:
+                        problems.append(str(exc))
+                        continue
+                    models.append(
+                        ModelOut(name=model, version=manifest.version, sha256=manifest.sha256)
+                    )
+            else:
+                problems.append(f"no installed pipeline {name!r}")
+            found.append(
+                PipelineOut(
+                    name=name,
+                    version=None if version is None else str(version),
+                    rules=rule_names,
+                    models=models,
+                    device=runner.device if runner.enabled else "(runner off)",
+                    warm=running and runner.executor == "local" and not problems,
+                    problems=problems,
+                )
+            )
+        return found
+
     def readiness(self) -> Health:
         """Whether the node can take and process studies now (``/readyz``):
         the job store answers, the spool's disk is above its floor, and every
@@ -622,6 +712,9 @@ class Node:
         if self.ops is not None:
             self.ops.stop()
             self.ops = None
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
         grace = self.settings.ingress.shutdown_grace_seconds
         for child in self._children:
             if child.is_alive() and child.pid is not None:

@@ -3,6 +3,8 @@ finished ct-lung run whose measurements are right."""
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import highdicom as hd
@@ -31,7 +33,15 @@ def test_example_config_routes_a_ct_to_ct_lung(node_process, tmp_path):
     config["assembly"]["quiet_seconds"] = 1
     config["assembly"]["poll_seconds"] = 0.2
     config["runner"]["poll_seconds"] = 0.2
+    config["console"]["port"] = free_port()
     node = node_process(config)
+    # the console is on, on loopback, and asks for a login
+    console = f"http://127.0.0.1:{config['console']['port']}"
+    with urllib.request.urlopen(f"{console}/healthz", timeout=10) as answer:
+        assert answer.status == 200
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{console}/api/v1/studies", timeout=10)
+    assert refused.value.code == 401
     # retention deletes patient data: the start-up log says what, where and when
     notice = wait_for(
         lambda: next((x for x in node.log().splitlines() if "retention is on" in x), None),

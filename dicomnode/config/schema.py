@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from dicomnode.config.audit import AuditConfig
+from dicomnode.config.console import ConsoleConfig
 from dicomnode.config.destinations import Destination, ExportConfig
 from dicomnode.config.executor import CeleryConfig
 from dicomnode.config.metrics import MetricsConfig
@@ -324,6 +325,7 @@ class Settings(_Model):
     export: ExportConfig = ExportConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     metrics: MetricsConfig = MetricsConfig()
+    console: ConsoleConfig = ConsoleConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -349,6 +351,13 @@ class Settings(_Model):
         if self.database.url is None:
             return self.storage.data_dir / "dicomnode.db"
         return Path(self.database.url.removeprefix("sqlite:///"))
+
+    @property
+    def users_db_path(self) -> Path:
+        """Path of the console's users file."""
+        if self.console.users_db is None:
+            return self.storage.data_dir / "console.db"
+        return self.console.users_db
 
     def reference_problems(self) -> list[str]:
         """Rules whose ``destinations`` / ``notify`` name no (or the wrong kind
