@@ -9,7 +9,8 @@ On loopback, each with its own free ports and temporary directory:
 * hl7apy's ``MLLPServer`` in a thread as the RIS, answering every ORU^R01 with AA,
 * the node (``python -m dicomnode serve``) with one rule: CT → ``ct-lung``, the DICOM objects
   to the PACS and a notification to the RIS; assembly ``quiet_seconds`` from ``--quiet``
-  (2 s), every stage polling every 0.2 s, ``runner.device: auto`` (CUDA when there is one).
+  (2 s), the stages' polling at the node's defaults (``--poll`` sets it: hand-offs are
+  signalled, polling is only the fallback), ``runner.device: auto`` (CUDA when there is one).
 
 A synthetic CT (default 256 slices of 512x512) is pushed with DCMTK ``storescu`` over one
 association. The benchmark waits until the run job is DONE, then checks what a user would:
@@ -26,7 +27,8 @@ loading the pipeline on its first use, the runner's polling. HL7 is sent after t
 delivery in the same export pass, so its span (from EXPORTING) includes the PACS span.
 The target line counts as overhead everything between the last instance received and DONE
 except the pipeline's compute and the configured quiet period (the quiet period's overshoot
-counts). The figures depend on the machine (CPU count and device are printed); one run is
+counts); it is printed as a share of the pipeline's compute and in seconds, each with its
+target. The figures depend on the machine (CPU count and device are printed); one run is
 one sample.
 
 Run ``python bench/e2e.py`` from the repository root (``make bench``); ``--help`` lists the
@@ -78,7 +80,8 @@ from dicomnode.synthetic import write_ct_series
 NODE_AET = "DICOMNODE"
 ORTHANC_AET = "ORTHANC"
 ORU_TYPE = "ORU^R01^ORU_R01"
-POLL = 0.2
+#: the absolute target for the node's own time on the 256-slice CT
+OVERHEAD_TARGET_S = 1.5
 READY_TIMEOUT = 60.0
 REPO = Path(__file__).resolve().parent.parent
 
@@ -237,8 +240,11 @@ class _AckHandler(AbstractHandler):  # type: ignore[misc]
 class Node:
     """``python -m dicomnode serve`` with the benchmark's rule and destinations."""
 
-    def __init__(self, workdir: Path, quiet: float, pacs_port: int, ris_port: int) -> None:
+    def __init__(
+        self, workdir: Path, quiet: float, pacs_port: int, ris_port: int, poll: float | None
+    ) -> None:
         self.workdir = workdir
+        self.poll = poll
         self.log = workdir / "node.log"
         self.data = workdir / "data"
         self.port = free_port()
@@ -248,16 +254,17 @@ class Node:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def config(self) -> dict[str, Any]:
+        polling = {} if self.poll is None else {"poll_seconds": self.poll}
         return {
             "node": {"ae_title": NODE_AET, "bind": "127.0.0.1", "port": self.port},
             "ingress": {"allow_any": True},
             "storage": {"data_dir": str(self.data), "min_free_mb": 0},
-            "assembly": {"quiet_seconds": self.quiet, "poll_seconds": POLL},
+            "assembly": {"quiet_seconds": self.quiet, **polling},
             "runner": {
                 "enabled": True,
                 "device": "auto",
-                "poll_seconds": POLL,
                 "models_dir": str(REPO / "models"),
+                **polling,
             },
             "routing": {
                 "rules": [
@@ -285,7 +292,7 @@ class Node:
                     "timeout_seconds": 10,
                 },
             },
-            "export": {"poll_seconds": POLL},
+            "export": dict(polling),
             "logging": {"level": "WARNING"},
         }
 
@@ -517,7 +524,7 @@ def report(record: Record, quiet: float) -> tuple[list[list[str]], str]:
     target = (
         f"overhead (everything except pipeline compute and the configured quiet period) = "
         f"{overhead:.3f} s = {100 * overhead / pipeline:.1f} % of pipeline compute "
-        f"(target ≤ 30 %)"
+        f"(target ≤ 30 %); absolute {overhead:.3f} s (target ≤ {OVERHEAD_TARGET_S:g} s)"
     )
     return rows, target
 
@@ -529,6 +536,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quiet", type=float, default=2.0, help="assembly quiet_seconds (2)")
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for DONE (600)"
+    )
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=None,
+        help="poll_seconds of assembly, runner and export (default: the node's defaults; "
+        "stage hand-offs are signalled, polling is the fallback)",
     )
     args = parser.parse_args(argv)
     if args.slices < 1 or args.size < 16 or args.quiet <= 0 or args.timeout <= 0:
@@ -564,7 +578,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pacs.launch()
         ris = RIS()
         ris.launch()
-        node = Node(scratch / "node", args.quiet, pacs.dicom_port, ris.port)
+        node = Node(scratch / "node", args.quiet, pacs.dicom_port, ris.port, args.poll)
         node.launch()
         store = JobStoreReader(node.data / "dicomnode.db")
 

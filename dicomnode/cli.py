@@ -16,9 +16,7 @@ from dicomnode import __version__
 from dicomnode.admin import Admin, AuditRow, RunDetail
 from dicomnode.config import Settings, load_config
 from dicomnode.errors import ConfigError, DicomNodeError, SendError, UserError
-from dicomnode.jobs import AuditEvent, JobState, SQLiteJobStore
-from dicomnode.monitoring.drift import check_pipeline
-from dicomnode.monitoring.shadow import summarize
+from dicomnode.jobs import AuditEvent, JobState
 
 CONFIG_ENV = "DICOMNODE_CONFIG"
 
@@ -28,12 +26,6 @@ def _load(path: str | None) -> Settings:
     if not chosen:
         raise ConfigError(f"no configuration file: pass -c FILE or set {CONFIG_ENV}")
     return load_config(chosen)
-
-
-def _open_store(settings: Settings) -> SQLiteJobStore:
-    if not settings.database_path.exists():
-        raise DicomNodeError(f"no job store at {settings.database_path} (has the node run yet?)")
-    return SQLiteJobStore(settings.database_path)
 
 
 def _fmt_time(epoch: float | None) -> str:
@@ -269,15 +261,9 @@ def _fmt_purged(purged: int, rounds: int, at: float | None) -> str:
 
 def cmd_drift(args: argparse.Namespace) -> int:
     """Print the latest drift comparison of every pipeline with descriptors."""
-    settings = _load(args.config)
-    store = _open_store(settings)
-    try:
-        reports = [
-            check_pipeline(store, pipeline, settings.monitoring, time.time())
-            for pipeline in store.descriptor_pipelines()
-        ]
-    finally:
-        store.close()
+    with _admin(args) as admin:
+        reports = admin.drift()
+        settings = admin.settings
     if args.json:
         print(json.dumps([r.as_dict() for r in reports], indent=2))
         return 0
@@ -348,72 +334,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a pipeline offline on a folder, as the node's workers do."""
+    from dicomnode.admin.offline import run_offline
     from dicomnode.config.schema import RunnerConfig
     from dicomnode.resultfile import load_result
-    from dicomnode.results.writer import DicomResultWriter
-    from dicomnode.routing import describe_study
-    from dicomnode.runner.stage import pipeline_options
-    from dicomnode.runner.worker import Task, Worker, WorkerSettings
 
     settings = _load(args.config) if args.config else None
-    runner = settings.runner if settings is not None else RunnerConfig()
-    node_name = settings.node.ae_title if settings is not None else "DICOMNODE"
-    paths = (
-        [p for p in Path(args.path).rglob("*") if p.is_file()]
-        if Path(args.path).is_dir()
-        else [Path(args.path)]
-    )
-    studies = describe_study(paths)
-    series = [(study, s) for study in studies for s in study.series]
-    if not series:
-        raise DicomNodeError(f"no DICOM series under {args.path}")
-    if args.series:
-        chosen = [s for s in series if s[1].series_instance_uid == args.series]
-        if not chosen:
-            raise DicomNodeError(f"no series {args.series} under {args.path}")
-    else:
-        chosen = [max(series, key=lambda s: s[1].instance_count)]
-        if len(series) > 1:
-            print(
-                f"{len(series)} series found; using the one with most instances "
-                f"({chosen[0][1].series_instance_uid}); choose with --series"
-            )
-    picked = chosen[0][1]
-    files = tuple(str(p) for p in _series_files(paths, picked.series_instance_uid))
-    options = pipeline_options(runner)
-    if args.bundle:
-        options.setdefault(args.pipeline, {})["bundle"] = str(Path(args.bundle).resolve())
-    worker = Worker(
-        WorkerSettings(
-            device=args.device or runner.device,
-            threads=runner.threads,
-            plugins=tuple(runner.plugins),
-            models_dir=str(runner.models_dir.resolve()),
-            writer=None if args.no_dicom else DicomResultWriter(),
-            node_name=node_name,
-            options=options,
-            descriptors=False,
-        )
-    )
     out = Path(args.out)
-    task = Task(
-        job_id=0,
-        pipeline=args.pipeline,
-        files=files,
-        result_dir=str(out),
-        outbox_dir=str(out / "dicom"),
+    run = run_offline(
+        Path(args.path),
+        args.pipeline,
+        out,
+        runner=settings.runner if settings is not None else RunnerConfig(),
+        node_name=settings.node.ae_title if settings is not None else "DICOMNODE",
+        series_uid=args.series,
+        device=args.device,
+        bundle=Path(args.bundle) if args.bundle else None,
+        dicom=not args.no_dicom,
     )
-    outcome = worker.run(task)
-    if not outcome.ok:
-        print(f"error: {outcome.summary}", file=sys.stderr)
-        if args.verbose and outcome.traceback:
-            print(outcome.traceback, file=sys.stderr)
+    if run.series_found > 1 and not args.series:
+        print(
+            f"{run.series_found} series found; using the one with most instances "
+            f"({run.series_instance_uid}); choose with --series"
+        )
+    if not run.ok:
+        print(f"error: {run.summary}", file=sys.stderr)
+        if args.verbose and run.traceback:
+            print(run.traceback, file=sys.stderr)
         return 1
     result, document = load_result(out)
-    print(f"{args.pipeline} on {len(files)} instance(s), {worker.device}: {result.summary}")
+    print(f"{args.pipeline} on {len(run.files)} instance(s), {run.device}: {result.summary}")
     print(f"took {document['seconds']:.1f} s; result in {out}")
-    for item in outcome.objects:
-        print(f"wrote {item.path}")
+    for path in run.objects:
+        print(f"wrote {path}")
     rows = [
         [
             next((s.name for s in result.segments if s.label == m.segment_label), "-"),
@@ -428,24 +380,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _series_files(paths: list[Path], wanted: str) -> list[Path]:
-    from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
-
-    found = []
-    for path in paths:
-        try:
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-        except (InvalidDicomError, OSError):
-            continue
-        if str(ds.get("SeriesInstanceUID", "")) == wanted:
-            found.append(path)
-    return found
-
-
 def cmd_preview(args: argparse.Namespace) -> int:
     """Write a PNG preview of a study's (or a result folder's) result."""
-    from dicomnode.preview import render_job_preview, render_preview, study_runs
+    from dicomnode.preview import render_preview
 
     if args.outbox is not None:
         if args.sources is None:
@@ -457,17 +394,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
     else:
         if args.study is None and args.job is None:
             raise DicomNodeError("give a STUDY_UID, --job ID, or --outbox DIR --sources DIR")
-        store = _open_store(_load(args.config))
-        try:
-            job_id = args.job
-            if job_id is None:
-                runs = study_runs(store, args.study)
-                if not runs:
-                    raise DicomNodeError(f"study {args.study} has no run with written results")
-                job_id = runs[0].id
-            data = render_job_preview(store, job_id)
-        finally:
-            store.close()
+        with _admin(args) as admin:
+            data = admin.preview(study_uid=args.study, job_id=args.job)
     Path(args.out).write_bytes(data)
     print(f"wrote {args.out} ({len(data)} bytes)")
     return 0
@@ -479,15 +407,8 @@ def _num(value: object, digits: int = 3) -> str:
 
 def cmd_shadow_report(args: argparse.Namespace) -> int:
     """Print how far each rule's shadow candidate agrees with its pipeline."""
-    settings = _load(args.config)
-    store = _open_store(settings)
-    try:
-        summaries = summarize(store.agreements(args.rule))
-        promotions = store.promotions()
-    finally:
-        store.close()
-    if args.rule is not None:
-        promotions = [p for p in promotions if p["rule"] == args.rule]
+    with _admin(args) as admin:
+        summaries, promotions = admin.shadow_report(args.rule)
     if args.json:
         document = {"pairs": [s.as_dict() for s in summaries], "promotions": promotions}
         print(json.dumps(document, indent=2))
@@ -528,46 +449,21 @@ def cmd_shadow_report(args: argparse.Namespace) -> int:
 
 def cmd_shadow_promote(args: argparse.Namespace) -> int:
     """Make a rule's shadow candidate its pipeline (YAML rewritten, backup kept,
-    promotion recorded in the job store)."""
-    from dicomnode.config.promote import promote_candidate
-
-    chosen = args.config or os.environ.get(CONFIG_ENV)
-    if not chosen:
-        raise ConfigError(f"no configuration file: pass -c FILE or set {CONFIG_ENV}")
-    settings = _load(chosen)
-    store = _open_store(settings)
-    try:
-        summaries = [s.as_dict() for s in summarize(store.agreements(args.rule))]
-        promotion = promote_candidate(Path(chosen), args.rule)
-        store.record_promotion(
-            promotion.rule,
-            promotion.from_pipeline,
-            promotion.to_pipeline,
-            str(promotion.config_path.resolve()),
-            str(promotion.backup_path.resolve()),
-            os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid()),
-            json.dumps(summaries),
-        )
-    finally:
-        store.close()
+    promotion recorded in the job store and the audit trail)."""
+    with _admin(args) as admin:
+        promotion = admin.promote(args.rule, args.actor or _actor())
     print(
-        f"rule {promotion.rule}: {promotion.to_pipeline} replaces {promotion.from_pipeline} "
-        f"in {promotion.config_path} (backup: {promotion.backup_path}); restart the node "
-        "to apply it"
+        f"rule {promotion['rule']}: {promotion['to_pipeline']} replaces "
+        f"{promotion['from_pipeline']} in {promotion['config_path']} (backup: "
+        f"{promotion['backup_path']}); `dicomnode config reload` or a restart applies it"
     )
     return 0
 
 
 def cmd_corrections(args: argparse.Namespace) -> int:
     """List the radiologists' corrections received and their scores."""
-    settings = _load(args.config)
-    store = _open_store(settings)
-    try:
-        rows = store.corrections()
-    finally:
-        store.close()
-    for row in rows:
-        row["scores"] = json.loads(str(row["scores"])) if row["scores"] else None
+    with _admin(args) as admin:
+        rows = admin.corrections()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -661,7 +557,12 @@ def _when(text: str) -> float:
 
 def _actor() -> str:
     """Who runs the command: the login name."""
-    return os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid())
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid
+        return str(os.getuid())
 
 
 def _uid(uid: str | None, full: bool) -> str:
@@ -921,6 +822,26 @@ def cmd_deliveries(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_destinations(args: argparse.Namespace) -> int:
+    """List the configured destinations and the rules that use each."""
+    from dicomnode.admin.operations import destination_rows
+
+    rows = destination_rows(_load(args.config))
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(
+        _table(
+            ["NAME", "TYPE", "TARGET", "TLS", "USED BY"],
+            [
+                [r.name, r.type, r.target, "yes" if r.tls else "", ", ".join(r.used_by) or "-"]
+                for r in rows
+            ],
+        )
+    )
+    return 0
+
+
 def cmd_destination_test(args: argparse.Namespace) -> int:
     """C-ECHO a DICOM destination, connect to an HL7 one, check a folder (audited)."""
     with _admin(args) as admin:
@@ -1009,7 +930,10 @@ def cmd_route_dry_run(args: argparse.Namespace) -> int:
 
 def cmd_config_reload(args: argparse.Namespace) -> int:
     """Validate the file and have the running node apply it (SIGHUP; audited)."""
-    with _admin(args) as admin:
+    chosen = args.config or os.environ.get(CONFIG_ENV)
+    if not chosen:
+        raise ConfigError(f"no configuration file: pass -c FILE or set {CONFIG_ENV}")
+    with Admin.open_for_reload(chosen) as admin:
         result = admin.reload(args.actor or _actor())
     if args.json:
         _print_json(result)
@@ -1377,6 +1301,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     destinations = sub.add_parser("destinations", help="destination tools")
     destinations_sub = destinations.add_subparsers(dest="destinations_command", required=True)
+    listed = destinations_sub.add_parser("list", help="the configured destinations")
+    with_config(listed)
+    with_json(listed)
+    listed.set_defaults(func=cmd_destinations)
     test = destinations_sub.add_parser(
         "test",
         help="C-ECHO a DICOM destination, connect to an HL7 one's MLLP port, check a folder",
@@ -1442,6 +1370,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_config(promote)
     promote.add_argument("rule", help="the rule's name")
+    with_actor(promote)
     promote.set_defaults(func=cmd_shadow_promote)
 
     corrections = sub.add_parser(

@@ -210,6 +210,16 @@ class DryRunRow(_Model):
     note: str | None
 
 
+class DestinationRow(_Model):
+    """One configured destination."""
+
+    name: str
+    type: str
+    target: str = Field(description="AE title@host:port, host:port, or the folder.")
+    tls: bool
+    used_by: list[str] = Field(description="Rules that deliver to it or notify it.")
+
+
 class DestinationTest(_Model):
     """The outcome of testing whether a destination can be reached."""
 

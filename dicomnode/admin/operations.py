@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -28,6 +29,7 @@ from dicomnode.admin.models import (
     AuditRow,
     ConfigValidation,
     DeliveryRow,
+    DestinationRow,
     DestinationTest,
     DryRunRow,
     JobRow,
@@ -59,6 +61,10 @@ from dicomnode.jobs import (
     Study,
 )
 from dicomnode.routing import RoutingDecision, describe_study, explain_text, route
+
+if TYPE_CHECKING:
+    from dicomnode.monitoring.drift import PipelineDrift
+    from dicomnode.monitoring.shadow import PairSummary
 
 #: The longest a reload waits for the running node to say it applied the file.
 RELOAD_WAIT_SECONDS = 20.0
@@ -155,6 +161,30 @@ def explain_files(
     ]
 
 
+def destination_rows(settings: Settings) -> list[DestinationRow]:
+    """The configured destinations, by name, with the rules that use each (no
+    job store needed)."""
+    rules = [*settings.routing.rules, *filter(None, [settings.routing.fallback])]
+    rows = []
+    for name, target in sorted(settings.destinations.items()):
+        if isinstance(target, DicomDestination):
+            where = f"{target.ae_title}@{target.host}:{target.port}"
+        elif isinstance(target, HL7Destination):
+            where = f"{target.host}:{target.port}"
+        else:
+            where = str(target.path)
+        rows.append(
+            DestinationRow(
+                name=name,
+                type=target.type,
+                target=where,
+                tls=getattr(target, "tls", None) is not None,
+                used_by=[r.name for r in rules if name in r.destinations or name in r.notify],
+            )
+        )
+    return rows
+
+
 class Admin:
     """The admin layer over one node's configuration and job store.
 
@@ -197,6 +227,21 @@ class Admin:
         """
         path = Path(config_path)
         settings = load_config(path)
+        if not settings.database_path.exists():
+            raise DicomNodeError(
+                f"no job store at {settings.database_path} (has the node run yet?)"
+            )
+        admin = cls(settings, SQLiteJobStore(settings.database_path), config_path=path)
+        admin._owns_store = True
+        return admin
+
+    @classmethod
+    def open_for_reload(cls, config_path: str | Path) -> Admin:
+        """:meth:`open`, for :meth:`reload` only: a file invalid outside its
+        storage and database sections still finds the node (its problems are
+        reported, and audited, by :meth:`reload`)."""
+        path = Path(config_path)
+        settings = reloading.where_the_node_runs(path)
         if not settings.database_path.exists():
             raise DicomNodeError(
                 f"no job store at {settings.database_path} (has the node run yet?)"
@@ -437,6 +482,62 @@ class Admin:
                     return rows
         return rows
 
+    # -- monitoring (read only) ----------------------------------------------
+
+    def drift(self) -> list[PipelineDrift]:
+        """The latest drift comparison of every pipeline with descriptors."""
+        from dicomnode.monitoring.drift import check_pipeline
+
+        return [
+            check_pipeline(self.store, pipeline, self.settings.monitoring, self.clock())
+            for pipeline in self.store.descriptor_pipelines()
+        ]
+
+    def shadow_report(
+        self, rule: str | None = None
+    ) -> tuple[list[PairSummary], list[dict[str, object]]]:
+        """How far each rule's shadow candidate agrees with its pipeline, and the
+        promotions made (of ``rule`` only, when given)."""
+        from dicomnode.monitoring.shadow import summarize
+
+        summaries = summarize(self.store.agreements(rule))
+        promotions = self.store.promotions()
+        if rule is not None:
+            promotions = [p for p in promotions if p["rule"] == rule]
+        return summaries, promotions
+
+    def corrections(self) -> list[dict[str, object]]:
+        """The radiologists' corrections received, their scores parsed."""
+        import json
+
+        rows = self.store.corrections()
+        for row in rows:
+            row["scores"] = json.loads(str(row["scores"])) if row["scores"] else None
+        return rows
+
+    def preview(self, *, study_uid: str | None = None, job_id: int | None = None) -> bytes:
+        """A PNG of a run's key slice: the SEG's segments in their colours, or a
+        radiograph's heatmap, over the source image. ``job_id``: that run;
+        ``study_uid``: the study's newest run with written results.
+
+        Raises
+        ------
+        NotFoundError
+            The study has no run with results.
+        DicomNodeError
+            The run's results or sources are not there (purged, or no image).
+        """
+        from dicomnode.preview import render_job_preview, study_runs
+
+        if job_id is None:
+            if study_uid is None:
+                raise DicomNodeError("a preview needs a study UID or a job id")
+            runs = study_runs(self.store, study_uid)
+            if not runs:
+                raise NotFoundError(f"study {study_uid} has no run with written results")
+            job_id = runs[0].id
+        return render_job_preview(self.store, job_id)
+
     def audit(self, query: AuditFilter | None = None) -> list[AuditRow]:
         """Audit events, newest first."""
         query = query or AuditFilter()
@@ -451,6 +552,21 @@ class Admin:
             limit=query.limit,
         )
         return [audit_row(r) for r in records]
+
+    def record_login(self, user: str, ok: bool, address: str | None, why: str = "") -> int:
+        """Record a console login, or a failed one (``why``: what was wrong,
+        never the password tried); return the audit row's id."""
+        return self.store.record_audit(
+            AuditEntry(
+                AuditEvent.LOGIN,
+                user,
+                action="login",
+                target="console",
+                outcome="success" if ok else "failure",
+                address=address,
+                detail={"reason": why} if why else {},
+            )
+        )
 
     # -- actions on jobs ----------------------------------------------------
 
@@ -754,6 +870,20 @@ class Admin:
 
     # -- destinations ------------------------------------------------------
 
+    def destinations(self) -> list[DestinationRow]:
+        """The configured destinations, by name, with the rules that use each."""
+        return destination_rows(self.settings)
+
+    def configuration(self) -> dict[str, object]:
+        """The configuration as loaded (every default filled in), as JSON values."""
+        dumped: dict[str, object] = self.settings.model_dump(mode="json")
+        return dumped
+
+    def configuration_in_force(self) -> str | None:
+        """The text of the file the running node last loaded (kept at each start
+        and reload), or ``None`` when it kept none."""
+        return reloading.in_force_text(self.settings)
+
     def test_destination(self, name: str, actor: str) -> DestinationTest:
         """Whether a destination can be reached now: C-ECHO for DICOM, a
         connection to the MLLP port for HL7, a writable folder for a folder.
@@ -875,6 +1005,60 @@ class Admin:
         return SaveResult(
             path=str(path), backup_path=None if backup is None else str(backup), audit_id=audit_id
         )
+
+    def promote(self, rule: str, actor: str) -> dict[str, str]:
+        """Make a rule's shadow candidate its pipeline: the YAML rewritten
+        (backup kept), the promotion recorded with the agreement so far, and
+        audited. Applied by :meth:`reload` or a restart.
+
+        Raises
+        ------
+        ConfigError
+            The rule has no shadow candidate, or the file cannot be rewritten.
+        """
+        import json
+
+        from dicomnode.config.promote import promote_candidate
+        from dicomnode.monitoring.shadow import summarize
+
+        path = self._path()
+        summaries = [s.as_dict() for s in summarize(self.store.agreements(rule))]
+        before = path.read_text(encoding="utf-8")
+        try:
+            promotion = promote_candidate(path, rule)
+        except ConfigError as exc:
+            self._record(actor, "promote", rule, "refused", None, {"error": str(exc)})
+            raise
+        self.store.record_promotion(
+            promotion.rule,
+            promotion.from_pipeline,
+            promotion.to_pipeline,
+            str(promotion.config_path.resolve()),
+            str(promotion.backup_path.resolve()),
+            actor,
+            json.dumps(summaries),
+        )
+        self._record(
+            actor,
+            "promote",
+            rule,
+            "success",
+            None,
+            {
+                "from": promotion.from_pipeline,
+                "to": promotion.to_pipeline,
+                "backup": str(promotion.backup_path),
+                "before": before,
+                "after": path.read_text(encoding="utf-8"),
+            },
+        )
+        return {
+            "rule": promotion.rule,
+            "from_pipeline": promotion.from_pipeline,
+            "to_pipeline": promotion.to_pipeline,
+            "config_path": str(promotion.config_path),
+            "backup_path": str(promotion.backup_path),
+        }
 
     def node_pid(self) -> int | None:
         """The pid of the node running on this configuration's data directory."""

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dicomnode.config import Settings, load_config
+import yaml
+
+from dicomnode.config import Settings, load_config, parse_config
 from dicomnode.errors import ConfigError, DicomNodeError
 from dicomnode.jobs import AuditEntry, AuditEvent
 
@@ -78,6 +80,33 @@ def validate(path: Path) -> Settings:
             problems,
         )
     return settings
+
+
+def where_the_node_runs(path: Path) -> Settings:
+    """Settings that locate the node of ``path`` (its data directory and job
+    store) even when the file is invalid elsewhere: a reload of a broken file
+    must still reach the node's audit trail to record the refusal.
+
+    Raises
+    ------
+    ConfigError
+        The storage or database section itself is invalid (or the file is
+        not YAML): the node cannot be found.
+    """
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError, ValueError, RecursionError):
+            raise exc from None
+        if not isinstance(data, dict):
+            raise
+        located = {key: data[key] for key in ("storage", "database") if key in data}
+        try:
+            return parse_config(located, str(path))
+        except ConfigError:
+            raise exc from None
 
 
 def _sections(settings: Settings) -> dict[str, Any]:

@@ -155,9 +155,17 @@ def _closed(contours: list[tuple[int, NDArray[np.float64]]]) -> list[Outline]:
 
 
 def _contours(plane: NDArray[np.bool_]) -> list[NDArray[np.float64]]:
-    padded = np.pad(plane.astype(np.float32), 1)
+    """Marching-squares contours of ``plane`` in padded coordinates (a row and
+    a column of background added on every side, so every contour closes).
+    Only the bounding box of what is set is searched."""
+    rows = np.flatnonzero(plane.any(axis=1))
+    columns = np.flatnonzero(plane.any(axis=0))
+    top, left = int(rows[0]), int(columns[0])
+    box = plane[top : int(rows[-1]) + 1, left : int(columns[-1]) + 1]
+    padded = np.pad(box.astype(np.float32), 1)
     contours: list[NDArray[np.float64]] = find_contours(padded, 0.5)  # type: ignore[no-untyped-call]
-    return contours
+    offset = np.array([top, left], dtype=np.float64)
+    return [contour + offset for contour in contours]
 
 
 def outlines(plane: NDArray[np.bool_], index: int) -> list[Outline]:

@@ -51,7 +51,8 @@ The report's construction
 * **Detections** (boxes with scores): one TID 1410 Planar ROI group per
   box, its region an SCOORD3D closed POLYLINE: the box's outline in patient
   coordinates on the plane of its central slice; the finding type is the
-  detection's concept, evaluated Present, the score is a measurement
+  detection's concept (only boxes at or above their threshold are
+  reported, so no Present/Absent evaluation is added), the score is a measurement
   (122157, DCM, "Probability") whose INFERRED FROM is the same outline as an
   SCOORD POLYLINE on that slice's source image (what 2-D viewers draw), and
   the box's longer and shorter side on that slice are Long Axis (103339001,
@@ -399,9 +400,12 @@ class _Builder:
     def mask(self, labels: Sequence[int]) -> np.ndarray | None:
         if self.result.label_map is None or not labels:
             return None
-        if len(labels) == 1:
-            return np.asarray(self.result.label_map == labels[0])
-        return np.isin(self.result.label_map, list(labels), kind="table")
+        # one comparison per label: np.isin converts the whole label map to
+        # intp first, eight times its size and most of the SR's time on a CT
+        mask = np.asarray(self.result.label_map == labels[0])
+        for label in labels[1:]:
+            mask |= self.result.label_map == label
+        return mask
 
     def source_images(self) -> list[hd.sr.SourceImageForMeasurementGroup]:
         return [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds) for ds in self.images]
@@ -662,9 +666,6 @@ class _Builder:
             finding_type=coded(detection.concept),
             algorithm_id=self.algorithm(**extra),
             measurements=measurements,
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(name=coded(detection.concept), value=_PRESENT)
-            ],
         )
         self.place_measurements(group, Outline(middle, planar))
         return group

@@ -196,7 +196,13 @@ class ExportedPipeline:
         generator = torch.Generator().manual_seed(0)
         batch = torch.randn((1, card.input.channels, *shape), generator=generator)
         started = time.perf_counter()
-        output = self._infer(batch)
+        try:
+            output = self._infer(batch)
+        except RuntimeError as exc:
+            raise InputRefused(
+                f"{self.name}: model {model.name!r} fails on an input {tuple(batch.shape)} "
+                f"(the card's input.channels and shape): {exc}"
+            ) from exc
         seconds = time.perf_counter() - started
         described = self._check_output(output, shape)
         return ModelReport(

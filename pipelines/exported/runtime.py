@@ -130,7 +130,10 @@ class OnnxRuntime:
     def __call__(self, batch: torch.Tensor) -> Output:
         """Run the session on ``batch`` (as float32 on the CPU, as onnxruntime takes it)."""
         array = np.ascontiguousarray(batch.detach().to("cpu", torch.float32).numpy())
-        outputs = self.session.run(None, {self.input_name: array})
+        try:
+            outputs = self.session.run(None, {self.input_name: array})
+        except Exception as exc:  # onnxruntime raises its own kinds for a bad input
+            raise RuntimeError(f"onnxruntime: {exc}") from exc
         tensors = [torch.as_tensor(np.asarray(o)).to(batch.device) for o in outputs]
         return _named(tensors, self.output_names)
 

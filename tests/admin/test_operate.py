@@ -168,6 +168,7 @@ def test_search_show_hold_release_discard_and_replay_leave_their_audit_rows(
         wait_for(lambda: store.get_job(run.id).state == JobState.DONE, 60, "the replay")
         assert orthanc.get("/statistics")["CountInstances"] == 2  # SEG and SR, once each
         assert {i.state for i in store.outbox(run.id)} == {"DELIVERED"}
+        assert admin.preview(study_uid=study.study_uid).startswith(b"\x89PNG")
     finally:
         orthanc.stop()
 

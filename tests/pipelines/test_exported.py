@@ -218,6 +218,13 @@ def test_a_network_that_does_not_fit_its_card_is_refused_by_the_setup_check(
         InputRefused, match=r"output \(1, 3, 16, 16, 8\); the card .* needs \(1, 4\+"
     ):
         pipeline.check_setup({"tiny": verify_model(tmp_path, "tiny")})
+    # a network that cannot take the card's shape: a clear refusal, not a crash
+    card = segmentation_card(channels=2)
+    write_model(tmp_path, "onnx", card)
+    pipeline = OnnxPipeline()
+    pipeline.configure({"model": "tiny"})
+    with pytest.raises(InputRefused, match=r"fails on an input \(1, 2, 16, 16, 8\)"):
+        pipeline.check_setup({"tiny": verify_model(tmp_path, "tiny")})
     with pytest.raises(InputRefused, match=r"runner\.pipelines\.torchscript\.model"):
         TorchScriptPipeline().check_setup({})
     with pytest.raises(InputRefused, match="no option bundle"):
@@ -241,10 +248,16 @@ def fetch_results(orthanc: Any, into: Path) -> dict[str, Path]:
 
 
 def run_through_node(
-    make_settings: Any, start_node: Any, tmp_path: Path, series: Series, kind: str
+    make_settings: Any,
+    start_node: Any,
+    tmp_path: Path,
+    series: Series,
+    kind: str,
+    options: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Path], str]:
-    """Push ``series`` to a node routing CT to ``kind`` (model ``tiny`` under
-    ``tmp_path/models``); return the result objects in Orthanc and the ORU."""
+    """Push ``series`` to a node routing CT to ``kind`` (default options: model
+    ``tiny`` under ``tmp_path/models``); return the result objects in Orthanc
+    and the ORU."""
     from tests.conftest import open_store
     from tests.export.mllp_ris import running_ris
     from tests.helpers import storescu, wait_for
@@ -257,7 +270,7 @@ def run_through_node(
             runner={
                 "enabled": True, "device": "cpu", "threads": 1, "poll_seconds": 0.1,
                 "models_dir": str(tmp_path / "models"),
-                "pipelines": {kind: {"model": "tiny"}},
+                "pipelines": {kind: options or {"model": "tiny"}},
             },
             routing={"rules": [{
                 "name": "ct", "match": {"series": {"Modality": {"equals": "CT"}}},

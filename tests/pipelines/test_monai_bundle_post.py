@@ -10,6 +10,7 @@ above 500.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,35 @@ def test_a_bundle_whose_network_gives_fewer_channels_than_declared_stops_config_
     (problem,) = pipeline_setup_problems(MonaiBundlePipeline(), {"bundle": str(root)}, tmp_path)
     assert "network gives (1, 3, 32, 32, 32) for (1, 1, 32, 32, 32)" in problem
     assert "its metadata declares 4 channel(s)" in problem
+
+
+@pytest.mark.peers
+@pytest.mark.slow
+def test_a_pushed_ct_gives_a_seg_of_the_bundles_own_labels_a_valid_sr_and_an_oru(
+    make_settings: Any, start_node: Any, tmp_path: Path
+) -> None:
+    from tests.pipelines.test_exported import run_through_node
+    from tests.results.helpers import assert_sr_valid, assert_valid
+
+    series = write_ct_series(tmp_path / "ct", slices=10, rows=32, columns=32)
+    with_bright_block(series, range(3, 7))
+    root = write_bundle(tmp_path / "bundle", SIGMOID)
+    files, oru = run_through_node(
+        make_settings, start_node, tmp_path, series, "monai-bundle", {"bundle": str(root)}
+    )
+    assert sorted(files) == ["SEG", "SR"]
+    assert_valid(files["SEG"])
+    assert_sr_valid(files["SR"])
+    seg = pydicom.dcmread(files["SEG"])
+    assert [str(s.SegmentLabel) for s in seg.SegmentSequence] == ["TC", "WT", "ET"]
+    volume = load_series(series.paths)
+    hu = volume.array
+    expected = {"TC": (hu > 200) & (hu <= 500), "WT": (hu > -100) & (hu <= 200), "ET": hu > 500}
+    numbers = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}
+    index = {s.sop_instance_uid: i for i, s in enumerate(volume.sources)}
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), 32, 32)
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        name = numbers[int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)]
+        assert np.array_equal(frame.astype(bool), expected[name][index[source]]), name
+    assert re.search(r"TC [0-9.]+ mL; WT [0-9.]+ mL; ET [0-9.]+ mL", oru), oru
