@@ -317,8 +317,9 @@ def audit_page(
 @page_router.get("/config", response_class=HTMLResponse)
 def config_page(request: Request, found: Viewer, ctx: Context) -> HTMLResponse:
     """The configuration in force, as loaded."""
-    text = yaml.safe_dump(redacted(ctx.settings().model_dump(mode="json")), sort_keys=False)
-    return render(request, "config.html", found, text=text, path=ctx.admin().config_path)
+    admin = ctx.admin()
+    text = yaml.safe_dump(redacted(admin.configuration()), sort_keys=False)
+    return render(request, "config.html", found, text=text, path=admin.config_path)
 
 
 @page_router.get("/pipelines", response_class=HTMLResponse)
@@ -331,12 +332,10 @@ def pipelines_page(request: Request, found: Viewer, ctx: Context) -> HTMLRespons
 def destinations_page(
     request: Request, found: Viewer, ctx: Context, message: str = ""
 ) -> HTMLResponse:
-    """The destinations as configured, each with a reachability test."""
-    destinations = {
-        name: destination.model_dump(mode="json")
-        for name, destination in ctx.settings().destinations.items()
-    }
-    return render(request, "destinations.html", found, destinations=destinations, message=message)
+    """The destinations as configured, each with the rules that use it and a
+    reachability test."""
+    rows = ctx.admin().destinations()
+    return render(request, "destinations.html", found, destinations=rows, message=message)
 
 
 @page_router.post("/destinations/{name}/test")
