@@ -59,6 +59,7 @@ def test_nothing_answers_without_a_session_but_health_and_metrics(console_node) 
     http = client(port)
     for path in ("/healthz", "/readyz", "/metrics"):
         assert http.get(path).status_code == 200, path
+    assert http.get("/readyz").json()["checks"]["console"] == {"ok": True, "detail": "running"}
     spec = http.get("/api/v1/openapi.json").json()
     checked = 0
     for template, operations in spec["paths"].items():
