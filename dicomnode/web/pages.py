@@ -16,7 +16,7 @@ from fastapi.templating import Jinja2Templates
 
 from dicomnode.admin import AuditFilter, StudyFilter
 from dicomnode.auth import Role, Session
-from dicomnode.errors import ConfigError, LoginError, NotFoundError
+from dicomnode.errors import ConfigError, DicomNodeError, LoginError, NotFoundError
 from dicomnode.jobs import AuditEvent, JobState
 from dicomnode.web.api import (
     Context,
@@ -244,12 +244,23 @@ def study_page(
     request: Request, study_uid: str, found: Viewer, ctx: Context, message: str = ""
 ) -> HTMLResponse:
     """A study: its stages with durations, the rule that matched, outputs and preview."""
+    admin = ctx.admin()
     try:
-        detail = ctx.admin().study(study_uid)
+        detail = admin.study(study_uid)
     except NotFoundError:
         return render(request, "missing.html", found, status=404, what=f"study {study_uid}")
+    try:
+        why = admin.explain(study_uid).text
+    except DicomNodeError as exc:  # purged, or not readable: say so instead
+        why = str(exc)
     return render(
-        request, "study.html", found, detail=detail, message=message, preview=PREVIEW_STATES
+        request,
+        "study.html",
+        found,
+        detail=detail,
+        message=message,
+        preview=PREVIEW_STATES,
+        why=why,
     )
 
 

@@ -143,6 +143,8 @@ def run_console(
         "the ct-lung run to be DONE on the study page",
     )
     assert page.locator("b.rule").inner_text() == "ct-chest"
+    page.click("details.explain summary")
+    assert "ct-chest" in page.inner_text("#explain") and "Modality" in page.inner_text("#explain")
     timeline = page.inner_text("section.run table.timeline")
     for state in ("ROUTED", "RUNNING", "RESULTS_WRITTEN", "EXPORTING", "DONE"):
         assert state in timeline
