@@ -588,6 +588,28 @@ class ModelReport:
 
 
 @runtime_checkable
+class MultiInput(Protocol):
+    """A pipeline that takes further series of the study besides the run's own.
+
+    ``input_roles`` maps each role (in the order the model takes them, e.g.
+    ``t1``, ``t1c``, ``t2``, ``flair``) to a regular expression the role's
+    Series Description must match; an empty mapping means one series. The
+    runner picks each role's series among the study's (the most instances
+    among those that match), resamples it onto the run's series' grid, and
+    calls :meth:`run_inputs` instead of :meth:`Pipeline.run`.
+    """
+
+    input_roles: Mapping[str, str]
+
+    def run_inputs(
+        self, volume: Volume, inputs: Mapping[str, Volume], device: str
+    ) -> PipelineResult:
+        """Process the run's ``volume`` with ``inputs`` (role to a volume in
+        ``volume``'s grid); the result is in ``volume``'s grid."""
+        ...
+
+
+@runtime_checkable
 class SelfTest(Protocol):
     """A loaded pipeline that can run its model once on a synthetic input of
     the shape it declares, and say what it loaded (``dicomnode models check``)."""

@@ -686,6 +686,8 @@ class Node:
             parts[name] = functools.partial(_alive, stage)
         if self.settings.storage.retention_days is not None:
             parts["retention"] = lambda: self.retention is not None and self.retention.running
+        if self.settings.console.enabled:
+            parts["console"] = lambda: self.console is not None and self.console.alive()
         return readiness(self.store, self.spool, parts)
 
     def _ingress_alive(self) -> bool:

@@ -18,7 +18,7 @@ from dicomnode.config.executor import CeleryConfig
 from dicomnode.config.metrics import MetricsConfig
 from dicomnode.config.monitoring import MonitoringConfig
 from dicomnode.config.nnunet import NnUNetSettings
-from dicomnode.config.rules import RoutingConfig
+from dicomnode.config.rules import Regex, RoutingConfig
 from dicomnode.config.tls import ServerTLSConfig
 from dicomnode.config.types import AETitle, IPAddress
 
@@ -258,6 +258,13 @@ class PipelineSettings(_Model):
         description=(
             "For torchscript and onnx: the model manifest's name "
             "(<runner.models_dir>/<model>.yaml), whose files hold the network and its model card."
+        ),
+    )
+    inputs: dict[str, Regex] | None = Field(
+        default=None,
+        description=(
+            "For monai-bundle with several input series: role to a regex of the role's "
+            "SeriesDescription, in the order of the bundle's input channels."
         ),
     )
 

@@ -65,10 +65,9 @@ def build_task(
         The input series has no instances (any more).
     """
     assert job.pipeline is not None and job.parent_id is not None
+    records = store.instances_of(job.parent_id)
     files = tuple(
-        record.path
-        for record in store.instances_of(job.parent_id)
-        if record.series_instance_uid == job.series_instance_uid
+        record.path for record in records if record.series_instance_uid == job.series_instance_uid
     )
     if not files:
         raise InputError("the input series has no instances")
@@ -82,6 +81,7 @@ def build_task(
         notifications=() if job.shadow else _notifications(store, job, destinations),
         out_of_range=job.out_of_range,
         shadow=job.shadow,
+        study_files=tuple(record.path for record in records),
     )
 
 

@@ -37,7 +37,8 @@ def pipeline_options(config: RunnerConfig) -> dict[str, dict[str, object]]:
     From ``runner.pipelines.<name>``: ``bundle`` (an absolute path, so a
     relative one means relative to the directory the node starts in), and the
     ``nnunet`` settings (its ``code_map`` made absolute likewise), and
-    ``model`` (torchscript, onnx: a manifest name).
+    ``model`` (torchscript, onnx: a manifest name), ``inputs`` (monai-bundle:
+    role to a Series Description regex).
     """
     options: dict[str, dict[str, object]] = {}
     for name, settings in config.pipelines.items():
@@ -50,6 +51,10 @@ def pipeline_options(config: RunnerConfig) -> dict[str, dict[str, object]]:
             options.setdefault(name, {}).update(nnunet)
         if settings.model is not None:
             options.setdefault(name, {})["model"] = settings.model
+        if settings.inputs is not None:
+            options.setdefault(name, {})["inputs"] = {
+                role: pattern.pattern for role, pattern in settings.inputs.items()
+            }
     return options
 
 

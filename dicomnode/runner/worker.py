@@ -24,6 +24,7 @@ from dicomnode.monitoring.descriptors import describe
 from dicomnode.protocol import (
     InputRefused,
     ModelFile,
+    MultiInput,
     NotificationTarget,
     Pipeline,
     PipelineResult,
@@ -35,6 +36,7 @@ from dicomnode.protocol import (
 )
 from dicomnode.resultfile import record_timings, save_result
 from dicomnode.runner.contract import check_input, range_problems
+from dicomnode.runner.inputs import pick_role_series, resample_onto
 from dicomnode.runner.manifest import verify_model
 from dicomnode.runner.registry import PipelineRegistry
 from dicomnode.runner.volume import load_series
@@ -61,6 +63,9 @@ class Task:
     notifications: tuple[NotificationTarget, ...] = ()
     out_of_range: str = "flag"
     shadow: bool = False
+    study_files: tuple[str, ...] = ()
+    """Every instance of the run's round (all its series), where a multi-input
+    pipeline's further series are picked by role."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,17 @@ class Worker:
                     f"{'; '.join(outside)} (the rule's out_of_range is refuse: no result)"
                 )
             mark = time.perf_counter()
-            result = pipeline.run(volume, self.device)
+            if isinstance(pipeline, MultiInput) and pipeline.input_roles:
+                picked = pick_role_series(pipeline.input_roles, task.study_files or task.files)
+                inputs = {
+                    role: resample_onto(load_series([Path(f) for f in files]), volume)
+                    for role, files in picked.items()
+                }
+                timings["load_s"] += time.perf_counter() - mark
+                mark = time.perf_counter()
+                result = pipeline.run_inputs(volume, inputs, self.device)
+            else:
+                result = pipeline.run(volume, self.device)
             timings["pipeline_s"] = time.perf_counter() - mark
             result.check_grid(volume)
             mark = time.perf_counter()

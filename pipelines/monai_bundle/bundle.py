@@ -120,9 +120,14 @@ class NormalizeIntensity(Step):
     """``NormalizeIntensityd`` without explicit subtrahend/divisor: zero mean, unit std."""
 
     nonzero: bool = False
+    channel_wise: bool = False
 
     def __call__(self, image: torch.Tensor, spacing: Spacing) -> tuple[torch.Tensor, Spacing]:
-        """Normalise over all voxels (or the non-zero ones)."""
+        """Normalise over all voxels (or the non-zero ones), per channel if asked."""
+        if self.channel_wise and image.shape[1] > 1:
+            whole = NormalizeIntensity(self.nonzero)
+            channels = [whole(image[:, c : c + 1], spacing)[0] for c in range(image.shape[1])]
+            return torch.cat(channels, dim=1), spacing
         mask = image != 0 if self.nonzero else torch.ones_like(image, dtype=torch.bool)
         values = image[mask]
         if values.numel() == 0:
@@ -514,7 +519,11 @@ def _preprocessing(parser: ConfigParser) -> tuple[tuple[Step, ...], tuple[str, .
             sizes = (sizes + [sizes[-1]] * 3)[:3]
             steps.append(Resize((sizes[0], sizes[1], sizes[2]), str(value("mode", "area"))))
         elif name == "NormalizeIntensity" and value("subtrahend") is None:
-            steps.append(NormalizeIntensity(bool(value("nonzero", False))))
+            steps.append(
+                NormalizeIntensity(
+                    bool(value("nonzero", False)), bool(value("channel_wise", False))
+                )
+            )
         else:
             ignored.append(target or str(item))
     if ignored:

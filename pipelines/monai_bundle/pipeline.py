@@ -92,6 +92,9 @@ LOGGER = logging.getLogger(__name__)
 SETTING = "runner.pipelines.monai-bundle.bundle"
 """Where the node YAML names the bundle folder."""
 
+INPUTS = "runner.pipelines.monai-bundle.inputs"
+"""Where the node YAML names the input series' roles of a multi-input bundle."""
+
 ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
 TISSUE = Code("85756007", "SCT", "Tissue")
 VOLUME = Code("118565006", "SCT", "Volume")
@@ -150,6 +153,9 @@ class MonaiBundlePipeline:
         self._bundle: Bundle | None = None
         self._device = "cpu"
         self._multi_label = False
+        self.input_roles: dict[str, str] = {}
+        """Role to a Series Description regex, in the bundle's channel order
+        (:class:`~dicomnode.protocol.MultiInput`); empty: one series."""
 
     def configure(self, options: Mapping[str, object]) -> None:
         """Take the options of ``runner.pipelines.monai-bundle``: ``bundle`` (a folder).
@@ -159,11 +165,33 @@ class MonaiBundlePipeline:
         BundleError
             If an option is not one this pipeline knows.
         """
-        unknown = sorted(set(options) - {"bundle"})
+        unknown = sorted(set(options) - {"bundle", "inputs"})
         if unknown:
             raise BundleError(f"monai-bundle has no option {', '.join(unknown)}")
         if options.get("bundle") is not None:
             self.bundle_dir = Path(str(options["bundle"]))
+        inputs = options.get("inputs")
+        if inputs is not None:
+            if not isinstance(inputs, Mapping) or not inputs:
+                raise BundleError(
+                    f"{INPUTS}: must map each role to a Series Description regex, got {inputs!r}"
+                )
+            self.input_roles = {str(role): str(pattern) for role, pattern in inputs.items()}
+
+    def _check_channels(self, bundle: Bundle) -> None:
+        """Refuse a bundle whose input channels do not match the configured roles."""
+        roles = len(self.input_roles)
+        if bundle.in_channels > 1 and roles != bundle.in_channels:
+            raise BundleError(
+                f"monai-bundle: {bundle.name} takes {bundle.in_channels} input channels "
+                f"(metadata num_channels); {INPUTS} names {roles} role(s): set one role per "
+                "channel, in channel order (role: SeriesDescription regex)"
+            )
+        if roles > 1 and bundle.in_channels != roles:
+            raise BundleError(
+                f"monai-bundle: {INPUTS} names {roles} roles, but {bundle.name} takes "
+                f"{bundle.in_channels} input channel(s)"
+            )
 
     @property
     def bundle(self) -> Bundle:
@@ -200,6 +228,7 @@ class MonaiBundlePipeline:
         if self.bundle_dir is None:
             raise BundleError(f"no bundle folder: set {SETTING} in the node's YAML")
         bundle = read_bundle(Path(self.bundle_dir), "cpu")
+        self._check_channels(bundle)
         probe = MonaiBundlePipeline(Path(self.bundle_dir))
         probe._bundle = bundle
         report = probe.self_test()
@@ -234,6 +263,7 @@ class MonaiBundlePipeline:
             )
         self._device = device
         bundle = read_bundle(Path(self.bundle_dir), device)
+        self._check_channels(bundle)
         self._bundle = bundle
         if bundle.modalities:
             self.input = InputSpec(modalities=bundle.modalities, min_slices=1)
@@ -328,8 +358,41 @@ class MonaiBundlePipeline:
         if device != self._device:
             bundle.network.to(torch.device(device))
             self._device = device
+        if bundle.in_channels > 1:
+            raise InputRefused(
+                f"bundle {bundle.name} takes {bundle.in_channels} series; set {INPUTS}"
+            )
+        return self._run_channels(volume, [volume])
+
+    def run_inputs(
+        self, volume: Volume, inputs: Mapping[str, Volume], device: str
+    ) -> PipelineResult:
+        """Run a multi-input bundle: the roles' volumes (already on ``volume``'s
+        grid) are its input channels, in the order of :attr:`input_roles`.
+
+        Raises
+        ------
+        InputRefused
+            A role has no volume, or a volume is not on ``volume``'s grid.
+        """
+        bundle = self.bundle
+        missing = [role for role in self.input_roles if role not in inputs]
+        if missing:
+            raise InputRefused(f"bundle {bundle.name}: no series for role(s) {', '.join(missing)}")
+        channels = [inputs[role] for role in self.input_roles]
+        for role, channel in zip(self.input_roles, channels, strict=True):
+            if channel.array.shape != volume.array.shape:
+                raise InputRefused(f"bundle {bundle.name}: role {role} is not on the run's grid")
+        if device != self._device:
+            bundle.network.to(torch.device(device))
+            self._device = device
+        return self._run_channels(volume, channels)
+
+    def _run_channels(self, volume: Volume, channels: list[Volume]) -> PipelineResult:
+        bundle = self.bundle
         turn = Reorientation.of(volume, bundle.axcodes)
-        classes, labels = self._predict(turn.forward(volume.array), turn.spacing(volume.spacing))
+        stack = np.stack([turn.forward(channel.array) for channel in channels])
+        classes, labels = self._predict(stack, turn.spacing(volume.spacing))
         if classes is not None:
             return self._classification(classes)
         assert labels is not None
@@ -368,11 +431,11 @@ class MonaiBundlePipeline:
         self, array: NDArray[np.float32], spacing: tuple[float, float, float]
     ) -> tuple[torch.Tensor | None, NDArray[np.uint8] | None]:
         """Class logits ``(K,)`` of a classification bundle, or labels (in the
-        bundle's axes) of ``array`` (in the bundle's axes)."""
+        bundle's axes) of ``array`` ``(C, X, Y, Z)`` (in the bundle's axes)."""
         bundle = self.bundle
         with torch.inference_mode():
             image = torch.as_tensor(np.ascontiguousarray(array, dtype=np.float32))
-            image = image.to(torch.device(self._device))[None, None]
+            image = image.to(torch.device(self._device))[None]
             shape = tuple(image.shape[2:])
             for step in bundle.steps:
                 image, spacing = step(image, spacing)
