@@ -19,6 +19,7 @@ from dicomnode.admin import (
     AuditFilter,
     AuditRow,
     DeliveryRow,
+    DestinationRow,
     DestinationTest,
     DryRunRow,
     ReloadResult,
@@ -29,9 +30,14 @@ from dicomnode.admin import (
 )
 from dicomnode.auth import Session
 from dicomnode.config import parse_config
-from dicomnode.errors import ConfigError, JobStoreError, LoginError, NotFoundError, ResultError
+from dicomnode.errors import (
+    ConfigError,
+    DicomNodeError,
+    JobStoreError,
+    LoginError,
+    NotFoundError,
+)
 from dicomnode.jobs import JobState
-from dicomnode.preview import render_job_preview
 from dicomnode.web.context import (
     CSRF_HEADER,
     SESSION_COOKIE,
@@ -334,8 +340,8 @@ def get_job(job_id: RowId, _: Viewer, ctx: Context) -> RunDetail:
 def get_preview(job_id: RowId, _: Viewer, ctx: Context) -> Response:
     """The result's key slice with its segments (or heat) over the source."""
     try:
-        png = render_job_preview(ctx.admin().store, job_id)
-    except (NotFoundError, ResultError) as exc:
+        png = ctx.admin().preview(job_id=job_id)
+    except DicomNodeError as exc:
         raise HTTPException(status_code=404, detail=str(exc)) from exc
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
@@ -399,7 +405,7 @@ def list_audit(
 def get_config(_: Viewer, ctx: Context) -> dict[str, Any]:
     """The configuration in force, as loaded (defaults filled in; the user,
     password and query of URLs hidden)."""
-    return cast(dict[str, Any], redacted(ctx.settings().model_dump(mode="json")))
+    return cast(dict[str, Any], redacted(ctx.admin().configuration()))
 
 
 @api_router.get(
@@ -434,6 +440,17 @@ _job_action("replay", "Deliver a DONE or DEAD run's results again, to every dest
 _job_action("hold", "Hold a job: not routed, run or delivered until released.")
 _job_action("release", "Release a held job.")
 _job_action("discard", "Give up a DEAD or held job (DISCARDED; retention purges it later).")
+
+
+@api_router.get(
+    "/destinations",
+    response_model=list[DestinationRow],
+    tags=["destinations"],
+    responses=AUTH_RESPONSES,
+)
+def list_destinations(_: Viewer, ctx: Context) -> list[DestinationRow]:
+    """The configured destinations, with the rules that use each."""
+    return ctx.admin().destinations()
 
 
 @api_router.post(
@@ -487,9 +504,9 @@ def put_rules(body: RulesText, found: AdminSession, ctx: Context) -> Done:
     as a backup beside it); it applies after a reload."""
     admin = ctx.admin()
     text, checked = check_rules(admin, body.text)
-    if not checked.ok:
+    if not text:  # not a routing: section; nothing to save
         raise HTTPException(status_code=400, detail="; ".join(checked.problems))
-    try:
+    try:  # the admin layer validates again and audits a refused save too
         saved = admin.save_config(text, found.user.name)
     except ConfigError as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc

@@ -83,17 +83,7 @@ class ConsoleContext:
     def audit_login(self, name: str, ok: bool, address: str, why: str = "") -> None:
         """Append a console login (``ok``) or failed login (``why``: what was
         wrong, never the password tried) to the audit trail."""
-        self.admin().store.record_audit(
-            AuditEntry(
-                AuditEvent.LOGIN,
-                name[:64],
-                action="login",
-                target="console",
-                outcome="success" if ok else "failure",
-                address=address,
-                detail={"reason": why} if why else {},
-            )
-        )
+        self.admin().record_login(name[:64], ok, address, why)
 
     def audit_logout(self, name: str, address: str) -> None:
         """Append a logout to the audit trail."""

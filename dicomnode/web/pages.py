@@ -16,7 +16,7 @@ from fastapi.templating import Jinja2Templates
 
 from dicomnode.admin import AuditFilter, StudyFilter
 from dicomnode.auth import Role, Session
-from dicomnode.errors import ConfigError, LoginError, NotFoundError
+from dicomnode.errors import ConfigError, DicomNodeError, LoginError, NotFoundError
 from dicomnode.jobs import AuditEvent, JobState
 from dicomnode.web.api import (
     Context,
@@ -244,12 +244,23 @@ def study_page(
     request: Request, study_uid: str, found: Viewer, ctx: Context, message: str = ""
 ) -> HTMLResponse:
     """A study: its stages with durations, the rule that matched, outputs and preview."""
+    admin = ctx.admin()
     try:
-        detail = ctx.admin().study(study_uid)
+        detail = admin.study(study_uid)
     except NotFoundError:
         return render(request, "missing.html", found, status=404, what=f"study {study_uid}")
+    try:
+        why = admin.explain(study_uid).text
+    except DicomNodeError as exc:  # purged, or not readable: say so instead
+        why = str(exc)
     return render(
-        request, "study.html", found, detail=detail, message=message, preview=PREVIEW_STATES
+        request,
+        "study.html",
+        found,
+        detail=detail,
+        message=message,
+        preview=PREVIEW_STATES,
+        why=why,
     )
 
 
@@ -317,8 +328,9 @@ def audit_page(
 @page_router.get("/config", response_class=HTMLResponse)
 def config_page(request: Request, found: Viewer, ctx: Context) -> HTMLResponse:
     """The configuration in force, as loaded."""
-    text = yaml.safe_dump(redacted(ctx.settings().model_dump(mode="json")), sort_keys=False)
-    return render(request, "config.html", found, text=text, path=ctx.admin().config_path)
+    admin = ctx.admin()
+    text = yaml.safe_dump(redacted(admin.configuration()), sort_keys=False)
+    return render(request, "config.html", found, text=text, path=admin.config_path)
 
 
 @page_router.get("/pipelines", response_class=HTMLResponse)
@@ -331,12 +343,10 @@ def pipelines_page(request: Request, found: Viewer, ctx: Context) -> HTMLRespons
 def destinations_page(
     request: Request, found: Viewer, ctx: Context, message: str = ""
 ) -> HTMLResponse:
-    """The destinations as configured, each with a reachability test."""
-    destinations = {
-        name: destination.model_dump(mode="json")
-        for name, destination in ctx.settings().destinations.items()
-    }
-    return render(request, "destinations.html", found, destinations=destinations, message=message)
+    """The destinations as configured, each with the rules that use it and a
+    reachability test."""
+    rows = ctx.admin().destinations()
+    return render(request, "destinations.html", found, destinations=rows, message=message)
 
 
 @page_router.post("/destinations/{name}/test")
@@ -398,7 +408,8 @@ def rules_submit(
         checked, rows = dry_run_rules(admin, text, last)
     else:
         full, checked = check_rules(admin, text)
-        if action == "save" and checked.ok:
+        # the admin layer validates again and audits a refused save too
+        if action == "save" and full:
             try:
                 saved = admin.save_config(full, actor)
             except ConfigError as exc:

@@ -26,7 +26,17 @@ pytestmark = [pytest.mark.peers]
 GUESS = "guessed-xyzzy-1"
 
 #: Pages that must send a visitor without a session to the login page.
-PAGES = ["/", "/studies", "/deliveries", "/audit", "/config", "/studies/1.2.3"]
+PAGES = [
+    "/",
+    "/studies",
+    "/deliveries",
+    "/rules",
+    "/destinations",
+    "/pipelines",
+    "/audit",
+    "/config",
+    "/studies/1.2.3",
+]
 
 
 @pytest.fixture
@@ -49,6 +59,7 @@ def test_nothing_answers_without_a_session_but_health_and_metrics(console_node) 
     http = client(port)
     for path in ("/healthz", "/readyz", "/metrics"):
         assert http.get(path).status_code == 200, path
+    assert http.get("/readyz").json()["checks"]["console"] == {"ok": True, "detail": "running"}
     spec = http.get("/api/v1/openapi.json").json()
     checked = 0
     for template, operations in spec["paths"].items():
@@ -69,8 +80,11 @@ def test_nothing_answers_without_a_session_but_health_and_metrics(console_node) 
         answer = http.get(page)
         assert answer.status_code == 303 and answer.headers["location"].startswith("/login?next=")
     # a page's form POST without a session: to the login page too, nothing done
-    answer = http.post("/jobs/1/retry", data={"csrf_token": "x"})
-    assert answer.status_code == 303
+    for form in ("/jobs/1/retry", "/destinations/pacs/test", "/logout"):
+        answer = http.post(form, data={"csrf_token": "x"})
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
+    answer = http.post("/rules", data={"csrf_token": "x", "text": "routing: {}", "action": "save"})
+    assert answer.status_code == 303 and answer.headers["location"].startswith("/login")
 
 
 def test_a_change_needs_the_csrf_token_and_an_admin(console_node) -> None:
