@@ -51,6 +51,7 @@ from dicomnode.scheduling import Wakeup
 from dicomnode.spool import RetentionSweeper, Spool
 
 if TYPE_CHECKING:  # Celery is imported only when runner.executor is celery
+    from dicomnode.admin.atna import SyslogForwarder
     from dicomnode.runner.celery_worker import CeleryWorker
     from dicomnode.runner.remote import RemoteRunner
     from dicomnode.web import ConsoleServer
@@ -343,6 +344,7 @@ class Node:
         self.drift: DriftMonitor | None = None
         self.metrics: NodeMetrics | None = None
         self.ops: OpsServer | None = None
+        self.atna: SyslogForwarder | None = None
         self.console: ConsoleServer | None = None
         #: (PROMETHEUS_MULTIPROC_DIR before this node set it,), or None when it did not
         self._multiprocess_env: tuple[str | None] | None = None
@@ -518,6 +520,16 @@ class Node:
         self.dispatcher.start()
         self.retention = RetentionSweeper(self.settings.storage, self.spool, self.store)
         self.retention.start()
+        if self.settings.audit.syslog is not None:
+            from dicomnode.admin.atna import SyslogForwarder
+
+            self.atna = SyslogForwarder(
+                self.store,
+                self.settings.audit.syslog,
+                self.settings.node.ae_title,
+                self.settings.storage.data_dir / "run" / "atna-sent",
+            )
+            self.atna.start()
         if self.settings.monitoring.enabled:
             self.drift = DriftMonitor(self.settings.monitoring, self.store, time.time)
             self.drift.start()
@@ -732,6 +744,9 @@ class Node:
         if self.retention is not None:
             self.retention.stop()
             self.retention = None
+        if self.atna is not None:
+            self.atna.stop()
+            self.atna = None
         if self.ingress is not None:
             self.ingress.stop(grace)
             self.ingress = None

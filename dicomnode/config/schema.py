@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from dicomnode.config.audit import AuditConfig
 from dicomnode.config.console import ConsoleConfig
 from dicomnode.config.destinations import Destination, ExportConfig
 from dicomnode.config.executor import CeleryConfig
@@ -326,6 +327,7 @@ class Settings(_Model):
     logging: LoggingConfig = LoggingConfig()
     routing: RoutingConfig = RoutingConfig()
     runner: RunnerConfig = RunnerConfig()
+    audit: AuditConfig = AuditConfig()
     destinations: dict[str, Destination] = Field(default_factory=dict)
     export: ExportConfig = ExportConfig()
     monitoring: MonitoringConfig = MonitoringConfig()

@@ -9,7 +9,8 @@ import pytest
 
 from dicomnode.errors import IllegalTransitionError, JobStoreError
 from dicomnode.jobs import AuditEntry, AuditEvent, JobState, RunSpec, SQLiteJobStore
-from tests.jobs.test_store import MAX_WAIT, QUIET, Clock, record
+from dicomnode.protocol import ResultObject
+from tests.jobs.test_store import MAX_WAIT, QUIET, STUDY, Clock, record
 
 
 @pytest.fixture
@@ -101,3 +102,25 @@ def test_the_audit_trail_is_append_only(store: SQLiteJobStore, tmp_path: Path) -
         with store._write() as cur:
             cur.execute("DELETE FROM audit WHERE id = ?", (second,))
     assert len(store.audit_records()) == 2
+
+
+def test_a_held_run_is_not_delivered_until_released(store: SQLiteJobStore, clock: Clock) -> None:
+    seg = ResultObject("SEG", "1.2.840.10008.5.1.4.1.1.66.4", "9.1", STUDY, "9.2", Path("/o/s"))
+    round_id = store.record_instance(record("1.1", clock.now)).job_id
+    clock.now += QUIET
+    store.complete_due(clock.now, QUIET, MAX_WAIT)
+    spec = RunSpec("lungs", "ct-lung", "1.2.826.0.1.1.1", ("pacs",))
+    (run_id,) = store.route(round_id, [spec], "matched")
+    store.claim_runs(clock.now, 1)
+    store.finish_run(run_id, "/r", "done", (seg,))
+    store.hold_job(run_id, "alice")
+    assert store.start_exports() == []  # RESULTS_WRITTEN, held: not exported
+    store.release_job(run_id)
+    assert store.start_exports() == [run_id]
+    store.hold_job(run_id, "alice")  # EXPORTING, held: nothing due
+    assert store.due_deliveries(clock.now) == []
+    store.release_job(run_id)
+    assert [i.destination for i in store.due_deliveries(clock.now)] == ["pacs"]
+    (written,) = store.audit_records(event=str(AuditEvent.RESULTS_WRITTEN))
+    assert (written.entry.target, written.entry.study_instance_uid) == (f"job {run_id}", STUDY)
+    assert written.entry.detail["objects"] == [{"type": "SEG", "sop_instance_uid": "9.1"}]

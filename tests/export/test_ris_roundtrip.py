@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hl7apy.parser import parse_message
 
-from dicomnode.jobs import JobState
+from dicomnode.jobs import AuditEvent, JobState
 from tests.conftest import open_store
 from tests.export.mllp_ris import running_ris
 from tests.helpers import storescu, wait_for
@@ -62,3 +62,13 @@ def test_the_ris_gets_the_oru(make_settings, start_node, ct_series, tmp_path, an
             assert "unknown patient" in (run.reason or "")
             notification = [i for i in store.outbox(run.id) if i.kind == "notification"]
             assert [(i.state, i.attempts) for i in notification] == [("DEAD", 1)]
+        # the audit trail has the message sent and the RIS's answer; the folder's copies too
+        (sent,) = store.audit_records(event=str(AuditEvent.HL7_SENT))
+        assert (sent.entry.target, sent.entry.detail["ack"]) == ("ris", [answer])
+        assert sent.entry.outcome == ("success" if answer == "AA" else "failure")
+        (copied,) = store.audit_records(event=str(AuditEvent.RESULTS_SENT))
+        assert (copied.entry.target, copied.entry.action, copied.entry.outcome) == (
+            "disk",
+            "folder",
+            "success",
+        )

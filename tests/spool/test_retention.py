@@ -12,7 +12,7 @@ import pytest
 from dicomnode.cli import main
 from dicomnode.config import Settings, parse_config
 from dicomnode.errors import ConfigError, PurgedError
-from dicomnode.jobs import InstanceRecord, Job, JobState, RunSpec, SQLiteJobStore
+from dicomnode.jobs import AuditEvent, InstanceRecord, Job, JobState, RunSpec, SQLiteJobStore
 from dicomnode.protocol import ResultObject
 from dicomnode.service import Node
 from dicomnode.spool import PurgeReport, RetentionSweeper, Spool, purge_study, remove_files
@@ -144,6 +144,12 @@ def test_a_discarded_study_is_purged_and_its_history_kept(
         clock.now,
     )
     assert store.expired_studies(clock.now + DAY) == []  # nothing left to purge
+    (audited,) = store.audit_records(event=str(AuditEvent.RETENTION_PURGE))
+    assert (audited.at, audited.entry.study_instance_uid, audited.entry.detail) == (
+        clock.now,
+        STUDY,
+        {"jobs": [job.id], "instances": 2, "files": 2},
+    )
 
 
 def test_a_late_instance_arriving_during_a_purge_is_kept(
