@@ -3,7 +3,8 @@
 ``dicomnode shadow promote RULE`` makes the candidate the rule's pipeline:
 the rule's ``pipeline`` becomes its ``shadow.pipeline`` and the ``shadow``
 key goes. The file is first copied beside itself
-(``<name>.<YYYYmmdd-HHMMSS>.bak``, comments and all), the new configuration
+(``<name>.<YYYYmmddTHHMMSS>.bak``, UTC, as the console's save names it;
+comments and all), the new configuration
 is validated as a whole before it replaces the old one (atomically), and
 the caller records the promotion in the job store. The rewritten file is
 plain YAML: comments stay only in the backup. The running node applies it at
@@ -93,7 +94,7 @@ def promote_candidate(path: Path, rule_name: str, now: float | None = None) -> P
     del rule["shadow"]
     new_text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
     parse_config(yaml.safe_load(new_text))  # refuse to write an invalid file
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(time.time() if now is None else now))
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(time.time() if now is None else now))
     backup = path.with_name(f"{path.name}.{stamp}.bak")
     shutil.copy2(path, backup)
     handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

@@ -1121,7 +1121,7 @@ class SQLiteJobStore:
         )
         return [_outbox_item(row) for row in rows]
 
-    # -- runs on workers elsewhere: queue and leases (schema version 6) ----
+    # -- runs on workers elsewhere: queue and leases (schema version 7) ----
 
     def runs_to_queue(self, now: float, requeue_after: float, limit: int) -> list[Job]:
         """Runs to send to their pipeline's queue, highest priority first: ROUTED,
