@@ -9,6 +9,7 @@ MONAI's transforms, its boxes mapped back to the volume's grid by hand.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -241,3 +242,27 @@ def test_a_pushed_ct_gives_an_sr_group_per_box_and_an_oru_finding_per_box(
             and f"columns {int(c0) + 1}-{math.ceil(c1)} of 32" in s
             for s in boxes_in_oru
         ), boxes_in_oru
+
+
+def test_models_check_runs_the_detector_with_the_yaml_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from dicomnode.cli import main
+    from tests.runner.test_models_check import config_file
+
+    root = write_detection_bundle(tmp_path / "det")
+    options = {"bundle": str(root), "score_threshold": 0.7, "labels": {0: "nodule", 1: "mass"}}
+    config = config_file(tmp_path, {"monai-bundle": options})
+    assert main(["models", "check", "-c", str(config), "--json"]) == 0
+    (check,) = json.loads(capsys.readouterr().out)
+    assert check["ok"], check
+    report = check["report"]
+    assert report["labels"] == ["0: nodule", "1: mass"]
+    assert report["input_contract"].startswith("detection (RetinaNetDetector), modalities CT")
+    assert "score threshold 0.7" in report["input_contract"]
+    assert report["output"].startswith("input (1, 1, 32, 32, 32) -> ")
+    assert (
+        report["sha256"] == hashlib.sha256((root / "models" / "model.pt").read_bytes()).hexdigest()
+    )
