@@ -7,7 +7,7 @@ instead of a setting silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -265,6 +265,22 @@ class PipelineSettings(_Model):
         description=(
             "For monai-bundle with several input series: role to a regex of the role's "
             "SeriesDescription, in the order of the bundle's input channels."
+        ),
+    )
+    score_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description=(
+            "For monai-bundle with a detection bundle: the score from which a box is "
+            "reported (default: the bundle's box selector score_thresh)."
+        ),
+    )
+    labels: dict[int, Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None,
+        description=(
+            "For monai-bundle with a detection bundle: class index to name, over the "
+            "bundle's channel_def (each class is coded locally)."
         ),
     )
 

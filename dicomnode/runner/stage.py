@@ -38,7 +38,8 @@ def pipeline_options(config: RunnerConfig) -> dict[str, dict[str, object]]:
     relative one means relative to the directory the node starts in), and the
     ``nnunet`` settings (its ``code_map`` made absolute likewise), and
     ``model`` (torchscript, onnx: a manifest name), ``inputs`` (monai-bundle:
-    role to a Series Description regex).
+    role to a Series Description regex), ``score_threshold`` and ``labels``
+    (monai-bundle: a detection bundle's reporting score and class names).
     """
     options: dict[str, dict[str, object]] = {}
     for name, settings in config.pipelines.items():
@@ -55,6 +56,10 @@ def pipeline_options(config: RunnerConfig) -> dict[str, dict[str, object]]:
             options.setdefault(name, {})["inputs"] = {
                 role: pattern.pattern for role, pattern in settings.inputs.items()
             }
+        if settings.score_threshold is not None:
+            options.setdefault(name, {})["score_threshold"] = settings.score_threshold
+        if settings.labels is not None:
+            options.setdefault(name, {})["labels"] = dict(settings.labels)
     return options
 
 

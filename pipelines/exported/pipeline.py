@@ -68,7 +68,7 @@ from dicomnode.protocol import (
     Volume,
 )
 from pipelines.monai_bundle.bundle import NormalizeIntensity, Resample, ScaleIntensityRange, Step
-from pipelines.monai_bundle.orientation import INDEX_ORDER, Reorientation
+from pipelines.monai_bundle.orientation import INDEX_ORDER, Reorientation, box_in_volume
 
 from .card import CARD_NAME, ModelCard, read_card
 from .runtime import OnnxRuntime, Output, Runtime, TorchScriptRuntime
@@ -497,7 +497,7 @@ class ExportedPipeline:
             threshold = card.output.threshold(label.name, 0.5)
             if float(score) < threshold:
                 continue
-            placed = _box_in_volume(box, turn, shape, resampled, volume.array.shape)
+            placed = box_in_volume(box, turn, shape, resampled, volume.array.shape)
             if placed is None:
                 continue
             found.append(
@@ -514,30 +514,6 @@ class ExportedPipeline:
             + (f"{len(found)} finding(s): {'; '.join(parts)}" if found else "nothing found")
             + ".",
         )
-
-
-def _box_in_volume(
-    box: NDArray[np.float32],
-    turn: Reorientation,
-    shape: tuple[int, ...],
-    resampled: tuple[int, ...],
-    volume_shape: tuple[int, ...],
-) -> tuple[float, float, float, float, float, float] | None:
-    """A box in the network's (resampled) axes as a box in the volume's grid,
-    clipped to it; ``None`` when nothing of it is inside."""
-    low = [0.0, 0.0, 0.0]
-    high = [0.0, 0.0, 0.0]
-    for axis in range(3):
-        scale = shape[axis] / resampled[axis]
-        a0, a1 = sorted((float(box[axis]) * scale, float(box[axis + 3]) * scale))
-        target = turn.axes[axis]
-        n = volume_shape[target]
-        if turn.flips[axis]:
-            a0, a1 = n - a1, n - a0
-        low[target], high[target] = max(0.0, a0), min(float(n), a1)
-    if any(high[a] <= low[a] for a in range(3)):
-        return None
-    return (low[0], low[1], low[2], high[0], high[1], high[2])
 
 
 class TorchScriptPipeline(ExportedPipeline):

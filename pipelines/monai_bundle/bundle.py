@@ -230,6 +230,12 @@ class Bundle:
         else the inferer's ``roi_size``: what ``models check`` runs.
     in_channels : int
         The input's channels (metadata ``num_channels``).
+    detector : object, optional
+        A detection bundle's ``detector`` (MONAI's ``RetinaNetDetector``), its
+        ``detector_ops`` applied (target keys, box selector, sliding window),
+        its network the loaded ``network_def``; ``None`` for other bundles.
+    score_threshold : float, optional
+        The detector's box selector ``score_thresh`` (detection bundles).
     network : torch.nn.Module
         In eval mode, on the load device.
     inferer : callable
@@ -254,6 +260,8 @@ class Bundle:
     post_key: str = "pred"
     input_shape: tuple[int, int, int] | None = None
     in_channels: int = 1
+    detector: Any = None
+    score_threshold: float | None = None
 
     @property
     def discretises(self) -> bool:
@@ -305,13 +313,11 @@ def read_bundle(root: Path, device: str) -> Bundle:
     sha256 = _verified_sha256(root, weights)
     network = _load_network(parser, weights, device, config_path)
 
+    if parser.get("detector") is not None:
+        return _detection_bundle(root, metadata, parser, network, sha256, device, config_path)
+
     output = _output_format(metadata)
-    channel_def = output.get("channel_def") or {}
-    labels: dict[int, str] = {}
-    if isinstance(channel_def, Mapping):
-        for key, value in channel_def.items():
-            if str(key).isdigit():
-                labels[int(key)] = str(value)
+    labels = _channel_names(metadata)
     out_channels = int(output.get("num_channels") or max(labels, default=1) + 1)
     if out_channels > 256:
         raise BundleError(f"monai-bundle: {out_channels} output channels do not fit labels 1..255")
@@ -340,6 +346,86 @@ def read_bundle(root: Path, device: str) -> Bundle:
         post_key=post_key,
         input_shape=_input_shape(metadata, inferer),
         in_channels=_in_channels(metadata),
+    )
+
+
+def _channel_names(metadata: Mapping[str, Any]) -> dict[int, str]:
+    channel_def = _output_format(metadata).get("channel_def") or {}
+    labels: dict[int, str] = {}
+    if isinstance(channel_def, Mapping):
+        for key, value in channel_def.items():
+            if str(key).isdigit():
+                labels[int(key)] = str(value)
+    return labels
+
+
+def _detection_bundle(
+    root: Path,
+    metadata: Mapping[str, Any],
+    parser: ConfigParser,
+    network: torch.nn.Module,
+    sha256: str,
+    device: str,
+    config_path: Path,
+) -> Bundle:
+    """A bundle whose config defines a ``detector`` (the model zoo's
+    lung_nodule_ct_detection: ``RetinaNetDetector`` over ``network_def``).
+
+    The detector is built as the config says and its ``detector_ops`` run
+    (``set_target_keys``, ``set_box_selector_parameters``,
+    ``set_sliding_window_inferer``); its network is the loaded
+    ``network_def``. The config's ``inferer`` (a script of the bundle's) and
+    ``postprocessing`` (boxes to world coordinates for a JSON file) are not
+    built: the node maps the detector's boxes to the volume's grid itself.
+    """
+    try:
+        detector = parser.get_parsed_content("detector")
+        if parser.get("detector_ops") is not None:
+            parser.get_parsed_content("detector_ops")
+    except Exception as exc:  # any failure of the config's own code
+        raise BundleError(
+            f"monai-bundle: the detector of {config_path} cannot be built: {exc}"
+        ) from exc
+    if not callable(detector) or not hasattr(detector, "network"):
+        raise BundleError(
+            f"monai-bundle: the detector of {config_path} is not a MONAI detector "
+            "(RetinaNetDetector)"
+        )
+    detector.network = network.to(torch.device(device))
+    detector.eval()
+    selector = getattr(detector, "box_selector", None)
+    score_thresh = getattr(selector, "score_thresh", None)
+    classes = int(getattr(network, "num_classes", 0) or 0)
+    labels = _channel_names(metadata)
+    steps, ignored, axcodes = _preprocessing(parser)
+    return Bundle(
+        root=root,
+        name=str(metadata.get("name") or root.name),
+        version=str(metadata.get("version") or "unknown"),
+        sha256=sha256,
+        labels=labels,
+        out_channels=max(classes, max(labels, default=-1) + 1, 1),
+        modalities=_modalities(metadata),
+        axcodes=axcodes,
+        network=network,
+        inferer=detector,
+        steps=steps,
+        ignored=ignored,
+        post_ignored=_post_names(parser),
+        input_shape=_input_shape(metadata, None),
+        in_channels=_in_channels(metadata),
+        detector=detector,
+        score_threshold=None if score_thresh is None else float(score_thresh),
+    )
+
+
+def _post_names(parser: ConfigParser) -> tuple[str, ...]:
+    raw = parser.get("postprocessing")
+    transforms = raw.get("transforms") if isinstance(raw, Mapping) else raw
+    if not isinstance(transforms, list):
+        return ()
+    return tuple(
+        str(t.get("_target_", "")).rsplit(".", 1)[-1] for t in transforms if isinstance(t, Mapping)
     )
 
 

@@ -18,14 +18,18 @@ axis closest to it, as ``Orientationd`` does; nothing is resampled.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from dicomnode.protocol import Vector3, Volume
 
-__all__ = ["INDEX_ORDER", "Reorientation"]
+__all__ = ["INDEX_ORDER", "Box", "Reorientation", "box_in_volume"]
+
+Box = tuple[float, float, float, float, float, float]
 
 INDEX_ORDER = ""
 """Axis codes meaning "no ``Orientationd``": the loader's order, columns, rows, slices."""
@@ -111,6 +115,54 @@ class Reorientation:
     def spacing(self, spacing: Vector3) -> tuple[float, float, float]:
         """The volume's spacing (slices, rows, columns) along the bundle's axes."""
         return (spacing[self.axes[0]], spacing[self.axes[1]], spacing[self.axes[2]])
+
+
+def box_in_volume(
+    box: Sequence[float] | NDArray[np.floating[Any]],
+    turn: Reorientation,
+    shape: Sequence[int],
+    resampled: Sequence[int],
+    volume_shape: Sequence[int],
+) -> Box | None:
+    """A network's box as a box in the volume's grid, clipped to it.
+
+    Shared by the ``monai-bundle`` detection bundles and the ``torchscript``/
+    ``onnx`` detectors.
+
+    Parameters
+    ----------
+    box : sequence of 6 floats
+        ``(a0, b0, c0, a1, b1, c1)`` along the network's axes (MONAI's
+        ``xyzxyz`` box mode), in voxels of its (resampled) input, voxel ``i``
+        spanning ``[i, i + 1)``.
+    turn : Reorientation
+        From the volume's grid to the network's axes.
+    shape : three ints
+        The turned volume's shape, before resampling.
+    resampled : three ints
+        The network input's spatial shape (after resampling).
+    volume_shape : three ints
+        The volume's ``(slices, rows, columns)``.
+
+    Returns
+    -------
+    (slice0, row0, column0, slice1, row1, column1), or None
+        As :class:`~dicomnode.protocol.Detection` takes it; ``None`` when
+        nothing of the box is inside the volume.
+    """
+    low = [0.0, 0.0, 0.0]
+    high = [0.0, 0.0, 0.0]
+    for axis in range(3):
+        scale = shape[axis] / resampled[axis]
+        a0, a1 = sorted((float(box[axis]) * scale, float(box[axis + 3]) * scale))
+        target = turn.axes[axis]
+        n = volume_shape[target]
+        if turn.flips[axis]:
+            a0, a1 = n - a1, n - a0
+        low[target], high[target] = max(0.0, a0), min(float(n), a1)
+    if any(high[a] <= low[a] for a in range(3)):
+        return None
+    return (low[0], low[1], low[2], high[0], high[1], high[2])
 
 
 def _lps_to_ras(vector: Vector3) -> tuple[float, float, float]:

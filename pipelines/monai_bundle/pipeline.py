@@ -41,6 +41,16 @@ A **classification** bundle (its network gives ``(1, K)``, usually after a
 ``Resized`` in its preprocessing) gives one finding per class instead: its
 probability from the postprocessing's ``Activationsd`` (softmax without one),
 named by ``channel_def`` and coded locally (:func:`class_code`).
+
+A **detection** bundle (its config defines a ``detector``, MONAI's
+``RetinaNetDetector``, as the model zoo's lung_nodule_ct_detection does)
+runs steps 1 and 2, then the detector as its ``detector_ops`` set it up
+(sliding window, box selector, target keys). Each box (MONAI's ``xyzxyz``
+mode, in voxels of the preprocessed image) whose score reaches the threshold
+(``score_threshold`` in the node YAML, else the bundle's box selector
+``score_thresh``) becomes a :class:`~dicomnode.protocol.Detection`, its box
+mapped back to the volume's grid (:func:`~.orientation.box_in_volume`), its
+class named by ``channel_def`` (or the ``labels`` option) and coded locally.
 """
 
 from __future__ import annotations
@@ -60,6 +70,7 @@ from dicomnode.protocol import (
     ARTIFICIAL_INTELLIGENCE_CODE,
     Algorithm,
     Code,
+    Detection,
     Finding,
     InputRefused,
     InputSpec,
@@ -73,7 +84,7 @@ from dicomnode.protocol import (
 )
 
 from .bundle import Bundle, BundleError, read_bundle
-from .orientation import Reorientation
+from .orientation import Reorientation, box_in_volume
 
 __all__ = [
     "ANATOMICAL_STRUCTURE",
@@ -94,6 +105,12 @@ SETTING = "runner.pipelines.monai-bundle.bundle"
 
 INPUTS = "runner.pipelines.monai-bundle.inputs"
 """Where the node YAML names the input series' roles of a multi-input bundle."""
+
+SCORE_THRESHOLD = "runner.pipelines.monai-bundle.score_threshold"
+"""Where the node YAML sets the score from which a detection bundle reports a box."""
+
+LABELS = "runner.pipelines.monai-bundle.labels"
+"""Where the node YAML names a detection bundle's classes (index: name)."""
 
 ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
 TISSUE = Code("85756007", "SCT", "Tissue")
@@ -156,16 +173,24 @@ class MonaiBundlePipeline:
         self.input_roles: dict[str, str] = {}
         """Role to a Series Description regex, in the bundle's channel order
         (:class:`~dicomnode.protocol.MultiInput`); empty: one series."""
+        self.score_threshold: float | None = None
+        """A detection bundle's reporting threshold; ``None``: the bundle's own."""
+        self.class_names: dict[int, str] = {}
+        """A detection bundle's class names, over its ``channel_def``."""
 
     def configure(self, options: Mapping[str, object]) -> None:
-        """Take the options of ``runner.pipelines.monai-bundle``: ``bundle`` (a folder).
+        """Take the options of ``runner.pipelines.monai-bundle``: ``bundle`` (a
+        folder), ``inputs`` (role: Series Description regex), and for a
+        detection bundle ``score_threshold`` (0 to 1) and ``labels`` (class
+        index: name).
 
         Raises
         ------
         BundleError
-            If an option is not one this pipeline knows.
+            If an option is not one this pipeline knows, or its value is wrong
+            (the message names the setting).
         """
-        unknown = sorted(set(options) - {"bundle", "inputs"})
+        unknown = sorted(set(options) - {"bundle", "inputs", "score_threshold", "labels"})
         if unknown:
             raise BundleError(f"monai-bundle has no option {', '.join(unknown)}")
         if options.get("bundle") is not None:
@@ -177,6 +202,24 @@ class MonaiBundlePipeline:
                     f"{INPUTS}: must map each role to a Series Description regex, got {inputs!r}"
                 )
             self.input_roles = {str(role): str(pattern) for role, pattern in inputs.items()}
+        threshold = options.get("score_threshold")
+        if threshold is not None:
+            try:
+                value = float(str(threshold))
+            except ValueError:
+                value = -1.0
+            if not 0.0 <= value <= 1.0:
+                raise BundleError(
+                    f"{SCORE_THRESHOLD}: must be a score from 0 to 1, got {threshold!r}"
+                )
+            self.score_threshold = value
+        labels = options.get("labels")
+        if labels is not None:
+            if not isinstance(labels, Mapping) or not all(
+                str(k).isdigit() and str(v).strip() for k, v in labels.items()
+            ):
+                raise BundleError(f"{LABELS}: must map each class index to a name, got {labels!r}")
+            self.class_names = {int(str(k)): str(v).strip() for k, v in labels.items()}
 
     def _check_channels(self, bundle: Bundle) -> None:
         """Refuse a bundle whose input channels do not match the configured roles."""
@@ -273,7 +316,11 @@ class MonaiBundlePipeline:
             bundle.version,
             device,
             bundle.sha256[:12],
-            ", ".join(bundle.labels.get(c, str(c)) for c in range(1, bundle.out_channels)),
+            ", ".join(
+                self._class_names().values()
+                if bundle.detector is not None
+                else (bundle.labels.get(c, str(c)) for c in range(1, bundle.out_channels))
+            ),
         )
 
     def self_test(self) -> ModelReport:
@@ -287,6 +334,8 @@ class MonaiBundlePipeline:
             metadata declares.
         """
         bundle = self.bundle
+        if bundle.detector is not None:
+            return self._self_test_detector()
         shape = bundle.input_shape or (32, 32, 32)
         generator = torch.Generator().manual_seed(0)
         batch = torch.randn((1, bundle.in_channels, *shape), generator=generator)
@@ -327,6 +376,79 @@ class MonaiBundlePipeline:
             output=f"input {tuple(batch.shape)} -> {tuple(out.shape)}",
             seconds=seconds,
         )
+
+    def _self_test_detector(self) -> ModelReport:
+        """Run a detection bundle's detector once, without its sliding window,
+        on a random input of the declared shape (else twice the network's
+        ``size_divisible``, 32 voxels at least per axis)."""
+        bundle = self.bundle
+        detector = bundle.detector
+        divisible = tuple(int(d) for d in getattr(detector, "size_divisible", (16, 16, 16)))
+        shape = bundle.input_shape or tuple(max(32, 2 * d) for d in divisible)
+        generator = torch.Generator().manual_seed(0)
+        batch = torch.rand((1, bundle.in_channels, *shape), generator=generator)
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                output = detector(batch.to(torch.device(self._device)), use_inferer=False)
+            boxes, _, _ = self._boxes(output)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise BundleError(
+                f"monai-bundle: {bundle.name}'s detector fails on an input {tuple(batch.shape)}: "
+                f"{exc}"
+            ) from exc
+        seconds = time.perf_counter() - started
+        steps = ", ".join(type(step).__name__ for step in bundle.steps) or "none"
+        threshold = self._threshold()
+        names = self._class_names()
+        return ModelReport(
+            name=bundle.name,
+            version=bundle.version,
+            sha256=bundle.sha256,
+            parameters=int(sum(p.numel() for p in bundle.network.parameters())),
+            device=self._device,
+            input_contract=(
+                f"detection ({type(detector).__name__}), "
+                f"modalities {'/'.join(sorted(self.input.modalities))}, "
+                f"orientation {bundle.axcodes or 'columns, rows, slices'}, "
+                f"{bundle.in_channels} channel(s), preprocessing {steps}, "
+                f"sliding window {'yes' if getattr(detector, 'inferer', None) else 'no'}, "
+                f"score threshold {threshold:g}"
+            ),
+            labels=tuple(f"{index}: {name}" for index, name in sorted(names.items())),
+            output=f"input {tuple(batch.shape)} -> {len(boxes)} box(es)",
+            seconds=seconds,
+        )
+
+    def _threshold(self) -> float:
+        """The score from which a detection is reported: the node YAML's, else the bundle's."""
+        if self.score_threshold is not None:
+            return self.score_threshold
+        return self.bundle.score_threshold if self.bundle.score_threshold is not None else 0.5
+
+    def _class_names(self) -> dict[int, str]:
+        bundle = self.bundle
+        names = {index: f"Class {index}" for index in range(bundle.out_channels)}
+        names.update(bundle.labels)
+        names.update(self.class_names)
+        return names
+
+    def _boxes(
+        self, output: Any
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int64]]:
+        """Boxes ``(M, 6)``, scores and labels of the detector's output for one image."""
+        detector = self.bundle.detector
+        found = output[0] if isinstance(output, list | tuple) else output
+        box_key = str(getattr(detector, "target_box_key", "boxes"))
+        label_key = str(getattr(detector, "target_label_key", "labels"))
+        score_key = str(getattr(detector, "pred_score_key", f"{label_key}_scores"))
+        missing = [k for k in (box_key, label_key, score_key) if k not in found]
+        if missing:
+            raise KeyError(f"the detector's output has no {', '.join(missing)}")
+        boxes = torch.as_tensor(found[box_key]).detach().float().cpu().numpy().reshape(-1, 6)
+        scores = torch.as_tensor(found[score_key]).detach().float().cpu().numpy().reshape(-1)
+        labels = torch.as_tensor(found[label_key]).detach().cpu().numpy().reshape(-1)
+        return boxes, scores, labels.astype(np.int64)
 
     def run(self, volume: Volume, device: str) -> PipelineResult:
         """Segment ``volume`` with the bundle's network.
@@ -392,11 +514,65 @@ class MonaiBundlePipeline:
         bundle = self.bundle
         turn = Reorientation.of(volume, bundle.axcodes)
         stack = np.stack([turn.forward(channel.array) for channel in channels])
+        if bundle.detector is not None:
+            return self._detection(stack, turn, volume)
         classes, labels = self._predict(stack, turn.spacing(volume.spacing))
         if classes is not None:
             return self._classification(classes)
         assert labels is not None
         return self._result(turn.backward(labels), volume)
+
+    def _detection(
+        self, array: NDArray[np.float32], turn: Reorientation, volume: Volume
+    ) -> PipelineResult:
+        """Detections of a detection bundle on ``array`` ``(C, X, Y, Z)`` (in the
+        bundle's axes): the preprocessing, the detector (with its sliding
+        window when the bundle sets one), each box at or above the threshold
+        mapped back to the volume's grid."""
+        bundle = self.bundle
+        detector = bundle.detector
+        with torch.inference_mode():
+            image = torch.as_tensor(np.ascontiguousarray(array, dtype=np.float32))
+            image = image.to(torch.device(self._device))[None]
+            shape = tuple(image.shape[2:])
+            spacing = turn.spacing(volume.spacing)
+            for step in bundle.steps:
+                image, spacing = step(image, spacing)
+            sliding = getattr(detector, "inferer", None) is not None
+            output = detector(image, use_inferer=sliding)
+        try:
+            boxes, scores, kinds = self._boxes(output)
+        except KeyError as exc:
+            raise InputRefused(f"bundle {bundle.name}: {exc.args[0]}") from exc
+        threshold = self._threshold()
+        names = self._class_names()
+        resampled = tuple(image.shape[2:])
+        found: list[Detection] = []
+        for box, score, kind in zip(boxes, scores, kinds, strict=True):
+            if float(score) < threshold:
+                continue
+            placed = box_in_volume(box, turn, shape, resampled, volume.array.shape)
+            if placed is None:
+                continue
+            name = names.get(int(kind)) or f"Class {int(kind)}"
+            found.append(
+                Detection(
+                    class_code(int(kind), name),
+                    float(np.clip(score, 0.0, 1.0)),
+                    placed,
+                    threshold,
+                    name,
+                )
+            )
+        found.sort(key=lambda d: -d.score)
+        parts = [f"{d.name} (score {d.score:.2f}) at slice {int(d.centre[0]) + 1}" for d in found]
+        return PipelineResult(
+            detections=tuple(found),
+            models=(ModelInfo(bundle.name, bundle.version, bundle.sha256),),
+            summary=f"MONAI bundle {bundle.name} {bundle.version}: "
+            + (f"{len(found)} finding(s): {'; '.join(parts)}" if found else "nothing found")
+            + ".",
+        )
 
     def _classification(self, logits: torch.Tensor) -> PipelineResult:
         """Findings of a classification bundle's output ``(K,)``: probabilities
