@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import ssl
 import struct
 import threading
@@ -114,8 +115,72 @@ def in_use_hint(exc: OSError) -> str:
     )
 
 
-def _guard_dimse_decoding(assoc: Any) -> None:
-    """Abort the association when pynetdicom cannot decode a command set.
+def _abort_from_the_dul(assoc: Any) -> None:
+    """Abort the association from its state machine's own thread: an A-ABORT
+    (source: service provider) goes out and the association's reactor is told
+    (A-P-ABORT), in that order.
+
+    Not ``assoc.abort()``: called from the state machine's thread, that marks
+    the association ended before the A-ABORT is sent, and an acceptor thread
+    that has not yet started its reactor then closes the connection at once:
+    the sender sees it closed without a word.
+    """
+    assoc.dul.event_queue.put("Evt19")  # as for a PDU that cannot be decoded
+
+
+def _refusal(assoc: Any, context_id: int | None, primitive: Any) -> str | None:
+    """Why a decoded DIMSE message must not reach pynetdicom's services (or
+    ``None``): a request whose command set lacks an element needed to answer
+    it, a response to a request the node never sent, or a request whose
+    Affected SOP Class UID is not the abstract syntax of the presentation
+    context it came on (PS3.7 9.1.1.1). pynetdicom would drop the first two
+    without an answer (the sender waits for a status that never comes) and
+    hand the third to the service of the class it names (a C-STORE-RQ naming
+    Verification on a CT context would get the C-ECHO handler's Success)."""
+    if primitive.is_valid_request:
+        negotiated = {
+            str(cx.abstract_syntax) for cx in assoc.accepted_contexts if cx.context_id == context_id
+        }
+        named = str(getattr(primitive, "AffectedSOPClassUID", None) or "")
+        if named and named not in negotiated:
+            return (
+                f"a {primitive.msg_type} request for SOP class {escape(named, 64)} on a "
+                f"presentation context for {', '.join(sorted(negotiated)) or 'nothing'}"
+            )
+        return None
+    missing = [name for name in primitive.REQUEST_KEYWORDS if getattr(primitive, name) is None]
+    if missing:
+        return f"a {primitive.msg_type} message without {', '.join(missing)}"
+    return f"a {primitive.msg_type} message that answers no request"
+
+
+class _CheckedMessages(queue.Queue):  # type: ignore[type-arg]
+    """The queue of decoded DIMSE messages between pynetdicom's state machine
+    and the association's reactor, refusing what :func:`_refusal` names: the
+    message is dropped and the association aborted, before any service sees
+    it."""
+
+    def __init__(self, assoc: Any) -> None:
+        super().__init__()
+        self._assoc = assoc
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        context_id, primitive = item
+        reason = _refusal(self._assoc, context_id, primitive)
+        if reason is None:
+            super().put(item, block, timeout)
+            return
+        LOGGER.warning(
+            "aborted the association from %s: %s",
+            escape(str(self._assoc.requestor.ae_title).strip()),
+            reason,
+        )
+        _abort_from_the_dul(self._assoc)
+
+
+def _guard_dimse(assoc: Any) -> None:
+    """Abort the association on a DIMSE message pynetdicom cannot decode or
+    would mis-serve (see :class:`_CheckedMessages`).
 
     pynetdicom decodes DIMSE messages in the thread that runs the association's
     state machine; a command set without a Command Field, with one it does not
@@ -125,6 +190,7 @@ def _guard_dimse_decoding(assoc: Any) -> None:
     WARNING line, and an A-ABORT (source: service provider).
     """
     dimse = assoc.dimse
+    dimse.msg_queue = _CheckedMessages(assoc)
     receive = dimse.receive_primitive
 
     def receive_or_abort(primitive: Any) -> None:
@@ -137,7 +203,7 @@ def _guard_dimse_decoding(assoc: Any) -> None:
                 escape(str(assoc.requestor.ae_title).strip()),
                 escape(f"{type(exc).__name__}: {exc}", 200),
             )
-            assoc.acse.send_abort(0x02)
+            _abort_from_the_dul(assoc)
 
     dimse.receive_primitive = receive_or_abort
 
@@ -185,8 +251,8 @@ class IngressServer:
         self._threads: list[threading.Thread] = []
 
         # pynetdicom's own handlers of received DIMSE messages only log them
-        # (at DEBUG), and one that raises on a command set lacking an element
-        # keeps every later handler, the node's _on_dimse_recv, from running
+        # (at DEBUG), and one raises on a command set lacking an element, which
+        # puts a traceback in the log before the node's check aborts it
         _config.LOG_HANDLER_LEVEL = "none"
         ae = AE(ae_title=node.ae_title)
         self.contexts = supported_contexts()
@@ -265,53 +331,7 @@ class IngressServer:
         receive rate, since every C-STORE waits on it more than once.
         """
         event.assoc.dul._run_loop_delay = self.config.poll_interval_ms / 1000.0
-        _guard_dimse_decoding(event.assoc)
-
-    def _on_dimse_recv(self, event: Any) -> None:
-        """``evt.EVT_DIMSE_RECV``: abort the association on a message pynetdicom
-        would drop without an answer: a request whose command set lacks an
-        element needed to answer it (Message ID, Affected SOP Instance UID),
-        or a response to a request the node never sent. Dropped, the sender
-        would wait for a status that never comes, and the association would
-        hold one of the node's slots until it timed out. Also on a request
-        whose Affected SOP Class UID is not the abstract syntax of the
-        presentation context it came on (PS3.7 9.1.1.1), which pynetdicom
-        would hand to the service of the class it names."""
-        try:
-            primitive = event.message.message_to_primitive()
-        except Exception:  # noqa: BLE001 - pynetdicom itself aborts on these
-            return
-        calling_ae = escape(str(event.assoc.requestor.ae_title).strip())
-        if primitive.is_valid_request:
-            # pynetdicom picks the service by the command's SOP Class, not by
-            # the presentation context: a C-STORE-RQ naming Verification on a
-            # CT context would be answered by the C-ECHO handler, Success
-            context_id = event.message.context_id
-            negotiated = {
-                str(cx.abstract_syntax)
-                for cx in event.assoc.accepted_contexts
-                if cx.context_id == context_id
-            }
-            named = str(getattr(primitive, "AffectedSOPClassUID", None) or "")
-            if named and named not in negotiated:
-                LOGGER.warning(
-                    "aborted the association from %s: a %s request for SOP class %s on a "
-                    "presentation context for %s",
-                    calling_ae,
-                    primitive.msg_type,
-                    escape(named, 64),
-                    ", ".join(sorted(negotiated)) or "nothing",
-                )
-                event.assoc.abort(block=False)
-            return
-        missing = [name for name in primitive.REQUEST_KEYWORDS if getattr(primitive, name) is None]
-        LOGGER.warning(
-            "aborted the association from %s: a %s message %s",
-            calling_ae,
-            primitive.msg_type,
-            f"without {', '.join(missing)}" if missing else "that answers no request",
-        )
-        event.assoc.abort(block=False)
+        _guard_dimse(event.assoc)
 
     def _on_c_store(self, event: Any) -> int:
         """``evt.EVT_C_STORE``: refuse a dataset above ``max_dataset_size``,
@@ -374,7 +394,6 @@ class IngressServer:
             (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_RELEASED, self._on_ended),
             (evt.EVT_CONN_CLOSE, self._on_closed),
-            (evt.EVT_DIMSE_RECV, self._on_dimse_recv),
             (evt.EVT_C_ECHO, self.handler.on_c_echo),
             (evt.EVT_C_STORE, self._on_c_store),
         ]
