@@ -34,19 +34,22 @@ run: $(STAMP)
 
 # The real peers the tests start on loopback: DCMTK, Orthanc (with its DICOMweb
 # plugin), dicom3tools, PixelMed's SR validator, openssl (the TLS tests' certificates),
-# redis-server (the Celery broker of runner.executor: celery), and Chromium with npm for
-# the viewer test.
+# redis-server (the Celery broker of runner.executor: celery), PostgreSQL (the shared job
+# store), and Chromium with npm for the viewer test. The tests run their own PostgreSQL
+# server (tests/postgres_server.py: initdb in a temporary folder, a free port of
+# 127.0.0.1); the cluster Debian's package makes, and may start, on port 5432 is never used.
 peers:
 	@if ! command -v storescu >/dev/null || ! command -v dcmsend >/dev/null \
 	    || ! [ -x /usr/sbin/Orthanc ] || ! command -v dciodvfy >/dev/null \
 	    || ! [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
 	    || ! command -v DicomSRValidator >/dev/null \
 	    || ! command -v chromium >/dev/null || ! command -v openssl >/dev/null \
-	    || ! command -v redis-server >/dev/null; then \
+	    || ! command -v redis-server >/dev/null \
+	    || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
 	    $(SUDO) apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	        dcmtk orthanc orthanc-dicomweb dicom3tools pixelmed-apps chromium openssl \
-	        redis-server; \
+	        redis-server postgresql; \
 	fi
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq npm; }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from dicomnode.jobs import SQLiteJobStore
 from dicomnode.service import Node
 from dicomnode.synthetic import Series, write_ct_series
 from tests.helpers import NodeProcess, node_config, wait_for, write_config
+from tests.postgres_server import PostgresServer
 
 # Property-based tests (tests/fuzz). "ci", the default: derandomized (the same
 # examples on every run), no per-example deadline (a loaded 2-core machine is
@@ -77,6 +79,26 @@ def node_process(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session, in a temporary directory on a free
+    port of 127.0.0.1 (never the system's cluster); removed at the end. Tests
+    that stop or crash a server start one of their own."""
+    server = PostgresServer().start()
+    yield server
+    server.remove()
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A ``database.url`` (``postgresql+psycopg://``) of a new, empty database
+    on the session's server, one per test."""
+    return postgres_server.create_database(f"test_{next(_databases)}")
 
 
 @pytest.fixture
