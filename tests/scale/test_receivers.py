@@ -1,0 +1,115 @@
+"""Two receivers, one study: each ``dicomnode serve`` gets half of its instances at
+the same time; with the job store on PostgreSQL and one spool between them the
+study is assembled once, from both halves, run once, and its results reach the
+PACS (Orthanc) once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import spool_files, store_statuses, storescu, wait_for
+from tests.orthanc import Orthanc
+from tests.scale.conftest import Receiver, needs_postgres_store
+
+pytestmark = [pytest.mark.peers, pytest.mark.postgres, pytest.mark.slow, needs_postgres_store]
+
+SLICES = 8
+
+
+def site_sections(orthanc: Orthanc) -> dict[str, Any]:
+    """Every stage on in each receiver: a CT goes to a small threshold pipeline
+    whose SEG and SR go to Orthanc."""
+    return {
+        "assembly": {"quiet_seconds": 3.0, "poll_seconds": 0.1},
+        "runner": {
+            "enabled": True,
+            "device": "cpu",
+            "threads": 1,
+            "workers": 1,
+            "poll_seconds": 0.1,
+            "retry_backoff_seconds": 0,
+            "plugins": ["tests.runner.faulty:Threshold"],
+        },
+        "routing": {
+            "rules": [
+                {
+                    "name": "ct",
+                    "match": {"series": {"Modality": {"equals": "CT"}}},
+                    "pipeline": "test-threshold",
+                    "destinations": ["pacs"],
+                }
+            ]
+        },
+        "destinations": {
+            "pacs": {
+                "type": "dicom",
+                "ae_title": "ORTHANC",
+                "host": "127.0.0.1",
+                "port": orthanc.dicom_port,
+                "timeout_seconds": 10,
+            }
+        },
+        "export": {"poll_seconds": 0.2, "backoff_seconds": 1, "max_backoff_seconds": 2},
+        "monitoring": {"enabled": False},
+    }
+
+
+def run_done(receiver: Receiver, study_uid: str) -> Callable[[], list[dict[str, Any]] | None]:
+    """The study's jobs once it has a run and every run is DONE; a DEAD run fails."""
+
+    def check() -> list[dict[str, Any]] | None:
+        jobs = receiver.jobs(study_uid)
+        runs = [j for j in jobs if j["kind"] == "run"]
+        assert all(j["state"] != "DEAD" for j in runs), runs
+        return jobs if runs and all(j["state"] == "DONE" for j in runs) else None
+
+    return check
+
+
+def test_a_study_pushed_half_to_each_receiver_is_assembled_run_and_delivered_once(
+    receiver: Callable[..., Receiver],
+    postgres_url: str,
+    ct_series: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    orthanc = Orthanc(tmp_path / "orthanc").start()
+    try:
+        spool = tmp_path / "spool"
+        a = receiver("a", postgres_url, spool, **site_sections(orthanc))
+        b = receiver("b", postgres_url, spool, **site_sections(orthanc))
+        series = ct_series(slices=SLICES, size=16)
+        halves = [(series.paths[: SLICES // 2], a), (series.paths[SLICES // 2 :], b)]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            pushes = [pool.submit(storescu, files, node.port) for files, node in halves]
+            for push in pushes:
+                sent = push.result()
+                assert sent.returncode == 0, sent.stderr
+                assert store_statuses(sent.stderr) == ["Success"] * (SLICES // 2), sent.stderr
+
+        jobs = wait_for(run_done(a, series.study_uid), 120, "the study's run DONE", interval=0.5)
+        rounds = [j for j in jobs if j["kind"] == "study"]
+        runs = [j for j in jobs if j["kind"] == "run"]
+        assert [(r["round"], r["instance_count"]) for r in rounds] == [(1, SLICES)], jobs
+        assert [(r["pipeline"], r["attempts"]) for r in runs] == [("test-threshold", 1)], jobs
+        # one store: the other receiver sees the same jobs
+        assert sorted(j["id"] for j in b.jobs(series.study_uid)) == sorted(j["id"] for j in jobs)
+        assert len(spool_files(spool)) == SLICES
+
+        (run,) = runs
+        detail = a.cli_json("jobs", "show", str(run["id"]))
+        assert sorted((d["kind"], d["state"], d["attempts"]) for d in detail["deliveries"]) == [
+            ("dicom", "DELIVERED", 1),
+            ("dicom", "DELIVERED", 1),
+        ], detail["deliveries"]
+        modalities = sorted(
+            orthanc.get(f"/series/{s}")["MainDicomTags"]["Modality"] for s in orthanc.get("/series")
+        )
+        assert modalities == ["SEG", "SR"]
+        assert orthanc.get("/statistics")["CountInstances"] == 2
+    finally:
+        orthanc.stop()
