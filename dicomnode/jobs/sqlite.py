@@ -1,22 +1,42 @@
-"""The embedded job store: SQLite in WAL mode.
+"""The job store on SQLAlchemy: SQLite (the embedded default) or PostgreSQL.
 
-One connection per process, serialised by a lock; writers take the database
-lock with ``BEGIN IMMEDIATE`` so several processes (receiving processes, the
-assembler) can share the file. ``synchronous=NORMAL`` keeps every commit across
-a process crash; a power loss can lose the last commits, which start-up
-recovers by recording spool files that have no row (the spool is fsynced
-before any row is written).
+SQLite: one connection per process, serialised by a lock, in WAL mode; writers
+take the database lock with ``BEGIN IMMEDIATE`` so several processes
+(receiving processes, the assembler) can share the file.
+``synchronous=NORMAL`` keeps every commit across a process crash; a power loss
+can lose the last commits, which start-up recovers by recording spool files
+that have no row (the spool is fsynced before any row is written).
+
+PostgreSQL (psycopg 3): several processes on several hosts share one database.
+Every write transaction first takes one transaction-scoped advisory lock, so
+writers are serialised as SQLite's are, and the checks each transaction makes
+before it writes (an open round of the study, the state a job is in) still hold
+when it commits; readers are not blocked. Claims of runs also skip rows another
+transaction has locked (``FOR UPDATE SKIP LOCKED``).
+
+The schema is made and upgraded by Alembic (:mod:`dicomnode.jobs.migrations`)
+when a store opens a database.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
-import sqlite3
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy.engine import Connection, CursorResult, Engine, RowMapping
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 
 from dicomnode.errors import IllegalTransitionError, JobStoreError, NotFoundError, PurgedError
 from dicomnode.jobs.audit import AuditEntry, AuditEvent, AuditRecord
@@ -292,7 +312,7 @@ _INSTANCE_COLUMNS = (
 )
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row: Row) -> Job:
     return Job(
         id=row["id"],
         kind=row["kind"],
@@ -330,7 +350,7 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
-def _outbox_item(row: sqlite3.Row) -> OutboxItem:
+def _outbox_item(row: Row) -> OutboxItem:
     values = dict(row)
     values["refers_to"] = tuple(json.loads(values["refers_to"] or "[]"))
     return OutboxItem(**values)
@@ -344,18 +364,29 @@ def _purged_error(job_id: int, purged_at: float) -> PurgedError:
     )
 
 
-def _job_row(cur: sqlite3.Cursor, job_id: int, columns: str, *, live: bool = False) -> sqlite3.Row:
+def _job_row(cur: _Cursor, job_id: int, columns: str, *, live: bool = False) -> Row:
     """The job's ``columns``; :class:`NotFoundError` when there is no such job and,
     with ``live``, :class:`PurgedError` when retention purged it (``columns``
     must then include ``purged_at``)."""
-    row: sqlite3.Row | None = cur.execute(
-        f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)
-    ).fetchone()
+    row: Row | None = cur.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
         raise NotFoundError(f"no job {job_id}")
     if live and row["purged_at"] is not None:
         raise _purged_error(job_id, row["purged_at"])
     return row
+
+
+def _returned_id(cur: _Cursor) -> int:
+    """The id an ``INSERT … RETURNING id`` gave."""
+    row = cur.fetchone()
+    assert row is not None
+    return int(row["id"])
+
+
+def _message(exc: SQLAlchemyError) -> str:
+    """The database's own words, without SQLAlchemy's statement and link."""
+    original = getattr(exc, "orig", None)
+    return str(original if original is not None else exc).strip().splitlines()[0]
 
 
 def _marks(values: Sequence[object]) -> str:
@@ -366,56 +397,231 @@ def _marks(values: Sequence[object]) -> str:
 CommitListener = Callable[[frozenset[JobState]], None]
 
 
+#: The advisory lock every PostgreSQL write transaction takes first (any
+#: constant shared by every process of a node; "dicomnode" in ASCII, cut to 63 bits).
+_WRITE_LOCK = 0x6469636F6D6E6F64 & 0x7FFFFFFFFFFFFFFF
+#: The advisory lock held while a PostgreSQL database is migrated.
+_MIGRATE_LOCK = _WRITE_LOCK - 1
+_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: The Alembic revision the legacy steps below bring a SQLite file to.
+_BASELINE = "0001_schema_8"
+
+Row = RowMapping
+
+
+@lru_cache(maxsize=512)
+def _dialect_sql(sql: str, dialect: str) -> str:
+    """``sql`` as written here (``?`` placeholders, ``GREATEST``/``LEAST`` of
+    values, ``GROUP_CONCAT``) for ``dialect``."""
+    if dialect == "sqlite":
+        return sql.replace("GREATEST(", "MAX(").replace("LEAST(", "MIN(")
+    sql = re.sub(r"GROUP_CONCAT\(DISTINCT ([\w.]+)\)", r"STRING_AGG(DISTINCT \1, ',')", sql)
+    return sql.replace("?", "%s")
+
+
+class _Cursor:
+    """What the store's methods use of a DB-API cursor, on a SQLAlchemy
+    connection: ``execute`` (``?`` placeholders), ``executemany``, rows as
+    mappings, ``rowcount``."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._dialect = conn.dialect.name
+        self._result: CursorResult[Any] | None = None
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> _Cursor:
+        self._result = self._conn.exec_driver_sql(_dialect_sql(sql, self._dialect), tuple(params))
+        return self
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[object]]) -> _Cursor:
+        rows = [tuple(row) for row in rows]
+        if rows:
+            self._result = self._conn.exec_driver_sql(_dialect_sql(sql, self._dialect), rows)
+        return self
+
+    def fetchone(self) -> Row | None:
+        assert self._result is not None
+        return self._result.mappings().fetchone()
+
+    def one(self) -> Row:
+        """The one row a query gives (an aggregate, a row known to exist)."""
+        assert self._result is not None
+        return self._result.mappings().one()
+
+    def fetchall(self) -> list[Row]:
+        assert self._result is not None
+        return list(self._result.mappings().fetchall())
+
+    @property
+    def rowcount(self) -> int:
+        assert self._result is not None
+        return int(self._result.rowcount)
+
+
+def store_url(path_or_url: Path | str) -> str:
+    """A SQLAlchemy URL for a database file path or URL (``sqlite:///PATH``,
+    ``postgresql+psycopg://…``; ``postgresql://`` means psycopg 3 too)."""
+    text = str(path_or_url)
+    if "://" not in text:
+        return f"sqlite:///{text}"
+    if text.startswith("postgresql://") or text.startswith("postgres://"):
+        return "postgresql+psycopg://" + text.split("://", 1)[1]
+    return text
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = Path(sa.make_url(url).database or "")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection per process, shared by its threads under the store's
+        # lock; the driver's own transaction handling off (the store sends
+        # BEGIN IMMEDIATE / COMMIT itself).
+        engine = sa.create_engine(
+            url,
+            poolclass=StaticPool,
+            connect_args={"check_same_thread": False, "timeout": 60.0, "isolation_level": None},
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            for pragma in (
+                "busy_timeout = 60000",
+                "journal_mode = WAL",
+                "synchronous = NORMAL",
+                "foreign_keys = ON",
+            ):
+                dbapi_connection.execute(f"PRAGMA {pragma}")
+
+        return engine
+    if url.startswith("postgresql"):
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+    raise JobStoreError(f"job store: unsupported database URL scheme in {url.split(':', 1)[0]!r}")
+
+
+def _alembic(conn: Connection) -> AlembicConfig:
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = conn
+    return config
+
+
+def _has_tables(conn: Connection) -> bool:
+    return "jobs" in sa.inspect(conn).get_table_names()
+
+
+def _has_alembic(conn: Connection) -> bool:
+    return "alembic_version" in sa.inspect(conn).get_table_names()
+
+
+def migrate(engine: Engine, where: str) -> None:
+    """Bring the database to the current schema.
+
+    A new database is created by the migrations. A SQLite file of a release
+    before migrations (schema versions 1 to 8) is first brought to version 8
+    in place by :func:`_upgrade_legacy_sqlite`, then stamped with the
+    migrations' baseline. Processes opening the same database at once take
+    turns (a file lock beside a SQLite file, an advisory lock on PostgreSQL).
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK,))
+            try:
+                _migrate(conn)
+            finally:
+                conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (_MIGRATE_LOCK,))
+                conn.commit()
+            return
+        with open(f"{where}.migrate-lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _migrate(conn)
+
+
+def _migrate(conn: Connection) -> None:
+    if conn.dialect.name == "sqlite" and _has_tables(conn) and not _has_alembic(conn):
+        _upgrade_legacy_sqlite(conn)
+        command.stamp(_alembic(conn), _BASELINE)
+        conn.commit()
+    command.upgrade(_alembic(conn), "head")
+    conn.commit()
+    with conn.begin() if not conn.in_transaction() else conn.begin_nested():
+        conn.exec_driver_sql(
+            _dialect_sql(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                conn.dialect.name,
+            ),
+            (str(SCHEMA_VERSION),),
+        )
+    conn.commit()
+
+
+def _upgrade_legacy_sqlite(conn: Connection) -> None:
+    """A SQLite file written before migrations, brought to schema version 8 in
+    place: the tables and columns each release added, as it added them."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    raw.executescript(_SCHEMA)
+    for table, added in (
+        ("jobs", _ADDED_JOB_COLUMNS),
+        ("outbox", _ADDED_OUTBOX_COLUMNS),
+        ("instances", _ADDED_INSTANCE_COLUMNS),
+        ("jobs", _ADDED_JOB_COLUMNS_V6),
+        ("jobs", _ADDED_LEASE_COLUMNS),
+        ("jobs", _ADDED_HOLD_COLUMNS),
+    ):
+        present = {r[1] for r in raw.execute(f"PRAGMA table_info({table})")}
+        for column, definition in added.items():
+            if column not in present:
+                raw.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    raw.executescript(_SCHEMA_V6)
+    raw.executescript(_SCHEMA_V8)
+    raw.executescript(_INDEXES)
+
+
 class SQLiteJobStore:
-    """:class:`~dicomnode.jobs.store.JobStore` on a SQLite file.
+    """:class:`~dicomnode.jobs.store.JobStore` on SQLite or PostgreSQL.
 
     Parameters
     ----------
-    path : Path
-        The database file; its directory is created when missing.
+    path : Path or str
+        The SQLite database file (its directory is created when missing), or
+        a database URL: ``sqlite:///PATH``, ``postgresql+psycopg://USER@HOST/DB``.
     clock : callable, optional
         Returns the current time in seconds since the epoch (tests may pass
         their own).
     """
 
-    def __init__(self, path: Path, clock: object = None) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path | str, clock: object = None) -> None:
+        self.url = store_url(path)
+        self._engine = _engine(self.url)
+        self.dialect = self._engine.dialect.name
+        #: what messages name: the file's name, or the database's
+        self.name = (
+            Path(self._engine.url.database or "").name
+            if self.dialect == "sqlite"
+            else f"{self._engine.url.database} on {self._engine.url.host}"
+        )
         self._clock = clock if callable(clock) else time.time
         self._lock = threading.RLock()
         #: the states jobs moved to in the transaction in progress (under the lock)
         self._moved: set[JobState] = set()
         self._listeners: list[CommitListener] = []
-        self._conn = sqlite3.connect(
-            self.path, timeout=60.0, isolation_level=None, check_same_thread=False
-        )
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA busy_timeout = 60000")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        with self._lock:
-            self._conn.executescript(_SCHEMA)
-            for table, added in (
-                ("jobs", _ADDED_JOB_COLUMNS),
-                ("outbox", _ADDED_OUTBOX_COLUMNS),
-                ("instances", _ADDED_INSTANCE_COLUMNS),
-                ("jobs", _ADDED_JOB_COLUMNS_V6),
-                ("jobs", _ADDED_LEASE_COLUMNS),
-                ("jobs", _ADDED_HOLD_COLUMNS),
-            ):
-                present = {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}
-                for column, definition in added.items():
-                    if column not in present:
-                        self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
-            self._conn.executescript(_SCHEMA_V6)
-            self._conn.executescript(_SCHEMA_V8)
-            self._conn.executescript(_INDEXES)
-        with self._write() as cur:
-            cur.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
+        try:
+            migrate(self._engine, str(self._engine.url.database))
+            # SQLite: the one connection, kept; PostgreSQL: one per transaction
+            self._conn: Connection | None = (
+                self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                if self.dialect == "sqlite"
+                else None
             )
+        except SQLAlchemyError as exc:
+            self._engine.dispose()
+            raise JobStoreError(f"job store {self.name}: {_message(exc)}") from exc
+
+    @property
+    def path(self) -> Path:
+        """The SQLite database file."""
+        return Path(self._engine.url.database or "")
 
     def _now(self) -> float:
         value = self._clock()
@@ -436,50 +642,73 @@ class SQLiteJobStore:
         self._listeners.append(listener)
 
     @contextmanager
-    def _transaction(self, begin: str) -> Iterator[sqlite3.Cursor]:
-        """One transaction opened with ``begin``: committed, or rolled back when
-        the block raises; SQLite errors become :class:`JobStoreError`. After a
-        commit that recorded transitions the :meth:`on_commit` listeners run."""
+    def _connection(self, *, snapshot: bool = False) -> Iterator[Connection]:
+        """A connection with no transaction open: SQLite's one connection, or
+        one from the PostgreSQL pool (repeatable read for a ``snapshot``)."""
+        if self._conn is not None:
+            yield self._conn
+            return
+        with self._engine.connect() as conn:
+            if snapshot:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            yield conn
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[_Cursor]:
+        """One transaction: committed, or rolled back when the block raises;
+        database errors become :class:`JobStoreError`. After a commit that
+        recorded transitions the :meth:`on_commit` listeners run."""
         moved: frozenset[JobState] = frozenset()
         with self._lock:
-            cur = self._conn.cursor()
             self._moved.clear()
             try:
-                cur.execute(begin)
-                try:
-                    yield cur
-                except BaseException:
-                    cur.execute("ROLLBACK")
-                    raise
-                cur.execute("COMMIT")
+                with self._connection(snapshot=not write) as conn:
+                    if self._conn is not None:
+                        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+                        try:
+                            yield _Cursor(conn)
+                        except BaseException:
+                            conn.exec_driver_sql("ROLLBACK")
+                            raise
+                        conn.exec_driver_sql("COMMIT")
+                    else:
+                        with conn.begin():
+                            if write:
+                                conn.exec_driver_sql(
+                                    "SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,)
+                                )
+                            yield _Cursor(conn)
                 moved = frozenset(self._moved)
-            except sqlite3.Error as exc:
-                raise JobStoreError(f"job store {self.path.name}: {exc}") from exc
+            except SQLAlchemyError as exc:
+                raise JobStoreError(f"job store {self.name}: {_message(exc)}") from exc
             finally:
                 self._moved.clear()
-                cur.close()
         if moved:
             for listener in self._listeners:
                 listener(moved)
 
-    def _write(self) -> AbstractContextManager[sqlite3.Cursor]:
-        """A write transaction, holding SQLite's write lock from its start."""
-        return self._transaction("BEGIN IMMEDIATE")
+    def _write(self) -> AbstractContextManager[_Cursor]:
+        """A write transaction, holding the database's write lock from its start."""
+        return self._transaction(write=True)
 
-    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[Row]:
         with self._lock:
             try:
-                return list(self._conn.execute(sql, params).fetchall())
-            except sqlite3.Error as exc:
-                raise JobStoreError(f"job store {self.path.name}: {exc}") from exc
+                with self._connection() as conn:
+                    rows = _Cursor(conn).execute(sql, params).fetchall()
+                    if conn.in_transaction():
+                        conn.rollback()
+                    return rows
+            except SQLAlchemyError as exc:
+                raise JobStoreError(f"job store {self.name}: {_message(exc)}") from exc
 
-    def _snapshot(self) -> AbstractContextManager[sqlite3.Cursor]:
+    def _snapshot(self) -> AbstractContextManager[_Cursor]:
         """A read transaction: every query inside sees the same database state."""
-        return self._transaction("BEGIN")
+        return self._transaction(write=False)
 
     def _add_transition(
         self,
-        cur: sqlite3.Cursor,
+        cur: _Cursor,
         job_id: int,
         from_state: JobState | None,
         to_state: JobState,
@@ -525,11 +754,11 @@ class SQLiteJobStore:
                     "SELECT COALESCE(MAX(round), 0) AS r FROM jobs "
                     "WHERE kind = 'study' AND study_instance_uid = ?",
                     (record.study_instance_uid,),
-                ).fetchone()
+                ).one()
                 cur.execute(
                     "INSERT INTO jobs (kind, study_instance_uid, round, state, calling_ae, "
                     "opened_at, last_instance_at, updated_at) "
-                    "VALUES ('study', ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES ('study', ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                     (
                         record.study_instance_uid,
                         int(last["r"]) + 1,
@@ -540,7 +769,7 @@ class SQLiteJobStore:
                         now,
                     ),
                 )
-                job_id = int(cur.lastrowid or 0)
+                job_id = _returned_id(cur)
                 self._add_transition(cur, job_id, None, JobState.RECEIVED, now, None)
             else:
                 job_id = int(open_round["id"])
@@ -563,7 +792,7 @@ class SQLiteJobStore:
             )
             cur.execute(
                 "UPDATE jobs SET instance_count = instance_count + 1, "
-                "last_instance_at = MAX(last_instance_at, ?), updated_at = ? WHERE id = ?",
+                "last_instance_at = GREATEST(last_instance_at, ?), updated_at = ? WHERE id = ?",
                 (now, now, job_id),
             )
         return RecordOutcome(
@@ -619,7 +848,7 @@ class SQLiteJobStore:
     def next_due(self, quiet_seconds: float, max_wait_seconds: float) -> float | None:
         """See :meth:`dicomnode.jobs.store.JobStore.next_due`."""
         rows = self._read(
-            "SELECT MIN(MIN(last_instance_at + ?, opened_at + ?)) AS due FROM jobs "
+            "SELECT MIN(LEAST(last_instance_at + ?, opened_at + ?)) AS due FROM jobs "
             "WHERE kind = 'study' AND state = ?",
             (quiet_seconds, max_wait_seconds, str(JobState.RECEIVED)),
         )
@@ -726,15 +955,18 @@ class SQLiteJobStore:
             "COALESCE(h.instance_count, 0) AS instance_count, "
             "COALESCE(h.duplicate_count, 0) AS duplicate_count, "
             "COALESCE(h.conflict_count, 0) AS conflict_count, "
-            "COUNT(*) AS rounds, SUM(j.purged_at IS NOT NULL) AS purged_rounds, "
+            "COUNT(*) AS rounds, "
+            "SUM(CASE WHEN j.purged_at IS NOT NULL THEN 1 ELSE 0 END) AS purged_rounds, "
             "MAX(j.purged_at) AS purged_at, "
-            "MIN(COALESCE(h.first_at, j.opened_at), j.opened_at) AS first_at, "
-            "MAX(COALESCE(h.last_at, j.last_instance_at), j.last_instance_at) AS last_at, "
+            "MIN(LEAST(COALESCE(h.first_at, j.opened_at), j.opened_at)) AS first_at, "
+            "MAX(GREATEST(COALESCE(h.last_at, j.last_instance_at), j.last_instance_at)) "
+            "AS last_at, "
             "(SELECT l.state FROM jobs l WHERE l.kind = 'study' "
             " AND l.study_instance_uid = j.study_instance_uid "
             " ORDER BY l.round DESC LIMIT 1) AS latest_state "
             "FROM jobs j LEFT JOIN held h ON h.uid = j.study_instance_uid "
-            "WHERE j.kind = 'study' GROUP BY j.study_instance_uid ORDER BY last_at DESC"
+            "WHERE j.kind = 'study' GROUP BY j.study_instance_uid, h.modalities, h.series_count, "
+            "h.instance_count, h.duplicate_count, h.conflict_count ORDER BY last_at DESC"
         )
         return [
             Study(
@@ -859,7 +1091,8 @@ class SQLiteJobStore:
                     "calling_ae, opened_at, last_instance_at, instance_count, updated_at, "
                     "pipeline, series_instance_uid, rule, destinations, notify, priority, "
                     "result_status, notify_after, shadow, out_of_range) "
-                    "VALUES ('run', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES ('run', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "RETURNING id",
                     (
                         row["study_instance_uid"],
                         row["round"],
@@ -882,7 +1115,7 @@ class SQLiteJobStore:
                         run.out_of_range,
                     ),
                 )
-                run_id = int(cur.lastrowid or 0)
+                run_id = _returned_id(cur)
                 role = " (shadow)" if run.shadow else ""
                 self._add_transition(
                     cur,
@@ -1063,7 +1296,8 @@ class SQLiteJobStore:
             rows = cur.execute(
                 "SELECT DISTINCT o.destination FROM outbox o JOIN jobs j ON j.id = o.job_id "
                 "WHERE j.kind = 'run' AND j.study_instance_uid = ? "
-                "AND j.series_instance_uid IS ? AND j.pipeline IS ? "
+                "AND j.series_instance_uid IS NOT DISTINCT FROM ? "
+                "AND j.pipeline IS NOT DISTINCT FROM ? "
                 "AND o.kind = 'notification' AND o.state = 'DELIVERED'",
                 (row["study_instance_uid"], row["series_instance_uid"], row["pipeline"]),
             ).fetchall()
@@ -1261,8 +1495,8 @@ class SQLiteJobStore:
         moved: list[int] = []
         with self._write() as cur:
             rows = cur.execute(
-                "SELECT j.id, SUM(o.state = 'PENDING') AS pending, "
-                "SUM(o.state = 'DEAD') AS dead, "
+                "SELECT j.id, SUM(CASE WHEN o.state = 'PENDING' THEN 1 ELSE 0 END) AS pending, "
+                "SUM(CASE WHEN o.state = 'DEAD' THEN 1 ELSE 0 END) AS dead, "
                 "MIN(CASE WHEN o.state = 'DEAD' THEN o.destination || ': ' || o.last_error END) "
                 "AS error FROM jobs j LEFT JOIN outbox o ON o.job_id = j.id "
                 "WHERE j.state = ? GROUP BY j.id",
@@ -1290,7 +1524,7 @@ class SQLiteJobStore:
                 "WHERE job_id = ? AND state = 'PENDING'",
                 (reason, now, job_id),
             )
-            row = cur.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = _job_row(cur, job_id, "state")
             current = JobState(row["state"])
             check_transition(current, JobState.DEAD)
             cur.execute(
@@ -1403,10 +1637,10 @@ class SQLiteJobStore:
     #: or update of any of their jobs, or the latest instance received.
     _EXPIRED = (
         "WITH live AS (SELECT study_instance_uid AS uid FROM jobs WHERE purged_at IS NULL "
-        " GROUP BY study_instance_uid HAVING SUM(state NOT IN ({final}) "
-        "  AND NOT (kind = 'study' AND state IN ({final_round}))) = 0), "
-        "activity AS (SELECT l.uid, MAX("
-        " (SELECT MAX(MAX(j.updated_at, j.last_instance_at)) FROM jobs j "
+        " GROUP BY study_instance_uid HAVING SUM(CASE WHEN state NOT IN ({final}) "
+        "  AND NOT (kind = 'study' AND state IN ({final_round})) THEN 1 ELSE 0 END) = 0), "
+        "activity AS (SELECT l.uid, GREATEST("
+        " (SELECT MAX(GREATEST(j.updated_at, j.last_instance_at)) FROM jobs j "
         "  WHERE j.study_instance_uid = l.uid), "
         " COALESCE((SELECT MAX(t.at) FROM transitions t JOIN jobs j ON j.id = t.job_id "
         "  WHERE j.study_instance_uid = l.uid), 0), "
@@ -1419,7 +1653,7 @@ class SQLiteJobStore:
     )
 
     def _expired(
-        self, cur: sqlite3.Cursor, cutoff: float, study_instance_uid: str | None = None
+        self, cur: _Cursor, cutoff: float, study_instance_uid: str | None = None
     ) -> list[str]:
         final = tuple(str(state) for state in FINAL_STATES)
         final_round = tuple(str(state) for state in FINAL_ROUND_STATES)
@@ -1634,7 +1868,9 @@ class SQLiteJobStore:
             sql += " AND at < ?"
             params.append(until)
         if last is not None:
-            sql = f"SELECT * FROM ({sql} ORDER BY at DESC, id DESC LIMIT ?) ORDER BY at, id"
+            sql = (
+                f"SELECT * FROM ({sql} ORDER BY at DESC, id DESC LIMIT ?) AS recent ORDER BY at, id"
+            )
             params.append(last)
         else:
             sql += " ORDER BY at, id"
@@ -1671,9 +1907,9 @@ class SQLiteJobStore:
         a second record for the same shadow run is ignored."""
         with self._write() as cur:
             cur.execute(
-                "INSERT OR IGNORE INTO shadow_agreement (rule, production_pipeline, "
+                "INSERT INTO shadow_agreement (rule, production_pipeline, "
                 "candidate_pipeline, production_job_id, shadow_job_id, study_instance_uid, at, "
-                "json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "json) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (
                     shadow.rule or "",
                     production.pipeline or "",
@@ -1706,7 +1942,7 @@ class SQLiteJobStore:
         with self._write() as cur:
             cur.execute(
                 "INSERT INTO promotions (at, rule, from_pipeline, to_pipeline, config_path, "
-                "backup_path, by_user, agreement) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "backup_path, by_user, agreement) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
                 (
                     self._now(),
                     rule,
@@ -1718,7 +1954,7 @@ class SQLiteJobStore:
                     agreement,
                 ),
             )
-            return int(cur.lastrowid or 0)
+            return _returned_id(cur)
 
     def promotions(self) -> list[dict[str, object]]:
         """Every recorded promotion, oldest first (dicts of the row's columns)."""
@@ -1768,10 +2004,10 @@ class SQLiteJobStore:
         scoring); return whether it was new."""
         with self._write() as cur:
             cur.execute(
-                "INSERT OR IGNORE INTO corrections (sop_instance_uid, series_instance_uid, "
+                "INSERT INTO corrections (sop_instance_uid, series_instance_uid, "
                 "study_instance_uid, path, round_job_id, job_id, pipeline, "
                 "seg_sop_instance_uid, seg_path, matched_by, received_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (
                     sop_instance_uid,
                     series_instance_uid,
@@ -1884,10 +2120,10 @@ class SQLiteJobStore:
     # -- audit trail -----------------------------------------------------
 
     @staticmethod
-    def _insert_audit(cur: sqlite3.Cursor, at: float, entry: AuditEntry) -> int:
+    def _insert_audit(cur: _Cursor, at: float, entry: AuditEntry) -> int:
         cur.execute(
             f"INSERT INTO audit ({_AUDIT_COLUMNS.removeprefix('id, ')}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 at,
                 str(entry.event),
@@ -1903,7 +2139,7 @@ class SQLiteJobStore:
                 json.dumps(entry.detail, sort_keys=True, default=str),
             ),
         )
-        return int(cur.lastrowid or 0)
+        return _returned_id(cur)
 
     def record_audit(self, entry: AuditEntry) -> int:
         """Append one event to the audit trail; return its row id."""
@@ -1987,4 +2223,6 @@ class SQLiteJobStore:
     def close(self) -> None:
         """See :meth:`dicomnode.jobs.store.JobStore.close`."""
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+            self._engine.dispose()

@@ -52,7 +52,8 @@ def store(tmp_path: Path, clock: Clock) -> SQLiteJobStore:
 
 
 def test_wal_mode(store: SQLiteJobStore) -> None:
-    assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_instances_of_a_study_share_one_round(store: SQLiteJobStore) -> None:
@@ -178,13 +179,15 @@ def test_a_database_from_before_retention_gets_its_columns(tmp_path: Path) -> No
     job_id = store.record_instance(record("1.1", 100.0)).job_id
     store.close()
     old = sqlite3.connect(tmp_path / "jobs.db")  # as schema version 2 left it
+    old.execute("DROP TABLE alembic_version")
     old.execute("DROP INDEX jobs_study")
     old.execute("ALTER TABLE jobs DROP COLUMN purged_at")
     old.execute("ALTER TABLE jobs DROP COLUMN outbox_dir")
     old.commit()
     old.close()
     reopened = SQLiteJobStore(tmp_path / "jobs.db")
-    columns = {row[1] for row in reopened._conn.execute("PRAGMA table_info(jobs)")}
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     assert {"purged_at", "outbox_dir"} <= columns
     job = reopened.get_job(job_id)
     assert (job.state, job.purged_at, job.outbox_dir) == (JobState.RECEIVED, None, None)
@@ -348,8 +351,12 @@ def test_a_database_of_schema_version_3_opens_and_is_upgraded_in_place(tmp_path:
     old.close()
 
     store = SQLiteJobStore(path, clock=Clock(1000.0))
-    version = store._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
-    assert version.fetchone()[0] == "8"
+    with sqlite3.connect(path) as conn:
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+        assert version.fetchone()[0] == "8"
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchone()[0] == (
+            "0001_schema_8"
+        )
     # version 6: an old run is a production run that flags out-of-range input
     assert (store.get_job(2).shadow, store.get_job(2).out_of_range) == (False, "flag")
     assert store.agreements() == [] and store.corrections() == [] and store.promotions() == []
@@ -426,6 +433,7 @@ def test_a_database_from_before_conflict_counts_gets_its_column(tmp_path: Path) 
     store.record_instance(record("1.1", 100.0))
     store.close()
     old = sqlite3.connect(tmp_path / "jobs.db")  # as schema version 3 left it
+    old.execute("DROP TABLE alembic_version")
     old.execute("ALTER TABLE instances DROP COLUMN conflicts")
     old.commit()
     old.close()
