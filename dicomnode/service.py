@@ -103,7 +103,7 @@ def build_spool(settings: Settings) -> Spool:
 
 def build_store(settings: Settings) -> SQLiteJobStore:
     """The job store as configured."""
-    return SQLiteJobStore(settings.database_path)
+    return SQLiteJobStore(settings.database_url)
 
 
 #: ``prctl`` option: the signal this process gets when its parent ends.

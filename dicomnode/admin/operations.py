@@ -227,11 +227,11 @@ class Admin:
         """
         path = Path(config_path)
         settings = load_config(path)
-        if not settings.database_path.exists():
+        if settings.database.is_sqlite and not settings.database_path.exists():
             raise DicomNodeError(
                 f"no job store at {settings.database_path} (has the node run yet?)"
             )
-        admin = cls(settings, SQLiteJobStore(settings.database_path), config_path=path)
+        admin = cls(settings, SQLiteJobStore(settings.database_url), config_path=path)
         admin._owns_store = True
         return admin
 
@@ -242,11 +242,11 @@ class Admin:
         reported, and audited, by :meth:`reload`)."""
         path = Path(config_path)
         settings = reloading.where_the_node_runs(path)
-        if not settings.database_path.exists():
+        if settings.database.is_sqlite and not settings.database_path.exists():
             raise DicomNodeError(
                 f"no job store at {settings.database_path} (has the node run yet?)"
             )
-        admin = cls(settings, SQLiteJobStore(settings.database_path), config_path=path)
+        admin = cls(settings, SQLiteJobStore(settings.database_url), config_path=path)
         admin._owns_store = True
         return admin
 
