@@ -60,6 +60,7 @@ from dicomnode.jobs import (
     SQLiteJobStore,
     Study,
 )
+from dicomnode.jobs.ports import AdminStore
 from dicomnode.routing import RoutingDecision, describe_study, explain_text, route
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ class Admin:
     ----------
     settings : Settings
         The loaded configuration.
-    store : SQLiteJobStore
+    store : AdminStore
         The node's job store (the admin layer does not close a store it was given).
     config_path : Path, optional
         The YAML file ``settings`` came from: needed to save and reload it.
@@ -203,7 +204,7 @@ class Admin:
     def __init__(
         self,
         settings: Settings,
-        store: SQLiteJobStore,
+        store: AdminStore,
         *,
         config_path: Path | None = None,
         clock: Callable[[], float] = time.time,
