@@ -57,7 +57,7 @@ from dicomnode.jobs import (
     Job,
     JobState,
     OutboxItem,
-    SQLiteJobStore,
+    SQLJobStore,
     Study,
 )
 from dicomnode.jobs.ports import AdminStore
@@ -232,7 +232,7 @@ class Admin:
             raise DicomNodeError(
                 f"no job store at {settings.database_path} (has the node run yet?)"
             )
-        admin = cls(settings, SQLiteJobStore(settings.database_url), config_path=path)
+        admin = cls(settings, SQLJobStore(settings.database_url), config_path=path)
         admin._owns_store = True
         return admin
 
@@ -247,7 +247,7 @@ class Admin:
             raise DicomNodeError(
                 f"no job store at {settings.database_path} (has the node run yet?)"
             )
-        admin = cls(settings, SQLiteJobStore(settings.database_url), config_path=path)
+        admin = cls(settings, SQLJobStore(settings.database_url), config_path=path)
         admin._owns_store = True
         return admin
 

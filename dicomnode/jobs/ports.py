@@ -2,7 +2,7 @@
 
 A stage depends on its port, never on an engine, so a second engine drops in
 without the stages noticing. :class:`dicomnode.jobs.store.JobStore` is every
-port at once; each engine (today :class:`dicomnode.jobs.sqlite.SQLiteJobStore`)
+port at once; each engine (today :class:`dicomnode.jobs.sqlstore.SQLJobStore`)
 implements it, and mypy checks that it does (see ``dicomnode/jobs/store.py``).
 
 The small bases at the top hold the verbs several stages share.

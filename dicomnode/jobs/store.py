@@ -19,7 +19,7 @@ from dicomnode.jobs.ports import (
 from dicomnode.jobs.states import JobState
 
 if TYPE_CHECKING:
-    from dicomnode.jobs.sqlite import SQLiteJobStore
+    from dicomnode.jobs.sqlstore import SQLJobStore
 
 
 class JobStore(
@@ -58,6 +58,6 @@ class JobStore(
 
 if TYPE_CHECKING:
 
-    def _meets_every_port(engine: SQLiteJobStore) -> JobStore:
+    def _meets_every_port(engine: SQLJobStore) -> JobStore:
         """Where mypy checks that the engine implements every port."""
         return engine

@@ -393,7 +393,7 @@ def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" for _ in values)
 
 
-#: Called after a commit with the states that jobs moved to (:meth:`SQLiteJobStore.on_commit`).
+#: Called after a commit with the states that jobs moved to (:meth:`SQLJobStore.on_commit`).
 CommitListener = Callable[[frozenset[JobState]], None]
 
 
@@ -578,7 +578,7 @@ def _upgrade_legacy_sqlite(conn: Connection) -> None:
     raw.executescript(_INDEXES)
 
 
-class SQLiteJobStore:
+class SQLJobStore:
     """:class:`~dicomnode.jobs.store.JobStore` on SQLite or PostgreSQL.
 
     Parameters
@@ -2226,3 +2226,7 @@ class SQLiteJobStore:
             if self._conn is not None:
                 self._conn.close()
             self._engine.dispose()
+
+
+#: The store's name in earlier releases, when it spoke SQLite only.
+SQLiteJobStore = SQLJobStore
