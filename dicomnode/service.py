@@ -37,7 +37,7 @@ from dicomnode.export.dispatcher import Dispatcher
 from dicomnode.health import Health, readiness
 from dicomnode.ingress import IngressServer, StoreHandler, recover_spool
 from dicomnode.ingress.server import in_use_hint
-from dicomnode.jobs import JobState, SQLiteJobStore
+from dicomnode.jobs import JobState, SQLJobStore
 from dicomnode.logs import TEXT_FORMAT, PeerNoiseFilter, formatter
 from dicomnode.metrics import IngressMetrics, NodeCollector, NodeMetrics
 from dicomnode.monitoring.corrections import CorrectionScorer
@@ -101,9 +101,9 @@ def build_spool(settings: Settings) -> Spool:
     )
 
 
-def build_store(settings: Settings) -> SQLiteJobStore:
+def build_store(settings: Settings) -> SQLJobStore:
     """The job store as configured."""
-    return SQLiteJobStore(settings.database_path)
+    return SQLJobStore(settings.database_url)
 
 
 #: ``prctl`` option: the signal this process gets when its parent ends.
@@ -248,7 +248,7 @@ def reclaim_orphans(settings: Settings, timeout: float = 10.0) -> list[int]:
     return [pid for pid, _ in killed]
 
 
-def wake_on(store: SQLiteJobStore, states: frozenset[JobState], wakeup: Wakeup) -> None:
+def wake_on(store: SQLJobStore, states: frozenset[JobState], wakeup: Wakeup) -> None:
     """Wake a stage when this process's job store commits a transition into
     one of ``states`` (the work that stage takes). The stage still polls:
     commits of other processes are found at its next poll."""
@@ -333,7 +333,7 @@ class Node:
         self.config_path = config_path
         self._reload_requested = threading.Event()
         self.spool: Spool | None = None
-        self.store: SQLiteJobStore | None = None
+        self.store: SQLJobStore | None = None
         self.ingress: IngressServer | None = None
         self.assembler: Assembler | None = None
         self.router: Router | None = None
@@ -536,7 +536,7 @@ class Node:
             self.drift.start()
             self._start_agreement(self.store)
 
-    def _start_agreement(self, store: SQLiteJobStore) -> None:
+    def _start_agreement(self, store: SQLJobStore) -> None:
         """Start comparing shadow runs with production runs and scoring
         radiologists' corrections (``monitoring.poll_seconds``)."""
         poll = self.settings.monitoring.poll_seconds

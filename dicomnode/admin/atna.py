@@ -22,7 +22,8 @@ from pathlib import Path
 
 from dicomnode.config.audit import SyslogConfig
 from dicomnode.errors import JobStoreError
-from dicomnode.jobs import AuditEvent, AuditRecord, SQLiteJobStore
+from dicomnode.jobs.audit import AuditEvent, AuditRecord
+from dicomnode.jobs.ports import AdminStore
 
 LOGGER = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class SyslogForwarder:
 
     Parameters
     ----------
-    store : SQLiteJobStore
+    store : AdminStore
         The job store whose audit trail is sent.
     config : SyslogConfig
         The collector.
@@ -172,7 +173,7 @@ class SyslogForwarder:
     """
 
     def __init__(
-        self, store: SQLiteJobStore, config: SyslogConfig, source_id: str, state_file: Path
+        self, store: AdminStore, config: SyslogConfig, source_id: str, state_file: Path
     ) -> None:
         self.store = store
         self.config = config

@@ -57,9 +57,10 @@ from dicomnode.jobs import (
     Job,
     JobState,
     OutboxItem,
-    SQLiteJobStore,
+    SQLJobStore,
     Study,
 )
+from dicomnode.jobs.ports import AdminStore
 from dicomnode.routing import RoutingDecision, describe_study, explain_text, route
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ class Admin:
     ----------
     settings : Settings
         The loaded configuration.
-    store : SQLiteJobStore
+    store : AdminStore
         The node's job store (the admin layer does not close a store it was given).
     config_path : Path, optional
         The YAML file ``settings`` came from: needed to save and reload it.
@@ -203,7 +204,7 @@ class Admin:
     def __init__(
         self,
         settings: Settings,
-        store: SQLiteJobStore,
+        store: AdminStore,
         *,
         config_path: Path | None = None,
         clock: Callable[[], float] = time.time,
@@ -227,11 +228,11 @@ class Admin:
         """
         path = Path(config_path)
         settings = load_config(path)
-        if not settings.database_path.exists():
+        if settings.database.is_sqlite and not settings.database_path.exists():
             raise DicomNodeError(
                 f"no job store at {settings.database_path} (has the node run yet?)"
             )
-        admin = cls(settings, SQLiteJobStore(settings.database_path), config_path=path)
+        admin = cls(settings, SQLJobStore(settings.database_url), config_path=path)
         admin._owns_store = True
         return admin
 
@@ -242,11 +243,11 @@ class Admin:
         reported, and audited, by :meth:`reload`)."""
         path = Path(config_path)
         settings = reloading.where_the_node_runs(path)
-        if not settings.database_path.exists():
+        if settings.database.is_sqlite and not settings.database_path.exists():
             raise DicomNodeError(
                 f"no job store at {settings.database_path} (has the node run yet?)"
             )
-        admin = cls(settings, SQLiteJobStore(settings.database_path), config_path=path)
+        admin = cls(settings, SQLJobStore(settings.database_url), config_path=path)
         admin._owns_store = True
         return admin
 

@@ -15,7 +15,8 @@ import time
 from collections.abc import Callable
 
 from dicomnode.config import AssemblyConfig
-from dicomnode.jobs import Job, JobStore
+from dicomnode.jobs.models import Job
+from dicomnode.jobs.ports import AssemblyStore
 from dicomnode.scheduling import Loop, Wakeup
 
 LOGGER = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class Assembler:
     ----------
     config : AssemblyConfig
         Quiet period, maximum wait and polling interval.
-    store : JobStore
+    store : AssemblyStore
         Where the rounds and their timers are.
     clock : callable, optional
         Current time in seconds since the epoch.
@@ -46,7 +47,7 @@ class Assembler:
     def __init__(
         self,
         config: AssemblyConfig,
-        store: JobStore,
+        store: AssemblyStore,
         clock: Callable[[], float] = time.time,
         policy: Callable[[Job], tuple[float, float]] | None = None,
     ) -> None:

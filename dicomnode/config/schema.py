@@ -212,22 +212,42 @@ class AssemblyConfig(_Model):
 
 
 class DatabaseConfig(_Model):
-    """The job store."""
+    """The job store: a SQLite file (the default) or a PostgreSQL database that
+    several receiving processes and workers share."""
 
     url: str | None = Field(
         default=None,
-        description="sqlite:///PATH; default: sqlite file dicomnode.db under data_dir.",
+        description=(
+            "sqlite:///PATH, or postgresql+psycopg://USER@HOST:PORT/DATABASE (psycopg 3; "
+            "keep the password out of this file: libpq reads it from ~/.pgpass or the file "
+            "PGPASSFILE names); default: sqlite file dicomnode.db under data_dir."
+        ),
     )
 
     @model_validator(mode="after")
     def _supported_scheme(self) -> DatabaseConfig:
-        if self.url is not None and not self.url.startswith("sqlite:///"):
+        url = self.url
+        if url is None:
+            return self
+        if url.startswith("sqlite:///"):
+            if url == "sqlite:///":
+                raise ValueError("sqlite:/// needs a file path")
+            return self
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        if scheme not in ("postgresql", "postgresql+psycopg", "postgres"):
             raise ValueError(
-                "only sqlite:///PATH is supported by this release (PostgreSQL is planned)"
+                "url: sqlite:///PATH or postgresql+psycopg://USER@HOST:PORT/DATABASE "
+                f"(got the scheme {scheme or 'none'!r})"
             )
-        if self.url is not None and self.url == "sqlite:///":
-            raise ValueError("sqlite:/// needs a file path")
+        rest = url.split("://", 1)[1]
+        if "/" not in rest or not rest.rsplit("/", 1)[1].split("?", 1)[0]:
+            raise ValueError("url: a PostgreSQL URL must name the database (…/DATABASE)")
         return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the store is a SQLite file."""
+        return self.url is None or self.url.startswith("sqlite:///")
 
 
 class LoggingConfig(_Model):
@@ -370,10 +390,18 @@ class Settings(_Model):
 
     @property
     def database_path(self) -> Path:
-        """Path of the SQLite job store file."""
-        if self.database.url is None:
+        """Path of the SQLite job store file (with PostgreSQL: where it would be)."""
+        if self.database.url is None or not self.database.is_sqlite:
             return self.storage.data_dir / "dicomnode.db"
         return Path(self.database.url.removeprefix("sqlite:///"))
+
+    @property
+    def database_url(self) -> str:
+        """What the job store opens: the SQLite file's path, or the PostgreSQL URL."""
+        if self.database.is_sqlite:
+            return str(self.database_path)
+        assert self.database.url is not None
+        return self.database.url
 
     @property
     def users_db_path(self) -> Path:

@@ -56,7 +56,9 @@ from dicomnode.export.storescu import (
     send_files,
     status_category,
 )
-from dicomnode.jobs import AuditEntry, AuditEvent, Job, OutboxItem, SQLiteJobStore
+from dicomnode.jobs.audit import AuditEntry, AuditEvent
+from dicomnode.jobs.models import Job, OutboxItem
+from dicomnode.jobs.ports import ExportStore
 from dicomnode.metrics import ExportMetrics
 from dicomnode.scheduling import Loop, Wakeup
 
@@ -150,7 +152,7 @@ class Dispatcher:
     ----------
     settings : Settings
         Destinations, export retries, the node's AE title.
-    store : SQLiteJobStore
+    store : ExportStore
         The job store.
     clock : callable
         Seconds since the epoch.
@@ -161,7 +163,7 @@ class Dispatcher:
     def __init__(
         self,
         settings: Settings,
-        store: SQLiteJobStore,
+        store: ExportStore,
         clock: Callable[[], float] = time.time,
         *,
         metrics: ExportMetrics | None = None,

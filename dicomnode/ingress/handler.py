@@ -20,7 +20,9 @@ from pydicom.dataset import Dataset
 from dicomnode.errors import IncompleteDatasetError, InvalidUIDError, JobStoreError, SpoolWriteError
 from dicomnode.ingress.integrity import check_complete_file
 from dicomnode.ingress.sameness import same_content
-from dicomnode.jobs import AuditEntry, AuditEvent, InstanceRecord, JobStore
+from dicomnode.jobs.audit import AuditEntry, AuditEvent
+from dicomnode.jobs.models import InstanceRecord
+from dicomnode.jobs.ports import IngressStore
 from dicomnode.logs import escape
 from dicomnode.spool import Spool, validate_uid
 
@@ -114,11 +116,11 @@ class StoreHandler:
     ----------
     spool : Spool
         Where instances are written.
-    store : JobStore
+    store : IngressStore
         Where they are recorded.
     """
 
-    def __init__(self, spool: Spool, store: JobStore) -> None:
+    def __init__(self, spool: Spool, store: IngressStore) -> None:
         self.spool = spool
         self.store = store
         self._tallies: dict[int, _AssociationTally] = {}

@@ -16,20 +16,21 @@ from pydicom.errors import InvalidDicomError
 
 from dicomnode.errors import InvalidUIDError
 from dicomnode.ingress.handler import instance_uids
-from dicomnode.jobs import InstanceRecord, JobStore
+from dicomnode.jobs.models import InstanceRecord
+from dicomnode.jobs.ports import IngressStore
 from dicomnode.spool import Spool
 
 LOGGER = logging.getLogger(__name__)
 
 
-def recover_spool(spool: Spool, store: JobStore) -> int:
+def recover_spool(spool: Spool, store: IngressStore) -> int:
     """Remove partial writes and record spool files the job store lacks.
 
     Parameters
     ----------
     spool : Spool
         The instance store.
-    store : JobStore
+    store : IngressStore
         The job store.
 
     Returns

@@ -11,7 +11,7 @@ from dicomnode.jobs.models import (
     Study,
     Transition,
 )
-from dicomnode.jobs.sqlite import SQLiteJobStore
+from dicomnode.jobs.sqlstore import SQLiteJobStore, SQLJobStore
 from dicomnode.jobs.states import (
     HOLDABLE,
     TRANSITIONS,
@@ -36,6 +36,7 @@ __all__ = [
     "PurgePlan",
     "RecordOutcome",
     "RunSpec",
+    "SQLJobStore",
     "SQLiteJobStore",
     "Study",
     "Transition",

@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from pydicom import dcmread
 
 from dicomnode.errors import JobStoreError
+from dicomnode.jobs.ports import CorrectionSource
 from dicomnode.logs import escape
 from dicomnode.monitoring.metrics import dice
 from dicomnode.scheduling import every
@@ -41,16 +42,6 @@ from dicomnode.scheduling import every
 __all__ = ["CorrectionScorer", "CorrectionSource", "score_correction"]
 
 LOGGER = logging.getLogger(__name__)
-
-
-class CorrectionSource(Protocol):
-    """The job store verbs correction scoring uses."""
-
-    def corrections(self, *, pending: bool = False) -> list[dict[str, object]]: ...
-
-    def score_correction(
-        self, correction_id: int, state: str, scores: str | None, reason: str | None
-    ) -> None: ...
 
 
 def _segment_keys(seg: hd.seg.Segmentation) -> dict[str, int]:

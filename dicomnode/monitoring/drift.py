@@ -32,7 +32,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -40,6 +40,7 @@ from scipy.stats import ks_2samp
 
 from dicomnode.config.monitoring import MonitoringConfig
 from dicomnode.errors import JobStoreError
+from dicomnode.jobs.ports import DescriptorSource
 from dicomnode.monitoring.descriptors import CATEGORICAL
 from dicomnode.scheduling import every
 
@@ -64,23 +65,6 @@ HISTOGRAM = "intensity_histogram"
 """The name the CT intensity histogram is compared under."""
 
 _ABSENT = "(absent)"
-
-
-class DescriptorSource(Protocol):
-    """The job store verbs a drift check uses."""
-
-    def descriptor_pipelines(self) -> list[str]: ...
-
-    def descriptors(
-        self,
-        pipeline: str,
-        *,
-        first: int | None = None,
-        last: int | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        after_id: int = 0,
-    ) -> list[tuple[int, int, float, str]]: ...
 
 
 def psi(expected: Sequence[float], actual: Sequence[float]) -> float:

@@ -26,14 +26,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from apscheduler.schedulers.background import BackgroundScheduler
 from numpy.typing import NDArray
 
 from dicomnode.errors import JobStoreError
-from dicomnode.jobs import Job
+from dicomnode.jobs.ports import ShadowSource
 from dicomnode.monitoring.metrics import dice
 from dicomnode.protocol import PipelineResult
 from dicomnode.resultfile import load_result
@@ -48,14 +48,6 @@ __all__ = [
 ]
 
 LOGGER = logging.getLogger(__name__)
-
-
-class ShadowSource(Protocol):
-    """The job store verbs shadow comparison uses."""
-
-    def shadow_pairs(self) -> list[tuple[Job, Job]]: ...
-
-    def record_agreement(self, production: Job, shadow: Job, document: str) -> None: ...
 
 
 def _key(scheme: str, value: str) -> str:

@@ -98,7 +98,7 @@ def find_correction(path: Path, lookup: Lookup) -> Correction | None:
         A received instance (read without pixel data).
     lookup : callable
         Our written SEGs with any of the given SOP Instance UIDs or in any of
-        the given series (``SQLiteJobStore.written_segmentations``).
+        the given series (``RoutingStore.written_segmentations``).
 
     Returns
     -------

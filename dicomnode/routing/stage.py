@@ -12,7 +12,9 @@ from pathlib import Path
 
 from dicomnode.config.rules import RoutingConfig
 from dicomnode.errors import IllegalTransitionError
-from dicomnode.jobs import InstanceRecord, Job, JobState, RunSpec, SQLiteJobStore
+from dicomnode.jobs.models import InstanceRecord, Job, RunSpec
+from dicomnode.jobs.ports import RoutingStore
+from dicomnode.jobs.states import JobState
 from dicomnode.routing import completion_for, describe_study, route
 from dicomnode.routing.corrections import SEGMENTATION_STORAGE, find_correction
 from dicomnode.scheduling import Loop, Wakeup
@@ -27,7 +29,7 @@ class Router:
     ----------
     config : RoutingConfig
         The rules.
-    store : SQLiteJobStore
+    store : RoutingStore
         The job store.
     poll_seconds : float
         How often COMPLETE rounds are looked for when nothing signals one
@@ -36,7 +38,7 @@ class Router:
 
     JOB_ID = "dicomnode-router"
 
-    def __init__(self, config: RoutingConfig, store: SQLiteJobStore, poll_seconds: float) -> None:
+    def __init__(self, config: RoutingConfig, store: RoutingStore, poll_seconds: float) -> None:
         self.config = config
         self.store = store
         self.poll_seconds = poll_seconds
@@ -156,7 +158,7 @@ class CompletionPolicy:
     def __init__(
         self,
         config: RoutingConfig,
-        store: SQLiteJobStore,
+        store: RoutingStore,
         default_quiet: float,
         default_max_wait: float,
     ) -> None:

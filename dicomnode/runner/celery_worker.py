@@ -34,7 +34,8 @@ from celery.signals import worker_ready
 from dicomnode.config.destinations import Destination
 from dicomnode.config.schema import RunnerConfig
 from dicomnode.errors import InputError, JobStoreError, LeaseLostError
-from dicomnode.jobs import Job, SQLiteJobStore
+from dicomnode.jobs.models import Job
+from dicomnode.jobs.ports import RunnerStore
 from dicomnode.runner.broker import TASK_NAME, celery_app, queue_name
 from dicomnode.runner.pool import WorkerPool
 from dicomnode.runner.registry import PipelineRegistry
@@ -53,7 +54,7 @@ class CeleryWorker:
     ----------
     config : RunnerConfig
         With ``executor: celery``.
-    store : SQLiteJobStore
+    store : RunnerStore
         The job store the node uses.
     pipelines : tuple of str
         The pipelines served: their queues are consumed, their models loaded
@@ -76,7 +77,7 @@ class CeleryWorker:
     def __init__(
         self,
         config: RunnerConfig,
-        store: SQLiteJobStore,
+        store: RunnerStore,
         pipelines: tuple[str, ...],
         name: str,
         settings: WorkerSettings,

@@ -27,7 +27,7 @@ from kombu.exceptions import OperationalError
 
 from dicomnode.config.schema import RunnerConfig
 from dicomnode.errors import JobStoreError, LeaseLostError
-from dicomnode.jobs import SQLiteJobStore
+from dicomnode.jobs.ports import RunnerStore
 from dicomnode.runner.broker import TASK_NAME, celery_app, queue_name
 from dicomnode.runner.runs import record_outcome
 from dicomnode.runner.worker import Outcome
@@ -48,7 +48,7 @@ class RemoteRunner:
     ----------
     config : RunnerConfig
         With ``executor: celery`` and its ``celery`` section.
-    store : SQLiteJobStore
+    store : RunnerStore
         The job store.
     results_root : Path
         Where workers save results (for the record of a reclaimed run).
@@ -59,7 +59,7 @@ class RemoteRunner:
     def __init__(
         self,
         config: RunnerConfig,
-        store: SQLiteJobStore,
+        store: RunnerStore,
         results_root: Path,
         clock: Callable[[], float] = time.time,
     ) -> None:

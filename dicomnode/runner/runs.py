@@ -17,7 +17,8 @@ from pathlib import Path
 from dicomnode.config.destinations import Destination, HL7Destination
 from dicomnode.config.schema import RunnerConfig
 from dicomnode.errors import InputError, JobStoreError
-from dicomnode.jobs import Job, SQLiteJobStore
+from dicomnode.jobs.models import Job
+from dicomnode.jobs.ports import RunnerStore
 from dicomnode.protocol import NotificationTarget
 from dicomnode.runner.worker import Outcome, Task
 
@@ -48,7 +49,7 @@ def result_dir(results_root: Path, job_id: int) -> Path:
 
 
 def build_task(
-    store: SQLiteJobStore,
+    store: RunnerStore,
     job: Job,
     *,
     results_root: Path,
@@ -95,7 +96,7 @@ def _outbox_dir(outbox_root: Path | None, job: Job) -> str | None:
 
 
 def _notifications(
-    store: SQLiteJobStore, job: Job, destinations: Mapping[str, Destination]
+    store: RunnerStore, job: Job, destinations: Mapping[str, Destination]
 ) -> tuple[NotificationTarget, ...]:
     """The HL7 receivers the run notifies, with their message headers; a
     receiver that already got a result of the same study, series and
@@ -122,7 +123,7 @@ def _notifications(
 
 
 def record_outcome(
-    store: SQLiteJobStore,
+    store: RunnerStore,
     config: RunnerConfig,
     outcome: Outcome,
     *,
@@ -135,7 +136,7 @@ def record_outcome(
 
     Parameters
     ----------
-    store : SQLiteJobStore
+    store : RunnerStore
         The job store.
     config : RunnerConfig
         Attempts and backoff.

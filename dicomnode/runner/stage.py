@@ -18,7 +18,8 @@ from pathlib import Path
 from dicomnode.config.destinations import Destination
 from dicomnode.config.schema import RunnerConfig
 from dicomnode.errors import InputError, JobStoreError
-from dicomnode.jobs import Job, SQLiteJobStore
+from dicomnode.jobs.models import Job
+from dicomnode.jobs.ports import RunnerStore
 from dicomnode.metrics import RunMetrics
 from dicomnode.protocol import ResultWriter
 from dicomnode.resultfile import remove_staging
@@ -70,7 +71,7 @@ class Runner:
     ----------
     config : RunnerConfig
         Device, workers, timeouts, retries, plugins.
-    store : SQLiteJobStore
+    store : RunnerStore
         The job store.
     results_root : Path
         Results are saved in ``<results_root>/job-<id>``.
@@ -99,7 +100,7 @@ class Runner:
     def __init__(
         self,
         config: RunnerConfig,
-        store: SQLiteJobStore,
+        store: RunnerStore,
         results_root: Path,
         log_level: str = "INFO",
         clock: Callable[[], float] = time.time,

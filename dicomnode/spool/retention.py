@@ -35,7 +35,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicomnode.config import StorageConfig
 from dicomnode.errors import JobStoreError, SpoolError
-from dicomnode.jobs import JobStore, PurgePlan
+from dicomnode.jobs.models import PurgePlan
+from dicomnode.jobs.ports import RetentionStore
 from dicomnode.scheduling import every
 from dicomnode.spool.store import Spool
 
@@ -126,7 +127,7 @@ def remove_files(spool: Spool, plan: PurgePlan) -> PurgeReport:
     spool : Spool
         The spool the files are in (bounds the removal of empty directories).
     plan : PurgePlan
-        From :meth:`dicomnode.jobs.JobStore.purge_plan`.
+        From :meth:`dicomnode.jobs.ports.RetentionStore.purge_plan`.
 
     Returns
     -------
@@ -178,7 +179,7 @@ def remove_files(spool: Spool, plan: PurgePlan) -> PurgeReport:
 
 
 def purge_study(
-    spool: Spool, store: JobStore, study_instance_uid: str, cutoff: float, now: float
+    spool: Spool, store: RetentionStore, study_instance_uid: str, cutoff: float, now: float
 ) -> PurgeReport:
     """Purge one study's finished work if it still qualifies.
 
@@ -186,7 +187,7 @@ def purge_study(
     ----------
     spool : Spool
         The instance store.
-    store : JobStore
+    store : RetentionStore
         The job store.
     study_instance_uid : str
         The study.
@@ -241,7 +242,7 @@ class RetentionSweeper:
         ``retention_days`` (``None``: purge nothing) and ``retention_check_seconds``.
     spool : Spool
         The instance store.
-    store : JobStore
+    store : RetentionStore
         The job store.
     clock : callable, optional
         Current time in seconds since the epoch.
@@ -260,7 +261,7 @@ class RetentionSweeper:
         self,
         config: StorageConfig,
         spool: Spool,
-        store: JobStore,
+        store: RetentionStore,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config

@@ -51,7 +51,8 @@ def test_empty_file_gives_defaults_and_a_warning() -> None:
             "assembly",
             "max_wait_seconds",
         ),
-        ({"database": {"url": "postgresql://x"}}, "database", "only sqlite"),
+        ({"database": {"url": "postgresql://x"}}, "database", "must name the database"),
+        ({"database": {"url": "mysql://h/db"}}, "database", "'mysql'"),
         ({"logging": {"level": "LOUD"}}, "logging.level", "DEBUG"),
     ],
 )

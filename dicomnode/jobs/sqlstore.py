@@ -368,7 +368,9 @@ def _job_row(cur: _Cursor, job_id: int, columns: str, *, live: bool = False) -> 
     """The job's ``columns``; :class:`NotFoundError` when there is no such job and,
     with ``live``, :class:`PurgedError` when retention purged it (``columns``
     must then include ``purged_at``)."""
-    row: Row | None = cur.execute(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    row: Row | None = cur.execute(
+        f"SELECT {columns} FROM jobs WHERE id = ?{cur.for_update()}", (job_id,)
+    ).fetchone()
     if row is None:
         raise NotFoundError(f"no job {job_id}")
     if live and row["purged_at"] is not None:
@@ -393,7 +395,7 @@ def _marks(values: Sequence[object]) -> str:
     return ", ".join("?" for _ in values)
 
 
-#: Called after a commit with the states that jobs moved to (:meth:`SQLiteJobStore.on_commit`).
+#: Called after a commit with the states that jobs moved to (:meth:`SQLJobStore.on_commit`).
 CommitListener = Callable[[frozenset[JobState]], None]
 
 
@@ -424,10 +426,19 @@ class _Cursor:
     connection: ``execute`` (``?`` placeholders), ``executemany``, rows as
     mappings, ``rowcount``."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, *, row_locks: bool = False) -> None:
         self._conn = conn
         self._dialect = conn.dialect.name
         self._result: CursorResult[Any] | None = None
+        self._row_locks = row_locks
+
+    def for_update(self, *, skip_locked: bool = False) -> str:
+        """The clause that locks the rows a query reads until the transaction
+        ends (PostgreSQL write transactions; SQLite locks the whole database);
+        with ``skip_locked``, rows another transaction holds are passed over."""
+        if not self._row_locks:
+            return ""
+        return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> _Cursor:
         self._result = self._conn.exec_driver_sql(_dialect_sql(sql, self._dialect), tuple(params))
@@ -578,7 +589,7 @@ def _upgrade_legacy_sqlite(conn: Connection) -> None:
     raw.executescript(_INDEXES)
 
 
-class SQLiteJobStore:
+class SQLJobStore:
     """:class:`~dicomnode.jobs.store.JobStore` on SQLite or PostgreSQL.
 
     Parameters
@@ -654,10 +665,17 @@ class SQLiteJobStore:
             yield conn
 
     @contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[_Cursor]:
+    def _transaction(self, *, write: bool, serialised: bool = True) -> Iterator[_Cursor]:
         """One transaction: committed, or rolled back when the block raises;
         database errors become :class:`JobStoreError`. After a commit that
-        recorded transitions the :meth:`on_commit` listeners run."""
+        recorded transitions the :meth:`on_commit` listeners run.
+
+        On PostgreSQL a ``serialised`` write transaction takes the write lock
+        first; one that is not (the claims of runs) takes row locks only, so a
+        worker claiming a run does not wait for receivers recording instances.
+        Every write transaction locks the job rows it reads with
+        :func:`_job_row`, so a claim and another writer never both act on what
+        they read of the same run."""
         moved: frozenset[JobState] = frozenset()
         with self._lock:
             self._moved.clear()
@@ -673,11 +691,11 @@ class SQLiteJobStore:
                         conn.exec_driver_sql("COMMIT")
                     else:
                         with conn.begin():
-                            if write:
+                            if write and serialised:
                                 conn.exec_driver_sql(
                                     "SELECT pg_advisory_xact_lock(%s)", (_WRITE_LOCK,)
                                 )
-                            yield _Cursor(conn)
+                            yield _Cursor(conn, row_locks=write)
                 moved = frozenset(self._moved)
             except SQLAlchemyError as exc:
                 raise JobStoreError(f"job store {self.name}: {_message(exc)}") from exc
@@ -690,6 +708,10 @@ class SQLiteJobStore:
     def _write(self) -> AbstractContextManager[_Cursor]:
         """A write transaction, holding the database's write lock from its start."""
         return self._transaction(write=True)
+
+    def _claim(self) -> AbstractContextManager[_Cursor]:
+        """A write transaction that claims runs (see :meth:`_transaction`)."""
+        return self._transaction(write=True, serialised=False)
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[Row]:
         with self._lock:
@@ -1136,11 +1158,11 @@ class SQLiteJobStore:
         if limit <= 0:
             return []
         claimed: list[int] = []
-        with self._write() as cur:
+        with self._claim() as cur:
             rows = cur.execute(
                 "SELECT id, state FROM jobs WHERE kind = 'run' AND (state = ? "
                 "OR (state = ? AND COALESCE(next_attempt_at, 0) <= ?)) AND held_at IS NULL "
-                "ORDER BY priority DESC, id LIMIT ?",
+                f"ORDER BY priority DESC, id LIMIT ?{cur.for_update(skip_locked=True)}",
                 (str(JobState.ROUTED), str(JobState.FAILED_RETRYABLE), now, limit),
             ).fetchall()
             for row in rows:
@@ -1391,10 +1413,10 @@ class SQLiteJobStore:
         it is waiting out its backoff, or it is no run): a message delivered
         twice then does nothing.
         """
-        with self._write() as cur:
+        with self._claim() as cur:
             row = cur.execute(
                 "SELECT state, next_attempt_at, purged_at, held_at FROM jobs "
-                "WHERE id = ? AND kind = 'run'",
+                f"WHERE id = ? AND kind = 'run'{cur.for_update(skip_locked=True)}",
                 (job_id,),
             ).fetchone()
             if row is None or row["purged_at"] is not None or row["held_at"] is not None:
@@ -2226,3 +2248,7 @@ class SQLiteJobStore:
             if self._conn is not None:
                 self._conn.close()
             self._engine.dispose()
+
+
+#: The store's name in earlier releases, when it spoke SQLite only.
+SQLiteJobStore = SQLJobStore
