@@ -13,15 +13,7 @@ from typing import Any
 
 import pytest
 
-import dicomnode.jobs
 from tests.helpers import NodeProcess, node_config, write_config
-
-#: Until the job store has its PostgreSQL engine, a ``postgresql+psycopg://``
-#: database.url is refused by the configuration: these tests wait for it.
-needs_postgres_store = pytest.mark.skipif(
-    not hasattr(dicomnode.jobs, "open_store"),
-    reason="the job store has no PostgreSQL engine yet (dicomnode.jobs.open_store)",
-)
 
 
 class Receiver(NodeProcess):

@@ -14,9 +14,9 @@ import pytest
 
 from tests.helpers import spool_files, store_statuses, storescu, wait_for
 from tests.orthanc import Orthanc
-from tests.scale.conftest import Receiver, needs_postgres_store
+from tests.scale.conftest import Receiver
 
-pytestmark = [pytest.mark.peers, pytest.mark.postgres, pytest.mark.slow, needs_postgres_store]
+pytestmark = [pytest.mark.peers, pytest.mark.postgres, pytest.mark.slow]
 
 SLICES = 8
 

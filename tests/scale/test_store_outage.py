@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
+from dicomnode.jobs import SQLJobStore
 from tests.helpers import echo, store_statuses, storescu, wait_for
 from tests.postgres_server import PostgresServer
-from tests.scale.conftest import Receiver, needs_postgres_store
+from tests.scale.conftest import Receiver
 
-pytestmark = [pytest.mark.peers, pytest.mark.postgres, pytest.mark.slow, needs_postgres_store]
+pytestmark = [pytest.mark.peers, pytest.mark.postgres, pytest.mark.slow]
 
 SLICES = 60
 
@@ -73,8 +74,6 @@ def test_a_store_restarted_during_a_push_loses_no_acknowledged_instance(
     receiver: Callable[..., Receiver],
     ct_series: Callable[..., Any],
 ) -> None:
-    import dicomnode.jobs
-
     url = own_postgres.create_database("outage")
     node = receiver("a", url)
     series = ct_series(slices=SLICES, size=16)
@@ -104,7 +103,7 @@ def test_a_store_restarted_during_a_push_loses_no_acknowledged_instance(
     ]
     assert echo(node.port), "the node no longer answers after the store came back"
 
-    store = dicomnode.jobs.open_store(url)
+    store = SQLJobStore(url)
     try:
         for answer in answers:
             if answer.status == "Success":
