@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers import spool_files, store_statuses, storescu, wait_for
 from tests.orthanc import Orthanc
+from tests.runner.faulty import GATE_ENV
 from tests.scale.conftest import Receiver
 
 pytestmark = [pytest.mark.peers, pytest.mark.postgres, pytest.mark.slow]
@@ -21,9 +22,10 @@ pytestmark = [pytest.mark.peers, pytest.mark.postgres, pytest.mark.slow]
 SLICES = 8
 
 
-def site_sections(orthanc: Orthanc) -> dict[str, Any]:
+def site_sections(orthanc: Orthanc, pipeline: str = "test-threshold") -> dict[str, Any]:
     """Every stage on in each receiver: a CT goes to a small threshold pipeline
-    whose SEG and SR go to Orthanc."""
+    (``test-gated``: one that waits for its gate first) whose SEG and SR go to
+    Orthanc."""
     return {
         "assembly": {"quiet_seconds": 3.0, "poll_seconds": 0.1},
         "runner": {
@@ -33,14 +35,14 @@ def site_sections(orthanc: Orthanc) -> dict[str, Any]:
             "workers": 1,
             "poll_seconds": 0.1,
             "retry_backoff_seconds": 0,
-            "plugins": ["tests.runner.faulty:Threshold"],
+            "plugins": ["tests.runner.faulty:Threshold", "tests.runner.faulty:Gated"],
         },
         "routing": {
             "rules": [
                 {
                     "name": "ct",
                     "match": {"series": {"Modality": {"equals": "CT"}}},
-                    "pipeline": "test-threshold",
+                    "pipeline": pipeline,
                     "destinations": ["pacs"],
                 }
             ]
@@ -57,6 +59,20 @@ def site_sections(orthanc: Orthanc) -> dict[str, Any]:
         "export": {"poll_seconds": 0.2, "backoff_seconds": 1, "max_backoff_seconds": 2},
         "monitoring": {"enabled": False},
     }
+
+
+def assert_one_result(orthanc: Orthanc, receiver: Receiver, run_id: int) -> None:
+    """The run's SEG and SR delivered once each, and nothing else in Orthanc."""
+    detail = receiver.cli_json("jobs", "show", str(run_id))
+    assert sorted((d["kind"], d["state"], d["attempts"]) for d in detail["deliveries"]) == [
+        ("dicom", "DELIVERED", 1),
+        ("dicom", "DELIVERED", 1),
+    ], detail["deliveries"]
+    modalities = sorted(
+        orthanc.get(f"/series/{s}")["MainDicomTags"]["Modality"] for s in orthanc.get("/series")
+    )
+    assert modalities == ["SEG", "SR"]
+    assert orthanc.get("/statistics")["CountInstances"] == 2
 
 
 def run_done(receiver: Receiver, study_uid: str) -> Callable[[], list[dict[str, Any]] | None]:
@@ -101,15 +117,45 @@ def test_a_study_pushed_half_to_each_receiver_is_assembled_run_and_delivered_onc
         assert len(spool_files(spool)) == SLICES
 
         (run,) = runs
-        detail = a.cli_json("jobs", "show", str(run["id"]))
-        assert sorted((d["kind"], d["state"], d["attempts"]) for d in detail["deliveries"]) == [
-            ("dicom", "DELIVERED", 1),
-            ("dicom", "DELIVERED", 1),
-        ], detail["deliveries"]
-        modalities = sorted(
-            orthanc.get(f"/series/{s}")["MainDicomTags"]["Modality"] for s in orthanc.get("/series")
-        )
-        assert modalities == ["SEG", "SR"]
-        assert orthanc.get("/statistics")["CountInstances"] == 2
+        assert_one_result(orthanc, a, run["id"])
+    finally:
+        orthanc.stop()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a receiver that starts takes every RUNNING run of the shared job store for "
+    "its own orphan (RunnerStage.start: requeue_orphans) and runs it again",
+)
+def test_a_receiver_that_starts_leaves_a_run_of_another_receiver_alone(
+    receiver: Callable[..., Receiver],
+    postgres_url: str,
+    ct_series: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gate = tmp_path / "gate"
+    monkeypatch.setenv(GATE_ENV, str(gate))  # both receivers' pipelines wait for it
+    orthanc = Orthanc(tmp_path / "orthanc").start()
+    try:
+        spool = tmp_path / "spool"
+        a = receiver("a", postgres_url, spool, **site_sections(orthanc, "test-gated"))
+        series = ct_series(slices=4, size=16)
+        assert store_statuses(storescu(series.paths, a.port).stderr) == ["Success"] * 4
+
+        def running() -> list[dict[str, Any]] | None:
+            runs = [j for j in a.jobs(series.study_uid) if j["kind"] == "run"]
+            return runs if [r["state"] for r in runs] == ["RUNNING"] else None
+
+        (held,) = wait_for(running, 90, "the run RUNNING on receiver a", interval=0.3)
+        b = receiver("b", postgres_url, spool, **site_sections(orthanc, "test-gated"))
+        assert b.jobs(series.study_uid)  # b is up, on the same store
+        gate.touch()
+        jobs = wait_for(run_done(a, series.study_uid), 120, "the run DONE", interval=0.5)
+        (run,) = [j for j in jobs if j["kind"] == "run"]
+        history = a.cli_json("jobs", "show", str(run["id"]))["history"]
+        assert [step["to_state"] for step in history].count("RUNNING") == 1, history
+        assert (run["id"], run["attempts"]) == (held["id"], 1)
+        assert_one_result(orthanc, a, run["id"])
     finally:
         orthanc.stop()
