@@ -1,7 +1,7 @@
 """Two receivers, one study: each ``dicomnode serve`` gets half of its instances at
 the same time; with the job store on PostgreSQL and one spool between them the
-study is assembled once, from both halves, run once, and its results reach the
-PACS (Orthanc) once."""
+study is assembled once, from both halves, run once (by the receivers, or by a
+Celery worker), and its results reach the PACS (Orthanc) once."""
 
 from __future__ import annotations
 
@@ -14,18 +14,24 @@ import pytest
 
 from tests.helpers import spool_files, store_statuses, storescu, wait_for
 from tests.orthanc import Orthanc
+from tests.redis_server import RedisServer
 from tests.runner.faulty import GATE_ENV
+from tests.runner.test_celery import PIPELINE, WorkerProcess
 from tests.scale.conftest import Receiver
 
 pytestmark = [pytest.mark.peers, pytest.mark.postgres, pytest.mark.slow]
 
 SLICES = 8
+# PIPELINE: test-gated, what test_celery's workers serve; without a gate it runs at once
 
 
-def site_sections(orthanc: Orthanc, pipeline: str = "test-threshold") -> dict[str, Any]:
+def site_sections(
+    orthanc: Orthanc, pipeline: str = "test-threshold", broker: str | None = None
+) -> dict[str, Any]:
     """Every stage on in each receiver: a CT goes to a small threshold pipeline
     (``test-gated``: one that waits for its gate first) whose SEG and SR go to
-    Orthanc."""
+    Orthanc; run by the receivers, or with ``broker`` by Celery workers."""
+    celery = {"executor": "celery", "celery": {"broker": broker}} if broker else {}
     return {
         "assembly": {"quiet_seconds": 3.0, "poll_seconds": 0.1},
         "runner": {
@@ -36,6 +42,7 @@ def site_sections(orthanc: Orthanc, pipeline: str = "test-threshold") -> dict[st
             "poll_seconds": 0.1,
             "retry_backoff_seconds": 0,
             "plugins": ["tests.runner.faulty:Threshold", "tests.runner.faulty:Gated"],
+            **celery,
         },
         "routing": {
             "rules": [
@@ -87,17 +94,24 @@ def run_done(receiver: Receiver, study_uid: str) -> Callable[[], list[dict[str, 
     return check
 
 
+@pytest.mark.parametrize("executor", ["local", "celery"])
 def test_a_study_pushed_half_to_each_receiver_is_assembled_run_and_delivered_once(
     receiver: Callable[..., Receiver],
     postgres_url: str,
     ct_series: Callable[..., Any],
     tmp_path: Path,
+    executor: str,
 ) -> None:
     orthanc = Orthanc(tmp_path / "orthanc").start()
+    redis = RedisServer(tmp_path / "redis").start() if executor == "celery" else None
+    worker: WorkerProcess | None = None
     try:
         spool = tmp_path / "spool"
-        a = receiver("a", postgres_url, spool, **site_sections(orthanc))
-        b = receiver("b", postgres_url, spool, **site_sections(orthanc))
+        sections = site_sections(orthanc, PIPELINE, redis.url if redis else None)
+        a = receiver("a", postgres_url, spool, **sections)
+        b = receiver("b", postgres_url, spool, **sections)
+        if redis is not None:
+            worker = WorkerProcess(a.config_path, "w1", tmp_path / "w1.log", gate=None)
         series = ct_series(slices=SLICES, size=16)
         halves = [(series.paths[: SLICES // 2], a), (series.paths[SLICES // 2 :], b)]
         with ThreadPoolExecutor(max_workers=2) as pool:
@@ -111,14 +125,21 @@ def test_a_study_pushed_half_to_each_receiver_is_assembled_run_and_delivered_onc
         rounds = [j for j in jobs if j["kind"] == "study"]
         runs = [j for j in jobs if j["kind"] == "run"]
         assert [(r["round"], r["instance_count"]) for r in rounds] == [(1, SLICES)], jobs
-        assert [(r["pipeline"], r["attempts"]) for r in runs] == [("test-threshold", 1)], jobs
+        assert [(r["pipeline"], r["attempts"]) for r in runs] == [(PIPELINE, 1)], jobs
         # one store: the other receiver sees the same jobs
         assert sorted(j["id"] for j in b.jobs(series.study_uid)) == sorted(j["id"] for j in jobs)
         assert len(spool_files(spool)) == SLICES
 
         (run,) = runs
+        history = a.cli_json("jobs", "show", str(run["id"]))["history"]
+        running = [step["reason"] for step in history if step["to_state"] == "RUNNING"]
+        assert running == (["on w1"] if worker else [None]), history  # who ran it, once
         assert_one_result(orthanc, a, run["id"])
     finally:
+        if worker is not None:
+            worker.stop()
+        if redis is not None:
+            redis.stop()
         orthanc.stop()
 
 
