@@ -246,14 +246,17 @@ class Orthanc(Receiver):
 
 
 class Node(Receiver):
-    """The node, ``python -m dicomnode serve`` with ``ingress.processes`` receiving processes."""
+    """The node, ``python -m dicomnode serve`` with ``ingress.processes`` receiving processes;
+    its job store is the SQLite file under its data directory, or the database
+    ``database_url`` names (set it before each launch: every instance needs an empty one)."""
 
     name = "node"
     aet = "DICOMNODE"
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, database_url: str | None = None) -> None:
         super().__init__(f"processes={processes}")
         self.processes = processes
+        self.database_url = database_url
 
     def argv(self) -> list[str]:
         data = self.workdir / "data"
@@ -268,6 +271,7 @@ class Node(Receiver):
             f"storage: {{data_dir: {json.dumps(str(data))}, min_free_mb: 0}}\n"
             "assembly: {quiet_seconds: 600, max_wait_seconds: 3600}\n"
             "logging: {level: WARNING}\n"
+            + (f"database: {{url: {json.dumps(self.database_url)}}}\n" if self.database_url else "")
         )
         return [sys.executable, "-m", "dicomnode", "serve", "-c", str(config)]
 

@@ -1,15 +1,23 @@
-"""What the benchmarks share: ports, peer processes, C-ECHO, tables, clean exits."""
+"""What the benchmarks share: ports, peer processes, C-ECHO, a throwaway PostgreSQL server,
+tables, clean exits."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+
+import psycopg
+from psycopg import sql
 
 CALLING_AET = "BENCH"
 ORTHANC = "/usr/sbin/Orthanc"
@@ -42,8 +50,11 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join("    " + line for line in text) or "    (empty log)"
 
 
-def start(argv: Sequence[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    """Start a peer in its own process group, its output going to ``log``."""
+def start(
+    argv: Sequence[str], log: Path, cwd: Path, user: str | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a peer in its own process group, its output going to ``log``; as ``user``
+    (and that user's group) when given, which needs root."""
     with log.open("wb") as out:
         return subprocess.Popen(
             list(argv),
@@ -53,6 +64,8 @@ def start(argv: Sequence[str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
             cwd=cwd,
             env=CHILD_ENV,
             start_new_session=True,
+            user=user,
+            group=user,
         )
 
 
@@ -93,6 +106,92 @@ def echo(aet: str, port: int) -> bool:
         check=False,
     )
     return result.returncode == 0
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+PG_USER = "postgres"  # the superuser initdb creates, and the system user that runs it as root
+PG_READY_TIMEOUT = 60.0
+
+
+def pg_bindir() -> Path:
+    """Debian's PostgreSQL server binaries, the newest major version installed."""
+    found = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "postgres").is_file()]
+    if not found:
+        raise BenchError(
+            "no PostgreSQL server in /usr/lib/postgresql/*/bin (apt install postgresql)"
+        )
+    return max(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+
+
+class Postgres:
+    """A running throwaway PostgreSQL server on 127.0.0.1, trust authentication."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def url(self, database: str) -> str:
+        """The node's ``database.url`` for ``database`` on this server."""
+        return f"postgresql+psycopg://{PG_USER}@127.0.0.1:{self.port}/{database}"
+
+    def connect(self, database: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
+        return psycopg.connect(
+            host="127.0.0.1", port=self.port, user=PG_USER, dbname=database, autocommit=True
+        )
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database ``name`` (a plain identifier); its URL."""
+        with self.connect() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url(name)
+
+
+@contextmanager
+def postgres() -> Iterator[Postgres]:
+    """A fresh PostgreSQL cluster in a temporary directory (initdb, trust authentication),
+    listening on 127.0.0.1 only, on a free port, with the server's defaults otherwise
+    (fsync on); stopped and removed on the way out. PostgreSQL refuses to run as root: as
+    root, initdb and the server run as the ``postgres`` system user, who owns the directory
+    (data and Unix socket)."""
+    bindir = pg_bindir()
+    user = PG_USER if os.geteuid() == 0 else None
+    work = Path(tempfile.mkdtemp(prefix="dicomnode-pg-"))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        if user is not None:
+            shutil.chown(work, user, user)
+        data, log = work / "data", work / "postgres.log"
+        # --no-sync: initdb does not flush the new cluster; the server's own fsync stays on
+        initdb = [str(bindir / "initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust"]
+        done = start([*initdb, "--no-sync", "-E", "UTF8"], work / "initdb.log", work, user)
+        if done.wait(timeout=120) != 0:
+            raise BenchError(f"initdb exited with {done.returncode}:\n{tail(work / 'initdb.log')}")
+        server = Postgres(free_port())
+        argv = [str(bindir / "postgres"), "-D", str(data), "-p", str(server.port)]
+        argv += ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={work}"]
+        proc = start(argv, log, work, user)
+        deadline = time.monotonic() + PG_READY_TIMEOUT
+        while True:
+            try:
+                server.connect().close()
+                break
+            except psycopg.OperationalError as exc:
+                if proc.poll() is not None:
+                    raise BenchError(
+                        f"postgres exited with {proc.returncode}:\n{tail(log)}"
+                    ) from exc
+                if time.monotonic() > deadline:
+                    raise BenchError(f"postgres not ready after {PG_READY_TIMEOUT:.0f} s") from exc
+                time.sleep(0.2)
+        yield server
+    finally:
+        if proc is not None:
+            # SIGTERM is a smart shutdown: it waits for the clients, the node is gone by now
+            stop(proc, group=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# -- reports and exits --------------------------------------------------------------------------
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -1,5 +1,7 @@
 """Scale-out benchmark: studies per hour with one and with two Celery workers on this
-machine, side by side, with the local executor (worker processes of the node) as reference.
+machine, side by side, with the local executor (worker processes of the node) as reference;
+with ``--ingest``, instead, images per second received with the job store on PostgreSQL
+against the default SQLite file, side by side.
 
 What it runs
 ------------
@@ -11,6 +13,19 @@ persistence) as the broker and ``dicomnode worker`` processes (``runner.executor
 celery``). ``--studies`` synthetic CTs (``--slices`` of ``--size`` squared) are pushed with
 DCMTK ``storescu`` over one association, so they complete and are routed together.
 
+``--ingest``: the node as ``bench/ingest.py`` configures it (no routing rules and a
+600-second assembly quiet time, so only receiving is measured: each instance fsynced into
+the spool and recorded in the job store; ``--processes`` receiving processes, default 1)
+receives ``--instances`` synthetic CT slices of 256x256 (128 KiB each) over one
+association and over 4 parallel ones (``storescu`` processes started together, timed from
+the start of the first to the exit of the last). Each measurement gets a freshly started
+node: with the default SQLite store (a file in its data directory), then with PostgreSQL
+(a fresh database, on one throwaway server started for the whole comparison from Debian's
+binaries: initdb with trust authentication, 127.0.0.1 only, fsync on). The two alternate,
+SQLite then PostgreSQL, for ``--rounds`` rounds (default 3), so both meet the same moments
+of the machine's load; every measurement checks that each ``storescu`` exited 0 and that
+the node spooled every instance.
+
 How to read it
 --------------
 The span is taken from the job store: from the first run ROUTED to the last run DONE;
@@ -18,14 +33,25 @@ studies per hour = studies / span. The ratio of two Celery workers to one says h
 second worker on the same machine adds (at most the number of free cores allows: on a
 2-core machine shared with other work, well under 2). One run is one sample.
 
+``--ingest``: images/s is instances divided by wall time, the ``storescu`` starts
+included; higher is better. Each line of the table gives the median over the rounds for
+each store, and PostgreSQL/SQLite is the ratio of the two medians: below 1.00x the node
+received more slowly with PostgreSQL. The ratios of each round (measured a moment apart)
+follow in brackets; their spread says how far the median can be trusted. The server runs
+on the same machine and disk as the node, so the figures include its CPU and fsyncs but
+not a network round trip; compare runs from the same machine only.
+
 Run ``python bench/scale.py`` from the repository root; ``--help`` lists the flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import signal
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -33,12 +59,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from ingest import PARALLEL, SMALL_SIZE, Node, push, running
 from peers import (
     CALLING_AET,
     BenchError,
     echo,
     free_port,
     on_sigterm,
+    postgres,
     start,
     stop,
     table,
@@ -51,7 +79,9 @@ NODE_AET = "DICOMNODE"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def node_config(work: Path, args: argparse.Namespace, executor: str, workers: int, broker: str):
+def node_config(
+    work: Path, args: argparse.Namespace, executor: str, workers: int, broker: str
+) -> dict[str, Any]:
     runner: dict[str, Any] = {
         "enabled": True,
         "device": "cpu",
@@ -177,6 +207,75 @@ def one_run(args: argparse.Namespace, files: list[Path], executor: str, workers:
                 stop(proc, group=True)
 
 
+def ingest_comparison(args: argparse.Namespace) -> int:
+    """Images/s received with the SQLite store and with PostgreSQL, over 1 and ``PARALLEL``
+    associations, alternating for ``args.rounds`` rounds; prints the runs and the table."""
+    stores = ("SQLite", "PostgreSQL")
+    counts = (1, PARALLEL)
+    rates: dict[tuple[str, int], list[float]] = {(s, n): [] for s in stores for n in counts}
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="dicomnode-scale-ingest-") as tmp, postgres() as pg:
+        scratch = Path(tmp)
+        files = write_ct_series(
+            scratch / "series", slices=args.instances, rows=SMALL_SIZE, columns=SMALL_SIZE
+        ).paths
+        runs = 0
+        for round_ in range(1, args.rounds + 1):
+            for associations in counts:
+                for store in stores:
+                    runs += 1
+                    url = pg.create_database(f"node{runs}") if store == "PostgreSQL" else None
+                    node = Node(args.processes, database_url=url)
+                    workdir = scratch / f"node{runs}"
+                    workdir.mkdir()
+                    try:
+                        with running(node, workdir, problems):
+                            seconds = push(node, files, associations)
+                    except BenchError as exc:
+                        raise BenchError(
+                            f"{store}: {exc}\nthe node's log:\n{tail(node.log)}"
+                        ) from exc
+                    finally:
+                        shutil.rmtree(workdir, ignore_errors=True)
+                    rate = len(files) / seconds
+                    rates[store, associations].append(rate)
+                    print(
+                        f"round {round_}/{args.rounds}  {store:<10} {associations} assoc: "
+                        f"{seconds:6.2f} s  {rate:7.1f} images/s",
+                        flush=True,
+                    )
+    rows = []
+    for associations in counts:
+        sqlite_rates, pg_rates = rates["SQLite", associations], rates["PostgreSQL", associations]
+        median_sqlite, median_pg = statistics.median(sqlite_rates), statistics.median(pg_rates)
+        each = " ".join(f"{p / q:.2f}" for p, q in zip(pg_rates, sqlite_rates, strict=True))
+        rows.append(
+            [
+                str(associations),
+                f"{median_sqlite:.1f}",
+                f"{median_pg:.1f}",
+                f"{median_pg / median_sqlite:.2f}x ({each})",
+            ]
+        )
+    print()
+    print(
+        f"machine: {os.cpu_count()} CPUs; {len(files)} instances of {SMALL_SIZE}x{SMALL_SIZE}; "
+        f"ingress.processes {args.processes}; median of {args.rounds} round(s)"
+    )
+    print(
+        table(
+            ["associations", "SQLite images/s", "PostgreSQL images/s", "PostgreSQL/SQLite"],
+            rows,
+        )
+    )
+    if problems:
+        print(f"\n{len(problems)} problem(s):", file=sys.stderr)
+        for problem in problems:
+            print("- " + problem, file=sys.stderr)
+        return 1
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--studies", type=int, default=8)
@@ -184,8 +283,24 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--pipeline", default="ct-lung")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--ingest",
+        action="store_true",
+        help="instead of the executors: ingest with the job store on PostgreSQL vs SQLite",
+    )
+    parser.add_argument(
+        "--instances", type=int, default=1000, help="--ingest: instances per push (1000)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--ingest: rounds (3)")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="--ingest: the node's ingress.processes (1)"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, on_sigterm)
+    if args.ingest:
+        if args.instances < PARALLEL or args.rounds < 1 or args.processes < 1:
+            parser.error(f"need --instances >= {PARALLEL}, --rounds >= 1, --processes >= 1")
+        return ingest_comparison(args)
     with tempfile.TemporaryDirectory(prefix="dicomnode-scale-data-") as tmp:
         files = []
         for index in range(args.studies):

@@ -1916,7 +1916,7 @@ class SQLJobStore:
         rows = self._read(
             "SELECT p.id AS production, s.id AS shadow FROM jobs s JOIN jobs p "
             "ON p.parent_id = s.parent_id AND p.rule = s.rule AND p.kind = 'run' "
-            "AND p.shadow = 0 AND p.series_instance_uid IS s.series_instance_uid "
+            "AND p.shadow = 0 AND p.series_instance_uid IS NOT DISTINCT FROM s.series_instance_uid "
             "WHERE s.kind = 'run' AND s.shadow = 1 AND s.result_dir IS NOT NULL "
             "AND p.result_dir IS NOT NULL AND s.purged_at IS NULL AND p.purged_at IS NULL "
             "AND NOT EXISTS (SELECT 1 FROM shadow_agreement a WHERE a.shadow_job_id = s.id) "
