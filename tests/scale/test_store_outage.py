@@ -69,11 +69,15 @@ def own_postgres() -> Iterator[PostgresServer]:
     server.remove()
 
 
+@pytest.mark.parametrize("outage", ["stop", "crash"])
 def test_a_store_restarted_during_a_push_loses_no_acknowledged_instance(
     own_postgres: PostgresServer,
     receiver: Callable[..., Receiver],
     ct_series: Callable[..., Any],
+    outage: str,
 ) -> None:
+    """``stop``: a fast shutdown (sessions ended, a checkpoint); ``crash``: an
+    immediate one, as a power cut (recovery from the WAL at the next start)."""
     url = own_postgres.create_database("outage")
     node = receiver("a", url)
     series = ct_series(slices=SLICES, size=16)
@@ -82,7 +86,7 @@ def test_a_store_restarted_during_a_push_loses_no_acknowledged_instance(
     pusher.start()
 
     wait_for(lambda: pusher.count(success=True) >= 5, 60, "5 instances stored", interval=0.05)
-    own_postgres.stop()
+    getattr(own_postgres, outage)()
     wait_for(
         lambda: pusher.count(success=False) >= 3 or not pusher.is_alive(),
         60,
