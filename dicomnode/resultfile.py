@@ -38,6 +38,7 @@ from dicomnode.protocol import (
     SliceSource,
     Volume,
 )
+from dicomnode.writers import left_by_a_gone_writer, writer_tag
 
 RESULT_JSON = "result.json"
 LABEL_MAP = "label_map.npy"
@@ -47,27 +48,30 @@ STAGING_MARK = ".tmp-"
 
 def staging_path(final: Path) -> Path:
     """A fresh temporary name beside ``final`` to write under before renaming."""
-    return final.with_name(f"{final.name}{STAGING_MARK}{secrets.token_hex(4)}")
+    return final.with_name(f"{final.name}{STAGING_MARK}{writer_tag()}.{secrets.token_hex(4)}")
 
 
 def remove_staging(root: Path) -> int:
     """Remove what a crash left half-written under ``root``: result and outbox
     folders and ``result.json`` files still under their temporary names.
 
-    Only call it while nothing writes under ``root`` (at start-up, before the
-    workers). Returns how many were removed.
+    Only call it before this node's workers start. What other nodes sharing
+    the folder are writing is left alone (see :mod:`dicomnode.writers`).
+    Returns how many were removed.
     """
     if not root.is_dir():
         return 0
     removed = 0
     for entry in root.iterdir():
         if STAGING_MARK in entry.name:
-            _remove(entry)
-            removed += 1
+            if left_by_a_gone_writer(entry.name):
+                _remove(entry)
+                removed += 1
         elif entry.is_dir() and not entry.is_symlink():
             for inner in entry.glob(f"{RESULT_JSON}{STAGING_MARK}*"):
-                _remove(inner)
-                removed += 1
+                if left_by_a_gone_writer(inner.name):
+                    _remove(inner)
+                    removed += 1
     return removed
 
 

@@ -101,6 +101,12 @@ def build_spool(settings: Settings) -> Spool:
     )
 
 
+def node_identity(settings: Settings) -> str:
+    """The name of this node among those sharing a job store: its host and data
+    directory, the same after a restart, different for every node."""
+    return f"{socket.gethostname()}:{settings.storage.data_dir.resolve()}"
+
+
 def build_store(settings: Settings) -> SQLJobStore:
     """The job store as configured."""
     return SQLJobStore(settings.database_url)
@@ -502,6 +508,7 @@ class Node:
                 descriptors=self.settings.monitoring.enabled,
                 metrics=self.metrics.runs,
                 log_format=self.settings.logging.format,
+                claimant=node_identity(self.settings),
                 preload=tuple(
                     dict.fromkeys(
                         rule.pipeline

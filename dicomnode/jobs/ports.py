@@ -190,8 +190,8 @@ class RunnerStore(JobReader, InputReader, Protocol):
     """The store verbs the runner uses: claiming runs (here, or through a
     queue by leased workers) and recording their outcomes."""
 
-    def claim_runs(self, now: float, limit: int) -> list[Job]:
-        """Move due runs to RUNNING and return them."""
+    def claim_runs(self, now: float, limit: int, claimant: str | None = None) -> list[Job]:
+        """Move due runs to RUNNING (recording ``claimant``) and return them."""
         ...
 
     def finish_run(
@@ -252,8 +252,8 @@ class RunnerStore(JobReader, InputReader, Protocol):
         """RUNNING runs whose lease ran out."""
         ...
 
-    def requeue_orphans(self, reason: str) -> list[int]:
-        """Runs left RUNNING by a stopped node become FAILED_RETRYABLE."""
+    def requeue_orphans(self, reason: str, claimant: str | None = None) -> list[int]:
+        """Runs a stopped node (``claimant``) left RUNNING become FAILED_RETRYABLE."""
         ...
 
 

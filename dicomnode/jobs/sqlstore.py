@@ -1152,9 +1152,12 @@ class SQLJobStore:
 
     # -- runner ----------------------------------------------------------
 
-    def claim_runs(self, now: float, limit: int) -> list[Job]:
+    def claim_runs(self, now: float, limit: int, claimant: str | None = None) -> list[Job]:
         """Move up to ``limit`` runs that are ROUTED, or FAILED_RETRYABLE and
-        due, to RUNNING (highest priority first) and return them."""
+        due, to RUNNING (highest priority first) and return them; ``claimant``
+        (the node that runs them, without a lease) is recorded as their holder,
+        so a node sharing the store that starts leaves them alone (see
+        :meth:`requeue_orphans`)."""
         if limit <= 0:
             return []
         claimed: list[int] = []
@@ -1169,9 +1172,9 @@ class SQLJobStore:
                 current = JobState(row["state"])
                 cur.execute(
                     "UPDATE jobs SET state = ?, updated_at = ?, attempts = attempts + 1, "
-                    "reason = NULL, claimed_by = NULL, lease_until = NULL, queued_at = NULL "
+                    "reason = NULL, claimed_by = ?, lease_until = NULL, queued_at = NULL "
                     "WHERE id = ?",
-                    (str(JobState.RUNNING), now, row["id"]),
+                    (str(JobState.RUNNING), now, claimant, row["id"]),
                 )
                 self._add_transition(cur, row["id"], current, JobState.RUNNING, now, None)
                 claimed.append(int(row["id"]))
@@ -1556,12 +1559,21 @@ class SQLJobStore:
             self._add_transition(cur, job_id, current, JobState.DEAD, now, reason)
         return self.get_job(job_id)
 
-    def requeue_orphans(self, reason: str) -> list[int]:
-        """Runs left RUNNING by a stopped node become FAILED_RETRYABLE, due now."""
+    def requeue_orphans(self, reason: str, claimant: str | None = None) -> list[int]:
+        """Runs left RUNNING by a stopped node become FAILED_RETRYABLE, due now.
+
+        Those the node claimed under the name ``claimant`` and those claimed
+        without a name (by earlier releases); without ``claimant``, every run
+        claimed without a lease. Runs of other nodes sharing the store, and
+        runs leased by workers (their leases expire instead), stay RUNNING.
+        """
         now = self._now()
         with self._write() as cur:
+            mine = "" if claimant is None else " AND (claimed_by IS NULL OR claimed_by = ?)"
             rows = cur.execute(
-                "SELECT id FROM jobs WHERE kind = 'run' AND state = ?", (str(JobState.RUNNING),)
+                "SELECT id FROM jobs WHERE kind = 'run' AND state = ? "
+                f"AND lease_until IS NULL{mine}",
+                (str(JobState.RUNNING), *([] if claimant is None else [claimant])),
             ).fetchall()
             for row in rows:
                 cur.execute(

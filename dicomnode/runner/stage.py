@@ -95,6 +95,10 @@ class Runner:
         Records each run's duration and the worker's per-step timings.
     log_format : str
         ``text`` or ``json`` log lines inside the workers.
+    claimant : str, optional
+        The name this node's claims of runs carry in the job store (see
+        :func:`dicomnode.service.node_identity`): at start it requeues only the
+        runs it left RUNNING, not those of other nodes sharing the store.
     """
 
     def __init__(
@@ -113,8 +117,11 @@ class Runner:
         descriptors: bool = True,
         metrics: RunMetrics | None = None,
         log_format: str = "text",
+        claimant: str | None = None,
     ) -> None:
         self.config = config
+        #: the name this node's claims carry (see :meth:`start`)
+        self.claimant = claimant
         self.metrics = metrics
         #: run id -> (monotonic start, pipeline) of the runs in the workers
         self._started: dict[int, tuple[float, str]] = {}
@@ -163,7 +170,7 @@ class Runner:
             removed = remove_staging(root)
             if removed:
                 LOGGER.info("removed %d half-written result(s) left in %s", removed, root)
-        orphans = self.store.requeue_orphans("the node stopped during the run")
+        orphans = self.store.requeue_orphans("the node stopped during the run", self.claimant)
         if orphans:
             LOGGER.warning("requeued %d run(s) left RUNNING by an earlier stop", len(orphans))
         self.pool.start()
@@ -199,7 +206,7 @@ class Runner:
             self._record(outcome)
         idle = self.pool.idle()
         if idle:
-            for job in self.store.claim_runs(self.clock(), idle):
+            for job in self.store.claim_runs(self.clock(), idle, self.claimant):
                 self._dispatch(job)
 
     def _dispatch(self, job: Job) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from dicomnode.errors import SpoolWriteError
 from dicomnode.spool.uids import validate_uid
+from dicomnode.writers import left_by_a_gone_writer, writer_tag
 
 LOGGER = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class Spool:
         file at a temporary path in ``tmp/``, then link it into its final place
         (never overwriting) and fsync the folder; nothing is left on failure."""
         final = self.path_for(study_uid, series_uid, sop_uid)
-        tmp = self.tmp_dir / f"{final.stem}.{os.getpid()}.{secrets.token_hex(6)}.part"
+        tmp = self.tmp_dir / f"{final.stem}.{writer_tag()}.{secrets.token_hex(6)}.part"
         try:
             length = size()
             self._check_free_space(length)
@@ -292,11 +293,14 @@ class Spool:
             LOGGER.warning("could not fsync %s after removal: %s", path.parent, exc.strerror)
 
     def clean_tmp(self) -> int:
-        """Remove partial files a crash may have left; return how many."""
+        """Remove partial files a crash may have left; return how many. Files
+        other processes are writing (another node sharing the spool, a
+        receiving process) are left alone (see :mod:`dicomnode.writers`)."""
         removed = 0
         for leftover in self.tmp_dir.iterdir():
-            self._discard(leftover)
-            removed += 1
+            if left_by_a_gone_writer(leftover.name):
+                self._discard(leftover)
+                removed += 1
         return removed
 
     def iter_instances(self) -> Iterator[Path]:

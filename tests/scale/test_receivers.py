@@ -143,11 +143,6 @@ def test_a_study_pushed_half_to_each_receiver_is_assembled_run_and_delivered_onc
         orthanc.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a receiver that starts takes every RUNNING run of the shared job store for "
-    "its own orphan (RunnerStage.start: requeue_orphans) and runs it again",
-)
 def test_a_receiver_that_starts_leaves_a_run_of_another_receiver_alone(
     receiver: Callable[..., Receiver],
     postgres_url: str,
