@@ -22,8 +22,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> SQLiteJobStore:
-    return SQLiteJobStore(tmp_path / "jobs.db", clock=clock)
+def store(database: str, clock: Clock) -> SQLiteJobStore:
+    return SQLiteJobStore(database, clock=clock)
 
 
 def routed(store: SQLiteJobStore, clock: Clock, sop: str = "1.1") -> int:

@@ -5,7 +5,6 @@ and a stage's loop wakes on that signal instead of waiting for its next poll."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -36,8 +35,8 @@ def record(sop: str, at: float) -> InstanceRecord:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SQLiteJobStore:
-    return SQLiteJobStore(tmp_path / "jobs.db")
+def store(database: str) -> SQLiteJobStore:
+    return SQLiteJobStore(database)
 
 
 def test_a_committed_transition_calls_the_listener_with_the_new_states(

@@ -47,11 +47,12 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> SQLiteJobStore:
-    return SQLiteJobStore(tmp_path / "jobs.db", clock=clock)
+def store(database: str, clock: Clock) -> SQLiteJobStore:
+    return SQLiteJobStore(database, clock=clock)
 
 
-def test_wal_mode(store: SQLiteJobStore) -> None:
+def test_wal_mode(tmp_path: Path) -> None:
+    store = SQLiteJobStore(tmp_path / "jobs.db")
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -164,11 +165,11 @@ def test_every_state_is_in_the_transition_table() -> None:
     assert JobState.RECEIVED not in {t for targets in TRANSITIONS.values() for t in targets}
 
 
-def test_state_survives_reopening(tmp_path: Path) -> None:
-    store = SQLiteJobStore(tmp_path / "jobs.db")
+def test_state_survives_reopening(database: str) -> None:
+    store = SQLiteJobStore(database)
     job_id = store.record_instance(record("1.1", 100.0)).job_id
     store.close()
-    reopened = SQLiteJobStore(tmp_path / "jobs.db")
+    reopened = SQLiteJobStore(database)
     assert reopened.get_job(job_id).state == JobState.RECEIVED
     assert reopened.has_instance("1.1")
     assert reopened.next_due(QUIET, MAX_WAIT) == 100.0 + QUIET
@@ -396,9 +397,9 @@ def test_a_database_of_schema_version_3_opens_and_is_upgraded_in_place(tmp_path:
     assert SQLiteJobStore(path).get_job(2).state == JobState.ROUTED  # opens again as it is
 
 
-def test_descriptors_come_back_by_window(tmp_path: Path) -> None:
+def test_descriptors_come_back_by_window(database: str) -> None:
     clock = Clock(1000.0)
-    store = SQLiteJobStore(tmp_path / "jobs.db", clock=clock)
+    store = SQLiteJobStore(database, clock=clock)
     for job in range(1, 7):
         store.record_descriptors(job, "ct-lung" if job % 3 else "cxr", f'{{"n": {job}}}')
         clock.now += 10
@@ -415,8 +416,8 @@ def test_descriptors_come_back_by_window(tmp_path: Path) -> None:
     assert store.descriptor_pipelines() == ["ct-lung", "cxr"]
 
 
-def test_conflicting_duplicates_are_counted_per_instance_and_study(tmp_path: Path) -> None:
-    store = SQLiteJobStore(tmp_path / "jobs.db")
+def test_conflicting_duplicates_are_counted_per_instance_and_study(database: str) -> None:
+    store = SQLiteJobStore(database)
     store.record_instance(record("1.1", 100.0))
     store.record_instance(record("1.2", 100.0))
     store.record_instance(record("1.1", 101.0))
@@ -446,13 +447,58 @@ def test_a_database_from_before_conflict_counts_gets_its_column(tmp_path: Path) 
 def _complete_in_process(
     db: str, barrier: multiprocessing.synchronize.Barrier, out: multiprocessing.queues.Queue
 ) -> None:  # type: ignore[name-defined]
-    store = SQLiteJobStore(Path(db))
+    store = SQLiteJobStore(db)
     barrier.wait()
     out.put(store.complete_due(10_000.0, QUIET, MAX_WAIT))
 
 
-def test_two_assemblers_complete_each_round_once(tmp_path: Path) -> None:
-    db = tmp_path / "jobs.db"
+def _claim_in_process(
+    db: str,
+    name: str,
+    barrier: multiprocessing.synchronize.Barrier,
+    out: multiprocessing.queues.Queue,
+) -> None:  # type: ignore[name-defined]
+    store = SQLiteJobStore(db)
+    barrier.wait()
+    claimed: list[int] = []
+    while True:
+        jobs = store.claim_runs(10_000.0, 1, name)
+        if not jobs:
+            break
+        claimed += [job.id for job in jobs]
+    out.put(claimed)
+
+
+def test_two_nodes_claim_each_run_once(database: str) -> None:
+    store = SQLiteJobStore(database)
+    runs: list[int] = []
+    for i in range(10):
+        round_id = store.record_instance(record(f"1.{i}", 100.0, study=f"1.9.{i}")).job_id
+        store.complete_due(10_000.0, QUIET, MAX_WAIT)
+        spec = RunSpec(rule="r", pipeline="ct-lung", series_instance_uid=f"1.8.{i}")
+        runs += store.route(round_id, [spec, spec], "a rule")
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_claim_in_process, args=(database, name, barrier, out))
+        for name in ("a", "b")
+    ]
+    for proc in procs:
+        proc.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    assert sorted(results[0] + results[1]) == sorted(runs)
+    holders = {job.id: job.claimed_by for job in store.jobs(state=JobState.RUNNING)}
+    assert set(holders) == set(runs) and set(holders.values()) <= {"a", "b"}
+    # a node that starts again takes back only what it left RUNNING
+    mine = store.requeue_orphans("restarted", "a")
+    assert sorted(mine) == sorted(job_id for job_id, name in holders.items() if name == "a")
+
+
+def test_two_assemblers_complete_each_round_once(database: str) -> None:
+    db = database
     store = SQLiteJobStore(db)
     ids = {
         store.record_instance(record(f"1.{i}", 100.0, study=f"1.9.{i}")).job_id for i in range(20)
@@ -460,9 +506,7 @@ def test_two_assemblers_complete_each_round_once(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     out = ctx.Queue()
-    procs = [
-        ctx.Process(target=_complete_in_process, args=(str(db), barrier, out)) for _ in range(2)
-    ]
+    procs = [ctx.Process(target=_complete_in_process, args=(db, barrier, out)) for _ in range(2)]
     for proc in procs:
         proc.start()
     results = [out.get(timeout=60) for _ in procs]
