@@ -11,7 +11,7 @@ TORCHVISION_VERSION := 0.28.0
 CONFIG ?= deploy/dicomnode.example.yaml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test fuzz lint peers ohif ohif-dist bench clean
+.PHONY: run test test-postgres fuzz lint peers ohif ohif-dist bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,12 @@ lint: $(STAMP)
 
 test: peers ohif $(STAMP) lint
 	$(VENV)/bin/pytest
+
+# The whole suite with every node's job store on PostgreSQL (a server the tests start
+# on loopback) instead of SQLite. `make test` runs the job store's own tests and the
+# scale-out tests on both; this runs everything else on PostgreSQL too (about as long).
+test-postgres: peers ohif $(STAMP)
+	DICOMNODE_TEST_DATABASE=postgresql $(VENV)/bin/pytest
 
 # The property-based tests of tests/fuzz, longer than in `make test`: fresh random
 # examples, round after round, for FUZZ_SECONDS per target (three targets), under

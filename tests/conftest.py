@@ -15,6 +15,7 @@ from dicomnode.config import Settings, parse_config
 from dicomnode.jobs import SQLiteJobStore
 from dicomnode.service import Node
 from dicomnode.synthetic import Series, write_ct_series
+from tests import helpers
 from tests.helpers import NodeProcess, node_config, wait_for, write_config
 from tests.postgres_server import PostgresServer
 
@@ -94,6 +95,22 @@ def postgres_server() -> Iterator[PostgresServer]:
 _databases = itertools.count(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def suite_database(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With ``DICOMNODE_TEST_DATABASE=postgresql`` (``make test-postgres``) every
+    node a test configures keeps its jobs on a new PostgreSQL database; by
+    default on a SQLite file in its data directory."""
+    engine = os.environ.get("DICOMNODE_TEST_DATABASE", "sqlite")
+    if engine == "sqlite":
+        yield
+        return
+    assert engine == "postgresql", f"DICOMNODE_TEST_DATABASE: sqlite or postgresql, not {engine}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    helpers.new_database = lambda: server.create_database(f"node_{next(_databases)}")
+    yield
+    helpers.new_database = None
+
+
 @pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> str:
     """A ``database.url`` (``postgresql+psycopg://``) of a new, empty database
@@ -110,7 +127,7 @@ def ct_series(tmp_path: Path) -> Callable[..., Series]:
 
 
 def open_store(settings: Settings) -> SQLiteJobStore:
-    return SQLiteJobStore(settings.database_path)
+    return SQLiteJobStore(settings.database_url)
 
 
 def wait_for_state(store: SQLiteJobStore, study_uid: str, state: str, timeout: float) -> Any:

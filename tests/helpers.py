@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 NODE_AET = "DICOMNODE"
@@ -35,10 +36,16 @@ def require_tool(name: str) -> str:
     return path
 
 
+#: Makes a new database and returns its URL, while the suite runs on PostgreSQL
+#: (``DICOMNODE_TEST_DATABASE=postgresql``; see tests/conftest.py).
+new_database: Callable[[], str] | None = None
+
+
 def node_config(
     tmp_path: Path, port: int | None = None, **sections: dict[str, Any]
 ) -> dict[str, Any]:
-    """A config mapping for a node on loopback, accepting SCANNER and STORESCU."""
+    """A config mapping for a node on loopback, accepting SCANNER and STORESCU;
+    its job store on a new PostgreSQL database when the suite runs on one."""
     config: dict[str, Any] = {
         "node": {"ae_title": NODE_AET, "bind": "127.0.0.1", "port": port or free_port()},
         "ingress": {
@@ -56,9 +63,25 @@ def node_config(
         # tests of receiving need no pipeline workers; runner tests turn them on
         "runner": {"enabled": False},
     }
+    if new_database is not None:
+        config["database"] = {"url": new_database()}
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)
     return config
+
+
+#: Marks a test of the SQLite file itself, skipped when the suite runs on PostgreSQL.
+SQLITE_ONLY = pytest.mark.skipif(
+    os.environ.get("DICOMNODE_TEST_DATABASE", "sqlite") != "sqlite",
+    reason="a test of the SQLite job store file",
+)
+
+
+def store_of(config: dict[str, Any]) -> str:
+    """What the job store of a node configured with ``config`` (a mapping of
+    :func:`node_config`) opens: its database URL, or its SQLite file."""
+    url = config.get("database", {}).get("url")
+    return str(url) if url else str(Path(config["storage"]["data_dir"]) / "dicomnode.db")
 
 
 def spool_files(spool: Path) -> list[Path]:

@@ -18,6 +18,7 @@ from tests.helpers import (
     SCANNER_AET,
     node_config,
     require_tool,
+    store_of,
     wait_for,
     write_config,
 )
@@ -55,7 +56,7 @@ def test_send_studies_and_jobs(make_settings, start_node, ct_series, tmp_path):
     assert "sent 6, failed 0, skipped 1" in sent.stdout
     assert "notes.txt" in sent.stderr
 
-    store = SQLiteJobStore(settings.database_path)
+    store = SQLiteJobStore(settings.database_url)
     (job,) = wait_for_state(store, series.study_uid, JobState.DISCARDED, timeout=20)
 
     studies = dicomnode("studies", "--full", "-c", str(config))
@@ -115,7 +116,7 @@ def test_sigterm_finishes_the_push_in_flight(node_process, tmp_path, ct_series):
     config = node_config(tmp_path)
     node = node_process(config)
     series = ct_series(slices=150, size=128)
-    db = tmp_path / "data" / "dicomnode.db"
+    db = store_of(config)
     push = subprocess.Popen(
         [
             require_tool("storescu"),

@@ -17,6 +17,7 @@ from tests.helpers import (
     NODE_AET,
     PEER_ENV,
     SCANNER_AET,
+    SQLITE_ONLY,
     assert_same_dataset,
     node_config,
     require_tool,
@@ -72,6 +73,7 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "two-receiving-processes"])
+@SQLITE_ONLY  # counts rows in the SQLite file while the node writes it
 def test_kill_9_during_a_push(node_process, tmp_path, ct_series, processes):
     """With two receiving processes, a kill -9 of the main process ends them too
     (nothing would assemble what they store, and they would keep the port), and

@@ -27,6 +27,7 @@ from tests.helpers import (
     node_config,
     require_tool,
     spool_files,
+    store_of,
     storescu,
     wait_for,
 )
@@ -163,7 +164,7 @@ def test_a_push_moves_the_counters_by_what_was_pushed(
     )
     assert value(found, "dicomnode_spool_free_bytes") > 0
 
-    store = SQLiteJobStore(Path(config["storage"]["data_dir"]) / "dicomnode.db")
+    store = SQLiteJobStore(store_of(config))
 
     def run_done() -> bool:
         runs = [j for j in store.jobs(study_instance_uid=first.study_uid) if j.kind == "run"]
@@ -292,7 +293,7 @@ def test_export_attempts_and_hl7_ack_codes_per_destination(
         node = start_node(settings)
         series = write_ct_series(tmp_path / "ct", slices=20, rows=64, columns=64)
         assert storescu(series.paths, settings.node.port).returncode == 0
-        store = SQLiteJobStore(settings.database_path)
+        store = SQLiteJobStore(settings.database_url)
 
         def settled() -> bool:
             runs = [j for j in store.jobs(study_instance_uid=series.study_uid) if j.kind == "run"]

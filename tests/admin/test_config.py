@@ -18,7 +18,7 @@ from tests.helpers import node_config, write_config
 def _admin(tmp_path: Path, **sections: dict[str, object]) -> tuple[Admin, Path]:
     path = write_config(tmp_path / "node.yaml", node_config(tmp_path, **sections))
     settings = load_config(path)
-    return Admin(settings, SQLiteJobStore(settings.database_path), config_path=path), path
+    return Admin(settings, SQLiteJobStore(settings.database_url), config_path=path), path
 
 
 def test_save_refuses_an_invalid_file_and_keeps_a_backup_of_a_valid_one(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def test_destination_tests_say_what_they_found(tmp_path: Path) -> None:
                 },
             )
         )
-        store = SQLiteJobStore(settings.database_path)
+        store = SQLiteJobStore(settings.database_url)
         admin = Admin(settings, store)
         results = {
             name: admin.test_destination(name, "alice")
@@ -72,7 +72,7 @@ def test_destination_tests_say_what_they_found(tmp_path: Path) -> None:
 
 def test_logins_and_failed_logins_are_audited(tmp_path: Path) -> None:
     settings = parse_config(node_config(tmp_path))
-    store = SQLiteJobStore(settings.database_path)
+    store = SQLiteJobStore(settings.database_url)
     admin = Admin(settings, store)
     admin.record_login("bob", False, "127.0.0.1", "wrong password")
     admin.record_login("bob", True, "127.0.0.1")

@@ -46,7 +46,7 @@ def test_reload_refuses_an_invalid_file_and_applies_a_valid_one(node_process, ct
     node = node_process(config)
     path = node.config_path
     settings = load_config(path)
-    store = SQLiteJobStore(settings.database_path)
+    store = SQLiteJobStore(settings.database_url)
     admin = Admin(settings, store, config_path=path)
 
     def routed_rule(study_uid: str) -> str | None:

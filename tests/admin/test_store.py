@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from dicomnode.errors import IllegalTransitionError, JobStoreError
@@ -124,3 +125,16 @@ def test_a_held_run_is_not_delivered_until_released(store: SQLiteJobStore, clock
     (written,) = store.audit_records(event=str(AuditEvent.RESULTS_WRITTEN))
     assert (written.entry.target, written.entry.study_instance_uid) == (f"job {run_id}", STUDY)
     assert written.entry.detail["objects"] == [{"type": "SEG", "sop_instance_uid": "9.1"}]
+
+
+@pytest.mark.postgres
+def test_the_audit_trail_is_append_only_on_postgresql(postgres_url: str) -> None:
+    store = SQLiteJobStore(postgres_url)
+    first = store.record_audit(AuditEntry(AuditEvent.ADMIN_ACTION, "alice", "hold", "job 1"))
+    store.close()
+    conninfo = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo, autocommit=True) as raw:
+        for statement in ("UPDATE audit SET actor = 'mallory'", "DELETE FROM audit"):
+            with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                raw.execute(statement)
+        assert raw.execute("SELECT id, actor FROM audit").fetchall() == [(first, "alice")]

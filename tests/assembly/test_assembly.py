@@ -11,7 +11,7 @@ from dicomnode.assembly import Assembler
 from dicomnode.config import AssemblyConfig
 from dicomnode.jobs import InstanceRecord, JobState, SQLiteJobStore
 from tests.conftest import open_store, wait_for_state
-from tests.helpers import node_config, store_statuses, storescu, wait_for
+from tests.helpers import node_config, store_of, store_statuses, storescu, wait_for
 
 
 def _record(sop: str, at: float) -> InstanceRecord:
@@ -121,7 +121,7 @@ def test_pending_study_resumes_its_timer_after_a_restart(node_process, tmp_path,
     series = ct_series(slices=5, size=16)
     assert store_statuses(storescu(series.paths, node.port).stderr) == ["Success"] * 5
     assert node.terminate() == 0
-    store = SQLiteJobStore(tmp_path / "data" / "dicomnode.db")
+    store = SQLiteJobStore(store_of(config))
     (job,) = store.jobs()
     assert job.state == JobState.RECEIVED
     node_process(config)

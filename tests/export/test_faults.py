@@ -31,6 +31,7 @@ from tests.helpers import (
     free_port,
     node_config,
     require_tool,
+    store_of,
     storescu,
     wait_for,
 )
@@ -239,7 +240,7 @@ def test_kill_9_during_export_delivers_once_after_restart(node_process, ct_serie
     node = node_process(config)
     series = ct_series(slices=24, size=64)
     assert storescu(series.paths, node.port).returncode == 0
-    store = SQLiteJobStore(tmp_path / "data" / "dicomnode.db")
+    store = SQLiteJobStore(store_of(config))
     run = wait_for(lambda: attempted(store), 60, "failed delivery attempts", interval=0.1)
     node.kill9()
 

@@ -17,7 +17,7 @@ import pydicom
 import pytest
 
 from dicomnode.jobs import Job, JobState, SQLiteJobStore
-from tests.helpers import node_config, storescu, wait_for, write_config
+from tests.helpers import node_config, store_of, storescu, wait_for, write_config
 from tests.orthanc import Orthanc
 from tests.redis_server import RedisServer
 from tests.runner.faulty import GATE_ENV
@@ -127,7 +127,7 @@ class Site:
         )
         self.config_path = write_config(tmp_path / "site.yaml", self.config)
         self.node = node_process(self.config)
-        self.store = SQLiteJobStore(Path(self.config["storage"]["data_dir"]) / "dicomnode.db")
+        self.store = SQLiteJobStore(store_of(self.config))
         self.workers: list[WorkerProcess] = []
         self.pushed = 0
 
