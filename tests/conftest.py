@@ -106,9 +106,16 @@ def suite_database(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     assert engine == "postgresql", f"DICOMNODE_TEST_DATABASE: sqlite or postgresql, not {engine}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
-    helpers.new_database = lambda: server.create_database(f"node_{next(_databases)}")
+    made: dict[Path, str] = {}
+
+    def database_for(folder: Path) -> str:
+        if folder not in made:
+            made[folder] = server.create_database(f"node_{next(_databases)}")
+        return made[folder]
+
+    helpers.database_for = database_for
     yield
-    helpers.new_database = None
+    helpers.database_for = None
 
 
 @pytest.fixture

@@ -36,9 +36,10 @@ def require_tool(name: str) -> str:
     return path
 
 
-#: Makes a new database and returns its URL, while the suite runs on PostgreSQL
-#: (``DICOMNODE_TEST_DATABASE=postgresql``; see tests/conftest.py).
-new_database: Callable[[], str] | None = None
+#: The URL of the database of a test's folder (made on first use), while the
+#: suite runs on PostgreSQL (``DICOMNODE_TEST_DATABASE=postgresql``; see
+#: tests/conftest.py): configurations made for one folder share one job store.
+database_for: Callable[[Path], str] | None = None
 
 
 def node_config(
@@ -63,8 +64,8 @@ def node_config(
         # tests of receiving need no pipeline workers; runner tests turn them on
         "runner": {"enabled": False},
     }
-    if new_database is not None:
-        config["database"] = {"url": new_database()}
+    if database_for is not None:
+        config["database"] = {"url": database_for(tmp_path)}
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)
     return config

@@ -16,6 +16,7 @@ from tests.helpers import (
     NODE_AET,
     PEER_ENV,
     SCANNER_AET,
+    SQLITE_ONLY,
     node_config,
     require_tool,
     store_of,
@@ -105,6 +106,7 @@ def test_send_with_a_bad_address():
     assert result.returncode == 2 and "HOST:PORT" in result.stderr
 
 
+@SQLITE_ONLY  # a database server is never "missing" the way a file is
 def test_studies_without_a_job_store(tmp_path: Path):
     config = write_config(tmp_path / "c.yaml", node_config(tmp_path))
     result = dicomnode("studies", "-c", str(config))
