@@ -154,7 +154,9 @@ def test_one_address_cannot_take_every_slot(make_settings, start_node, sockets):
         return len(closed) >= 4
 
     wait_for(four_closed, 5, "four of the six connections to be closed")
-    assert node.ingress.active_associations() == 2
+    # the two admitted connections count as associations once their threads start
+    ingress = node.ingress
+    wait_for(lambda: ingress.active_associations() == 2, 5, "the two admitted associations")
     assoc = scu_associate(settings.node.port, bind="127.0.0.2")
     try:
         assert assoc.is_established  # type: ignore[attr-defined]
