@@ -46,7 +46,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels.processing import apply_modality_lut
 
 from dicomnode.errors import ResultError
-from dicomnode.jobs import InstanceRecord, Job
+from dicomnode.jobs import InstanceRecord, Job, Run
 from dicomnode.resultfile import RESULT_JSON
 
 __all__ = [
@@ -163,12 +163,12 @@ class RunReader(Protocol):
     def instances_of(self, job_id: int) -> list[InstanceRecord]: ...
 
 
-def study_runs(store: RunReader, study_instance_uid: str) -> list[Job]:
+def study_runs(store: RunReader, study_instance_uid: str) -> list[Run]:
     """The study's runs that wrote results, newest first."""
     runs = [
         job
         for job in store.jobs(study_instance_uid=study_instance_uid)
-        if job.kind == "run" and job.outbox_dir is not None and job.purged_at is None
+        if isinstance(job, Run) and job.outbox_dir is not None and job.purged_at is None
     ]
     return sorted(runs, key=lambda job: job.id, reverse=True)
 
@@ -195,11 +195,11 @@ def render_job_preview(store: RunReader, job_id: int) -> bytes:
         nothing to show.
     """
     job = store.get_job(job_id)
-    if job.kind != "run":
+    if not isinstance(job, Run):
         raise ResultError(f"job {job_id} is a study's round, not a run")
     if job.purged_at is not None:
         raise ResultError(f"job {job_id}: its files were purged by retention")
-    if job.outbox_dir is None or job.parent_id is None:
+    if job.outbox_dir is None:
         raise ResultError(f"job {job_id} has written no result objects ({job.state})")
     sources = [
         Path(record.path)

@@ -124,7 +124,7 @@ class RunDetail(_Model):
     held_at: float | None
     held_by: str | None
     shadow: bool
-    result_status: str
+    result_status: str | None = Field(description="A run's (preliminary or final); None: a round.")
     traceback: str | None
     history: list[TransitionRow]
     deliveries: list[DeliveryRow]

@@ -57,6 +57,7 @@ from dicomnode.jobs import (
     Job,
     JobState,
     OutboxItem,
+    Run,
     SQLJobStore,
     Study,
 )
@@ -280,7 +281,7 @@ class Admin:
 
     def _summary(self, study: Study, jobs: list[Job]) -> StudySummary:
         accession, patient_id = self._identifiers(study.study_instance_uid)
-        runs = [j for j in jobs if j.kind == "run"]
+        runs = [j for j in jobs if isinstance(j, Run)]
         run_states: dict[str, int] = {}
         for run in runs:
             run_states[str(run.state)] = run_states.get(str(run.state), 0) + 1
@@ -334,7 +335,9 @@ class Admin:
                 j.calling_ae == query.calling_ae for j in jobs
             ):
                 continue
-            if query.rule is not None and not any(j.rule == query.rule for j in jobs):
+            if query.rule is not None and not any(
+                isinstance(j, Run) and j.rule == query.rule for j in jobs
+            ):
                 continue
             found.append(self._summary(study, jobs))
             if len(found) >= query.limit:
@@ -355,30 +358,31 @@ class Admin:
                     reason=step.reason,
                 )
             )
+        run = job if isinstance(job, Run) else None
         return RunDetail(
             id=job.id,
             kind=job.kind,
             study_instance_uid=job.study_instance_uid,
             round=job.round,
-            parent_id=job.parent_id,
+            parent_id=run.parent_id if run else None,
             state=str(job.state),
             calling_ae=job.calling_ae,
-            pipeline=job.pipeline,
-            rule=job.rule,
-            series_instance_uid=job.series_instance_uid,
-            destinations=list(job.destinations),
-            notify=list(job.notify),
+            pipeline=run.pipeline if run else None,
+            rule=run.rule if run else None,
+            series_instance_uid=run.series_instance_uid if run else None,
+            destinations=list(run.destinations) if run else [],
+            notify=list(run.notify) if run else [],
             instance_count=job.instance_count,
             attempts=job.attempts,
             reason=job.reason,
             opened_at=job.opened_at,
             updated_at=job.updated_at,
-            result_dir=job.result_dir,
+            result_dir=run.result_dir if run else None,
             purged_at=job.purged_at,
             held_at=job.held_at,
             held_by=job.held_by,
-            shadow=job.shadow,
-            result_status=job.result_status,
+            shadow=run is not None and run.shadow,
+            result_status=run.result_status if run else None,
             traceback=job.traceback,
             history=steps,
             deliveries=[delivery_row(item) for item in self.store.outbox(job.id)],
@@ -406,8 +410,8 @@ class Admin:
                     study_instance_uid=job.study_instance_uid,
                     round=job.round,
                     state=str(job.state),
-                    pipeline=job.pipeline,
-                    rule=job.rule,
+                    pipeline=job.pipeline if isinstance(job, Run) else None,
+                    rule=job.rule if isinstance(job, Run) else None,
                     calling_ae=job.calling_ae,
                     instance_count=job.instance_count,
                     attempts=job.attempts,

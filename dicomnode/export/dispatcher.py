@@ -57,7 +57,7 @@ from dicomnode.export.storescu import (
     status_category,
 )
 from dicomnode.jobs.audit import AuditEntry, AuditEvent
-from dicomnode.jobs.models import Job, OutboxItem
+from dicomnode.jobs.models import OutboxItem, Run
 from dicomnode.jobs.ports import ExportStore
 from dicomnode.metrics import ExportMetrics
 from dicomnode.scheduling import Loop, Wakeup
@@ -221,7 +221,7 @@ class Dispatcher:
 
     def _gate(self, job_id: int) -> bool:
         """Run the patient safety gate once per run; True when it held the run."""
-        job = self.store.get_job(job_id)
+        job = self.store.get_run(job_id)
         files = self._input_files(job)
         conflict = patient_conflict(files) if files else None
         self._checked.add(job_id)
@@ -237,7 +237,7 @@ class Dispatcher:
         DICOM destinations. When such an object ended DEAD instead, the
         notifications end DEAD (unsent, no attempt counted) and so are not sent
         either."""
-        if self.store.get_job(job_id).notify_after != "delivered":
+        if self.store.get_run(job_id).notify_after != "delivered":
             return False
         named = {uid for item in items for uid in item.refers_to}
         objects = [
@@ -263,9 +263,7 @@ class Dispatcher:
         )
         return True
 
-    def _input_files(self, job: Job) -> list[str]:
-        if job.parent_id is None:
-            return []
+    def _input_files(self, job: Run) -> list[str]:
         return [
             r.path
             for r in self.store.instances_of(job.parent_id)

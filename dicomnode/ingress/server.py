@@ -166,6 +166,9 @@ class _CheckedMessages(queue.Queue):  # type: ignore[type-arg]
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         context_id, primitive = item
+        if primitive is None:  # pynetdicom's word to the reactor that the association ended
+            super().put(item, block, timeout)
+            return
         reason = _refusal(self._assoc, context_id, primitive)
         if reason is None:
             super().put(item, block, timeout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal, TypeAlias
 
 from dicomnode.jobs.states import JobState
 
@@ -47,28 +48,19 @@ class RecordOutcome:
 
 
 @dataclass(frozen=True)
-class Job:
-    """One unit of work.
-
-    ``kind == "study"``: an assembly round of a study (RECEIVED → COMPLETE →
-    ROUTED or DISCARDED). ``kind == "run"``: one pipeline run a rule asked for
-    (ROUTED → RUNNING → RESULTS_WRITTEN → ... → DONE), its ``parent_id`` the round.
+class JobRecord:
+    """What a study round and a run both are: one row of the job store with a
+    state, its timestamps and the study it belongs to.
 
     ``purged_at`` is set when retention removed the job's files (a round's
     instances, a run's results and objects); the row and its history stay.
-
-    A run's ``result_status`` (``preliminary`` or ``final``) and
-    ``notify_after`` (``delivered`` or ``written``) come from its rule, and so
-    do ``shadow`` (a candidate pipeline's run beside the production one: its
-    results are kept, never delivered) and ``out_of_range`` (``flag`` or
-    ``refuse``: what a study outside the pipeline's validated range gets).
+    A run copies ``calling_ae``, ``last_instance_at`` and ``instance_count``
+    from its round; its ``opened_at`` is when the rule asked for it.
     """
 
     id: int
-    kind: str
     study_instance_uid: str
     round: int
-    parent_id: int | None
     state: JobState
     calling_ae: str
     opened_at: float
@@ -77,17 +69,45 @@ class Job:
     attempts: int
     reason: str | None
     updated_at: float
-    pipeline: str | None = None
+    priority: int = 0
+    next_attempt_at: float | None = None
+    traceback: str | None = None
+    purged_at: float | None = None
+    held_at: float | None = None
+    """When an admin held the job: it is not routed, run or delivered until released."""
+    held_by: str | None = None
+    """Who held it."""
+
+
+@dataclass(frozen=True)
+class StudyRound(JobRecord):
+    """An assembly round of a study: RECEIVED → COMPLETE → ROUTED or DISCARDED.
+    A study sent again after its round completed opens the next round."""
+
+    kind: ClassVar[Literal["study"]] = "study"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Run(JobRecord):
+    """One pipeline run a rule asked for (ROUTED → RUNNING → RESULTS_WRITTEN →
+    ... → DONE); ``parent_id`` is its study round.
+
+    ``result_status`` (``preliminary`` or ``final``) and ``notify_after``
+    (``delivered`` or ``written``) come from its rule, and so do ``shadow`` (a
+    candidate pipeline's run beside the production one: its results are kept,
+    never delivered) and ``out_of_range`` (``flag`` or ``refuse``: what a study
+    outside the pipeline's validated range gets).
+    """
+
+    kind: ClassVar[Literal["run"]] = "run"
+    parent_id: int
+    pipeline: str
     series_instance_uid: str | None = None
     rule: str | None = None
     destinations: tuple[str, ...] = ()
     notify: tuple[str, ...] = ()
-    priority: int = 0
-    next_attempt_at: float | None = None
-    traceback: str | None = None
     result_dir: str | None = None
     outbox_dir: str | None = None
-    purged_at: float | None = None
     result_status: str = "preliminary"
     notify_after: str = "delivered"
     shadow: bool = False
@@ -98,10 +118,11 @@ class Job:
     """Until when the worker's claim holds unless renewed; past it the run is reclaimed."""
     queued_at: float | None = None
     """When the run was last sent to its pipeline's queue (``celery``)."""
-    held_at: float | None = None
-    """When an admin held the job: it is not routed, run or delivered until released."""
-    held_by: str | None = None
-    """Who held it."""
+
+
+Job: TypeAlias = StudyRound | Run
+"""A row of the job store: a study round or a run (tell them apart with
+``isinstance`` or by ``kind``)."""
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,10 @@ from dicomnode.jobs.models import (
     OutboxItem,
     PurgePlan,
     RecordOutcome,
+    Run,
     RunSpec,
     Study,
+    StudyRound,
     Transition,
 )
 from dicomnode.jobs.states import JobState
@@ -42,6 +44,7 @@ __all__ = [
     "OutboxReader",
     "RetentionStore",
     "RoutingStore",
+    "RunReader",
     "RunnerStore",
     "ShadowSource",
 ]
@@ -55,6 +58,14 @@ class JobReader(Protocol):
 
     def get_job(self, job_id: int) -> Job:
         """One job by id."""
+        ...
+
+
+class RunReader(Protocol):
+    """Reading one pipeline run by id."""
+
+    def get_run(self, job_id: int) -> Run:
+        """One run by id (a study round's id is not found)."""
         ...
 
 
@@ -141,7 +152,7 @@ class AssemblyStore(JobReader, Protocol):
         """The earliest time an open round becomes due, or ``None``."""
         ...
 
-    def open_rounds(self) -> list[Job]:
+    def open_rounds(self) -> list[StudyRound]:
         """Study rounds still RECEIVED, oldest first."""
         ...
 
@@ -186,11 +197,11 @@ class RoutingStore(JobLister, InputReader, Protocol):
         ...
 
 
-class RunnerStore(JobReader, InputReader, Protocol):
+class RunnerStore(JobReader, RunReader, InputReader, Protocol):
     """The store verbs the runner uses: claiming runs (here, or through a
     queue by leased workers) and recording their outcomes."""
 
-    def claim_runs(self, now: float, limit: int, claimant: str | None = None) -> list[Job]:
+    def claim_runs(self, now: float, limit: int, claimant: str | None = None) -> list[Run]:
         """Move due runs to RUNNING (recording ``claimant``) and return them."""
         ...
 
@@ -203,7 +214,7 @@ class RunnerStore(JobReader, InputReader, Protocol):
         messages: Sequence[ResultMessage] = (),
         *,
         claimant: str | None = None,
-    ) -> Job:
+    ) -> Run:
         """RUNNING → RESULTS_WRITTEN with its outbox rows (→ DONE with nowhere to
         deliver), from the run's holder only (a second completion is refused)."""
         ...
@@ -222,7 +233,7 @@ class RunnerStore(JobReader, InputReader, Protocol):
         *,
         claimant: str | None = None,
         expired_at: float | None = None,
-    ) -> Job:
+    ) -> Run:
         """RUNNING → FAILED_RETRYABLE (``retry_at``) or DEAD (``None``), from the
         run's holder only (or, with ``expired_at``, once its lease ran out)."""
         ...
@@ -232,7 +243,7 @@ class RunnerStore(JobReader, InputReader, Protocol):
         with the current time."""
         ...
 
-    def runs_to_queue(self, now: float, requeue_after: float, limit: int) -> list[Job]:
+    def runs_to_queue(self, now: float, requeue_after: float, limit: int) -> list[Run]:
         """Due runs not sent to their queue yet (or sent long ago, unclaimed)."""
         ...
 
@@ -240,7 +251,7 @@ class RunnerStore(JobReader, InputReader, Protocol):
         """Record that the run was sent to its queue."""
         ...
 
-    def claim_run(self, job_id: int, claimant: str, now: float, lease_seconds: float) -> Job | None:
+    def claim_run(self, job_id: int, claimant: str, now: float, lease_seconds: float) -> Run | None:
         """A worker's leased claim of one due run, or ``None`` when it is not due."""
         ...
 
@@ -248,7 +259,7 @@ class RunnerStore(JobReader, InputReader, Protocol):
         """Extend a held lease; ``False`` when the claimant lost the run."""
         ...
 
-    def expired_leases(self, now: float) -> list[Job]:
+    def expired_leases(self, now: float) -> list[Run]:
         """RUNNING runs whose lease ran out."""
         ...
 
@@ -257,7 +268,7 @@ class RunnerStore(JobReader, InputReader, Protocol):
         ...
 
 
-class ExportStore(JobReader, InputReader, OutboxReader, AuditWriter, Protocol):
+class ExportStore(JobReader, RunReader, InputReader, OutboxReader, AuditWriter, Protocol):
     """The store verbs export uses: delivering the runs' outboxes."""
 
     def start_exports(self) -> list[int]:
@@ -282,12 +293,12 @@ class ExportStore(JobReader, InputReader, OutboxReader, AuditWriter, Protocol):
         nothing was sent."""
         ...
 
-    def settle_exports(self) -> list[Job]:
+    def settle_exports(self) -> list[Run]:
         """EXPORTING runs with nothing PENDING: all DELIVERED → DONE, else → DEAD
         with the first delivery error. Return the runs that moved."""
         ...
 
-    def hold(self, job_id: int, reason: str) -> Job:
+    def hold(self, job_id: int, reason: str) -> Run:
         """Stop an EXPORTING run from being delivered (→ DEAD, rows DEAD)."""
         ...
 
@@ -338,12 +349,12 @@ class DescriptorSource(Protocol):
 class ShadowSource(Protocol):
     """The store verbs shadow comparison uses."""
 
-    def shadow_pairs(self) -> list[tuple[Job, Job]]:
+    def shadow_pairs(self) -> list[tuple[Run, Run]]:
         """Shadow runs with results whose agreement is not recorded yet, each
         with its production run once that has results too, oldest first."""
         ...
 
-    def record_agreement(self, production: Job, shadow: Job, document: str) -> None:
+    def record_agreement(self, production: Run, shadow: Run, document: str) -> None:
         """Keep the agreement of a shadow run with its production run (JSON);
         a second record for the same shadow run is ignored."""
         ...
@@ -364,6 +375,7 @@ class CorrectionSource(CorrectionReader, Protocol):
 
 class AdminStore(
     JobReader,
+    RunReader,
     JobLister,
     InputReader,
     OutboxReader,
@@ -388,11 +400,11 @@ class AdminStore(
         """How many jobs are in each state, by kind (``study`` or ``run``)."""
         ...
 
-    def replay(self, job_id: int, *, only_failed: bool = False) -> Job:
+    def replay(self, job_id: int, *, only_failed: bool = False) -> Run:
         """A DONE or DEAD run's deliveries back to PENDING, the run to RESULTS_WRITTEN."""
         ...
 
-    def retry(self, job_id: int) -> Job:
+    def retry(self, job_id: int) -> Run:
         """A DEAD or FAILED_RETRYABLE run back to ROUTED, attempts reset."""
         ...
 

@@ -46,8 +46,10 @@ from dicomnode.jobs.models import (
     OutboxItem,
     PurgePlan,
     RecordOutcome,
+    Run,
     RunSpec,
     Study,
+    StudyRound,
     Transition,
 )
 from dicomnode.jobs.states import (
@@ -313,31 +315,37 @@ _INSTANCE_COLUMNS = (
 
 
 def _job(row: Row) -> Job:
-    return Job(
-        id=row["id"],
-        kind=row["kind"],
-        study_instance_uid=row["study_instance_uid"],
-        round=row["round"],
+    common = {
+        "id": row["id"],
+        "study_instance_uid": row["study_instance_uid"],
+        "round": row["round"],
+        "state": JobState(row["state"]),
+        "calling_ae": row["calling_ae"],
+        "opened_at": row["opened_at"],
+        "last_instance_at": row["last_instance_at"],
+        "instance_count": row["instance_count"],
+        "attempts": row["attempts"],
+        "reason": row["reason"],
+        "updated_at": row["updated_at"],
+        "priority": row["priority"],
+        "next_attempt_at": row["next_attempt_at"],
+        "traceback": row["traceback"],
+        "purged_at": row["purged_at"],
+        "held_at": row["held_at"],
+        "held_by": row["held_by"],
+    }
+    if row["kind"] == StudyRound.kind:
+        return StudyRound(**common)
+    return Run(
+        **common,
         parent_id=row["parent_id"],
-        state=JobState(row["state"]),
-        calling_ae=row["calling_ae"],
-        opened_at=row["opened_at"],
-        last_instance_at=row["last_instance_at"],
-        instance_count=row["instance_count"],
-        attempts=row["attempts"],
-        reason=row["reason"],
-        updated_at=row["updated_at"],
         pipeline=row["pipeline"],
         series_instance_uid=row["series_instance_uid"],
         rule=row["rule"],
         destinations=tuple(json.loads(row["destinations"])),
         notify=tuple(json.loads(row["notify"])),
-        priority=row["priority"],
-        next_attempt_at=row["next_attempt_at"],
-        traceback=row["traceback"],
         result_dir=row["result_dir"],
         outbox_dir=row["outbox_dir"],
-        purged_at=row["purged_at"],
         result_status=row["result_status"],
         notify_after=row["notify_after"],
         shadow=bool(row["shadow"]),
@@ -345,9 +353,19 @@ def _job(row: Row) -> Job:
         claimed_by=row["claimed_by"],
         lease_until=row["lease_until"],
         queued_at=row["queued_at"],
-        held_at=row["held_at"],
-        held_by=row["held_by"],
     )
+
+
+def _round(row: Row) -> StudyRound:
+    job = _job(row)
+    assert isinstance(job, StudyRound), "selected by kind = 'study'"
+    return job
+
+
+def _run(row: Row) -> Run:
+    job = _job(row)
+    assert isinstance(job, Run), "selected by kind = 'run'"
+    return job
 
 
 def _outbox_item(row: Row) -> OutboxItem:
@@ -921,6 +939,13 @@ class SQLJobStore:
             raise NotFoundError(f"no job {job_id}")
         return _job(rows[0])
 
+    def get_run(self, job_id: int) -> Run:
+        """See :meth:`dicomnode.jobs.store.JobStore.get_run`."""
+        job = self.get_job(job_id)
+        if not isinstance(job, Run):
+            raise NotFoundError(f"job {job_id} is a study round, not a pipeline run")
+        return job
+
     def jobs(
         self, *, study_instance_uid: str | None = None, state: JobState | None = None
     ) -> list[Job]:
@@ -1037,13 +1062,13 @@ class SQLJobStore:
 
     # -- assembly with per-study timing ----------------------------------
 
-    def open_rounds(self) -> list[Job]:
+    def open_rounds(self) -> list[StudyRound]:
         """Every study round still receiving (RECEIVED), oldest first."""
         rows = self._read(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE kind = 'study' AND state = ? ORDER BY id",
             (str(JobState.RECEIVED),),
         )
-        return [_job(row) for row in rows]
+        return [_round(row) for row in rows]
 
     def complete_round(
         self, job_id: int, now: float, quiet_seconds: float, max_wait_seconds: float
@@ -1152,7 +1177,7 @@ class SQLJobStore:
 
     # -- runner ----------------------------------------------------------
 
-    def claim_runs(self, now: float, limit: int, claimant: str | None = None) -> list[Job]:
+    def claim_runs(self, now: float, limit: int, claimant: str | None = None) -> list[Run]:
         """Move up to ``limit`` runs that are ROUTED, or FAILED_RETRYABLE and
         due, to RUNNING (highest priority first) and return them; ``claimant``
         (the node that runs them, without a lease) is recorded as their holder,
@@ -1178,7 +1203,7 @@ class SQLJobStore:
                 )
                 self._add_transition(cur, row["id"], current, JobState.RUNNING, now, None)
                 claimed.append(int(row["id"]))
-        return [self.get_job(job_id) for job_id in claimed]
+        return [self.get_run(job_id) for job_id in claimed]
 
     def finish_run(
         self,
@@ -1189,7 +1214,7 @@ class SQLJobStore:
         messages: Sequence[ResultMessage] = (),
         *,
         claimant: str | None = None,
-    ) -> Job:
+    ) -> Run:
         """RUNNING → RESULTS_WRITTEN with the run's outbox, in one transaction;
         on to DONE when the run has nowhere to deliver to.
 
@@ -1304,7 +1329,7 @@ class SQLJobStore:
                 self._add_transition(
                     cur, job_id, JobState.RESULTS_WRITTEN, JobState.DONE, now, reason
                 )
-        return self.get_job(job_id)
+        return self.get_run(job_id)
 
     def notified_before(self, job_id: int) -> set[str]:
         """The notify destinations of a run that already received a result of
@@ -1337,7 +1362,7 @@ class SQLJobStore:
         *,
         claimant: str | None = None,
         expired_at: float | None = None,
-    ) -> Job:
+    ) -> Run:
         """RUNNING → FAILED_RETRYABLE (due again at ``retry_at``) or, when
         ``retry_at`` is ``None``, → DEAD. The traceback is kept on the job.
 
@@ -1371,7 +1396,7 @@ class SQLJobStore:
                 (str(target), now, reason, traceback, retry_at, job_id),
             )
             self._add_transition(cur, job_id, current, target, now, reason)
-        return self.get_job(job_id)
+        return self.get_run(job_id)
 
     def outbox(self, job_id: int) -> list[OutboxItem]:
         """The delivery rows of one run."""
@@ -1382,7 +1407,7 @@ class SQLJobStore:
 
     # -- runs on workers elsewhere: queue and leases (schema version 7) ----
 
-    def runs_to_queue(self, now: float, requeue_after: float, limit: int) -> list[Job]:
+    def runs_to_queue(self, now: float, requeue_after: float, limit: int) -> list[Run]:
         """Runs to send to their pipeline's queue, highest priority first: ROUTED,
         or FAILED_RETRYABLE and due, and not sent yet, or sent ``requeue_after``
         seconds ago or more without a worker claiming them (the message was
@@ -1401,25 +1426,30 @@ class SQLJobStore:
                 limit,
             ),
         )
-        return [_job(row) for row in rows]
+        return [_run(row) for row in rows]
 
     def mark_queued(self, job_id: int, now: float) -> None:
         """Record that the run was sent to its queue at ``now``."""
         with self._write() as cur:
             cur.execute("UPDATE jobs SET queued_at = ? WHERE id = ?", (now, job_id))
 
-    def claim_run(self, job_id: int, claimant: str, now: float, lease_seconds: float) -> Job | None:
+    def claim_run(self, job_id: int, claimant: str, now: float, lease_seconds: float) -> Run | None:
         """A worker's claim of the run a message named: ROUTED, or
         FAILED_RETRYABLE and due, → RUNNING, held by ``claimant`` until
         ``now + lease_seconds``, attempts counted. Return the run, or ``None``
         when it is not there to claim (another worker holds it, it finished,
         it is waiting out its backoff, or it is no run): a message delivered
         twice then does nothing.
+
+        The row is locked waiting, not skipped when locked: whoever holds it
+        (a receiver marking the run queued, another worker's claim) holds it
+        for one short transaction, and a message dropped because of it would
+        leave the run for ``requeue_seconds``.
         """
         with self._claim() as cur:
             row = cur.execute(
                 "SELECT state, next_attempt_at, purged_at, held_at FROM jobs "
-                f"WHERE id = ? AND kind = 'run'{cur.for_update(skip_locked=True)}",
+                f"WHERE id = ? AND kind = 'run'{cur.for_update()}",
                 (job_id,),
             ).fetchone()
             if row is None or row["purged_at"] is not None or row["held_at"] is not None:
@@ -1437,7 +1467,7 @@ class SQLJobStore:
                 (str(JobState.RUNNING), now, claimant, now + lease_seconds, job_id),
             )
             self._add_transition(cur, job_id, current, JobState.RUNNING, now, f"on {claimant}")
-        return self.get_job(job_id)
+        return self.get_run(job_id)
 
     def renew_lease(self, job_id: int, claimant: str, until: float) -> bool:
         """Extend ``claimant``'s lease of a RUNNING run to ``until``; ``False``
@@ -1449,14 +1479,14 @@ class SQLJobStore:
             )
             return cur.rowcount == 1
 
-    def expired_leases(self, now: float) -> list[Job]:
+    def expired_leases(self, now: float) -> list[Run]:
         """RUNNING runs whose worker's lease ran out before ``now``."""
         rows = self._read(
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE kind = 'run' AND state = ? "
             "AND claimed_by IS NOT NULL AND lease_until < ? ORDER BY id",
             (str(JobState.RUNNING), now),
         )
-        return [_job(row) for row in rows]
+        return [_run(row) for row in rows]
 
     # -- export ----------------------------------------------------------
 
@@ -1513,7 +1543,7 @@ class SQLJobStore:
                 [(state, step, error, next_attempt_at, now, item_id) for item_id in item_ids],
             )
 
-    def settle_exports(self) -> list[Job]:
+    def settle_exports(self) -> list[Run]:
         """EXPORTING runs with nothing PENDING: all DELIVERED → DONE, else → DEAD
         with the first delivery error. Return the runs that moved."""
         now = self._now()
@@ -1538,9 +1568,9 @@ class SQLJobStore:
                 )
                 self._add_transition(cur, row["id"], JobState.EXPORTING, target, now, reason)
                 moved.append(int(row["id"]))
-        return [self.get_job(job_id) for job_id in moved]
+        return [self.get_run(job_id) for job_id in moved]
 
-    def hold(self, job_id: int, reason: str) -> Job:
+    def hold(self, job_id: int, reason: str) -> Run:
         """Stop an EXPORTING run from being delivered (→ DEAD, rows DEAD)."""
         now = self._now()
         with self._write() as cur:
@@ -1557,7 +1587,7 @@ class SQLJobStore:
                 (str(JobState.DEAD), now, reason, job_id),
             )
             self._add_transition(cur, job_id, current, JobState.DEAD, now, reason)
-        return self.get_job(job_id)
+        return self.get_run(job_id)
 
     def requeue_orphans(self, reason: str, claimant: str | None = None) -> list[int]:
         """Runs left RUNNING by a stopped node become FAILED_RETRYABLE, due now.
@@ -1586,7 +1616,7 @@ class SQLJobStore:
                 )
         return [int(row["id"]) for row in rows]
 
-    def replay(self, job_id: int, *, only_failed: bool = False) -> Job:
+    def replay(self, job_id: int, *, only_failed: bool = False) -> Run:
         """Deliver a finished run's results again: its outbox rows (only the
         DEAD ones with ``only_failed``) go back to PENDING with attempts reset,
         and the run back to RESULTS_WRITTEN for the export stage.
@@ -1620,9 +1650,9 @@ class SQLJobStore:
                 (str(JobState.RESULTS_WRITTEN), now, reason, job_id),
             )
             self._add_transition(cur, job_id, current, JobState.RESULTS_WRITTEN, now, reason)
-        return self.get_job(job_id)
+        return self.get_run(job_id)
 
-    def retry(self, job_id: int) -> Job:
+    def retry(self, job_id: int) -> Run:
         """A hand retry. A run that failed while delivering has its failed
         deliveries replayed (see :meth:`replay`); a run that failed before
         goes back to ROUTED with its attempts reset, and so does one whose
@@ -1662,7 +1692,7 @@ class SQLJobStore:
                 (str(JobState.ROUTED), now, reason, job_id),
             )
             self._add_transition(cur, job_id, current, JobState.ROUTED, now, reason)
-        return self.get_job(job_id)
+        return self.get_run(job_id)
 
     # -- retention -------------------------------------------------------
 
@@ -1762,7 +1792,11 @@ class SQLJobStore:
                 ids,
             ).fetchall()
         folders = dict.fromkeys(
-            folder for job in jobs for folder in (job.result_dir, job.outbox_dir) if folder
+            folder
+            for job in jobs
+            if isinstance(job, Run)
+            for folder in (job.result_dir, job.outbox_dir)
+            if folder
         )
         return PurgePlan(
             study_instance_uid=study_instance_uid,
@@ -1916,7 +1950,7 @@ class SQLJobStore:
 
     # -- shadow mode, corrections, promotions (schema version 6) ----------
 
-    def shadow_pairs(self) -> list[tuple[Job, Job]]:
+    def shadow_pairs(self) -> list[tuple[Run, Run]]:
         """Shadow runs with results whose agreement is not recorded yet, each
         with its production run (same round, rule and series) once that has
         results too, oldest first.
@@ -1934,9 +1968,9 @@ class SQLJobStore:
             "AND NOT EXISTS (SELECT 1 FROM shadow_agreement a WHERE a.shadow_job_id = s.id) "
             "ORDER BY s.id"
         )
-        return [(self.get_job(r["production"]), self.get_job(r["shadow"])) for r in rows]
+        return [(self.get_run(r["production"]), self.get_run(r["shadow"])) for r in rows]
 
-    def record_agreement(self, production: Job, shadow: Job, document: str) -> None:
+    def record_agreement(self, production: Run, shadow: Run, document: str) -> None:
         """Keep the agreement of a shadow run with its production run (JSON);
         a second record for the same shadow run is ignored."""
         with self._write() as cur:
@@ -1946,8 +1980,8 @@ class SQLJobStore:
                 "json) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (
                     shadow.rule or "",
-                    production.pipeline or "",
-                    shadow.pipeline or "",
+                    production.pipeline,
+                    shadow.pipeline,
                     production.id,
                     shadow.id,
                     shadow.study_instance_uid,

@@ -34,7 +34,7 @@ from celery.signals import worker_ready
 from dicomnode.config.destinations import Destination
 from dicomnode.config.schema import RunnerConfig
 from dicomnode.errors import InputError, JobStoreError, LeaseLostError
-from dicomnode.jobs.models import Job
+from dicomnode.jobs.models import Run
 from dicomnode.jobs.ports import RunnerStore
 from dicomnode.runner.broker import TASK_NAME, celery_app, queue_name
 from dicomnode.runner.pool import WorkerPool
@@ -225,9 +225,8 @@ class CeleryWorker:
             return "lease lost"
         return "recorded"
 
-    def _start(self, job: Job, pool: WorkerPool) -> Outcome | None:
+    def _start(self, job: Run, pool: WorkerPool) -> Outcome | None:
         """Hand the run to the slot's worker process; an outcome when it cannot start."""
-        assert job.pipeline is not None
         if job.pipeline not in self.registry or job.pipeline not in self.pipelines:
             return Outcome(
                 job.id,
@@ -247,7 +246,7 @@ class CeleryWorker:
         pool.submit(task, timeout_for(self.config, job.pipeline))
         return None
 
-    def _wait(self, job: Job, claimant: str, pool: WorkerPool) -> Outcome | None:
+    def _wait(self, job: Run, claimant: str, pool: WorkerPool) -> Outcome | None:
         """The run's outcome, renewing the lease meanwhile; ``None`` when the
         lease was lost (the run is stopped: it is someone else's now)."""
         renew_every = self.lease_seconds / 3

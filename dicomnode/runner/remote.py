@@ -113,14 +113,14 @@ class RemoteRunner:
             except LeaseLostError:
                 continue  # renewed or finished meanwhile
         for job in self.store.runs_to_queue(now, self.celery.requeue_seconds, BATCH):
-            if not self._send(job.id, job.pipeline or ""):
+            if not self._send(job.id, job.pipeline):
                 return
             self.store.mark_queued(job.id, now)
             LOGGER.info(
                 "job %d: %s sent to queue %s%s",
                 job.id,
                 job.pipeline,
-                queue_name(job.pipeline or ""),
+                queue_name(job.pipeline),
                 "" if job.queued_at is None else " again (not claimed)",
                 extra={"study_uid": job.study_instance_uid, "job_id": job.id},
             )

@@ -17,7 +17,7 @@ from pathlib import Path
 from dicomnode.config.destinations import Destination, HL7Destination
 from dicomnode.config.schema import RunnerConfig
 from dicomnode.errors import InputError, JobStoreError
-from dicomnode.jobs.models import Job
+from dicomnode.jobs.models import Run
 from dicomnode.jobs.ports import RunnerStore
 from dicomnode.protocol import NotificationTarget
 from dicomnode.runner.worker import Outcome, Task
@@ -50,7 +50,7 @@ def result_dir(results_root: Path, job_id: int) -> Path:
 
 def build_task(
     store: RunnerStore,
-    job: Job,
+    job: Run,
     *,
     results_root: Path,
     outbox_root: Path | None,
@@ -65,7 +65,6 @@ def build_task(
     InputError
         The input series has no instances (any more).
     """
-    assert job.pipeline is not None and job.parent_id is not None
     records = store.instances_of(job.parent_id)
     files = tuple(
         record.path for record in records if record.series_instance_uid == job.series_instance_uid
@@ -86,7 +85,7 @@ def build_task(
     )
 
 
-def _outbox_dir(outbox_root: Path | None, job: Job) -> str | None:
+def _outbox_dir(outbox_root: Path | None, job: Run) -> str | None:
     """Where the run's objects go: ``<outbox_root>/job-<id>``, or for a
     shadow run (kept, never delivered) ``<outbox_root>/shadow/job-<id>``."""
     if outbox_root is None:
@@ -96,7 +95,7 @@ def _outbox_dir(outbox_root: Path | None, job: Job) -> str | None:
 
 
 def _notifications(
-    store: RunnerStore, job: Job, destinations: Mapping[str, Destination]
+    store: RunnerStore, job: Run, destinations: Mapping[str, Destination]
 ) -> tuple[NotificationTarget, ...]:
     """The HL7 receivers the run notifies, with their message headers; a
     receiver that already got a result of the same study, series and
@@ -163,7 +162,7 @@ def record_outcome(
         ``claimant`` does not hold the run (any more), or the run already
         recorded an outcome: nothing was recorded.
     """
-    job = store.get_job(outcome.job_id)
+    job = store.get_run(outcome.job_id)
     extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
     if outcome.ok:
         done = store.finish_run(
@@ -177,11 +176,11 @@ def record_outcome(
         LOGGER.info("job %d: %s finished, now %s", job.id, job.pipeline, done.state, extra=extra)
         if outcome.descriptors is not None:
             try:
-                store.record_descriptors(job.id, job.pipeline or "", outcome.descriptors)
+                store.record_descriptors(job.id, job.pipeline, outcome.descriptors)
             except JobStoreError as exc:  # monitoring must not hold up delivery
                 LOGGER.warning("job %d: descriptors not kept: %s", job.id, exc, extra=extra)
         return "ok"
-    pipeline = job.pipeline or ""
+    pipeline = job.pipeline
     attempts_left = max_attempts_for(config, pipeline) - job.attempts
     if outcome.permanent or attempts_left <= 0:
         store.fail_run(

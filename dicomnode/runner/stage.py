@@ -18,7 +18,7 @@ from pathlib import Path
 from dicomnode.config.destinations import Destination
 from dicomnode.config.schema import RunnerConfig
 from dicomnode.errors import InputError, JobStoreError
-from dicomnode.jobs.models import Job
+from dicomnode.jobs.models import Run
 from dicomnode.jobs.ports import RunnerStore
 from dicomnode.metrics import RunMetrics
 from dicomnode.protocol import ResultWriter
@@ -209,8 +209,7 @@ class Runner:
             for job in self.store.claim_runs(self.clock(), idle, self.claimant):
                 self._dispatch(job)
 
-    def _dispatch(self, job: Job) -> None:
-        assert job.pipeline is not None
+    def _dispatch(self, job: Run) -> None:
         extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
         if job.pipeline not in self.registry:
             known = ", ".join(self.registry.names()) or "none"

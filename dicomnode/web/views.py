@@ -9,7 +9,7 @@ import statistics
 import time
 
 from dicomnode.admin import Admin
-from dicomnode.jobs import JobState
+from dicomnode.jobs import JobState, Run
 from dicomnode.web.models import Dashboard
 
 __all__ = [
@@ -31,7 +31,7 @@ def _latency(admin: Admin, since: float) -> dict[str, dict[str, float]]:
     """Per pipeline, seconds from routed to done of the runs done since ``since``."""
     seconds: dict[str, list[float]] = {}
     for job in admin.store.jobs(state=JobState.DONE):
-        if job.kind != "run" or job.updated_at < since or job.pipeline is None:
+        if not isinstance(job, Run) or job.updated_at < since:
             continue
         history = admin.store.history(job.id)
         if history:

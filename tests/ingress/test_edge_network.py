@@ -30,7 +30,11 @@ from tests.helpers import (
     wait_for,
 )
 
-pytestmark = pytest.mark.peers
+pytestmark = [
+    pytest.mark.peers,
+    # an exception that ends one of pynetdicom's threads fails the test, not just a warning
+    pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning"),
+]
 
 #: An A-ASSOCIATE-RQ header announcing a 4 GiB body.
 HUGE_RQ_HEADER = b"\x01\x00\xff\xff\xff\xff"

@@ -3,13 +3,16 @@ outcome per claim, so a run executed twice is delivered once."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from dicomnode.errors import IllegalTransitionError, LeaseLostError
 from dicomnode.jobs import JobState, RunSpec, SQLiteJobStore
 from dicomnode.protocol import ResultObject
+from tests.helpers import wait_for
 from tests.jobs.test_store import MAX_WAIT, QUIET, STUDY, Clock, record
 
 SEG = ResultObject("SEG", "1.2.840.10008.5.1.4.1.1.66.4", "9.1", STUDY, "9.2", Path("/o/s"))
@@ -125,3 +128,35 @@ def test_runs_are_queued_once_and_again_only_when_unclaimed_for_long(
     store.fail_run(run, "boom", None, clock.now + 5, claimant="w1#0")
     assert store.runs_to_queue(clock.now, 60, 10) == []  # not due yet
     assert [j.id for j in store.runs_to_queue(clock.now + 5, 60, 10)] == [run]
+
+
+@pytest.mark.postgres
+def test_a_claim_waits_for_a_row_another_transaction_holds(postgres_url: str, clock: Clock) -> None:
+    """A worker's message arrives while a receiver's transaction holds the run's
+    row (marking it queued a second time): the claim waits for it and takes the
+    run, instead of dropping the message and leaving the run to be queued again
+    minutes later."""
+    store = SQLiteJobStore(postgres_url, clock=clock)
+    run = routed(store, clock)
+    engine = sa.create_engine(postgres_url)
+    claimed: list[object] = []
+    try:
+        with engine.connect() as holder, engine.connect() as observer:
+            holder.execute(sa.text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": run})
+            claim = threading.Thread(
+                target=lambda: claimed.append(store.claim_run(run, "w1#0", clock.now, LEASE))
+            )
+            claim.start()
+
+            def blocked() -> bool:
+                assert not claimed, "the claim returned while another transaction held the row"
+                query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                return bool(observer.execute(sa.text(query)).scalar())
+
+            wait_for(blocked, 30, "the claim to wait for the row lock")
+            holder.rollback()
+            claim.join(30)
+    finally:
+        engine.dispose()
+    (held,) = claimed
+    assert held is not None and held.state == JobState.RUNNING

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from dicomnode.errors import IllegalTransitionError, NotFoundError
-from dicomnode.jobs import TRANSITIONS, InstanceRecord, JobState, RunSpec, SQLiteJobStore
+from dicomnode.jobs import (
+    TRANSITIONS,
+    InstanceRecord,
+    JobState,
+    Run,
+    RunSpec,
+    SQLiteJobStore,
+    StudyRound,
+)
 from dicomnode.protocol import ResultMessage, ResultObject
 
 STUDY = "1.2.826.0.1.1"
@@ -191,7 +199,7 @@ def test_a_database_from_before_retention_gets_its_columns(tmp_path: Path) -> No
         columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
     assert {"purged_at", "outbox_dir"} <= columns
     job = reopened.get_job(job_id)
-    assert (job.state, job.purged_at, job.outbox_dir) == (JobState.RECEIVED, None, None)
+    assert (job.state, job.purged_at) == (JobState.RECEIVED, None)
     assert reopened.expired_studies(10_000.0) == []  # a RECEIVED round is never expired
 
 
@@ -206,6 +214,33 @@ def _run(store: SQLiteJobStore, clock: Clock, sop: str) -> int:
     (run_id,) = store.route(round_id, [spec], "matched")
     store.claim_runs(clock.now, 1)
     return run_id
+
+
+def test_a_round_and_a_run_come_back_as_their_own_records(
+    store: SQLiteJobStore, clock: Clock
+) -> None:
+    """A study round is a StudyRound, a run a Run carrying its pipeline and
+    round; asking for a round as a run names what it is."""
+    run_id = _run(store, clock, "1.1")
+    (run, round_) = store.jobs(study_instance_uid=STUDY)
+    assert isinstance(round_, StudyRound) and round_.kind == "study"
+    assert isinstance(run, Run) and run.kind == "run"
+    assert (run.id, run.parent_id, run.pipeline, run.rule) == (
+        run_id,
+        round_.id,
+        "ct-lung",
+        "lungs",
+    )
+    assert (run.destinations, run.notify, run.result_status) == (
+        ("pacs",),
+        ("ris", "gone"),
+        "final",
+    )
+    assert not hasattr(round_, "pipeline")
+    assert store.get_run(run_id) == run
+    with pytest.raises(NotFoundError, match="study round, not a pipeline run"):
+        store.get_run(round_.id)
+    assert [j.id for j in store.open_rounds()] == []
 
 
 def test_the_outbox_holds_what_the_writer_made(store: SQLiteJobStore, clock: Clock) -> None:

@@ -121,7 +121,13 @@ def test_a_study_pushed_half_to_each_receiver_is_assembled_run_and_delivered_onc
                 assert sent.returncode == 0, sent.stderr
                 assert store_statuses(sent.stderr) == ["Success"] * (SLICES // 2), sent.stderr
 
-        jobs = wait_for(run_done(a, series.study_uid), 120, "the study's run DONE", interval=0.5)
+        try:
+            jobs = wait_for(run_done(a, series.study_uid), 120, "the study's run DONE", 0.5)
+        except AssertionError as exc:
+            logs = [(f"receiver {n.config_path.stem}", n.log()) for n in (a, b)]
+            logs += [("worker w1", worker.log())] if worker else []
+            told = "\n".join(f"--- {name}, last lines:\n{text[-3000:]}" for name, text in logs)
+            raise AssertionError(f"{exc}\njobs: {a.jobs(series.study_uid)}\n{told}") from None
         rounds = [j for j in jobs if j["kind"] == "study"]
         runs = [j for j in jobs if j["kind"] == "run"]
         assert [(r["round"], r["instance_count"]) for r in rounds] == [(1, SLICES)], jobs
