@@ -11,6 +11,9 @@ On loopback, each with its own free ports and temporary directory:
   to the PACS and a notification to the RIS; assembly ``quiet_seconds`` from ``--quiet``
   (2 s), the stages' polling at the node's defaults (``--poll`` sets it: hand-offs are
   signalled, polling is only the fallback), ``runner.device: auto`` (CUDA when there is one).
+  The push starts once ``/metrics`` counts the runner's worker warm (pipeline loaded, result
+  writer warmed up): a node runs for days, and only the first study after a start would wait
+  for that.
 
 A synthetic CT (default 256 slices of 512x512) is pushed with DCMTK ``storescu`` over one
 association. The benchmark waits until the run job is DONE, then checks what a user would:
@@ -23,7 +26,7 @@ Every span comes from the node's job store (the study round's ``last_instance_at
 timestamped state transitions, the outbox rows' ``updated_at``) or from the worker's
 ``result.json`` ``timings``; nothing is timed from outside. "runner, rest" is the part of
 RUNNING → RESULTS_WRITTEN the worker's timings do not cover: handing the task to the worker,
-loading the pipeline on its first use, recording the outcome. HL7 is sent after the PACS
+checking the input, recording the outcome. HL7 is sent after the PACS
 delivery in the same export pass, so its span (from EXPORTING) includes the PACS span.
 The target line counts as overhead everything between the last instance received and DONE
 except the pipeline's compute and the configured quiet period (the quiet period's overshoot
@@ -74,6 +77,7 @@ from peers import (
     table,
     tail,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from dicomnode.synthetic import write_ct_series
 
@@ -248,6 +252,7 @@ class Node:
         self.log = workdir / "node.log"
         self.data = workdir / "data"
         self.port = free_port()
+        self.metrics_port = free_port()
         self.quiet = quiet
         self.pacs_port = pacs_port
         self.ris_port = ris_port
@@ -293,6 +298,7 @@ class Node:
                 },
             },
             "export": dict(polling),
+            "metrics": {"enabled": True, "host": "127.0.0.1", "port": self.metrics_port},
             "logging": {"level": "WARNING"},
         }
 
@@ -303,6 +309,25 @@ class Node:
         argv = [sys.executable, "-m", "dicomnode", "serve", "-c", str(path)]
         self.proc = start(argv, self.log, self.workdir)
         wait_until(lambda: echo(NODE_AET, self.port), self.proc, "the node", self.log)
+        # a node runs for days: its workers load the pipeline and warm up the result
+        # writer once, at start; the first study after a start would wait for that
+        wait_until(self.workers_warm, self.proc, "the node's workers", self.log)
+
+    def workers_warm(self) -> bool:
+        """Whether ``/metrics`` counts no worker ``warming`` any more."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+        except (urllib.error.URLError, OSError):
+            return False
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "dicomnode_runner_workers" and sample.labels == {
+                    "state": "warming"
+                }:
+                    return sample.value == 0
+        return False
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -515,7 +540,7 @@ def report(record: Record, quiet: float) -> tuple[list[list[str]], str]:
             "runner, rest",
             "RUNNING → RESULTS_WRITTEN, rest",
             run_at["RESULTS_WRITTEN"] - run_at["RUNNING"] - worker,
-            "hand-off, worker start-up left, recording",
+            "hand-off, input checks, recording",
         ),
         row("export start", "RESULTS_WRITTEN → EXPORTING", exporting - run_at["RESULTS_WRITTEN"]),
         row("export to PACS", "EXPORTING → pacs rows DELIVERED", pacs_done - exporting),

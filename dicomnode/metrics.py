@@ -257,6 +257,9 @@ class NodeCollector(Collector):
     drift : callable, optional
         Returns the drift source, or ``None`` while drift checks are off
         (``dicomnode_drift_moved``).
+    workers : callable, optional
+        Returns the local runner's workers per state (``warm``, ``warming``),
+        or ``None`` when this node runs no workers (``dicomnode_runner_workers``).
     """
 
     def __init__(
@@ -264,10 +267,12 @@ class NodeCollector(Collector):
         store: StateCounter | None = None,
         free_bytes: Callable[[], int] | None = None,
         drift: Callable[[], DriftSource | None] | None = None,
+        workers: Callable[[], Mapping[str, int] | None] | None = None,
     ) -> None:
         self.store = store
         self.free_bytes = free_bytes
         self.drift = drift
+        self.workers = workers
 
     def collect(self) -> Iterable[Metric]:
         """The gauges; one whose source cannot be read now is left out."""
@@ -294,6 +299,17 @@ class NodeCollector(Collector):
                 yield GaugeMetricFamily(
                     "dicomnode_spool_free_bytes", "Free bytes on the spool's disk.", value=free
                 )
+        states = self.workers() if self.workers is not None else None
+        if states is not None:
+            workers = GaugeMetricFamily(
+                "dicomnode_runner_workers",
+                "The local runner's worker processes, per state: warm (pipelines loaded, "
+                "result writer warmed up) or warming (a run given to it waits for that).",
+                labels=["state"],
+            )
+            for state, count in sorted(states.items()):
+                workers.add_metric([state], count)
+            yield workers
         source = self.drift() if self.drift is not None else None
         if source is not None:
             moved = GaugeMetricFamily(

@@ -571,9 +571,20 @@ class Node:
                 store=self.store,
                 free_bytes=self.spool.free_bytes if self.spool is not None else None,
                 drift=lambda: self.drift,
+                workers=self._worker_states,
             )
         )
         return metrics
+
+    def _worker_states(self) -> dict[str, int] | None:
+        """The local runner's workers per state; all ``warming`` until the
+        runner started them; ``None`` when this node runs no workers."""
+        runner = self.settings.runner
+        if not runner.enabled or runner.executor == "celery":
+            return None
+        if self.runner is None:
+            return {"warm": 0, "warming": runner.workers}
+        return self.runner.worker_states()
 
     def _start_ops(self) -> None:
         """Serve /metrics, /healthz and /readyz when ``metrics.enabled``."""

@@ -31,6 +31,7 @@ from tests.helpers import (
     storescu,
     wait_for,
 )
+from tests.runner.faulty import LOAD_GATE_ENV
 from tests.test_cli import dicomnode
 
 pytestmark = [pytest.mark.peers]
@@ -227,6 +228,46 @@ def test_readyz_names_the_disk_below_its_floor(
     assert "floor 1073741824 MiB" in report["checks"]["disk"]["detail"]
     assert report["checks"]["job_store"]["ok"] and report["checks"]["ingress"]["ok"]
     assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+
+
+def test_runner_workers_count_warm_once_their_pipelines_are_loaded(
+    node_process: Callable[..., NodeProcess], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose pipeline is still loading counts ``warming``; once the
+    load ends and the writer warmed up it counts ``warm``."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv(LOAD_GATE_ENV, str(gate))
+    config, port = metrics_node(
+        tmp_path,
+        runner={
+            "enabled": True,
+            "workers": 1,
+            "device": "cpu",
+            "threads": 1,
+            "plugins": ["tests.runner.faulty:LoadGated"],
+            "models_dir": str(tmp_path / "models"),
+        },
+        routing={
+            "rules": [
+                {
+                    "name": "gated",
+                    "match": {"series": {"Modality": {"equals": "CT"}}},
+                    "pipeline": "test-load-gated",
+                }
+            ]
+        },
+    )
+    node_process(config)
+    found = samples(port)
+    assert value(found, "dicomnode_runner_workers", state="warming") == 1
+    assert value(found, "dicomnode_runner_workers", state="warm") == 0
+    gate.touch()
+    wait_for(
+        lambda: value(samples(port), "dicomnode_runner_workers", state="warm") == 1,
+        60,
+        "the worker to count warm",
+    )
+    assert value(samples(port), "dicomnode_runner_workers", state="warming") == 0
 
 
 @pytest.mark.slow

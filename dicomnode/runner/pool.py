@@ -17,7 +17,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from dicomnode.errors import RunnerError
-from dicomnode.runner.worker import Outcome, Task, WorkerSettings, worker_main
+from dicomnode.runner.worker import WARM, Outcome, Task, WorkerSettings, worker_main
 
 LOGGER = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ class _Slot:
     device: str
     task: Task | None = None
     deadline: float = 0.0
+    warm: bool = False
+    """The worker loaded its pipelines and warmed up its writer."""
 
 
 class WorkerPool:
@@ -98,6 +100,11 @@ class WorkerPool:
         that died is replaced at the runner's next poll."""
         return bool(self._slots) and all(slot.process.is_alive() for slot in self._slots)
 
+    def warm(self) -> int:
+        """How many workers have loaded their pipelines and warmed up their
+        result writer (a task given to one that has not waits for that)."""
+        return sum(1 for slot in self._slots if slot.warm)
+
     def idle(self) -> int:
         """How many workers are free."""
         return sum(1 for slot in self._slots if slot.task is None)
@@ -107,13 +114,32 @@ class WorkerPool:
         return [slot.task for slot in self._slots if slot.task is not None]
 
     def waitables(self) -> list[Any]:
-        """What becomes ready when a busy worker answers or dies: its pipe and
-        its process sentinel (for :func:`multiprocessing.connection.wait`)."""
+        """What becomes ready when a busy worker answers or dies, or a
+        starting one reports it is warm: its pipe and its process sentinel (for
+        :func:`multiprocessing.connection.wait`)."""
         ready: list[Any] = []
         for slot in self._slots:
-            if slot.task is not None:
+            if slot.task is not None or not slot.warm:
                 ready.extend((slot.conn, slot.process.sentinel))
         return ready
+
+    @staticmethod
+    def _receive(slot: _Slot) -> Outcome | None:
+        """The worker's outcome when it sent one; notes its warm message on
+        the way.
+
+        Raises
+        ------
+        EOFError, OSError
+            The pipe is closed (the worker died).
+        """
+        while slot.conn.poll():
+            received = slot.conn.recv()
+            if isinstance(received, Outcome):
+                return received
+            if received == WARM:
+                slot.warm = True
+        return None
 
     def submit(self, task: Task, timeout: float) -> None:
         """Give ``task`` to a free worker; it must finish within ``timeout`` s."""
@@ -139,6 +165,11 @@ class WorkerPool:
         for slot in list(self._slots):
             task = slot.task
             if task is None:
+                if slot.process.is_alive() and not slot.warm:
+                    try:
+                        self._receive(slot)
+                    except (EOFError, OSError):
+                        pass  # it died: replaced at the next poll
                 if not slot.process.is_alive():
                     # died while idle (the kernel's OOM killer, a signal): a task
                     # sent to it would meet a broken pipe
@@ -153,10 +184,7 @@ class WorkerPool:
             outcome: Outcome | None = None
             replace = False
             try:
-                if slot.conn.poll():
-                    received = slot.conn.recv()
-                    if isinstance(received, Outcome):
-                        outcome = received
+                outcome = self._receive(slot)
             except (EOFError, OSError):
                 outcome = None
             if outcome is None and not slot.process.is_alive():

@@ -258,6 +258,12 @@ class Runner:
             seconds, pipeline = time.monotonic() - started[0], started[1]
             self.metrics.finished(pipeline, verdict, seconds, outcome.timings)
 
+    def worker_states(self) -> dict[str, int]:
+        """How many workers are ``warm`` (pipelines loaded, writer warmed up)
+        and how many are still ``warming`` (a run given to one waits for that)."""
+        warm = self.pool.warm()
+        return {"warm": warm, "warming": self.config.workers - warm}
+
     def alive(self) -> bool:
         """Whether the polling thread and every worker process run."""
         return self._loop.alive() and self.pool.alive()

@@ -122,6 +122,10 @@ class WorkerSettings:
     """``logging.format``: ``text`` or ``json`` lines from the worker."""
 
 
+#: What a worker sends once its pipelines are loaded and its writer warmed up.
+WARM = ("warm", None)
+
+
 def resolve_device(requested: str) -> str:
     """``auto`` becomes ``cuda:0`` when CUDA is available, else ``cpu``."""
     import torch
@@ -349,6 +353,9 @@ def worker_main(conn: Connection, settings: WorkerSettings, log_level: str) -> N
         except Exception as exc:  # noqa: BLE001 - a run of it will fail and record why
             LOGGER.warning("worker %d: could not preload %s: %s", os.getpid(), name, exc)
     warm_up(settings)
+    # the pool counts warm workers (``dicomnode_runner_workers``): a task sent
+    # before this waited for the loading above
+    conn.send(WARM)
     while True:
         task = conn.recv()
         if task is None:

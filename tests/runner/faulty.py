@@ -155,3 +155,25 @@ class Gated(Threshold):
                     raise TimeoutError(f"the gate {gate} stayed closed")
                 time.sleep(0.05)
         return super().run(volume, device)
+
+
+#: The file :class:`LoadGated` waits for in ``load``, when this variable names one.
+LOAD_GATE_ENV = "DICOMNODE_TEST_LOAD_GATE"
+
+
+class LoadGated(Threshold):
+    """:class:`Threshold` whose ``load`` waits until the file
+    ``$DICOMNODE_TEST_LOAD_GATE`` exists: a worker that stays warming up until
+    a test opens the gate."""
+
+    name = "test-load-gated"
+
+    def load(self, device: str) -> None:
+        gate = os.environ.get(LOAD_GATE_ENV)
+        if gate:
+            deadline = time.monotonic() + 600
+            while not os.path.exists(gate):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the gate {gate} stayed closed")
+                time.sleep(0.05)
+        super().load(device)
