@@ -18,10 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 Vector3 = tuple[float, float, float]
 
@@ -656,6 +659,11 @@ class ResultContext:
         the ORU say so. Empty: inside the range (or none declared).
     shadow : bool
         A candidate's run in shadow mode: its objects are kept, never sent.
+    sources : tuple of pydicom Dataset
+        The input series' instances as the worker already read them (any
+        order; their pixel data may have been dropped once the volume was
+        made): a writer uses these headers rather than reading
+        ``source_files`` again. Empty: read the files.
     """
 
     job_id: int
@@ -669,6 +677,7 @@ class ResultContext:
     notifications: tuple[NotificationTarget, ...] = ()
     out_of_range: tuple[str, ...] = ()
     shadow: bool = False
+    sources: tuple[Dataset, ...] = ()
 
 
 @dataclass(frozen=True)

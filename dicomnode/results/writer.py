@@ -56,12 +56,20 @@ LOGGER = logging.getLogger(__name__)
 def read_sources(volume: Volume, files: Sequence[Path]) -> list[Dataset]:
     """The source datasets in volume order (a multi-frame file repeats).
 
-    Pixel data is deferred: read from the file only if a writer needs it (the
-    overlays do; the SEG and SR need the headers only)."""
-    by_uid: dict[str, Dataset] = {}
-    for path in files:
-        ds = pydicom.dcmread(path, defer_size=4096)
-        by_uid[str(ds.SOPInstanceUID)] = ds
+    Pixel data is deferred: read from the file only if something needs it (the
+    objects are built from the headers and the volume)."""
+    return in_volume_order(volume, [pydicom.dcmread(path, defer_size=4096) for path in files])
+
+
+def in_volume_order(volume: Volume, datasets: Sequence[Dataset]) -> list[Dataset]:
+    """``datasets`` in the order of ``volume.sources`` (a multi-frame instance repeats).
+
+    Raises
+    ------
+    ValueError
+        An instance of the volume is not among them.
+    """
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
     missing = [s.sop_instance_uid for s in volume.sources if s.sop_instance_uid not in by_uid]
     if missing:
         raise ValueError(f"{len(missing)} source instance(s) of the volume are not in the files")
@@ -110,7 +118,11 @@ class DicomResultWriter:
             highdicom refuses them; nothing is written, and the run is DEAD at
             once (retrying the same input cannot help).
         """
-        sources = read_sources(volume, context.source_files)
+        sources = (
+            in_volume_order(volume, context.sources)
+            if context.sources
+            else read_sources(volume, context.source_files)
+        )
         name = sources[0].get("PatientName") if sources else None
         if isinstance(name, MultiValue) and len(name) > 1:
             raise InputRefused(

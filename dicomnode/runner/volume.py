@@ -178,6 +178,19 @@ def load_series(paths: Sequence[str | PathLike[str]]) -> Volume:
     TypeError
         If ``paths`` is a single path rather than a sequence of paths.
     """
+    return load_series_datasets(read_series(paths))
+
+
+def read_series(paths: Sequence[str | PathLike[str]]) -> list[Dataset]:
+    """Read the files of one series, pixel data included, in the order given.
+
+    Raises
+    ------
+    VolumeError
+        A file cannot be read as DICOM.
+    TypeError
+        If ``paths`` is a single path rather than a sequence of paths.
+    """
     if isinstance(paths, str | PathLike):
         raise TypeError("load_series takes a sequence of paths, not a single path")
     datasets: list[Dataset] = []
@@ -186,7 +199,20 @@ def load_series(paths: Sequence[str | PathLike[str]]) -> Volume:
             datasets.append(dcmread(path))
         except (InvalidDicomError, OSError, EOFError) as exc:
             raise VolumeError(f"cannot read {path} as DICOM: {exc}") from exc
-    return load_series_datasets(datasets)
+    return datasets
+
+
+#: The elements that hold an image's pixels.
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def drop_pixels(datasets: Sequence[Dataset]) -> None:
+    """Remove the pixel data from each dataset (once the volume holds the
+    pixels), keeping the headers."""
+    for ds in datasets:
+        for keyword in PIXEL_KEYWORDS:
+            if keyword in ds:
+                del ds[keyword]
 
 
 def load_series_datasets(datasets: Sequence[Dataset]) -> Volume:
@@ -290,7 +316,7 @@ def _check_images(datasets: Sequence[Dataset]) -> tuple[int, int]:
     sizes: dict[tuple[int, int], int] = {}
     for ds in datasets:
         uid = ds.SOPInstanceUID
-        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if not any(k in ds for k in PIXEL_KEYWORDS):
             raise VolumeError(f"SOP instance {uid} has no pixel data")
         samples = _int_value(ds.get("SamplesPerPixel"), default=1)
         photometric = str(ds.get("PhotometricInterpretation", "")).strip()

@@ -39,7 +39,7 @@ from dicomnode.runner.contract import check_input, range_problems
 from dicomnode.runner.inputs import pick_role_series, resample_onto
 from dicomnode.runner.manifest import verify_model
 from dicomnode.runner.registry import PipelineRegistry
-from dicomnode.runner.volume import load_series
+from dicomnode.runner.volume import drop_pixels, load_series, load_series_datasets, read_series
 
 LOGGER = logging.getLogger(__name__)
 
@@ -188,7 +188,9 @@ class Worker:
         try:
             pipeline = self.pipeline(task.pipeline)
             mark = time.perf_counter()
-            volume = load_series([Path(f) for f in task.files])
+            datasets = read_series([Path(f) for f in task.files])
+            volume = load_series_datasets(datasets)
+            drop_pixels(datasets)  # the writer needs their headers, the volume has the pixels
             timings = {"load_s": time.perf_counter() - mark}
             check_input(pipeline.name, pipeline.input, volume)
             outside = tuple(range_problems(pipeline.input.validated, volume))
@@ -240,6 +242,7 @@ class Worker:
                     notifications=task.notifications,
                     out_of_range=outside,
                     shadow=task.shadow,
+                    sources=tuple(datasets),
                 )
                 mark = time.perf_counter()
                 written = self.settings.writer.write(result, volume, context)

@@ -20,7 +20,13 @@ from dicomnode.cli import main
 from dicomnode.config import MonitoringConfig, parse_config
 from dicomnode.errors import ConfigError
 from dicomnode.jobs import JobState, SQLiteJobStore
-from dicomnode.monitoring.descriptors import CT_HU_EDGES, describe, describe_input
+from dicomnode.monitoring.descriptors import (
+    COMPARE_UP_TO,
+    CT_HU_EDGES,
+    describe,
+    describe_input,
+    describe_output,
+)
 from dicomnode.monitoring.drift import (
     PSI_FLOOR,
     DriftMonitor,
@@ -30,7 +36,7 @@ from dicomnode.monitoring.drift import (
     numeric_psi,
     psi,
 )
-from dicomnode.protocol import SliceSource, Volume
+from dicomnode.protocol import Code, PipelineResult, Segment, SliceSource, Volume
 from dicomnode.runner.worker import Task, Worker, WorkerSettings
 from dicomnode.synthetic import write_ct_series
 from tests.conftest import open_store
@@ -92,6 +98,31 @@ def test_the_ct_histogram_matches_a_direct_count(tmp_path: Path) -> None:
     ]
     assert histogram == [round(c / array.size, 6) for c in direct]
     assert describe_input(volume)["intensity_mean"] == pytest.approx(float(array.mean()), rel=1e-6)
+
+
+@pytest.mark.parametrize("segments", [3, COMPARE_UP_TO + 4])
+def test_segment_volumes_count_each_label_by_comparison_or_histogram(segments: int) -> None:
+    """Few segments are counted by comparing each label, many by one histogram:
+    both give each segment's voxels times the voxel volume, absent ones 0."""
+    rng = np.random.default_rng(segments)
+    labels = rng.integers(0, segments + 1, size=(5, 12, 14), dtype=np.uint8)
+    labels[labels == 2] = 0  # segment 2 is declared but absent
+    result = PipelineResult(
+        label_map=labels,
+        segments=tuple(
+            Segment(
+                label=n,
+                name=f"s{n}",
+                category=Code("91723000", "SCT", "Anatomical Structure"),
+                type=Code("85756007", "SCT", "Tissue"),
+            )
+            for n in range(1, segments + 1)
+        ),
+    )
+    found = describe_output(result, 0.5)
+    for n in range(1, segments + 1):
+        assert found[f"volume_ml.s{n}"] == int((labels == n).sum()) * 0.5
+        assert found[f"present.s{n}"] == (0.0 if n == 2 else 1.0)
 
 
 # --- shifted windows ---

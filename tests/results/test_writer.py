@@ -6,6 +6,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from hl7apy.consts import VALIDATION_LEVEL
@@ -16,6 +17,7 @@ from dicomnode.protocol import (
     Algorithm,
     Code,
     Finding,
+    Heatmap,
     InputRefused,
     NotificationTarget,
     PipelineResult,
@@ -24,8 +26,9 @@ from dicomnode.protocol import (
 from dicomnode.results.oru import control_id_for
 from dicomnode.results.warmup import warm_up_case
 from dicomnode.results.writer import DicomResultWriter
-from dicomnode.runner.volume import load_series
+from dicomnode.runner.volume import drop_pixels, load_series, read_series
 from dicomnode.synthetic import write_ct_series
+from tests.results.helpers import assert_valid
 
 
 def context(tmp_path: Path, files: list[Path]) -> ResultContext:
@@ -116,3 +119,40 @@ def test_the_warm_up_writes_a_whole_result_and_leaves_nothing(
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     assert DicomResultWriter().warm_up() > 0
     assert list(scratch.iterdir()) == []
+
+
+def test_headers_the_worker_read_give_the_same_objects_without_reading_a_file(
+    tmp_path: Path,
+) -> None:
+    """Given the sources' headers (pixel data dropped, as a worker passes them),
+    the writer reads no source file: with the files gone it writes the same
+    objects as from the files, and each passes dciodvfy."""
+    case = warm_up_case(tmp_path)
+    heatmap = np.zeros(case.volume.array.shape, dtype=np.float32)
+    heatmap[:, 2:6, 2:6] = 0.8
+    result = replace(case.result, heatmaps=(Heatmap(case.result.findings[0].concept, heatmap),))
+    from_files = DicomResultWriter().write(
+        result, case.volume, replace(case.context, out_dir=tmp_path / "from-files")
+    )
+    headers = read_series(case.context.source_files)
+    drop_pixels(headers)
+    for path in case.context.source_files:
+        path.unlink()
+    from_headers = DicomResultWriter().write(
+        result,
+        case.volume,
+        replace(case.context, out_dir=tmp_path / "from-headers", sources=tuple(reversed(headers))),
+    )
+    assert [o.kind for o in from_headers.objects] == [o.kind for o in from_files.objects]
+    assert {"SEG", "SR", "OT"} <= {o.kind for o in from_headers.objects}
+    for ours, theirs in zip(from_headers.objects, from_files.objects, strict=True):
+        assert_valid(ours.path)
+        a, b = pydicom.dcmread(ours.path), pydicom.dcmread(theirs.path)
+        for ds in (a, b):  # when each was written differs, and highdicom's random UID
+            ds.walk(
+                lambda d, e: (
+                    (e.VR in ("DA", "TM", "DT") or e.keyword == "DimensionOrganizationUID")
+                    and d.pop(e.tag)
+                )
+            )
+        assert a == b, f"{ours.kind} differs"
