@@ -509,6 +509,9 @@ class Node:
                 metrics=self.metrics.runs,
                 log_format=self.settings.logging.format,
                 claimant=node_identity(self.settings),
+                read_ahead_seconds=(
+                    assembly.quiet_seconds + 60 if self.settings.runner.read_ahead else None
+                ),
                 preload=tuple(
                     dict.fromkeys(
                         rule.pipeline

@@ -325,6 +325,11 @@ class RunnerConfig(_Model):
     retry_backoff_seconds: float = Field(default=30.0, ge=0)
     poll_seconds: float = Field(default=0.5, gt=0, le=60)
     threads: int = Field(default=0, ge=0, description="torch threads per worker; 0 = automatic.")
+    read_ahead: bool = Field(
+        default=True,
+        description="An idle worker reads a study's volumes during its quiet period (local "
+        "executor), so its run does not wait for that.",
+    )
     models_dir: Path = Field(
         default=Path("models"), description="Where model manifests (*.yaml) are looked up."
     )

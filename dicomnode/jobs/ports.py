@@ -41,6 +41,7 @@ __all__ = [
     "InputReader",
     "JobLister",
     "JobReader",
+    "OpenRounds",
     "OutboxReader",
     "RetentionStore",
     "RoutingStore",
@@ -76,6 +77,14 @@ class JobLister(Protocol):
         self, *, study_instance_uid: str | None = None, state: JobState | None = None
     ) -> list[Job]:
         """Jobs, newest first, optionally filtered."""
+        ...
+
+
+class OpenRounds(Protocol):
+    """Listing the study rounds still receiving."""
+
+    def open_rounds(self) -> list[StudyRound]:
+        """Study rounds still RECEIVED, oldest first."""
         ...
 
 
@@ -140,7 +149,7 @@ class IngressStore(Protocol):
         ...
 
 
-class AssemblyStore(JobReader, Protocol):
+class AssemblyStore(JobReader, OpenRounds, Protocol):
     """The store verbs assembly uses: completing study rounds on time."""
 
     def complete_due(self, now: float, quiet_seconds: float, max_wait_seconds: float) -> list[int]:
@@ -150,10 +159,6 @@ class AssemblyStore(JobReader, Protocol):
 
     def next_due(self, quiet_seconds: float, max_wait_seconds: float) -> float | None:
         """The earliest time an open round becomes due, or ``None``."""
-        ...
-
-    def open_rounds(self) -> list[StudyRound]:
-        """Study rounds still RECEIVED, oldest first."""
         ...
 
     def complete_round(
@@ -197,7 +202,7 @@ class RoutingStore(JobLister, InputReader, Protocol):
         ...
 
 
-class RunnerStore(JobReader, RunReader, InputReader, Protocol):
+class RunnerStore(JobReader, RunReader, InputReader, OpenRounds, Protocol):
     """The store verbs the runner uses: claiming runs (here, or through a
     queue by leased workers) and recording their outcomes."""
 

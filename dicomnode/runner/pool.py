@@ -17,6 +17,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from dicomnode.errors import RunnerError
+from dicomnode.runner.prefetch import Prefetch
 from dicomnode.runner.worker import WARM, Outcome, Task, WorkerSettings, worker_main
 
 LOGGER = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ class _Slot:
     deadline: float = 0.0
     warm: bool = False
     """The worker loaded its pipelines and warmed up its writer."""
+    ahead: frozenset[str] = frozenset()
+    """The files it was last asked to read ahead."""
 
 
 class WorkerPool:
@@ -142,14 +145,31 @@ class WorkerPool:
         return None
 
     def submit(self, task: Task, timeout: float) -> None:
-        """Give ``task`` to a free worker; it must finish within ``timeout`` s."""
-        for slot in self._slots:
-            if slot.task is None:
-                slot.conn.send(task)
-                slot.task = task
-                slot.deadline = time.monotonic() + timeout
-                return
-        raise RunnerError("no free worker")
+        """Give ``task`` to a free worker (one that read its files ahead, when
+        one did); it must finish within ``timeout`` s."""
+        free = [slot for slot in self._slots if slot.task is None]
+        if not free:
+            raise RunnerError("no free worker")
+        files = set(task.files)
+        slot = next((s for s in free if files <= s.ahead), free[0])
+        slot.conn.send(task)
+        slot.task = task
+        slot.ahead = frozenset()
+        slot.deadline = time.monotonic() + timeout
+
+    def prefetch(self, request: Prefetch) -> bool:
+        """Ask a free, warm worker to read a study's files ahead of its runs
+        (:mod:`~dicomnode.runner.prefetch`); ``False`` when none is free. A
+        task given to it meanwhile waits until it has read them."""
+        idle = [slot for slot in self._slots if slot.task is None and slot.warm]
+        for slot in sorted(idle, key=lambda s: bool(s.ahead)):  # keep what others read ahead
+            try:
+                slot.conn.send(request)
+            except (BrokenPipeError, OSError):
+                continue  # it died: replaced at the next poll
+            slot.ahead = frozenset(request.files)
+            return True
+        return False
 
     def _replace(self, slot: _Slot) -> None:
         try:

@@ -11,7 +11,9 @@ series that is not a valid volume) is DEAD at once.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -24,12 +26,20 @@ from dicomnode.metrics import RunMetrics
 from dicomnode.protocol import ResultWriter
 from dicomnode.resultfile import remove_staging
 from dicomnode.runner.pool import WorkerPool
+from dicomnode.runner.prefetch import Prefetch
 from dicomnode.runner.registry import PipelineRegistry
 from dicomnode.runner.runs import build_task, max_attempts_for, record_outcome, timeout_for
 from dicomnode.runner.worker import Outcome, WorkerSettings
 from dicomnode.scheduling import Loop, Wakeup
 
 LOGGER = logging.getLogger(__name__)
+
+#: Seconds without a new instance after which a study round is read ahead.
+READ_AHEAD_QUIET = 0.5
+
+#: The largest study (bytes of its files) a worker reads ahead; its volumes take
+#: about twice that in memory until its runs take them.
+READ_AHEAD_MAX_BYTES = 1 << 30
 
 
 def pipeline_options(config: RunnerConfig) -> dict[str, dict[str, object]]:
@@ -99,6 +109,12 @@ class Runner:
         The name this node's claims of runs carry in the job store (see
         :func:`dicomnode.service.node_identity`): at start it requeues only the
         runs it left RUNNING, not those of other nodes sharing the store.
+    read_ahead_seconds : float, optional
+        When given, an idle worker reads a study whose instances stopped
+        arriving (:data:`READ_AHEAD_QUIET` seconds ago) while its quiet period
+        runs, and keeps its volumes this long for its runs
+        (:mod:`~dicomnode.runner.prefetch`); the node gives the assembly's
+        ``quiet_seconds`` plus a minute.
     """
 
     def __init__(
@@ -118,8 +134,12 @@ class Runner:
         metrics: RunMetrics | None = None,
         log_format: str = "text",
         claimant: str | None = None,
+        read_ahead_seconds: float | None = None,
     ) -> None:
         self.config = config
+        self.read_ahead_seconds = read_ahead_seconds
+        #: (round id, instance count) of the rounds read ahead, newest last
+        self._read_ahead: deque[tuple[int, int]] = deque(maxlen=64)
         #: the name this node's claims carry (see :meth:`start`)
         self.claimant = claimant
         self.metrics = metrics
@@ -208,6 +228,27 @@ class Runner:
         if idle:
             for job in self.store.claim_runs(self.clock(), idle, self.claimant):
                 self._dispatch(job)
+        if self.read_ahead_seconds is not None and self.pool.idle():
+            self._read_ahead_one()
+
+    def _read_ahead_one(self) -> None:
+        """Ask an idle worker to read the newest study round whose instances
+        stopped arriving and that was not read ahead as it is now."""
+        assert self.read_ahead_seconds is not None
+        now = self.clock()
+        for job in reversed(self.store.open_rounds()):
+            key = (job.id, job.instance_count)
+            if now - job.last_instance_at < READ_AHEAD_QUIET or key in self._read_ahead:
+                continue
+            self._read_ahead.append(key)
+            files = tuple(record.path for record in self.store.instances_of(job.id))
+            size = sum(os.stat(f).st_size for f in files if os.path.exists(f))
+            if size > READ_AHEAD_MAX_BYTES:
+                LOGGER.debug("job %d: %d bytes, too large to read ahead", job.id, size)
+                return
+            if self.pool.prefetch(Prefetch(files, self.read_ahead_seconds)):
+                LOGGER.debug("job %d: %d instance(s) read ahead", job.id, len(files))
+            return
 
     def _dispatch(self, job: Run) -> None:
         extra = {"study_uid": job.study_instance_uid, "job_id": job.id}

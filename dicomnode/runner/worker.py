@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from pydicom.dataset import Dataset
+
 from dicomnode.errors import InputError, ModelError, ResultError, RunnerError, VolumeError
 from dicomnode.logs import formatter
 from dicomnode.monitoring.descriptors import describe
@@ -38,6 +40,7 @@ from dicomnode.resultfile import record_timings, save_result
 from dicomnode.runner.contract import check_input, range_problems
 from dicomnode.runner.inputs import pick_role_series, resample_onto
 from dicomnode.runner.manifest import verify_model
+from dicomnode.runner.prefetch import Prefetch, SeriesCache
 from dicomnode.runner.registry import PipelineRegistry
 from dicomnode.runner.volume import drop_pixels, load_series, load_series_datasets, read_series
 
@@ -145,6 +148,38 @@ class Worker:
         self.device = resolve_device(settings.device)
         self.registry = PipelineRegistry.discover(settings.plugins)
         self._loaded: dict[str, Pipeline] = {}
+        #: volumes read while their study's quiet period ran (:mod:`~dicomnode.runner.prefetch`)
+        self.cache = SeriesCache()
+
+    def prefetch(self, request: Prefetch) -> None:
+        """Read a study's series ahead of its runs; a failure only means its
+        runs read them themselves."""
+        mark = time.perf_counter()
+        try:
+            kept = self.cache.fill(request)
+        except Exception as exc:  # noqa: BLE001 - reading ahead must never end the worker
+            self.cache.clear()
+            LOGGER.warning("worker %d: reading ahead failed: %s", os.getpid(), type(exc).__name__)
+            return
+        LOGGER.debug(
+            "worker %d: read %d instance(s) ahead as %d volume(s) in %.2f s",
+            os.getpid(),
+            len(request.files),
+            kept,
+            time.perf_counter() - mark,
+        )
+
+    def _load(self, files: tuple[str, ...]) -> tuple[list[Dataset], Volume]:
+        """The input series' headers and volume: read ahead when they were
+        (and no file changed since), else read now."""
+        ahead = self.cache.take(files)
+        if ahead is not None:
+            LOGGER.info("worker %d: the volume was read during the quiet period", os.getpid())
+            return ahead
+        datasets = read_series([Path(f) for f in files])
+        volume = load_series_datasets(datasets)
+        drop_pixels(datasets)  # the writer needs their headers, the volume has the pixels
+        return datasets, volume
 
     def pipeline(self, name: str) -> Pipeline:
         """The pipeline ``name``, created and loaded on first use.
@@ -188,9 +223,7 @@ class Worker:
         try:
             pipeline = self.pipeline(task.pipeline)
             mark = time.perf_counter()
-            datasets = read_series([Path(f) for f in task.files])
-            volume = load_series_datasets(datasets)
-            drop_pixels(datasets)  # the writer needs their headers, the volume has the pixels
+            datasets, volume = self._load(task.files)
             timings = {"load_s": time.perf_counter() - mark}
             check_input(pipeline.name, pipeline.input, volume)
             outside = tuple(range_problems(pipeline.input.validated, volume))
@@ -360,7 +393,13 @@ def worker_main(conn: Connection, settings: WorkerSettings, log_level: str) -> N
     # before this waited for the loading above
     conn.send(WARM)
     while True:
-        task = conn.recv()
-        if task is None:
+        if not conn.poll(worker.cache.wait_seconds()):
+            worker.cache.clear()  # read ahead for runs that did not come
+            continue
+        message = conn.recv()
+        if message is None:
             return
-        conn.send(worker.run(task))
+        if isinstance(message, Prefetch):
+            worker.prefetch(message)
+        else:
+            conn.send(worker.run(message))
