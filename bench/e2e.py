@@ -76,8 +76,8 @@ from peers import (
     stop,
     table,
     tail,
+    workers_warm,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 from dicomnode.synthetic import write_ct_series
 
@@ -311,23 +311,9 @@ class Node:
         wait_until(lambda: echo(NODE_AET, self.port), self.proc, "the node", self.log)
         # a node runs for days: its workers load the pipeline and warm up the result
         # writer once, at start; the first study after a start would wait for that
-        wait_until(self.workers_warm, self.proc, "the node's workers", self.log)
-
-    def workers_warm(self) -> bool:
-        """Whether ``/metrics`` counts no worker ``warming`` any more."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                text = response.read().decode()
-        except (urllib.error.URLError, OSError):
-            return False
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "dicomnode_runner_workers" and sample.labels == {
-                    "state": "warming"
-                }:
-                    return sample.value == 0
-        return False
+        wait_until(
+            lambda: workers_warm(self.metrics_port), self.proc, "the node's workers", self.log
+        )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

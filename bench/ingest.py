@@ -8,7 +8,9 @@ A synthetic CT series (default 256 slices of 512x512, Explicit VR Little Endian,
 * ``storescp`` (DCMTK, ``--fork``), with its default PDU size and with ``--max-pdu 131072``.
   It writes files without fsync and records nothing: the native ceiling of this machine.
 * Orthanc, with ``SyncStorageArea`` (fsync, as the node does) and 4 DICOM threads.
-* the node (``python -m dicomnode serve``) with ``ingress.processes`` 1 and 4.
+* the node (``python -m dicomnode serve``) with ``ingress.processes`` 1 and 4, measured once
+  its pipeline worker is warm (``dicomnode_runner_workers``): the worker's start-up takes
+  both cores for seconds, which a node that runs for days has long done.
 
 Each receiver gets the whole series once over one association (one ``storescu`` with every
 file) and once over 4 parallel associations (4 ``storescu`` processes started together, each
@@ -78,6 +80,7 @@ from peers import (
     stop,
     table,
     tail,
+    workers_warm,
 )
 
 from dicomnode.synthetic import write_ct_series
@@ -257,8 +260,16 @@ class Node(Receiver):
         super().__init__(f"processes={processes}")
         self.processes = processes
         self.database_url = database_url
+        self.metrics_port = 0
+
+    def ready(self) -> bool:
+        # the runner's worker imports torch and warms up its result writer as the node
+        # starts, which takes both cores for seconds: a node that runs for days has
+        # done that long before a study comes, so the push waits for it too
+        return super().ready() and workers_warm(self.metrics_port)
 
     def argv(self) -> list[str]:
+        self.metrics_port = free_port()
         data = self.workdir / "data"
         data.mkdir()
         config = self.workdir / "node.yaml"
@@ -270,6 +281,7 @@ class Node(Receiver):
             "max_connections_per_address: 32}\n"
             f"storage: {{data_dir: {json.dumps(str(data))}, min_free_mb: 0}}\n"
             "assembly: {quiet_seconds: 600, max_wait_seconds: 3600}\n"
+            f"metrics: {{enabled: true, host: 127.0.0.1, port: {self.metrics_port}}}\n"
             "logging: {level: WARNING}\n"
             + (f"database: {{url: {json.dumps(self.database_url)}}}\n" if self.database_url else "")
         )

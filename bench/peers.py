@@ -11,12 +11,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 
 CALLING_AET = "BENCH"
@@ -93,6 +96,24 @@ def stop(proc: subprocess.Popen[bytes], *, group: bool = False) -> int | None:
             pass
         proc.wait()
     return status
+
+
+def workers_warm(metrics_port: int) -> bool:
+    """Whether a node's ``/metrics`` (on ``metrics_port``) counts its runner's
+    workers and none of them ``warming`` any more (pipelines loaded, result
+    writer warmed up). A node runs for days: its start-up is not what a study
+    meets, so a benchmark starts measuring once this holds."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return False
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "dicomnode_runner_workers" and sample.labels == {"state": "warming"}:
+                return sample.value == 0
+    return False
 
 
 def echo(aet: str, port: int) -> bool:

@@ -172,6 +172,34 @@ def test_one_address_cannot_take_every_slot(make_settings, start_node, sockets):
     wait_for(lambda: echo(settings.node.port), 10, "127.0.0.1 to be served again")
 
 
+def test_open_associations_poll_as_often_together_as_one_alone(make_settings, start_node):
+    """Each open association's network loop sleeps ``poll_interval_ms`` times
+    the number open (so many senders do not spend the CPU waking up); as they
+    close, the ones left poll faster again."""
+    settings = make_settings(ingress={"poll_interval_ms": 0.5})
+    node = start_node(settings)
+    ingress = node.ingress
+    assert ingress is not None
+
+    def delays() -> set[float]:  # in microseconds
+        return {
+            round(assoc.dul._run_loop_delay * 1e6)
+            for server in ingress._servers
+            for assoc in server.active_associations
+        }
+
+    scus = [scu_associate(settings.node.port) for _ in range(3)]
+    try:
+        assert all(a.is_established for a in scus)  # type: ignore[attr-defined]
+        wait_for(lambda: ingress.active_associations() == 3, 5, "three associations")
+        assert delays() == {1500}
+    finally:
+        for assoc in scus[1:]:
+            assoc.release()  # type: ignore[attr-defined]
+    wait_for(lambda: delays() == {500}, 5, "the one left to poll faster")
+    scus[0].release()  # type: ignore[attr-defined]
+
+
 def test_pdata_above_the_advertised_maximum_aborts(make_settings, start_node):
     """After a normal association, a P-DATA-TF PDU announcing 8 MiB (the node
     advertises 262,144) gets an A-ABORT before its body is read."""
