@@ -15,10 +15,12 @@ On loopback, each with its own free ports and temporary directory:
   writer warmed up): a node runs for days, and only the first study after a start would wait
   for that.
 
-A synthetic CT (default 256 slices of 512x512) is pushed with DCMTK ``storescu`` over one
-association. The benchmark waits until the run job is DONE, then checks what a user would:
-the SEG and the SR are in Orthanc in the study of the CT (REST API), and the RIS received
-exactly one ORU^R01 for that study.
+Synthetic CTs (default 256 slices of 512x512; ``--studies``, default 3, each its own
+study) are pushed one after the other with DCMTK ``storescu``, each over one association,
+each once the one before is DONE. For each the benchmark checks what a user would: the SEG
+and the SR are in Orthanc in the study of the CT (REST API), and the RIS received exactly
+one ORU^R01 for that study. One study is one sample of a noisy machine: the table shows the
+study of median overhead, and the target line the median.
 
 How to read the table
 ---------------------
@@ -46,6 +48,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -468,9 +471,9 @@ def check(record: Record, pacs: Orthanc, ris: RIS, study_uid: str, slices: int) 
     stored = sum(len(s["Instances"]) for s in pacs.series_of(study_uid))
     if stored != pacs_rows:
         problems.append(f"Orthanc holds {stored} instances of the study, the node sent {pacs_rows}")
-    messages = ris.messages()
+    messages = [m for m in ris.messages() if study_uid in m]
     if len(messages) != 1:
-        problems.append(f"the RIS received {len(messages)} messages, not one ORU^R01")
+        problems.append(f"the RIS received {len(messages)} messages for the study, not one ORU^R01")
     else:
         try:
             kind = parse_message(messages[0].replace("\n", "\r")).msh.msh_9.to_er7()
@@ -484,8 +487,21 @@ def check(record: Record, pacs: Orthanc, ris: RIS, study_uid: str, slices: int) 
 # -- the report ---------------------------------------------------------------------------------
 
 
-def report(record: Record, quiet: float) -> tuple[list[list[str]], str]:
-    """The per-stage rows and the target line."""
+@dataclass(frozen=True)
+class Report:
+    """One study's table and its overhead (seconds) next to the pipeline's compute."""
+
+    rows: list[list[str]]
+    overhead: float
+    pipeline: float
+
+    @property
+    def share(self) -> float:
+        return self.overhead / self.pipeline
+
+
+def report(record: Record, quiet: float) -> Report:
+    """The per-stage rows and the overhead."""
     timings: dict[str, float] = json.loads((record.result_dir / "result.json").read_text())[
         "timings"
     ]
@@ -539,13 +555,22 @@ def report(record: Record, quiet: float) -> tuple[list[list[str]], str]:
         row("settle", "last DELIVERED → DONE", run_at["DONE"] - max(pacs_done, ris_done)),
         row("total", "last instance → DONE", total),
     ]
-    overhead = total - pipeline - quiet
-    target = (
-        f"overhead (everything except pipeline compute and the configured quiet period) = "
-        f"{overhead:.3f} s = {100 * overhead / pipeline:.1f} % of pipeline compute "
-        f"(target ≤ 30 %); absolute {overhead:.3f} s (target ≤ {OVERHEAD_TARGET_S:g} s)"
-    )
-    return rows, target
+    return Report(rows, total - pipeline - quiet, pipeline)
+
+
+def target_lines(reports: Sequence[Report]) -> list[str]:
+    """Each study's overhead, and the median's against the targets."""
+    ordered = sorted(reports, key=lambda r: r.share)
+    median = ordered[len(ordered) // 2]
+    each = ", ".join(f"{r.overhead:.3f} s = {100 * r.share:.1f} %" for r in reports)
+    return [
+        f"overhead of each study, in push order (everything except pipeline compute and the "
+        f"configured quiet period): {each}",
+        f"median overhead {median.overhead:.3f} s = {100 * median.share:.1f} % of pipeline "
+        f"compute (target ≤ 30 %: {'met' if median.share <= 0.30 else 'not met'}); absolute "
+        f"{median.overhead:.3f} s (target ≤ {OVERHEAD_TARGET_S:g} s: "
+        f"{'met' if median.overhead <= OVERHEAD_TARGET_S else 'not met'})",
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -553,6 +578,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=256, help="slices in the series (256)")
     parser.add_argument("--size", type=int, default=512, help="rows and columns (512)")
     parser.add_argument("--quiet", type=float, default=2.0, help="assembly quiet_seconds (2)")
+    parser.add_argument(
+        "--studies",
+        type=int,
+        default=3,
+        help="CTs pushed one after the other to the same node (3); the table is the study "
+        "of median overhead",
+    )
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for DONE (600)"
     )
@@ -566,6 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.slices < 1 or args.size < 16 or args.quiet <= 0 or args.timeout <= 0:
         parser.error("need --slices >= 1, --size >= 16, --quiet > 0, --timeout > 0")
+    if args.studies < 1:
+        parser.error("need --studies >= 1")
     for tool in ("storescu", "echoscu"):
         if shutil.which(tool) is None:
             print(f"{tool} not found: install DCMTK (make peers)", file=sys.stderr)
@@ -583,14 +617,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ris: RIS | None = None
     node: Node | None = None
     store: JobStoreReader | None = None
-    rows: list[list[str]] = []
-    target = device = ""
-    megabytes = pushed = 0.0
+    reports: list[Report] = []
+    device = ""
+    megabytes = 0.0
+    pushes: list[float] = []
     try:
-        series = write_ct_series(
-            scratch / "series", slices=args.slices, rows=args.size, columns=args.size
-        )
-        megabytes = sum(path.stat().st_size for path in series.paths) / 2**20
+        studies = [
+            write_ct_series(
+                scratch / f"series-{i}", slices=args.slices, rows=args.size, columns=args.size
+            )
+            for i in range(args.studies)
+        ]
+        megabytes = sum(path.stat().st_size for path in studies[0].paths) / 2**20
         (scratch / "orthanc").mkdir()
         (scratch / "node").mkdir()
         pacs = Orthanc(scratch / "orthanc")
@@ -601,12 +639,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         node.launch()
         store = JobStoreReader(node.data / "dicomnode.db")
 
-        pushed = push(series.paths, node.port, scratch / "storescu.log")
-        store.wait_done(series.study_uid, args.timeout, node)
-        record = store.record(series.study_uid)
-        problems += check(record, pacs, ris, series.study_uid, args.slices)
-        rows, target = report(record, args.quiet)
-        device = json.loads((record.result_dir / "result.json").read_text())["device"]
+        for series in studies:
+            pushes.append(push(series.paths, node.port, scratch / "storescu.log"))
+            store.wait_done(series.study_uid, args.timeout, node)
+            record = store.record(series.study_uid)
+            problems += check(record, pacs, ris, series.study_uid, args.slices)
+            reports.append(report(record, args.quiet))
+            device = json.loads((record.result_dir / "result.json").read_text())["device"]
     except (
         BenchError,
         OSError,
@@ -616,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ValueError,
     ) as exc:
         problems.insert(0, f"FAILED: {type(exc).__name__}: {exc}")
-        rows = []
+        reports = []
     finally:
         if store is not None:
             store.close()
@@ -630,16 +669,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             pacs.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
 
-    if not rows:
+    if not reports:
         print("\n".join(problems), file=sys.stderr)
         return 1
+    median = sorted(reports, key=lambda r: r.share)[len(reports) // 2]
+    pushed = statistics.median(pushes)
     print(
-        f"machine: {os.cpu_count()} CPUs, pipeline on {device}; series: {args.slices} slices "
-        f"of {args.size}x{args.size} ({megabytes:.0f} MiB), pushed by storescu in {pushed:.2f} s "
-        f"({args.slices / pushed:.0f} images/s, before the table's spans)"
+        f"machine: {os.cpu_count()} CPUs, pipeline on {device}; {len(reports)} series of "
+        f"{args.slices} slices of {args.size}x{args.size} ({megabytes:.0f} MiB) one after the "
+        f"other, each pushed by storescu in a median {pushed:.2f} s "
+        f"({args.slices / pushed:.0f} images/s, before the table's spans); the table is study "
+        f"{reports.index(median) + 1}, of median overhead"
     )
-    print(table(["stage", "measured as", "seconds", "of pipeline", "note"], rows))
-    print(target)
+    print(table(["stage", "measured as", "seconds", "of pipeline", "note"], median.rows))
+    print("\n".join(target_lines(reports)))
     if problems:
         print(f"\n{len(problems)} problem(s):", file=sys.stderr)
         for problem in problems:
