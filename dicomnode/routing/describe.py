@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -75,7 +75,12 @@ def _read_header(path: Path) -> Dataset | None:
     return None
 
 
-def describe_study(paths: Iterable[Path], calling_ae: str = "") -> list[StudyInfo]:
+def describe_study(
+    paths: Iterable[Path],
+    calling_ae: str = "",
+    *,
+    recorded: Sequence[tuple[str, str]] | None = None,
+) -> list[StudyInfo]:
     """Group files into studies and series and collect their routing metadata.
 
     Parameters
@@ -85,6 +90,11 @@ def describe_study(paths: Iterable[Path], calling_ae: str = "") -> list[StudyInf
         SeriesInstanceUID, are skipped (and logged).
     calling_ae : str
         The AE title the files came from, copied into every study.
+    recorded : sequence of (str, str), optional
+        Each file's Study and Series Instance UIDs as the node recorded them
+        when it received the file (same order as ``paths``): then only the
+        first readable file of each series is read, and the others are counted
+        without reading them (a 256-slice series: one header instead of 256).
 
     Returns
     -------
@@ -95,7 +105,15 @@ def describe_study(paths: Iterable[Path], calling_ae: str = "") -> list[StudyInf
         the series' first file; ``instance_count`` counts the files.
     """
     studies: dict[str, _StudyAccumulator] = {}
+    known = iter(recorded) if recorded is not None else None
     for path in paths:
+        if known is not None:
+            study_uid, series_uid = next(known)
+            study = studies.get(study_uid)
+            series = None if study is None else study.series.get(series_uid)
+            if series is not None:
+                series.count += 1
+                continue
         dataset = _read_header(Path(path))
         if dataset is None:
             continue

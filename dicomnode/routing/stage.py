@@ -98,8 +98,16 @@ class Router:
         corrections and left out: they never reach a pipeline."""
         records = self.store.instances_of(job.id)
         corrected = self.corrections(job, records)
-        paths = [Path(r.path) for r in records if r.sop_instance_uid not in corrected]
-        studies = [s for s in describe_study(paths, job.calling_ae) if s.study_instance_uid]
+        kept = [r for r in records if r.sop_instance_uid not in corrected]
+        studies = [
+            s
+            for s in describe_study(
+                [Path(r.path) for r in kept],
+                job.calling_ae,
+                recorded=[(r.study_instance_uid, r.series_instance_uid) for r in kept],
+            )
+            if s.study_instance_uid
+        ]
         extra = {"study_uid": job.study_instance_uid, "job_id": job.id}
         runs: list[RunSpec] = []
         reason = (

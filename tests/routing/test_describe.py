@@ -119,3 +119,22 @@ def test_a_256_file_series_is_described_quickly(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - started
     assert study.series[0].instance_count == 256
     assert elapsed < 5.0, f"describe_study took {elapsed:.2f} s for 256 files"
+
+
+def test_with_the_recorded_uids_one_header_per_series_is_read(tmp_path: Path) -> None:
+    """Given each file's UIDs as recorded at receipt, only the first readable
+    file of each series is read and the rest are counted: the series'
+    attributes and counts are those of reading every file."""
+    study = pydicom.uid.generate_uid()
+    first = write_ct_series(tmp_path / "a", slices=4, rows=8, columns=8, study_uid=study)
+    second = write_ct_series(tmp_path / "b", slices=3, rows=8, columns=8, study_uid=study)
+    paths = [*first.paths, *second.paths]
+    recorded = [(study, first.series_uid)] * 4 + [(study, second.series_uid)] * 3
+    everything = describe_study(paths, "SCANNER")
+    for path in [*first.paths[1:], *second.paths[1:]]:
+        path.write_bytes(b"no longer readable")  # proves they are not read
+    (described,) = describe_study(paths, "SCANNER", recorded=recorded)
+    assert described == everything[0]
+    assert [s.instance_count for s in described.series] == [4, 3]
+    (unreadable,) = describe_study(paths, "SCANNER")  # reading every file counts what it can
+    assert [s.instance_count for s in unreadable.series] == [1, 1]
