@@ -512,6 +512,7 @@ class Node:
                 read_ahead_seconds=(
                     assembly.quiet_seconds + 60 if self.settings.runner.read_ahead else None
                 ),
+                read_ahead_after=assembly.quiet_seconds / 4,
                 preload=tuple(
                     dict.fromkeys(
                         rule.pipeline

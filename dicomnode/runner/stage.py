@@ -34,9 +34,6 @@ from dicomnode.scheduling import Loop, Wakeup
 
 LOGGER = logging.getLogger(__name__)
 
-#: Seconds without a new instance after which a study round is read ahead.
-READ_AHEAD_QUIET = 0.5
-
 #: The largest study (bytes of its files) a worker reads ahead; its volumes take
 #: about twice that in memory until its runs take them.
 READ_AHEAD_MAX_BYTES = 1 << 30
@@ -72,6 +69,17 @@ def pipeline_options(config: RunnerConfig) -> dict[str, dict[str, object]]:
         if settings.labels is not None:
             options.setdefault(name, {})["labels"] = dict(settings.labels)
     return options
+
+
+def _size(files: tuple[str, ...]) -> int:
+    """The bytes of the files that are there."""
+    total = 0
+    for path in files:
+        try:
+            total += os.stat(path).st_size
+        except OSError:
+            continue  # gone: its run will say so
+    return total
 
 
 class Runner:
@@ -111,10 +119,14 @@ class Runner:
         runs it left RUNNING, not those of other nodes sharing the store.
     read_ahead_seconds : float, optional
         When given, an idle worker reads a study whose instances stopped
-        arriving (:data:`READ_AHEAD_QUIET` seconds ago) while its quiet period
-        runs, and keeps its volumes this long for its runs
+        arriving ``read_ahead_after`` seconds ago while its quiet period runs,
+        and keeps its volumes this long for its runs
         (:mod:`~dicomnode.runner.prefetch`); the node gives the assembly's
         ``quiet_seconds`` plus a minute.
+    read_ahead_after : float
+        Seconds without a new instance before a study is read ahead; the node
+        gives a quarter of ``quiet_seconds`` (a sender's pause shorter than that
+        does not make the worker read a study still arriving).
     """
 
     def __init__(
@@ -135,9 +147,11 @@ class Runner:
         log_format: str = "text",
         claimant: str | None = None,
         read_ahead_seconds: float | None = None,
+        read_ahead_after: float = 0.5,
     ) -> None:
         self.config = config
         self.read_ahead_seconds = read_ahead_seconds
+        self.read_ahead_after = read_ahead_after
         #: (round id, instance count) of the rounds read ahead, newest last
         self._read_ahead: deque[tuple[int, int]] = deque(maxlen=64)
         #: the name this node's claims carry (see :meth:`start`)
@@ -238,16 +252,16 @@ class Runner:
         now = self.clock()
         for job in reversed(self.store.open_rounds()):
             key = (job.id, job.instance_count)
-            if now - job.last_instance_at < READ_AHEAD_QUIET or key in self._read_ahead:
+            if now - job.last_instance_at < self.read_ahead_after or key in self._read_ahead:
                 continue
-            self._read_ahead.append(key)
             files = tuple(record.path for record in self.store.instances_of(job.id))
-            size = sum(os.stat(f).st_size for f in files if os.path.exists(f))
-            if size > READ_AHEAD_MAX_BYTES:
-                LOGGER.debug("job %d: %d bytes, too large to read ahead", job.id, size)
-                return
-            if self.pool.prefetch(Prefetch(files, self.read_ahead_seconds)):
+            if _size(files) > READ_AHEAD_MAX_BYTES:
+                LOGGER.debug("job %d: too large to read ahead", job.id)
+            elif self.pool.prefetch(Prefetch(files, self.read_ahead_seconds)):
                 LOGGER.debug("job %d: %d instance(s) read ahead", job.id, len(files))
+            else:
+                return  # no warm worker free: again at the next pass
+            self._read_ahead.append(key)
             return
 
     def _dispatch(self, job: Run) -> None:
