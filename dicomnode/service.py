@@ -8,7 +8,6 @@ the assembler in the spool and the job store like any other stage.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import functools
 import logging
@@ -16,7 +15,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +41,7 @@ from dicomnode.metrics import IngressMetrics, NodeCollector, NodeMetrics
 from dicomnode.monitoring.corrections import CorrectionScorer
 from dicomnode.monitoring.drift import DriftMonitor
 from dicomnode.monitoring.shadow import ShadowMonitor
+from dicomnode.processes import end_with_parent
 from dicomnode.results.writer import DicomResultWriter
 from dicomnode.routing.stage import CompletionPolicy, Router
 from dicomnode.runner.stage import Runner, pipeline_options
@@ -112,8 +111,6 @@ def build_store(settings: Settings) -> SQLJobStore:
     return SQLJobStore(settings.database_url)
 
 
-#: ``prctl`` option: the signal this process gets when its parent ends.
-PR_SET_PDEATHSIG = 1
 #: How often a receiving process checks that the main process still lives.
 PARENT_CHECK_SECONDS = 0.5
 
@@ -130,15 +127,7 @@ def _die_with_parent(parent_pid: int) -> None:
     ``kill -9`` of the whole node: what was acknowledged is durable, a partial
     write is removed at the next start.
     """
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-                LOGGER.warning(
-                    "prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno())
-                )
-        except (OSError, AttributeError) as exc:
-            LOGGER.warning("prctl(PR_SET_PDEATHSIG) is not available: %s", exc)
+    end_with_parent()
 
     def _watch() -> None:
         while os.getppid() == parent_pid:

@@ -32,6 +32,7 @@ import highdicom as hd
 import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
+from pydicom.uid import SegmentationStorage
 
 from dicomnode.protocol import PipelineResult, ResultContext, Segment, Volume
 
@@ -76,6 +77,34 @@ def segmentation_series_description(context: ResultContext) -> str:
         f"{context.algorithm.label} segmentation "
         f"({context.pipeline_name} {context.pipeline_version})"
     )
+
+
+def segmentation_reference(
+    result: PipelineResult, volume: Volume, sources: Sequence[Dataset], context: ResultContext
+) -> Dataset | None:
+    """What a report needs of the SEG :func:`build_segmentation` makes of the
+    same result, without building it: the SEG's class, study, series and
+    instance UIDs and its segments' labels in segment order.
+
+    Enough for the report of a volume of several slices, which references the
+    SEG by segment number (a one-slice SEG is referenced by frame: build it).
+    ``None`` where :func:`build_segmentation` makes no SEG.
+    """
+    if result.label_map is None or not result.segments:
+        return None
+    reference = Dataset()
+    reference.SOPClassUID = SegmentationStorage
+    reference.SOPInstanceUID = object_uid(volume, context, "seg", "instance")
+    reference.SeriesInstanceUID = object_uid(volume, context, "seg", "series")
+    reference.StudyInstanceUID = str(sources[0].StudyInstanceUID)
+    reference.Modality = "SEG"
+    items = []
+    for segment in result.segments:
+        item = Dataset()
+        item.SegmentLabel = limit(segment.name)
+        items.append(item)
+    reference.SegmentSequence = items
+    return reference
 
 
 def build_segmentation(

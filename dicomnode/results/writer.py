@@ -8,7 +8,11 @@ zeroed preamble. The directory is replaced as a whole, so a re-run leaves the
 new objects only (their UIDs are derived from the inputs and the pipeline
 version, so a PACS replaces rather than duplicates them). Then it builds the
 ORU^R01 for each HL7 receiver in ``context.notifications``, naming the SR and
-the SEG. What it made is returned as typed records
+the SEG. For a volume of several slices the SEG is built and saved by a forked
+child while this process builds the rest (:mod:`~dicomnode.results.forked`):
+the report needs only the SEG's UIDs and segment labels, which are known
+before the SEG is built; nothing is in ``out_dir`` until every object is.
+What it made is returned as typed records
 (:class:`~dicomnode.protocol.WrittenResult`) for the outbox: export sends
 them as they are.
 
@@ -42,11 +46,12 @@ from dicomnode.protocol import (
     WrittenResult,
 )
 from dicomnode.resultfile import staging_path
+from dicomnode.results.forked import ChildError, Forked, can_fork
 from dicomnode.results.oru import build_messages
 from dicomnode.results.overlay import build_overlays
 from dicomnode.results.pmap import build_parametric_maps
 from dicomnode.results.preflight import check_writable
-from dicomnode.results.seg import build_segmentation
+from dicomnode.results.seg import build_segmentation, segmentation_reference
 from dicomnode.results.sr import build_report
 from dicomnode.results.warmup import warm_up_case
 
@@ -79,6 +84,12 @@ def in_volume_order(volume: Volume, datasets: Sequence[Dataset]) -> list[Dataset
 class DicomResultWriter:
     """:class:`~dicomnode.protocol.ResultWriter` writing SEG, SR, overlays and
     parametric maps, and building the ORU^R01 of each notification."""
+
+    def __init__(self, *, parallel: bool = True) -> None:
+        #: build and save the SEG of a volume of several slices in a forked child
+        #: while this process builds the report and the rest (the report needs
+        #: only the SEG's UIDs and segment labels, see ``segmentation_reference``)
+        self.parallel = parallel
 
     def warm_up(self) -> float:
         """Write a tiny throw-away result (:mod:`~dicomnode.results.warmup`)
@@ -130,69 +141,130 @@ class DicomResultWriter:
                 "name); no result is written under an ambiguous patient name"
             )
         check_writable(result, volume, sources)
-        objects: list[Dataset] = []
-        try:
-            segmentation = build_segmentation(result, volume, sources, context)
-            if segmentation is not None:
-                objects.append(segmentation)
-            overlays = build_overlays(
-                result, volume, sources, context, series_number=9003, series_number_step=2
-            )
-            maps = build_parametric_maps(
-                result, volume, sources, context, series_number=9004, series_number_step=2
-            )
-            report = build_report(
-                result, volume, sources, context, segmentation, illustrations=[*overlays, *maps]
-            )
-            if report is not None:
-                objects.append(report)
-            objects.extend(overlays)
-            objects.extend(maps)
-            messages = build_messages(
-                result,
-                volume,
-                sources[0],
-                context,
-                sr_uid=None if report is None else str(report.SOPInstanceUID),
-                seg_uid=None if segmentation is None else str(segmentation.SOPInstanceUID),
-                timestamp=datetime.now(UTC),
-            )
-        except InputRefused:
-            raise
-        except ValueError as exc:
-            # highdicom (and the ORU builder) refuse inputs with ValueError; building
-            # is a pure function of the result and the source headers, so a retry
-            # would meet it again
-            raise ResultError(f"the result objects cannot be made from this input: {exc}") from exc
-        return WrittenResult(objects=self._save(objects, context.out_dir), messages=messages)
-
-    @staticmethod
-    def _save(objects: list[Dataset], out_dir: Path) -> tuple[ResultObject, ...]:
+        out_dir = context.out_dir
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = staging_path(out_dir)
         staging.mkdir()
-        names: list[str] = []
+        beside: Forked | None = None
         try:
-            for ds in objects:
-                name = f"{ds.Modality}_{ds.SOPInstanceUID}.dcm"
-                ds.save_as(staging / name, enforce_file_format=True)
-                with (staging / name).open("rb") as handle:
-                    os.fsync(handle.fileno())
-                names.append(name)
+            try:
+                reference = (
+                    segmentation_reference(result, volume, sources, context)
+                    if self.parallel and can_fork() and len(volume.sources) > 1
+                    else None
+                )
+                if reference is not None:
+                    beside = _segmentation_beside(
+                        result, volume, sources, context, reference, staging
+                    )
+                segmentation = (
+                    build_segmentation(result, volume, sources, context) if beside is None else None
+                )
+                overlays = build_overlays(
+                    result, volume, sources, context, series_number=9003, series_number_step=2
+                )
+                maps = build_parametric_maps(
+                    result, volume, sources, context, series_number=9004, series_number_step=2
+                )
+                seg = segmentation if beside is None else reference
+                report = build_report(
+                    result, volume, sources, context, seg, illustrations=[*overlays, *maps]
+                )
+                messages = build_messages(
+                    result,
+                    volume,
+                    sources[0],
+                    context,
+                    sr_uid=None if report is None else str(report.SOPInstanceUID),
+                    seg_uid=None if seg is None else str(seg.SOPInstanceUID),
+                    timestamp=datetime.now(UTC),
+                )
+                written = [ds for ds in (segmentation, report) if ds is not None]
+                for ds in [*written, *overlays, *maps]:
+                    _save(ds, staging)
+                if beside is not None:
+                    _wait(beside)
+                    beside = None
+            except InputRefused:
+                raise
+            except ValueError as exc:
+                # highdicom (and the ORU builder) refuse inputs with ValueError; building
+                # is a pure function of the result and the source headers, so a retry
+                # would meet it again
+                raise ResultError(
+                    f"the result objects cannot be made from this input: {exc}"
+                ) from exc
             if out_dir.exists():
                 shutil.rmtree(out_dir)
             staging.rename(out_dir)
         except BaseException:
+            if beside is not None:
+                beside.abandon()
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return tuple(
-            ResultObject(
-                kind=str(ds.Modality),
-                sop_class_uid=str(ds.SOPClassUID),
-                sop_instance_uid=str(ds.SOPInstanceUID),
-                study_instance_uid=str(ds.StudyInstanceUID),
-                series_instance_uid=str(ds.SeriesInstanceUID),
-                path=out_dir / name,
-            )
-            for ds, name in zip(objects, names, strict=True)
+        objects = [ds for ds in (seg, report) if ds is not None] + [*overlays, *maps]
+        return WrittenResult(
+            objects=tuple(
+                ResultObject(
+                    kind=str(ds.Modality),
+                    sop_class_uid=str(ds.SOPClassUID),
+                    sop_instance_uid=str(ds.SOPInstanceUID),
+                    study_instance_uid=str(ds.StudyInstanceUID),
+                    series_instance_uid=str(ds.SeriesInstanceUID),
+                    path=out_dir / _file_name(ds),
+                )
+                for ds in objects
+            ),
+            messages=messages,
         )
+
+
+def _file_name(ds: Dataset) -> str:
+    """An object's file name: ``<Modality>_<SOPInstanceUID>.dcm``."""
+    return f"{ds.Modality}_{ds.SOPInstanceUID}.dcm"
+
+
+def _save(ds: Dataset, folder: Path) -> None:
+    """Write ``ds`` into ``folder`` under :func:`_file_name`, fsynced."""
+    path = folder / _file_name(ds)
+    ds.save_as(path, enforce_file_format=True)
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _segmentation_beside(
+    result: PipelineResult,
+    volume: Volume,
+    sources: Sequence[Dataset],
+    context: ResultContext,
+    reference: Dataset,
+    folder: Path,
+) -> Forked | None:
+    """Build and save the SEG in a forked child while this process builds the
+    other objects (:mod:`~dicomnode.results.forked`); ``None`` when no child
+    can be forked (the caller builds it itself)."""
+
+    def work() -> None:
+        segmentation = build_segmentation(result, volume, sources, context)
+        if segmentation is None or any(
+            str(segmentation[k].value) != str(reference[k].value)
+            for k in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+        ):
+            raise RuntimeError("the SEG built differs from the reference the report names")
+        _save(segmentation, folder)
+
+    try:
+        return Forked.start(work)
+    except OSError as exc:
+        LOGGER.warning("no child process for the SEG (%s): built in the worker", exc.strerror)
+        return None
+
+
+def _wait(beside: Forked) -> None:
+    """Wait for the SEG's child; its failure as the writer's own."""
+    try:
+        beside.wait()
+    except ChildError as exc:
+        if exc.kind == "ValueError":  # highdicom refused the input: as in this process
+            raise ValueError(str(exc)) from exc
+        raise RuntimeError(f"building the SEG failed: {exc.kind}: {exc}") from exc

@@ -28,7 +28,7 @@ from dicomnode.results.warmup import warm_up_case
 from dicomnode.results.writer import DicomResultWriter
 from dicomnode.runner.volume import drop_pixels, load_series, read_series
 from dicomnode.synthetic import write_ct_series
-from tests.results.helpers import assert_valid
+from tests.results.helpers import Case, assert_sr_valid, assert_valid
 
 
 def context(tmp_path: Path, files: list[Path]) -> ResultContext:
@@ -156,3 +156,38 @@ def test_headers_the_worker_read_give_the_same_objects_without_reading_a_file(
                 )
             )
         assert a == b, f"{ours.kind} differs"
+
+
+def test_the_seg_built_beside_gives_the_objects_of_building_in_turn(
+    tmp_path: Path, ct_case: Case
+) -> None:
+    """The SEG built in a forked child while the report is built from its
+    reference gives the same objects as building one after the other, and
+    they pass dciodvfy (the SR PixelMed's validator too)."""
+    assert len(ct_case.volume.sources) > 1  # the case a child builds the SEG for
+    base = replace(ct_case.context, notifications=(NotificationTarget("ris"),))
+    beside = DicomResultWriter().write(
+        ct_case.result, ct_case.volume, replace(base, out_dir=tmp_path / "beside")
+    )
+    in_turn = DicomResultWriter(parallel=False).write(
+        ct_case.result, ct_case.volume, replace(base, out_dir=tmp_path / "in-turn")
+    )
+    assert len(beside.messages) == len(in_turn.messages) == 1
+    assert [(o.kind, o.sop_instance_uid) for o in beside.objects] == [
+        (o.kind, o.sop_instance_uid) for o in in_turn.objects
+    ]
+    assert [o.kind for o in beside.objects] == ["SEG", "SR"]
+    for ours, theirs in zip(beside.objects, in_turn.objects, strict=True):
+        assert ours.path.parent == tmp_path / "beside"
+        if ours.kind == "SR":
+            assert_sr_valid(ours.path)
+        else:
+            assert_valid(ours.path)
+        a, b = pydicom.dcmread(ours.path), pydicom.dcmread(theirs.path)
+        for ds in (a, b):  # when each was written differs
+            ds.walk(lambda d, e: e.VR in ("DA", "TM", "DT") and d.pop(e.tag))
+        assert a == b, f"{ours.kind} differs"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [
+        "beside",
+        "in-turn",
+    ]  # nothing left under a staging name
