@@ -139,6 +139,18 @@ class LooseInput(NoAlgorithm):
 GATE_ENV = "DICOMNODE_TEST_GATE"
 
 
+def wait_for_gate(variable: str) -> None:
+    """Wait until the file the environment ``variable`` names exists (at most
+    600 s); return at once when the variable is unset."""
+    gate = os.environ.get(variable)
+    if gate:
+        deadline = time.monotonic() + 600
+        while not os.path.exists(gate):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the gate {gate} stayed closed")
+            time.sleep(0.05)
+
+
 class Gated(Threshold):
     """:class:`Threshold` that first waits until the file ``$DICOMNODE_TEST_GATE``
     exists (when the variable is set): a run that stays RUNNING until a test
@@ -147,13 +159,7 @@ class Gated(Threshold):
     name = "test-gated"
 
     def run(self, volume: Volume, device: str) -> PipelineResult:
-        gate = os.environ.get(GATE_ENV)
-        if gate:
-            deadline = time.monotonic() + 600
-            while not os.path.exists(gate):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the gate {gate} stayed closed")
-                time.sleep(0.05)
+        wait_for_gate(GATE_ENV)
         return super().run(volume, device)
 
 
@@ -169,11 +175,5 @@ class LoadGated(Threshold):
     name = "test-load-gated"
 
     def load(self, device: str) -> None:
-        gate = os.environ.get(LOAD_GATE_ENV)
-        if gate:
-            deadline = time.monotonic() + 600
-            while not os.path.exists(gate):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the gate {gate} stayed closed")
-                time.sleep(0.05)
+        wait_for_gate(LOAD_GATE_ENV)
         super().load(device)
